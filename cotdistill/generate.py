@@ -1,0 +1,198 @@
+"""generate: Question -> prompt -> N teacher rationales -> Sample shards.
+
+    cotdistill generate pipelines/demo.yaml
+
+One vLLM request per question with `SamplingParams(n=N)`, so the N rationales share one prefill. Questions are
+cut into shards of `generate.questions_per_shard`; each shard is written atomically as
+`generate/samples/00000.parquet` (after its `generate/meta/00000.json` of counts and skipped questions) and a
+rerun skips the shards that exist, so a killed run resumes where it stopped. Memory holds one shard at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from cotdistill.config import RunConfig
+from cotdistill.prompts import PromptTemplate
+from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
+from cotdistill.shards import list_shards, read_json, remove_stale_tmp, shard_name, write_json_atomic, write_parquet_atomic
+from cotdistill.sources import QuestionSource
+from cotdistill.teacher import build_llm, max_model_len, release_llm, render_prompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardResult:
+    samples: list[Sample]
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {question_id, source_row, reason}
+    seconds: float = 0.0
+
+
+def request_seed(base_seed: int, question_id: str) -> int:
+    """A per-question seed that does not depend on shard order (used when seed_per_request is on)."""
+    digest = hashlib.sha1(f"{base_seed}:{question_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def generate_shard(
+    llm: Any,
+    questions: Iterable[Question],
+    template: PromptTemplate,
+    config: RunConfig,
+    use_tqdm: bool = True,
+) -> ShardResult:
+    """The core of the stage: questions in, one Sample per rationale out (plus the questions skipped)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    gen = config.generate
+    tokenizer = llm.get_tokenizer()
+    context = max_model_len(llm)
+    result = ShardResult(samples=[])
+    requests, params, sent = [], [], []
+    for q in questions:
+        messages = template.render(question=q.question, choices=q.choices)
+        text, ids = render_prompt(tokenizer, messages)
+        room = context - len(ids)
+        if room < 1:
+            result.skipped.append({
+                "question_id": q.question_id, "source_row": q.source_row,
+                "reason": f"prompt_too_long: {len(ids)} prompt tokens, max_model_len is {context}",
+            })
+            continue
+        seed = request_seed(config.seed, q.question_id) if gen.seed_per_request else None
+        requests.append(TokensPrompt(prompt_token_ids=ids))
+        params.append(SamplingParams(
+            n=gen.num_samples, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
+            max_tokens=min(gen.max_tokens, room), stop=gen.stop or None, seed=seed,
+        ))
+        sent.append((q, messages, text, len(ids), config.seed if seed is None else seed))
+    if not requests:
+        return result
+
+    started = time.perf_counter()
+    outputs = llm.generate(requests, params, use_tqdm=use_tqdm)
+    result.seconds = time.perf_counter() - started
+
+    sampling = {
+        "n": gen.num_samples, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
+        "max_tokens": gen.max_tokens, "stop": list(gen.stop),
+    }
+    for (q, messages, text, prompt_tokens, seed), output in zip(sent, outputs):
+        for completion in output.outputs:
+            result.samples.append(Sample(
+                question_id=q.question_id, sample_index=completion.index, question=q.question,
+                gold_answer=q.gold_answer, choices=q.choices, prompt_messages=messages, prompt_text=text,
+                rationale=completion.text, finish_reason=str(completion.finish_reason),
+                prompt_tokens=prompt_tokens, completion_tokens=len(completion.token_ids),
+                teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name,
+            ))
+    return result
+
+
+def _shard_settings(config: RunConfig, num_questions: int) -> dict[str, Any]:
+    """What a shard's contents depend on; finished shards are only reused when these are unchanged."""
+    return {
+        "data": vars(config.data), "num_questions": num_questions, "teacher": config.teacher.model,
+        "generate": vars(config.generate), "seed": config.seed,
+    }
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    path = out_dir / "settings.json"
+    if path.exists():
+        old = read_json(path)
+        if old != settings:
+            changed = sorted(k for k in settings if old.get(k) != settings[k])
+            raise RuntimeError(
+                f"{out_dir} holds shards made with other settings (changed: {', '.join(changed)}); "
+                "use a new run_name, or delete that folder to start again"
+            )
+    else:
+        write_json_atomic(settings, path)
+
+
+def run(config: RunConfig, llm: Any = None) -> dict[str, Any]:
+    """The stage with its I/O. `llm`: an engine already built (benchmarks, notebooks); else one is started."""
+    from tqdm import tqdm
+
+    out_dir = config.run_dir / "generate"
+    source = QuestionSource(config.data)
+    per_shard = config.generate.questions_per_shard
+    if per_shard < 1:
+        raise ValueError("generate.questions_per_shard must be at least 1")
+    num_shards = math.ceil(len(source) / per_shard)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(out_dir, _shard_settings(config, len(source)))
+
+    samples_dir, meta_dir = out_dir / "samples", out_dir / "meta"
+    remove_stale_tmp(samples_dir)
+
+    def finished(i: int) -> bool:
+        return (samples_dir / shard_name(i)).exists() and (meta_dir / shard_name(i, ".json")).exists()
+
+    todo = [i for i in range(num_shards) if not finished(i)]
+    logger.info("generate: %d questions in %d shards, %d to do", len(source), num_shards, len(todo))
+    if todo:
+        template = PromptTemplate(config.generate.prompt, config.generate.examples)
+        own_engine = llm is None
+        llm = llm or build_llm(config.teacher, config.seed)
+        try:
+            for i in tqdm(todo, desc="generate shards", unit="shard"):
+                questions = source.questions(i * per_shard, (i + 1) * per_shard)
+                result = generate_shard(llm, questions, template, config)
+                meta = {
+                    "shard": i,
+                    "questions": min(per_shard, len(source) - i * per_shard),
+                    "rationales": len(result.samples),
+                    "prompt_tokens": sum(s.prompt_tokens for s in result.samples if s.sample_index == 0),
+                    "completion_tokens": sum(s.completion_tokens for s in result.samples),
+                    "truncated": sum(s.finish_reason == "length" for s in result.samples),
+                    "seconds": result.seconds,
+                    "skipped": result.skipped,
+                }
+                for skip in result.skipped:
+                    logger.warning("skipped question %s (row %d): %s", skip["question_id"], skip["source_row"], skip["reason"])
+                # meta first, shard last: the shard's existence marks both as complete.
+                write_json_atomic(meta, meta_dir / shard_name(i, ".json"))
+                write_parquet_atomic(samples_to_table(result.samples, SAMPLE_SCHEMA), samples_dir / shard_name(i))
+        finally:
+            if own_engine:
+                release_llm(llm)
+
+    stats = summarize(out_dir, num_shards)
+    write_json_atomic(stats, out_dir / "stats.json")
+    logger.info("generate: %s", {k: v for k, v in stats.items() if k != "skipped"})
+    return stats
+
+
+def summarize(out_dir: Path, num_shards: int) -> dict[str, Any]:
+    metas = [read_json(out_dir / "meta" / shard_name(i, ".json")) for i in range(num_shards)]
+    seconds = sum(m["seconds"] for m in metas)
+    completion = sum(m["completion_tokens"] for m in metas)
+    return {
+        "shards": num_shards,
+        "questions": sum(m["questions"] for m in metas),
+        "rationales": sum(m["rationales"] for m in metas),
+        "prompt_tokens": sum(m["prompt_tokens"] for m in metas),
+        "completion_tokens": completion,
+        "generation_seconds": round(seconds, 3),
+        "tokens_per_s": round(completion / seconds, 2) if seconds else None,
+        "truncated": sum(m["truncated"] for m in metas),
+        "skipped": [s for m in metas for s in m["skipped"]],
+        "num_skipped": sum(len(m["skipped"]) for m in metas),
+    }
+
+
+def is_complete(config: RunConfig) -> bool:
+    out_dir = config.run_dir / "generate"
+    if not (out_dir / "stats.json").exists():
+        return False
+    return len(list_shards(out_dir / "samples")) == read_json(out_dir / "stats.json")["shards"]

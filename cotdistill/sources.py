@@ -1,0 +1,166 @@
+"""Questions from a Hugging Face dataset id or local JSON, JSONL, Parquet or CSV files, loaded with `datasets`.
+
+Each question gets a stable id: the configured id field, else a hash of the question text (so ids survive
+re-ordering and re-running). Every problem with the input is a SourceError naming the file, row and field.
+Rows are numbered from 1, in the order the file holds them.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+from cotdistill.answers import GOLD_PARSERS, GoldParseError
+from cotdistill.config import DataConfig
+from cotdistill.records import Question
+
+logger = logging.getLogger(__name__)
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class SourceError(ValueError):
+    pass
+
+
+def _local_files(path: str) -> list[str] | None:
+    """The local files a path names (file, folder or glob), or None if it is not local (a hub id)."""
+    p = Path(path)
+    if p.is_file():
+        return [str(p)]
+    if p.is_dir():
+        return sorted(str(f) for f in p.iterdir() if f.suffix in BUILDERS)
+    matches = sorted(glob.glob(path))
+    return matches or None
+
+
+def _first_bad_json_line(path: str) -> str | None:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"{path}: line {line_number}: not valid JSON ({e.msg} at column {e.colno})"
+                if not isinstance(row, dict):
+                    return f"{path}: line {line_number}: expected a JSON object, got {type(row).__name__}"
+    return None
+
+
+def load_rows(cfg: DataConfig):
+    """The raw `datasets.Dataset` of a source, or SourceError naming the file and what is wrong."""
+    import datasets
+
+    files = _local_files(cfg.path)
+    if files is None:  # a hub dataset id
+        try:
+            return datasets.load_dataset(cfg.path, cfg.name, split=cfg.split)
+        except Exception as e:  # datasets raises many types; the message is what the user needs
+            raise SourceError(f"{cfg.path}: could not load dataset (split {cfg.split!r}): {e}") from None
+    if not files:
+        raise SourceError(f"{cfg.path}: no .jsonl, .json, .parquet or .csv files there")
+    suffixes = {Path(f).suffix for f in files}
+    if len(suffixes) != 1 or next(iter(suffixes)) not in BUILDERS:
+        raise SourceError(f"{cfg.path}: expected files of one type among {', '.join(BUILDERS)}, got {suffixes}")
+    for f in files:
+        if Path(f).stat().st_size == 0:
+            raise SourceError(f"{f}: the file is empty")
+    builder = BUILDERS[suffixes.pop()]
+    if builder == "json":  # name the bad line; datasets' own error does not
+        for f in files:
+            problem = _first_bad_json_line(f)
+            if problem:
+                raise SourceError(problem)
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as e:
+        raise SourceError(f"{cfg.path}: could not be read as {builder}: {e}") from None
+
+
+class QuestionSource:
+    """A checked, id'd view of a dataset: `len(source)` questions, read in slices to keep memory bounded."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        if cfg.gold_format not in GOLD_PARSERS:
+            raise SourceError(
+                f"{cfg.path}: unknown gold_format {cfg.gold_format!r}; known: {', '.join(GOLD_PARSERS)}"
+            )
+        rows = load_rows(cfg)
+        if len(rows) == 0:
+            raise SourceError(f"{cfg.path}: no rows")
+        if cfg.limit is not None:
+            rows = rows.select(range(min(cfg.limit, len(rows))))
+        # choices_field may reach into a struct column: "choices.text" (CommonsenseQA, ARC).
+        self.choices_column, _, self.choices_key = (cfg.choices_field or "").partition(".")
+        wanted = [cfg.question_field, cfg.answer_field] + [f for f in (self.choices_column, cfg.id_field) if f]
+        for field_name in wanted:
+            if field_name not in rows.column_names:
+                raise SourceError(
+                    f"{cfg.path}: no field '{field_name}' (fields: {', '.join(rows.column_names)})"
+                )
+        self.rows = rows.select_columns(wanted)
+        self.ids, self.golds = self._check_rows()
+
+    def _check_rows(self) -> tuple[list[str], list[str]]:
+        cfg, parse_gold = self.cfg, GOLD_PARSERS[self.cfg.gold_format]
+        ids: list[str] = []
+        golds: list[str] = []
+        seen: dict[str, int] = {}
+        for start in range(0, len(self.rows), 10_000):
+            batch = self.rows[start : start + 10_000]
+            for offset, question in enumerate(batch[cfg.question_field]):
+                row_number = start + offset + 1
+                where = f"{cfg.path}: row {row_number}"
+                if not isinstance(question, str) or not question.strip():
+                    raise SourceError(f"{where}: field '{cfg.question_field}' is missing or empty")
+                answer = batch[cfg.answer_field][offset]
+                if answer is None or (isinstance(answer, str) and not answer.strip()):
+                    raise SourceError(f"{where}: field '{cfg.answer_field}' is missing or empty")
+                try:
+                    golds.append(parse_gold(answer))
+                except GoldParseError as e:
+                    raise SourceError(f"{where}: field '{cfg.answer_field}': {e}") from None
+                if cfg.choices_field:
+                    choices = self._choices(batch, offset)
+                    if not isinstance(choices, list) or not choices:
+                        raise SourceError(f"{where}: field '{cfg.choices_field}' must be a non-empty list")
+                if cfg.id_field:
+                    qid = str(batch[cfg.id_field][offset])
+                else:
+                    qid = hashlib.sha1(question.strip().encode()).hexdigest()[:16]
+                if qid in seen:  # the same question twice: a suffix keeps ids unique and still stable
+                    seen[qid] += 1
+                    qid = f"{qid}-{seen[qid]}"
+                else:
+                    seen[qid] = 1
+                ids.append(qid)
+        return ids, golds
+
+    def _choices(self, batch: dict, offset: int) -> list | None:
+        value = batch[self.choices_column][offset]
+        if self.choices_key:
+            value = value.get(self.choices_key) if isinstance(value, dict) else None
+        return value
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def questions(self, start: int = 0, stop: int | None = None) -> Iterator[Question]:
+        stop = len(self) if stop is None else min(stop, len(self))
+        batch = self.rows[start:stop]
+        cfg = self.cfg
+        for offset in range(stop - start):
+            i = start + offset
+            choices = self._choices(batch, offset) if cfg.choices_field else None
+            yield Question(
+                question_id=self.ids[i],
+                question=batch[cfg.question_field][offset].strip(),
+                gold_answer=self.golds[i],
+                choices=[str(c) for c in choices] if choices else None,
+                source_row=i + 1,
+            )

@@ -1,0 +1,57 @@
+"""Building a vLLM engine from a ModelConfig, and the prompt -> token ids step shared by generate and evaluate.
+
+Engine arguments in the YAML (`engine:`) pass straight to `vllm.LLM`: dtype, max_model_len,
+tensor_parallel_size, gpu_memory_utilization, enable_prefix_caching, enforce_eager, and the rest.
+On a GPU machine the defaults of vLLM apply; on CPU, vLLM reads `gpu_memory_utilization` as the share of RAM
+reserved for the KV cache (its default 0.92 fails to start: set about 0.3).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from typing import Any
+
+from cotdistill.config import ModelConfig
+from cotdistill.models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def build_llm(model_cfg: ModelConfig, seed: int, model_path: str | None = None) -> Any:
+    """A `vllm.LLM` for the model (or for `model_path`, e.g. a trained student, with the same engine args)."""
+    # An in-process engine core: no spawn of a second process (which would re-import the caller's __main__),
+    # and the engine's memory is freed when the object goes. Set the variable to 1 to get vLLM's default.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    model = model_path or resolve_model(model_cfg.model)
+    engine_args = {"seed": seed, **model_cfg.engine}
+    logger.info("starting vLLM for %s with %s", model, engine_args)
+    try:
+        return LLM(model=model, **engine_args)
+    except TypeError as e:  # an engine argument vLLM does not know
+        raise ValueError(f"engine arguments for {model}: {e}") from None
+
+
+def release_llm(llm: Any) -> None:
+    """Stop the engine and give its KV cache back before the next stage needs the memory."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # older or newer engines differ here; dropping the reference is what matters
+        pass
+    del llm
+    gc.collect()
+
+
+def max_model_len(llm: Any) -> int:
+    return int(llm.llm_engine.model_config.max_model_len)
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    """The exact text the model sees (its own chat template) and its token ids, tokenized once."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # The chat template already holds any BOS token; adding special tokens again would double it.
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text, ids

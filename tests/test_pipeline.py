@@ -1,0 +1,176 @@
+"""The stages on the real engines: vLLM generating with the tiny Llama, TRL training it, vLLM evaluating it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from cotdistill import evaluate, filter as filter_stage, generate, train
+from cotdistill.config import load_config
+from cotdistill.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
+from cotdistill.shards import list_shards, read_json, write_parquet_atomic
+from cotdistill.prompts import PromptTemplate
+from tests.conftest import tiny_config_dict
+
+LONG_QUESTION = "How many apples are there? " + "The farmer counts apples in the orchard again. " * 60
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_model, gsm8k_rows):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    rows = gsm8k_rows[:5] + [{"question": LONG_QUESTION, "answer": "They count.\n#### 7"}]
+    questions = tmp / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test_questions = tmp / "test.jsonl"
+    test_questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[100:103]))
+    config_path = tmp / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config_dict(tmp, tiny_model, questions, test_questions)))
+    config = load_config(config_path)
+    stats = generate.run(config)
+    return config, config_path, stats
+
+
+def test_generate_writes_n_rows_per_question(pipeline):
+    config, _, stats = pipeline
+    out = config.run_dir / "generate" / "samples"
+    shards = list_shards(out)
+    assert [s.name for s in shards] == ["00000.parquet", "00001.parquet", "00002.parquet"]
+    table = pq.read_table(out)  # pyarrow reads the folder
+    assert table.schema.equals(SAMPLE_SCHEMA)
+    counts = {}
+    for qid in table.column("question_id").to_pylist():
+        counts[qid] = counts.get(qid, 0) + 1
+    assert len(counts) == 5 and set(counts.values()) == {3}
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["prompt_text"].startswith("<|im_start|>system\n")
+    assert row["prompt_messages"][-1]["role"] == "user"
+    assert row["sampling"]["n"] == 3 and row["teacher"] == config.teacher.model
+    assert row["finish_reason"] in ("stop", "length")
+    assert 0 < row["completion_tokens"] <= 16
+
+    loaded = datasets.load_dataset("parquet", data_dir=str(out), split="train")
+    assert len(loaded) == 15 and set(loaded["sample_index"]) == {0, 1, 2}
+
+    assert stats["questions"] == 6 and stats["rationales"] == 15 and stats["num_skipped"] == 1
+    assert stats["completion_tokens"] == sum(table.column("completion_tokens").to_pylist())
+    assert stats["tokens_per_s"] > 0
+
+
+def test_prompt_over_context_is_recorded_as_skipped(pipeline):
+    config, _, _ = pipeline
+    stats = read_json(config.run_dir / "generate" / "stats.json")
+    (skipped,) = stats["skipped"]
+    assert skipped["source_row"] == 6
+    assert skipped["reason"].startswith("prompt_too_long:") and "max_model_len is 512" in skipped["reason"]
+
+
+def test_rerun_regenerates_only_the_missing_shard(pipeline):
+    config, _, _ = pipeline
+    out = config.run_dir / "generate" / "samples"
+    before = {p.name: p.stat().st_mtime_ns for p in list_shards(out)}
+    ids_before = pq.read_table(out / "00001.parquet").column("question_id").to_pylist()
+    os.remove(out / "00001.parquet")
+    generate.run(config)
+    after = {p.name: p.stat().st_mtime_ns for p in list_shards(out)}
+    assert set(after) == set(before)
+    assert after["00000.parquet"] == before["00000.parquet"]
+    assert after["00002.parquet"] == before["00002.parquet"]
+    assert after["00001.parquet"] != before["00001.parquet"]
+    assert pq.read_table(out / "00001.parquet").column("question_id").to_pylist() == ids_before
+    assert read_json(out.parent / "stats.json")["rationales"] == 15
+
+
+def test_rerun_of_a_finished_stage_starts_no_engine(pipeline, monkeypatch):
+    config, _, _ = pipeline
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("a finished generate stage must not start vLLM")
+
+    monkeypatch.setattr(generate, "build_llm", no_engine)
+    assert generate.run(config)["rationales"] == 15
+    assert generate.is_complete(config)
+
+
+def test_changed_settings_are_refused_on_rerun(pipeline):
+    _, config_path, _ = pipeline
+    changed = load_config(config_path, ["generate.num_samples=5"])
+    with pytest.raises(RuntimeError, match="changed: generate"):
+        generate.run(changed)
+
+
+def test_filter_on_real_generations_accounts_for_every_row(pipeline):
+    config, _, _ = pipeline
+    stats = filter_stage.run(config)
+    out = config.run_dir / "filter"
+    accepted, rejected = pq.read_table(out / "accepted"), pq.read_table(out / "rejected")
+    assert accepted.schema.equals(FILTERED_SCHEMA) and rejected.schema.equals(FILTERED_SCHEMA)
+    assert len(accepted) + len(rejected) == 15 == stats["rationales"]
+    reasons = rejected.column("filter_reason").to_pylist()
+    assert all(r in filter_stage.REASONS for r in reasons)
+    assert sum(stats["rejected"].values()) == len(rejected)
+    truncated = [r for r in rejected.to_pylist() if r["finish_reason"] == "length"]
+    assert all(r["filter_reason"] == "truncated" for r in truncated)
+
+
+@pytest.fixture(scope="module")
+def trained(pipeline, gsm8k_rows):
+    """A run whose accepted corpus is GSM8K's own worked answers, so training has real rationales to learn."""
+    config, config_path, _ = pipeline
+    config = load_config(config_path, ["run_name=tiny-train"])
+    samples = [
+        Sample(question_id=f"q{i}", sample_index=0, question=r["question"], gold_answer=r["answer"].split("####")[-1].strip(),
+               choices=None, prompt_messages=[], prompt_text="", rationale=r["answer"], finish_reason="stop",
+               prompt_tokens=0, completion_tokens=0, teacher="gsm8k", sampling={}, seed=0, run_id="tiny-train",
+               extracted_answer=None, is_correct=True, filter_reason=None)
+        for i, r in enumerate(gsm8k_rows[200:208])
+    ]
+    write_parquet_atomic(samples_to_table(samples, FILTERED_SCHEMA), config.run_dir / "filter" / "accepted" / "00000.parquet")
+    return config
+
+
+def test_train_labels_mask_every_prompt_token(trained):
+    raw = train.build_sft_dataset(trained.run_dir / "filter" / "accepted", PromptTemplate(trained.train.prompt))
+    trainer = train.build_trainer(trained, raw)
+    tokenizer = trainer.processing_class
+    for i in range(3):
+        prompt_text = tokenizer.apply_chat_template(raw[i]["prompt"], tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        row = trainer.train_dataset[i]
+        labels = trainer.data_collator([row])["labels"][0].tolist()
+        assert row["input_ids"][: len(prompt_ids)] == prompt_ids
+        assert all(label == -100 for label in labels[: len(prompt_ids)])
+        completion = labels[len(prompt_ids):]
+        assert completion and all(label != -100 for label in completion)
+        assert completion == row["input_ids"][len(prompt_ids):]
+    # The student sees the bare question, not the teacher's instructions.
+    assert "step by step" not in raw[0]["prompt"][0]["content"]
+
+
+def test_train_runs_and_saves_model_and_card(trained):
+    stats = train.run(trained)
+    model_dir = trained.run_dir / "train" / "model"
+    assert stats["global_steps"] == 3 and stats["examples"] == 8
+    assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
+    card = (model_dir / "README.md").read_text()
+    assert "8 accepted rationales" in card and str(trained.run_dir / "filter" / "accepted") in card
+    assert train.is_complete(trained)
+
+
+def test_evaluate_writes_metrics_for_each_model(trained):
+    result = evaluate.run(trained)
+    out = trained.run_dir / "evaluate"
+    metrics = read_json(out / "metrics.json")
+    assert set(metrics["models"]) == {"teacher", "base_student", "student"}
+    for name, m in metrics["models"].items():
+        assert m["questions"] == 3
+        assert 0.0 <= m["greedy_accuracy"] <= 1.0 and 0.0 <= m["maj@3"] <= 1.0
+        assert m["generated_tokens"] > 0
+        table = pq.read_table(out / f"{name}.parquet")
+        assert table.schema.equals(EVAL_SCHEMA) and len(table) == 3
+        assert all(len(s) == 3 for s in table.column("samples").to_pylist())
+    assert "student" in result["table"] and "maj@3" in result["table"]
