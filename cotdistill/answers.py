@@ -2,13 +2,18 @@
 answers are equal. Pure functions, no I/O; the filter and evaluate stages both score through this registry.
 
 An extraction returns the canonical answer or None with a reason: `unparseable` (no answer found) or `ambiguous`
-(two different marked final answers). Marked answers ("The answer is ...", "#### ...", \\boxed{...}) beat the
+(two different marked final answers) or `timeout` (math-verify gave up). Marked answers ("The answer is ...", "#### ...", \\boxed{...}) beat the
 fallback (the last number in the text).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import multiprocessing
 import re
+import string
+import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -22,7 +27,7 @@ class GoldParseError(ValueError):
 @dataclass(frozen=True)
 class Extraction:
     answer: str | None
-    reason: str | None = None  # None when an answer was found; else "unparseable" or "ambiguous"
+    reason: str | None = None  # None when an answer was found; else "unparseable", "ambiguous" or "timeout"
 
 
 # --- numbers ----------------------------------------------------------------------------------------------
@@ -136,6 +141,139 @@ def extract_choice(text: str, choices: Sequence[str] | None = None) -> Extractio
     return Extraction(None, "unparseable")
 
 
+# --- LaTeX and symbolic math, with math-verify ------------------------------------------------------------------
+
+MATH_TIMEOUT_S = 2
+_MAX_LATEX_CHARS = 500
+# Power towers (a^{b^c}, a^b^c), exponents of 4+ digits, numbers of 200+ digits, large factorials.
+_BIG_EXPONENT_RE = re.compile(
+    r"\^\s*\{?\s*[-+]?\d{4,}|\^\s*\{[^{}]*\^|\^\s*\{?\s*\w+\s*\}?\s*\^|\d{200,}|!\s*!|\d{3,}\s*!"
+)
+
+
+def _too_hard_for_sympy(latex: str) -> bool:
+    """Inputs that make sympy compute for minutes (10^{10^{10}}, 99999!) or recurse deeply: refuse them."""
+    depth = max_depth = 0
+    for ch in latex:
+        if ch in "{([":
+            depth += 1
+            max_depth = max(max_depth, depth)
+        elif ch in "})]":
+            depth -= 1
+    return len(latex) > _MAX_LATEX_CHARS or max_depth > 20 or bool(_BIG_EXPONENT_RE.search(latex))
+
+
+def _math_verify_parse(latex: str, timeout_s: int) -> list:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    return parse(f"${latex}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                 parsing_timeout=timeout_s, raise_on_error=True)
+
+
+def _math_verify_equal(gold: str, answer: str, timeout_s: int) -> bool:
+    from math_verify import verify
+
+    gold_parsed, answer_parsed = _math_verify_parse(gold, timeout_s), _math_verify_parse(answer, timeout_s)
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=timeout_s, raise_on_error=True))
+
+
+def run_with_signal_timeout(fn: Callable, *args: object) -> object:
+    """math-verify times out with signal.alarm, which only works in a process's main thread. There (the CLI, and
+    each worker process of the filter) it runs as is; from any other thread, in a one-off process whose main
+    thread has the signal. Raises TimeoutError when math-verify gives up."""
+    if threading.current_thread() is threading.main_thread():
+        return fn(*args, MATH_TIMEOUT_S)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, MATH_TIMEOUT_S).result(timeout=MATH_TIMEOUT_S * 4 + 30)
+
+
+def _marked_spans(text: str) -> list[str]:
+    """What follows each "The answer is" / "Answer:" / "####" on its line, and each \\boxed{...}."""
+    return [*_boxed_contents(text), *(line.strip() for line in _ANSWER_LINE_RE.findall(text))]
+
+
+def extract_math(text: str, choices: Sequence[str] | None = None) -> Extraction:
+    spans = [s.strip().strip("$").strip() for s in _marked_spans(text)]
+    spans = [s for s in spans if s]
+    if not spans:
+        inline = re.findall(r"\$([^$]{1,200})\$", text)  # fallback: the last inline formula
+        spans = inline[-1:]
+    if not spans:
+        return Extraction(None, "unparseable")
+    if len({re.sub(r"\s+", "", s) for s in spans}) > 1:
+        return Extraction(None, "ambiguous")
+    answer = spans[-1]
+    if _too_hard_for_sympy(answer):
+        return Extraction(None, "unparseable")
+    try:
+        parsed = run_with_signal_timeout(_math_verify_parse, answer)
+    except (TimeoutError, concurrent.futures.TimeoutError):
+        return Extraction(None, "timeout")
+    except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "not an answer"
+        return Extraction(None, "unparseable")
+    return Extraction(answer) if parsed else Extraction(None, "unparseable")
+
+
+@functools.lru_cache(maxsize=65536)
+def math_equal(answer: str, gold: str) -> bool:
+    if answer.replace(" ", "") == gold.replace(" ", ""):
+        return True
+    if _too_hard_for_sympy(answer) or _too_hard_for_sympy(gold):
+        return False
+    try:
+        return bool(run_with_signal_timeout(_math_verify_equal, gold, answer))
+    except Exception:  # a timeout or a parse failure: not shown equal
+        return False
+
+
+def _canonical_math_gold(gold: str) -> str | None:
+    boxed = _boxed_contents(gold)
+    gold = (boxed[-1] if boxed else gold).strip().strip("$").strip()
+    return gold or None
+
+
+# --- yes / no and exact strings -------------------------------------------------------------------------------
+
+_YES_NO_RE = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+_YES_NO = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
+
+
+def extract_yes_no(text: str, choices: Sequence[str] | None = None) -> Extraction:
+    marked = []
+    for span in _marked_spans(text):
+        word = _YES_NO_RE.search(span)
+        if word:
+            marked.append(_YES_NO[word.group(1).lower()])
+    if marked:
+        return Extraction(marked[0]) if len(set(marked)) == 1 else Extraction(None, "ambiguous")
+    words = _YES_NO_RE.findall(text)
+    return Extraction(_YES_NO[words[-1].lower()]) if words else Extraction(None, "unparseable")
+
+
+def _canonical_yes_no(gold: str) -> str | None:
+    return _YES_NO.get(str(gold).strip().lower().rstrip("."))
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_exact(text: str) -> str | None:
+    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
+    text = _ARTICLES_RE.sub(" ", str(text).lower().translate(_PUNCTUATION))
+    text = " ".join(text.split())
+    return text or None
+
+
+def extract_exact(text: str, choices: Sequence[str] | None = None) -> Extraction:
+    marked = [n for n in (normalize_exact(s) for s in _marked_spans(text)) if n]
+    if marked:
+        return Extraction(marked[0]) if len(set(marked)) == 1 else Extraction(None, "ambiguous")
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = normalize_exact(lines[-1]) if lines else None
+    return Extraction(last) if last else Extraction(None, "unparseable")
+
+
 # --- the registry -------------------------------------------------------------------------------------------
 
 
@@ -146,8 +284,8 @@ class AnswerFormat:
     canonical_gold: Callable[[str], str | None]
     equal: Callable[[str, str], bool]
 
-    def is_correct(self, answer: str | None, gold: str) -> bool:
-        if answer is None:
+    def is_correct(self, answer: str | None, gold: str | None) -> bool:
+        if answer is None or gold is None:
             return False
         gold_canon = self.canonical_gold(gold)
         return gold_canon is not None and self.equal(answer, gold_canon)
@@ -158,9 +296,16 @@ def _canonical_letter(gold: str) -> str | None:
     return gold if len(gold) == 1 and gold.isalpha() else None
 
 
+def _same(a: str, b: str) -> bool:
+    return a == b
+
+
 ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "number": AnswerFormat("number", extract_number, canonical_number, numbers_equal),
-    "choice": AnswerFormat("choice", extract_choice, _canonical_letter, lambda a, b: a == b),
+    "math": AnswerFormat("math", extract_math, _canonical_math_gold, math_equal),
+    "choice": AnswerFormat("choice", extract_choice, _canonical_letter, _same),
+    "yes_no": AnswerFormat("yes_no", extract_yes_no, _canonical_yes_no, _same),
+    "exact": AnswerFormat("exact", extract_exact, normalize_exact, _same),
 }
 
 

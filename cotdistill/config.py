@@ -32,7 +32,7 @@ class DataConfig:
     split: str = "train"
     name: str | None = None  # hub dataset configuration, e.g. "main" for openai/gsm8k
     question_field: str = "question"
-    answer_field: str = "answer"
+    answer_field: str | None = "answer"  # null for unlabelled questions (filter.label: majority)
     choices_field: str | None = None  # list of option texts, for multiple choice
     id_field: str | None = None  # when absent, ids are a hash of the question text
     gold_format: str = "plain"  # how to parse the gold: gsm8k | plain | choice_letter
@@ -66,8 +66,25 @@ class GenerateConfig:
 @dataclass
 class FilterConfig:
     answer_format: str = "number"  # a name from cotdistill.answers.ANSWER_FORMATS
-    drop_duplicates: bool = True
+    # gold: keep rationales that reach the gold answer. majority: no gold needed; the teacher's own majority
+    # answer over a question's rationales is the label, if it wins at least majority_min_share of the votes.
+    label: str = "gold"
+    majority_min_share: float = 0.5
+    drop_duplicates: bool = True  # exact, after whitespace normalisation
+    near_duplicates: bool = True  # MinHash over word n-grams, within a question
+    near_duplicate_threshold: float = 0.8  # estimated Jaccard similarity at or above which two are near duplicates
+    near_duplicate_ngram: int = 3
+    minhash_num_perm: int = 64
+    repetition_ngram: int = 4  # degenerate: share of repeated word n-grams above max_repeated_ngram_share
+    max_repeated_ngram_share: float = 0.5
+    # Longer than the student can train on: tokens of the student's chat-formatted prompt + rationale, counted
+    # with its tokenizer, over train.sft.max_length (or this value). Off when neither is set.
+    max_student_tokens: int | None = None
+    decontaminate: list[DataConfig] = field(default_factory=list)  # evaluation sets; only their questions are read
+    decontamination_ngram: int = 13
     max_per_question: int | None = None  # SCoTD-style cap, drawn uniformly with the run's seed
+    min_per_question: int = 1  # a question left with fewer is dropped whole
+    num_workers: int = 2  # worker processes, one shard each at a time
 
 
 @dataclass
@@ -80,11 +97,17 @@ class TrainConfig:
 class EvaluateConfig:
     data: DataConfig | None = None  # the test questions
     models: list[str] = field(default_factory=lambda: ["teacher", "base_student", "student"])
-    num_samples: int = 8  # k for self-consistency
+    num_samples: int = 16  # K: one request of K samples per question gives maj@k and pass@k for every k <= K
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 512
+    greedy: bool = True  # also one greedy (temperature 0) completion per question
     answer_format: str | None = None  # defaults to filter.answer_format
+    # Stored generations scored without running a model: a name -> a folder of Sample shards, e.g.
+    # {teacher_test: runs/teacher-on-test/generate/samples}.
+    stored: dict[str, str] = field(default_factory=dict)
+    maj_draws: int = 1000  # maj@k: exact when there are at most this many k-subsets, else this many draws
+    bootstrap_resamples: int = 1000
 
 
 @dataclass

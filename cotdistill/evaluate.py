@@ -1,12 +1,17 @@
-"""evaluate: models x test questions -> greedy accuracy and self-consistency, side by side.
+"""evaluate: models x test questions -> greedy accuracy, self-consistency curves, pass@k and cost, side by side.
 
     cotdistill evaluate pipelines/demo.yaml
 
 For each model in `evaluate.models` (`teacher`, `base_student`, `student` = the trained model), on the test
-questions: one greedy request (temperature 0) and one request with n=k samples at `evaluate.temperature`, whose
-parsed answers vote (unparseable answers do not vote). The teacher is asked with its own generate prompt; the
-students with the student prompt they were trained on. Each model's rows are written atomically to
-`evaluate/<model>.parquet`, and a rerun skips the models already done; `metrics.json` holds the figures.
+questions: one greedy request (temperature 0) and one request of K samples at `evaluate.temperature`. From
+that single pass, maj@k for every k <= K is the expected accuracy of a vote over random k-subsets, and pass@k
+is Chen et al.'s unbiased estimator (cotdistill/metrics.py). The teacher is asked with its own generate prompt,
+the students with the student prompt they were trained on. `evaluate.stored` scores existing Sample shards
+(e.g. a teacher's generations on the test split) without running a model.
+
+Outputs in runs/<run>/evaluate/: <model>.parquet (every completion, its parsed answer, the votes),
+<model>.cost.json, metrics.json, report.md, accuracy_vs_k.png and accuracy_vs_tokens.png. A rerun skips the
+models already done.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from cotdistill.answers import get_answer_format
+from cotdistill.answers import AnswerFormat, get_answer_format
 from cotdistill.config import ModelConfig, RunConfig
-from cotdistill.metrics import accuracy, majority_vote
+from cotdistill.metrics import (
+    accuracy, agreement, bootstrap_ci, expected_maj_at_k, majority_vote, pass_at_k, question_seed,
+)
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import EVAL_SCHEMA, Question, rows_to_table
-from cotdistill.shards import read_json, write_json_atomic, write_parquet_atomic
+from cotdistill.shards import list_shards, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
 from cotdistill.sources import QuestionSource
 from cotdistill.teacher import build_llm, max_model_len, release_llm, render_prompt
 
@@ -47,7 +55,23 @@ def eval_models(config: RunConfig) -> list[EvalModel]:
     unknown = [m for m in config.evaluate.models if m not in known]
     if unknown:
         raise ValueError(f"evaluate.models: unknown model {unknown[0]!r}; known: {', '.join(known)}")
+    clash = set(config.evaluate.stored) & set(config.evaluate.models)
+    if clash:
+        raise ValueError(f"evaluate.stored: {sorted(clash)[0]!r} is also in evaluate.models; name it differently")
     return [known[m]() for m in config.evaluate.models]
+
+
+def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, fmt: AnswerFormat) -> dict[str, Any]:
+    """Parse, vote and check one question's sampled completions (shared by live and stored generations)."""
+    answers = [fmt.extract(t, q.choices).answer for t in texts]
+    voted, votes = majority_vote(answers)
+    row.update(
+        samples=texts, sample_answers=answers,
+        sample_correct=[fmt.is_correct(a, q.gold_answer) for a in answers],
+        sample_tokens=tokens, votes=[{"answer": a, "count": c} for a, c in votes], voted_answer=voted,
+        voted_correct=fmt.is_correct(voted, q.gold_answer),
+    )
+    return row
 
 
 def evaluate_model(llm: Any, questions: list[Question], template: PromptTemplate, config: RunConfig,
@@ -75,59 +99,150 @@ def evaluate_model(llm: Any, questions: list[Question], template: PromptTemplate
                                                  max_tokens=room))
         rows.append(row)
 
+    if prompts:  # one tiny request first: the engine's one-time start-up costs stay out of tokens/s
+        llm.generate(prompts[:1], SamplingParams(n=1, temperature=0.0, max_tokens=1), use_tqdm=False)
     started = time.perf_counter()
-    greedy = llm.generate(prompts, greedy_params, use_tqdm=True) if prompts else []
+    greedy = llm.generate(prompts, greedy_params, use_tqdm=True) if prompts and ev.greedy else [None] * len(prompts)
+    greedy_seconds = time.perf_counter() - started
     sampled = llm.generate(prompts, sampled_params, use_tqdm=True) if prompts else []
-    seconds = time.perf_counter() - started
+    sampled_seconds = time.perf_counter() - started - greedy_seconds
 
     answered = iter(zip(greedy, sampled))
-    tokens = 0
     for q, row in zip(questions, rows):
-        if row["skip_reason"] is not None:
-            row.update(greedy_correct=False, voted_correct=False, samples=[], sample_answers=[],
-                       sample_correct=[], votes=[], greedy_tokens=0, sample_tokens=0)
+        if row["skip_reason"] is not None:  # counts as wrong, with its reason in the row
+            score_row(row, q, [], 0, fmt).update(greedy_correct=False if ev.greedy else None, greedy_tokens=0)
             continue
         g, s = next(answered)
-        greedy_text = g.outputs[0].text
-        greedy_answer = fmt.extract(greedy_text, q.choices).answer
-        texts = [c.text for c in s.outputs]
-        answers = [fmt.extract(t, q.choices).answer for t in texts]
-        voted, votes = majority_vote(answers)
-        row.update(
-            greedy_completion=greedy_text, greedy_answer=greedy_answer,
-            greedy_correct=fmt.is_correct(greedy_answer, q.gold_answer),
-            greedy_tokens=len(g.outputs[0].token_ids),
-            samples=texts, sample_answers=answers,
-            sample_correct=[fmt.is_correct(a, q.gold_answer) for a in answers],
-            sample_tokens=sum(len(c.token_ids) for c in s.outputs),
-            votes=[{"answer": a, "count": c} for a, c in votes], voted_answer=voted,
-            voted_correct=fmt.is_correct(voted, q.gold_answer),
-        )
-        tokens += row["greedy_tokens"] + row["sample_tokens"]
-    cost = {"generated_tokens": tokens, "generation_seconds": round(seconds, 3),
-            "tokens_per_s": round(tokens / seconds, 2) if seconds else None}
+        score_row(row, q, [c.text for c in s.outputs], sum(len(c.token_ids) for c in s.outputs), fmt)
+        if g is not None:
+            greedy_text = g.outputs[0].text
+            greedy_answer = fmt.extract(greedy_text, q.choices).answer
+            row.update(greedy_completion=greedy_text, greedy_answer=greedy_answer,
+                       greedy_correct=fmt.is_correct(greedy_answer, q.gold_answer),
+                       greedy_tokens=len(g.outputs[0].token_ids))
+    cost = {
+        "greedy_seconds": round(greedy_seconds, 3), "sampled_seconds": round(sampled_seconds, 3),
+        "greedy_tokens": sum(r.get("greedy_tokens") or 0 for r in rows),
+        "sampled_tokens": sum(r["sample_tokens"] for r in rows),
+    }
     return rows, cost
 
 
-def summarize_model(rows: list[dict[str, Any]], k: int, cost: dict[str, Any]) -> dict[str, Any]:
+def stored_rows(path: Path, name: str, fmt: AnswerFormat) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score Sample shards someone already generated: the same rows, with no greedy completion."""
+    import pyarrow.parquet as pq
+
+    shards = list_shards(path)
+    if not shards:
+        raise RuntimeError(f"evaluate.stored.{name}: no Parquet shards in {path}")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for shard in shards:
+        columns = ["question_id", "question", "gold_answer", "choices", "rationale", "completion_tokens",
+                   "sample_index"]
+        for r in pq.read_table(shard, columns=columns).to_pylist():
+            groups.setdefault(r["question_id"], []).append(r)
+    rows = []
+    for qid, samples in groups.items():
+        samples.sort(key=lambda r: r["sample_index"])
+        first = samples[0]
+        q = Question(qid, first["question"], first["gold_answer"], first["choices"])
+        row = {"model": name, "question_id": qid, "question": q.question, "gold_answer": q.gold_answer,
+               "skip_reason": None}
+        rows.append(score_row(row, q, [r["rationale"] or "" for r in samples],
+                              sum(r["completion_tokens"] for r in samples), fmt))
+    sizes = {len(r["samples"]) for r in rows}
+    if len(sizes) != 1:
+        raise RuntimeError(f"evaluate.stored.{name}: questions have different sample counts {sorted(sizes)}")
+    return rows, {"greedy_seconds": None, "sampled_seconds": None, "greedy_tokens": 0,
+                  "sampled_tokens": sum(r["sample_tokens"] for r in rows)}
+
+
+def model_footprint(model: str) -> dict[str, Any]:
+    """Parameter count (from safetensors headers, without loading) and weights size on disk."""
+    from cotdistill.models import resolve_model
+
+    folder = Path(resolve_model(model))
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(model, local_files_only=True))
+        except Exception:  # not downloaded, or not a hub id: the size is unknown, not an error
+            return {"parameters": None, "weights_mb": None}
+    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
+    parameters = 0
+    for f in folder.glob("*.safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(f), "np") as tensors:
+            for key in tensors.keys():
+                shape = tensors.get_slice(key).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                parameters += count
+    return {"parameters": parameters or None,
+            "weights_mb": round(sum(f.stat().st_size for f in weights) / 2**20, 1) if weights else None}
+
+
+def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """Every figure of one model, with 95% bootstrap intervals over questions for the headline ones."""
+    ev = config.evaluate
     n = len(rows)
-    return {
+    k_max = min((len(r["samples"]) for r in rows if r["skip_reason"] is None), default=0)
+    ci = lambda scores: bootstrap_ci(scores, seed=config.seed, resamples=ev.bootstrap_resamples)  # noqa: E731
+    maj_curve, pass_curve, maj_scores, pass_scores = [], [], [], []
+    for k in range(1, k_max + 1):
+        maj = [expected_maj_at_k(r["sample_answers"], r["sample_correct"], k,
+                                 seed=question_seed(config.seed, r["question_id"], k), draws=ev.maj_draws)
+               if r["samples"] else 0.0 for r in rows]
+        passes = [pass_at_k(len(r["samples"]), sum(r["sample_correct"]), k) if r["samples"] else 0.0 for r in rows]
+        maj_curve.append(sum(maj) / n)
+        pass_curve.append(sum(passes) / n)
+        maj_scores, pass_scores = maj, passes
+    sampled_tokens = cost["sampled_tokens"]
+    tokens_per_sample = sampled_tokens / max(1, sum(len(r["samples"]) for r in rows))
+    metrics: dict[str, Any] = {
         "questions": n,
         "skipped": sum(r["skip_reason"] is not None for r in rows),
-        "greedy_accuracy": accuracy([r["greedy_correct"] for r in rows]),
-        f"maj@{k}": accuracy([r["voted_correct"] for r in rows]),
-        f"pass@{k}": accuracy([any(r["sample_correct"]) for r in rows]),
-        "tokens_per_question": round(cost["generated_tokens"] / n, 1) if n else 0.0,
+        "k": k_max,
+        "greedy_accuracy": None, "greedy_accuracy_ci": None,
+        "maj_at_k": maj_curve, "pass_at_k": pass_curve,
+        f"maj@1": maj_curve[0] if maj_curve else 0.0,
+        f"maj@{k_max}": maj_curve[-1] if maj_curve else 0.0, "maj_at_K_ci": ci(maj_scores),
+        f"pass@{k_max}": pass_curve[-1] if pass_curve else 0.0, "pass_at_K_ci": ci(pass_scores),
+        "tokens_per_sample": round(tokens_per_sample, 1),
+        "sampled_tokens_per_question": round(sampled_tokens / n, 1) if n else 0.0,
         **cost,
     }
+    if ev.greedy and all(r.get("greedy_correct") is not None for r in rows) and cost["greedy_seconds"] is not None:
+        greedy = [float(r["greedy_correct"]) for r in rows]
+        metrics["greedy_accuracy"] = accuracy(greedy)
+        metrics["greedy_accuracy_ci"] = ci(greedy)
+        metrics["greedy_tokens_per_question"] = round(cost["greedy_tokens"] / n, 1) if n else 0.0
+    seconds = [s for s in (cost.get("greedy_seconds"), cost.get("sampled_seconds")) if s is not None]
+    if seconds and sum(seconds) > 0:
+        total_tokens = cost["greedy_tokens"] + sampled_tokens
+        metrics["tokens_per_s"] = round(total_tokens / sum(seconds), 2)
+        metrics["seconds_per_question"] = round(sum(seconds) / n, 3) if n else None
+    else:
+        metrics["tokens_per_s"] = metrics["seconds_per_question"] = None
+    return metrics
 
 
-def format_table(metrics: dict[str, dict[str, Any]], k: int) -> str:
-    header = f"{'model':<14} {'greedy':>8} {'maj@' + str(k):>8} {'pass@' + str(k):>8} {'tok/q':>8} {'tok/s':>8}"
+def format_table(metrics: dict[str, dict[str, Any]]) -> str:
+    def pct(value: float | None) -> str:
+        return "   -  " if value is None else f"{100 * value:5.1f}%"
+
+    header = (f"{'model':<14} {'greedy':>7} {'maj@1':>7} {'maj@K':>7} {'pass@K':>7} {'K':>3} "
+              f"{'tok/q':>7} {'tok/s':>7} {'params':>8}")
     lines = [header, "-" * len(header)]
     for name, m in metrics.items():
-        lines.append(f"{name:<14} {m['greedy_accuracy']:>8.3f} {m[f'maj@{k}']:>8.3f} {m[f'pass@{k}']:>8.3f} "
-                     f"{m['tokens_per_question']:>8.1f} {m['tokens_per_s'] or 0:>8.1f}")
+        k = m["k"]
+        params = f"{m['parameters'] / 1e6:.0f}M" if m.get("parameters") else "-"
+        tps = f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") else "-"
+        lines.append(f"{name:<14} {pct(m['greedy_accuracy']):>7} {pct(m['maj@1']):>7} {pct(m[f'maj@{k}']):>7} "
+                     f"{pct(m[f'pass@{k}']):>7} {k:>3} {m['sampled_tokens_per_question']:>7.0f} {tps:>7} {params:>8}")
     return "\n".join(lines)
 
 
@@ -135,38 +250,159 @@ def run(config: RunConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     ev = config.evaluate
-    if ev.data is None:
-        raise ValueError("evaluate.data is not set: name the test questions to evaluate on")
-    out_dir = config.run_dir / "evaluate"
     models = eval_models(config)
-    source = QuestionSource(ev.data)
-    questions = list(source.questions())
-    k = ev.num_samples
+    fmt = get_answer_format(ev.answer_format or config.filter.answer_format)
+    out_dir = config.run_dir / "evaluate"
+    names = [m.name for m in models] + list(ev.stored)
+    if not names:
+        raise ValueError("evaluate: no models and no stored generations to evaluate")
+    questions: list[Question] | None = None
     for m in models:
         shard, cost_path = out_dir / f"{m.name}.parquet", out_dir / f"{m.name}.cost.json"
         if shard.exists() and cost_path.exists():
             logger.info("evaluate: %s done, skipping", m.name)
             continue
-        if m.model_path is not None and not (config.run_dir / "train" / "model" / "config.json").exists():
+        if ev.data is None:
+            raise ValueError("evaluate.data is not set: name the test questions to evaluate on")
+        if m.model_path is not None and not (Path(m.model_path) / "config.json").exists():
             raise RuntimeError(f"evaluate: no trained student in {m.model_path}; run `cotdistill train` first")
+        questions = questions or list(QuestionSource(ev.data).questions())
         llm = build_llm(m.model, config.seed, m.model_path)
         try:
             rows, cost = evaluate_model(llm, questions, m.template, config, m.name)
         finally:
             release_llm(llm)
+        cost.update(model_footprint(m.model_path or m.model.model))
         write_json_atomic(cost, cost_path)
         write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), shard)
+    for name, path in ev.stored.items():
+        if not (out_dir / f"{name}.parquet").exists():
+            rows, cost = stored_rows(Path(path), name, fmt)
+            write_json_atomic({**cost, "parameters": None, "weights_mb": None}, out_dir / f"{name}.cost.json")
+            write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), out_dir / f"{name}.parquet")
 
-    metrics = {}
-    for m in models:
-        rows = pq.read_table(out_dir / f"{m.name}.parquet").to_pylist()
-        metrics[m.name] = summarize_model(rows, k, read_json(out_dir / f"{m.name}.cost.json"))
-    write_json_atomic({"k": k, "temperature": ev.temperature, "models": metrics}, out_dir / "metrics.json")
-    logger.info("evaluate: wrote %s", out_dir / "metrics.json")
-    return {"k": k, "models": metrics, "table": format_table(metrics, k)}
+    all_rows = {name: pq.read_table(out_dir / f"{name}.parquet").to_pylist() for name in names}
+    metrics = {name: summarize_model(rows, read_json(out_dir / f"{name}.cost.json"), config)
+               for name, rows in all_rows.items()}
+    add_comparisons(metrics, all_rows, fmt)
+    result = {"temperature": ev.temperature, "answer_format": fmt.name,
+              "tie_rule": "a tie among t answers scores 1/t when the gold is among them", "models": metrics}
+    write_json_atomic(result, out_dir / "metrics.json")
+    write_text_atomic(report_markdown(config, metrics), out_dir / "report.md")
+    write_plots(metrics, out_dir)
+    logger.info("evaluate: wrote %s and report.md", out_dir / "metrics.json")
+    return {**result, "table": format_table(metrics)}
+
+
+def add_comparisons(metrics: dict[str, dict[str, Any]], all_rows: dict[str, list[dict[str, Any]]],
+                    fmt: AnswerFormat) -> None:
+    """Teacher-student agreement, and how much of the teacher's accuracy each student keeps at what cost."""
+    teacher = "teacher" if "teacher" in metrics else None
+    if teacher is None:
+        return
+    teacher_votes = {r["question_id"]: r["voted_answer"] for r in all_rows[teacher]}
+    t = metrics[teacher]
+    for name, m in metrics.items():
+        if name == teacher:
+            continue
+        rows = [r for r in all_rows[name] if r["question_id"] in teacher_votes]
+        m["agreement_with_teacher"] = agreement([r["voted_answer"] for r in rows],
+                                                [teacher_votes[r["question_id"]] for r in rows], fmt.equal)
+        k = min(m["k"], t["k"])
+        if k:
+            m["share_of_teacher_maj"] = (round(m["maj_at_k"][k - 1] / t["maj_at_k"][k - 1], 4)
+                                         if t["maj_at_k"][k - 1] else None)
+        if m.get("tokens_per_s") and t.get("tokens_per_s"):
+            m["speed_vs_teacher"] = round(m["tokens_per_s"] / t["tokens_per_s"], 2)
+        if m.get("parameters") and t.get("parameters"):
+            m["size_vs_teacher"] = round(t["parameters"] / m["parameters"], 2)
+
+
+def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    def interval(ci: list[float] | tuple[float, float] | None) -> str:
+        return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+    ev = config.evaluate
+    lines = [
+        f"# Evaluation: {config.run_name}", "",
+        f"Test questions: `{ev.data.path if ev.data else '-'}`; sampled at temperature {ev.temperature}; answer "
+        f"format `{ev.answer_format or config.filter.answer_format}`. Brackets are 95% bootstrap intervals over "
+        "questions.", "",
+        "maj@k is the expected accuracy of a majority vote over a random k-subset of the K samples (exact, or "
+        f"{ev.maj_draws} seeded draws); unparseable answers do not vote; a tie among t answers scores 1/t when "
+        "the gold is among them. pass@k is the unbiased estimator of Chen et al. (2021).", "",
+        "| model | params | weights | greedy | maj@1 | maj@K | pass@K | K | tokens/question | tokens/s | s/question |"
+        " agrees with teacher |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in metrics.items():
+        k = m["k"]
+        lines.append(
+            f"| {name} | {m['parameters'] / 1e6:.1f}M |" if m.get("parameters") else f"| {name} | - |")
+        lines[-1] += (
+            f" {m['weights_mb']:.0f} MB |" if m.get("weights_mb") else " - |") + (
+            f" {pct(m['greedy_accuracy'])}{interval(m['greedy_accuracy_ci'])} | {pct(m['maj@1'])} |"
+            f" {pct(m[f'maj@{k}'])}{interval(m['maj_at_K_ci'])} | {pct(m[f'pass@{k}'])}{interval(m['pass_at_K_ci'])} |"
+            f" {k} | {m['sampled_tokens_per_question']:.0f} | {m['tokens_per_s'] or '-'} |"
+            f" {m['seconds_per_question'] or '-'} | {pct(m.get('agreement_with_teacher'))} |")
+    lines.append("")
+    for name, m in metrics.items():
+        if name == "teacher" or "teacher" not in metrics or "share_of_teacher_maj" not in m:
+            continue
+        k = min(m["k"], metrics["teacher"]["k"])
+        speed = f" at {m['speed_vs_teacher']}x its tokens/s" if m.get("speed_vs_teacher") else ""
+        size = f" and {m['size_vs_teacher']}x smaller" if m.get("size_vs_teacher") else ""
+        if m["share_of_teacher_maj"] is None:
+            lines.append(f"- **{name}**: the teacher's maj@{k} is 0, so no share of the teacher's accuracy is "
+                         f"defined; it runs{speed or ' at an unmeasured speed'}{size}.")
+        else:
+            lines.append(f"- **{name}** keeps {100 * m['share_of_teacher_maj']:.0f}% of the teacher's maj@{k} "
+                         f"accuracy{speed}{size}.")
+    lines += ["", "![accuracy against k](accuracy_vs_k.png)", "",
+              "![accuracy against generated tokens](accuracy_vs_tokens.png)", ""]
+    return "\n".join(lines)
+
+
+def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in metrics.items():
+        ks = range(1, m["k"] + 1)
+        line, = ax.plot(ks, [100 * v for v in m["maj_at_k"]], marker="o", label=f"{name} maj@k")
+        ax.plot(ks, [100 * v for v in m["pass_at_k"]], linestyle="--", color=line.get_color(), alpha=0.6,
+                label=f"{name} pass@k")
+    ax.set_xlabel("k (samples per question)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Self-consistency: accuracy against k")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_vs_k.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in metrics.items():
+        tokens = [k * m["tokens_per_sample"] for k in range(1, m["k"] + 1)]
+        ax.plot(tokens, [100 * v for v in m["maj_at_k"]], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per question (k samples)")
+    ax.set_ylabel("maj@k accuracy (%)")
+    ax.set_title("Accuracy against generated tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_vs_tokens.png", dpi=120)
+    plt.close(fig)
 
 
 def is_complete(config: RunConfig) -> bool:
     out_dir = config.run_dir / "evaluate"
-    return (out_dir / "metrics.json").exists() and all(
-        (out_dir / f"{m}.parquet").exists() for m in config.evaluate.models)
+    names = list(config.evaluate.models) + list(config.evaluate.stored)
+    return (out_dir / "metrics.json").exists() and all((out_dir / f"{m}.parquet").exists() for m in names)

@@ -2,105 +2,366 @@
 
     cotdistill filter pipelines/demo.yaml
 
-For each question, in order: drop truncated rationales (finish reason "length"), empty ones, those whose final
-answer cannot be found (`unparseable`) or is given twice differently (`ambiguous`), those whose answer is not the
-gold (`wrong`), exact duplicates after whitespace normalisation (`duplicate`, the lowest sample index is kept),
-and, with `max_per_question`, a uniform draw with the run's seed keeps at most that many (`over_max_per_question`).
+The checks, in the order they are applied (the first that fails names the reason):
 
-generate writes all of a question's rationales into one shard, so each shard is filtered on its own: memory is
-one shard, and a rerun skips the shards already filtered.
+  contaminated            the question shares a word n-gram with a question of an evaluation set
+  truncated               finish reason "length"
+  empty                   no text
+  degenerate              too large a share of repeated word n-grams (a looping rationale)
+  too_long                over the student's max_length, counted with the student's tokenizer
+  unparseable/ambiguous/timeout   no final answer / two different marked answers / math-verify gave up
+  no_majority             (label: majority) no answer won majority_min_share of the question's votes
+  wrong                   the answer is not the label (the gold, or in majority mode the teacher's majority)
+  duplicate               the same text as a lower sample index, after whitespace normalisation
+  near_duplicate          MinHash Jaccard >= near_duplicate_threshold with a kept lower sample index
+  over_max_per_question   not drawn by the seeded uniform draw of max_per_question survivors (SCoTD's balance)
+  under_min_per_question  the question kept fewer than min_per_question rationales
+
+generate writes all of a question's rationales into one shard, so each shard is filtered on its own, in
+`num_workers` worker processes: memory is one shard per worker, and a rerun skips the shards already filtered.
+Outputs: filter/accepted/ (with a dataset card README.md), filter/rejected/, stats.json and audit.md.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
 import re
+import time
+import zlib
 from collections import Counter
-from itertools import groupby
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cotdistill.answers import AnswerFormat, get_answer_format
 from cotdistill.config import FilterConfig, RunConfig
-from cotdistill.records import FILTERED_SCHEMA, Sample, samples_to_table, table_to_samples
-from cotdistill.shards import list_shards, read_json, remove_stale_tmp, write_json_atomic, write_parquet_atomic
+from cotdistill.records import FILTERED_SCHEMA, Sample
+from cotdistill.shards import list_shards, read_json, remove_stale_tmp, write_json_atomic, write_parquet_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-REASONS = ("truncated", "empty", "unparseable", "ambiguous", "wrong", "duplicate", "over_max_per_question")
+REASONS = (
+    "contaminated", "truncated", "empty", "degenerate", "too_long", "unparseable", "ambiguous", "timeout",
+    "no_majority", "wrong", "duplicate", "near_duplicate", "over_max_per_question", "under_min_per_question",
+)
+LABEL_MODES = ("gold", "majority")
+EXAMPLES_PER_REASON = 3
 _WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
 
 
 def normalize_whitespace(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def judge_question(samples: list[Sample], fmt: AnswerFormat, cfg: FilterConfig, seed: int) -> list[Sample]:
-    """Set extracted_answer, is_correct and filter_reason on one question's rationales (None = accepted)."""
-    seen: set[str] = set()
-    survivors: list[Sample] = []
-    for s in sorted(samples, key=lambda s: s.sample_index):
-        s.filter_reason = None
-        if s.rationale is not None and s.rationale.strip():
-            extraction = fmt.extract(s.rationale, s.choices)
-            s.extracted_answer = extraction.answer
-            s.is_correct = fmt.is_correct(extraction.answer, s.gold_answer)
+def repeated_ngram_share(text: str, n: int) -> float:
+    """The share of word n-grams that repeat an earlier one: about 0 for prose, near 1 for a loop."""
+    words = text.split()
+    if len(words) < 2 * n:
+        return 0.0
+    grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+# --- decontamination ------------------------------------------------------------------------------------------
+
+
+def question_ngrams(text: str, n: int) -> set[int]:
+    """Hashes of the lower-cased word n-grams of a question (the whole question if it is shorter than n)."""
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {zlib.crc32(" ".join(words).encode())} if words else set()
+    return {zlib.crc32(" ".join(words[i:i + n]).encode()) for i in range(len(words) - n + 1)}
+
+
+def build_contamination_index(questions: Iterable[str], n: int) -> frozenset[int]:
+    index: set[int] = set()
+    for q in questions:
+        index |= question_ngrams(q, n)
+    return frozenset(index)
+
+
+# --- near duplicates ------------------------------------------------------------------------------------------
+
+
+def near_duplicate_flags(texts: Sequence[str], threshold: float, ngram: int, num_perm: int) -> list[bool]:
+    """True for each text whose MinHash Jaccard estimate with an earlier kept text is >= threshold.
+
+    datasketch computes the signatures; with at most a few dozen rationales per question, comparing each
+    signature with the kept ones directly is cheaper than building an LSH index per question.
+    """
+    import numpy as np
+    from datasketch import MinHash
+
+    shingles = []
+    for text in texts:
+        words = text.lower().split()
+        grams = {" ".join(words[i:i + ngram]).encode() for i in range(max(1, len(words) - ngram + 1))}
+        shingles.append(grams or {b""})
+    signatures = MinHash.bulk(shingles, num_perm=num_perm)
+    kept: list[Any] = []
+    flags = []
+    for sig in signatures:
+        values = sig.hashvalues
+        if kept and float(np.max(np.mean(np.stack(kept) == values, axis=1))) >= threshold:
+            flags.append(True)
         else:
-            extraction, s.extracted_answer, s.is_correct = None, None, False
-        if s.finish_reason == "length":
-            s.filter_reason = "truncated"
-        elif extraction is None:
-            s.filter_reason = "empty"
-        elif extraction.answer is None:
-            s.filter_reason = extraction.reason or "unparseable"
-        elif not s.is_correct:
-            s.filter_reason = "wrong"
-        elif cfg.drop_duplicates:
-            key = normalize_whitespace(s.rationale)
+            flags.append(False)
+            kept.append(values)
+    return flags
+
+
+# --- judging one question -------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterContext:
+    """What judging needs besides the rows: the settings and the things built once per worker."""
+
+    cfg: FilterConfig
+    fmt: AnswerFormat
+    seed: int
+    contamination: frozenset[int] = frozenset()
+    count_student_tokens: Callable[[list[str], list[str], list[list[str] | None]], list[int]] | None = None
+    max_student_tokens: int | None = None
+
+
+@dataclass
+class QuestionRows:
+    """One question's rationales, as parallel lists (cheap to build from Parquet columns)."""
+
+    question_id: str
+    question: str
+    gold_answer: str | None
+    choices: list[str] | None
+    sample_indices: list[int]
+    rationales: list[str | None]
+    finish_reasons: list[str]
+
+
+@dataclass
+class Verdicts:
+    extracted_answer: list[str | None]
+    is_correct: list[bool | None]
+    filter_reason: list[str | None]
+
+
+def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
+    """The verdict on each of one question's rationales; filter_reason None means accepted."""
+    cfg, fmt = ctx.cfg, ctx.fmt
+    n = len(rows.rationales)
+    extracted: list[str | None] = [None] * n
+    correct: list[bool | None] = [None] * n
+    reason: list[str | None] = [None] * n
+    order = sorted(range(n), key=lambda i: rows.sample_indices[i])  # the lowest index is the one kept
+
+    if ctx.contamination and question_ngrams(rows.question, cfg.decontamination_ngram) & ctx.contamination:
+        return Verdicts(extracted, correct, ["contaminated"] * n)
+
+    texts = [r or "" for r in rows.rationales]
+    if ctx.count_student_tokens is not None and ctx.max_student_tokens is not None:
+        lengths = ctx.count_student_tokens([rows.question] * n, texts, [rows.choices] * n)
+    else:
+        lengths = None
+    for i in order:
+        text = texts[i]
+        if rows.finish_reasons[i] == "length":
+            reason[i] = "truncated"
+        elif not text.strip():
+            reason[i] = "empty"
+        elif repeated_ngram_share(text, cfg.repetition_ngram) > cfg.max_repeated_ngram_share:
+            reason[i] = "degenerate"
+        elif lengths is not None and lengths[i] > ctx.max_student_tokens:
+            reason[i] = "too_long"
+        if reason[i] in ("truncated", "degenerate", "too_long", None) and text.strip():
+            extraction = fmt.extract(text, rows.choices)
+            extracted[i] = extraction.answer
+            if rows.gold_answer is not None:
+                correct[i] = fmt.is_correct(extraction.answer, rows.gold_answer)
+            if reason[i] is None and extraction.answer is None:
+                reason[i] = extraction.reason or "unparseable"
+
+    voters = [i for i in order if reason[i] is None]
+    if cfg.label == "majority":
+        votes = Counter(extracted[i] for i in voters)
+        top, top_count = votes.most_common(1)[0] if votes else (None, 0)
+        if not voters or top_count / len(voters) < cfg.majority_min_share:
+            for i in voters:
+                reason[i] = "no_majority"
+            return Verdicts(extracted, correct, reason)
+        for i in voters:
+            if not (extracted[i] == top or fmt.equal(extracted[i], top)):
+                reason[i] = "wrong"
+    else:
+        if rows.gold_answer is None:
+            raise ValueError(f"question {rows.question_id} has no gold answer; use filter.label: majority")
+        for i in voters:
+            if not correct[i]:
+                reason[i] = "wrong"
+
+    survivors = [i for i in order if reason[i] is None]
+    if cfg.drop_duplicates:
+        seen: set[str] = set()
+        for i in survivors:
+            key = normalize_whitespace(texts[i])
             if key in seen:
-                s.filter_reason = "duplicate"
+                reason[i] = "duplicate"
             seen.add(key)
-        if s.filter_reason is None:
-            survivors.append(s)
+        survivors = [i for i in survivors if reason[i] is None]
+    if cfg.near_duplicates and len(survivors) > 1:
+        flags = near_duplicate_flags([texts[i] for i in survivors], cfg.near_duplicate_threshold,
+                                     cfg.near_duplicate_ngram, cfg.minhash_num_perm)
+        for i, flag in zip(survivors, flags):
+            if flag:
+                reason[i] = "near_duplicate"
+        survivors = [i for i in survivors if reason[i] is None]
     if cfg.max_per_question is not None and len(survivors) > cfg.max_per_question:
-        # Seeded by question, so the draw does not depend on shard order or worker count.
-        rng = random.Random(f"{seed}:{survivors[0].question_id}")
-        kept = {id(s) for s in rng.sample(survivors, cfg.max_per_question)}
-        for s in survivors:
-            if id(s) not in kept:
-                s.filter_reason = "over_max_per_question"
-    return samples
+        # Seeded by question, so the draw does not depend on shard order or the number of workers.
+        rng = random.Random(f"{ctx.seed}:{rows.question_id}")
+        drawn = set(rng.sample(survivors, cfg.max_per_question))
+        for i in survivors:
+            if i not in drawn:
+                reason[i] = "over_max_per_question"
+        survivors = sorted(drawn)
+    if len(survivors) < cfg.min_per_question:
+        for i in survivors:
+            reason[i] = "under_min_per_question"
+    return Verdicts(extracted, correct, reason)
 
 
-def filter_samples(samples: Iterable[Sample], cfg: FilterConfig, seed: int) -> Iterator[Sample]:
-    """The pure core: samples (grouped by question, as generate writes them) in, judged samples out."""
-    fmt = get_answer_format(cfg.answer_format)
-    for _, group in groupby(samples, key=lambda s: s.question_id):
-        yield from judge_question(list(group), fmt, cfg, seed)
+def filter_samples(samples: Iterable[Sample], ctx: FilterContext) -> Iterator[Sample]:
+    """The pure core over records: samples in (a question's rationales together), judged samples out."""
+    group: list[Sample] = []
+
+    def flush() -> Iterator[Sample]:
+        first = group[0]
+        verdicts = judge_question(QuestionRows(
+            first.question_id, first.question, first.gold_answer, first.choices,
+            [s.sample_index for s in group], [s.rationale for s in group], [s.finish_reason for s in group],
+        ), ctx)
+        for s, answer, correct, reason in zip(group, verdicts.extracted_answer, verdicts.is_correct,
+                                              verdicts.filter_reason):
+            s.extracted_answer, s.is_correct, s.filter_reason = answer, correct, reason
+            yield s
+
+    for sample in samples:
+        if group and sample.question_id != group[0].question_id:
+            yield from flush()
+            group = []
+        group.append(sample)
+    if group:
+        yield from flush()
 
 
-def filter_shard(shard: Path, out_dir: Path, cfg: FilterConfig, seed: int) -> dict[str, Any]:
-    samples = table_to_samples(pq.read_table(shard))
-    judged = list(filter_samples(samples, cfg, seed))
-    accepted = [s for s in judged if s.filter_reason is None]
-    rejected = [s for s in judged if s.filter_reason is not None]
-    per_question = Counter(s.question_id for s in accepted)
-    questions = {s.question_id for s in judged}
+# --- one shard, in a worker -----------------------------------------------------------------------------------
+
+
+def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
+    """A generate shard -> the same rows with extracted_answer, is_correct and filter_reason appended.
+
+    Works on columns rather than Sample objects: the filter has to keep up with 50,000 rationales/s.
+    """
+    qids = table.column("question_id").to_pylist()
+    groups: dict[str, list[int]] = {}
+    for row, qid in enumerate(qids):
+        groups.setdefault(qid, []).append(row)
+    cols = {name: table.column(name).to_pylist() for name in
+            ("question", "gold_answer", "sample_index", "rationale", "finish_reason")}
+    choices = table.column("choices")
+    extracted: list[str | None] = [None] * len(qids)
+    correct: list[bool | None] = [None] * len(qids)
+    reasons: list[str | None] = [None] * len(qids)
+    for qid, rows in groups.items():
+        first = rows[0]
+        verdicts = judge_question(QuestionRows(
+            qid, cols["question"][first], cols["gold_answer"][first], choices[first].as_py(),
+            [cols["sample_index"][r] for r in rows], [cols["rationale"][r] for r in rows],
+            [cols["finish_reason"][r] for r in rows],
+        ), ctx)
+        for r, a, c, why in zip(rows, verdicts.extracted_answer, verdicts.is_correct, verdicts.filter_reason):
+            extracted[r], correct[r], reasons[r] = a, c, why
+    table = table.select(SAMPLE_COLUMNS)
+    table = table.append_column(FILTERED_SCHEMA.field("extracted_answer"), pa.array(extracted, pa.string()))
+    table = table.append_column(FILTERED_SCHEMA.field("is_correct"), pa.array(correct, pa.bool_()))
+    return table.append_column(FILTERED_SCHEMA.field("filter_reason"), pa.array(reasons, pa.string()))
+
+
+SAMPLE_COLUMNS = [f.name for f in FILTERED_SCHEMA][:-3]
+
+_worker_ctx: FilterContext | None = None
+
+
+def _student_token_counter(student_model: str, prompt_template: str) -> Callable:
+    """Counts tokens of the student's chat-formatted prompt + rationale, as the train stage will see them."""
+    from transformers import AutoTokenizer
+
+    from cotdistill.models import resolve_model
+    from cotdistill.prompts import PromptTemplate
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(student_model))
+    template = PromptTemplate(prompt_template)
+
+    def count(questions: list[str], rationales: list[str], choices: list[list[str] | None]) -> list[int]:
+        texts = [
+            tokenizer.apply_chat_template(
+                template.render(question=q, choices=c) + [{"role": "assistant", "content": r.strip()}],
+                tokenize=False,
+            )
+            for q, r, c in zip(questions, rationales, choices)
+        ]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    return count
+
+
+def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterContext:
+    cfg = config.filter
+    max_tokens = cfg.max_student_tokens or config.train.sft.get("max_length")
+    counter = _student_token_counter(config.student.model, config.train.prompt) if max_tokens else None
+    return FilterContext(cfg=cfg, fmt=get_answer_format(cfg.answer_format), seed=config.seed,
+                         contamination=contamination, count_student_tokens=counter, max_student_tokens=max_tokens)
+
+
+def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
+    global _worker_ctx
+    _worker_ctx = make_context(config, contamination)
+
+
+def filter_shard(shard: Path, out_dir: Path, ctx: FilterContext | None = None) -> dict[str, Any]:
+    ctx = ctx or _worker_ctx
+    started = time.perf_counter()
+    judged = judge_table(pq.read_table(shard), ctx)
+    reasons = judged.column("filter_reason")
+    is_accepted = reasons.is_null()
+    accepted, rejected = judged.filter(is_accepted), judged.filter(pc.invert(is_accepted))
+    qids = judged.column("question_id").to_pylist()
+    accepted_per_question = Counter(accepted.column("question_id").to_pylist())
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for row in rejected.select(["question_id", "sample_index", "question", "gold_answer", "rationale",
+                                "extracted_answer", "filter_reason"]).slice(0, 2000).to_pylist():
+        bucket = examples.setdefault(row["filter_reason"], [])
+        if len(bucket) < EXAMPLES_PER_REASON:
+            bucket.append(row)
     meta = {
         "shard": shard.name,
         "rationales": len(judged),
         "accepted": len(accepted),
-        "rejected": dict(Counter(s.filter_reason for s in rejected)),
-        "questions": len(questions),
-        "accepted_per_question": dict(Counter(per_question.get(q, 0) for q in questions)),
+        "rejected": dict(Counter(r for r in reasons.to_pylist() if r is not None)),
+        "questions": len(set(qids)),
+        "accepted_per_question": dict(Counter(accepted_per_question.get(q, 0) for q in set(qids))),
+        "examples": examples,
+        "seconds": time.perf_counter() - started,
     }
     # rejected and meta first, accepted last: the accepted shard marks the shard as filtered.
-    write_parquet_atomic(samples_to_table(rejected, FILTERED_SCHEMA), out_dir / "rejected" / shard.name)
+    write_parquet_atomic(rejected, out_dir / "rejected" / shard.name)
     write_json_atomic(meta, out_dir / "meta" / shard.with_suffix(".json").name)
-    write_parquet_atomic(samples_to_table(accepted, FILTERED_SCHEMA), out_dir / "accepted" / shard.name)
+    write_parquet_atomic(accepted, out_dir / "accepted" / shard.name)
     return meta
 
 
@@ -110,23 +371,66 @@ def _is_filtered(shard: Path, out_dir: Path) -> bool:
     return accepted.exists() and accepted.stat().st_mtime >= shard.stat().st_mtime
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+def contamination_index(config: RunConfig) -> frozenset[int]:
+    from cotdistill.sources import load_question_texts
+
+    texts: list[str] = []
+    for source in config.filter.decontaminate:
+        texts.extend(load_question_texts(source))
+    return build_contamination_index(texts, config.filter.decontamination_ngram)
+
+
+def filter_shards(config: RunConfig, shards: list[Path], out_dir: Path) -> None:
+    """Filter the shards in worker processes (or in this one for num_workers <= 1), with a progress bar."""
     from tqdm import tqdm
 
+    contamination = contamination_index(config)
+    workers = min(config.filter.num_workers, len(shards))
+    if workers <= 1:
+        ctx = make_context(config, contamination)
+        for shard in tqdm(shards, desc="filter shards", unit="shard"):
+            filter_shard(shard, out_dir, ctx)
+        return
+    # spawn, not fork: the parent may hold a vLLM engine's threads (cotdistill run).
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config, contamination)) as pool:
+        jobs = [(shard, out_dir) for shard in shards]
+        for _ in tqdm(pool.imap_unordered(_filter_shard_job, jobs), total=len(jobs), desc="filter shards",
+                      unit="shard"):
+            pass
+
+
+def _filter_shard_job(job: tuple[Path, Path]) -> dict[str, Any]:
+    return filter_shard(*job)
+
+
+def check_config(config: RunConfig) -> None:
+    cfg = config.filter
+    get_answer_format(cfg.answer_format)
+    if cfg.label not in LABEL_MODES:
+        raise ValueError(f"filter.label must be one of {', '.join(LABEL_MODES)}, got {cfg.label!r}")
+    if not 0.0 < cfg.near_duplicate_threshold <= 1.0:
+        raise ValueError("filter.near_duplicate_threshold must be in (0, 1]")
+    if cfg.max_per_question is not None and cfg.max_per_question < cfg.min_per_question:
+        raise ValueError("filter.max_per_question is below filter.min_per_question")
+
+
+def run(config: RunConfig) -> dict[str, Any]:
     gen_dir, out_dir = config.run_dir / "generate", config.run_dir / "filter"
     shards = list_shards(gen_dir / "samples")
     if not shards or not (gen_dir / "stats.json").exists():
         raise RuntimeError(f"{gen_dir}: no finished generate output; run `cotdistill generate` first")
-    get_answer_format(config.filter.answer_format)  # fail on a bad name before any work
+    check_config(config)
     for sub in ("accepted", "rejected", "meta"):
         remove_stale_tmp(out_dir / sub)
     todo = [s for s in shards if not _is_filtered(s, out_dir)]
-    for shard in tqdm(todo, desc="filter shards", unit="shard"):
-        filter_shard(shard, out_dir, config.filter, config.seed)
+    if todo:
+        filter_shards(config, todo, out_dir)
     stats = summarize(out_dir, shards)
     write_json_atomic(stats, out_dir / "stats.json")
+    write_text_atomic(audit_markdown(stats, out_dir, shards), out_dir / "audit.md")
+    write_text_atomic(dataset_card(config, stats), out_dir / "accepted" / "README.md")
     logger.info("filter: %d of %d rationales accepted; rejected: %s",
-                stats["accepted"], stats["rationales"], stats["rejected"])
+                stats["accepted"], stats["rationales"], {k: v for k, v in stats["rejected"].items() if v})
     return stats
 
 
@@ -144,7 +448,76 @@ def summarize(out_dir: Path, shards: list[Path]) -> dict[str, Any]:
         "rejected": {reason: rejected.get(reason, 0) for reason in REASONS},
         "questions": sum(m["questions"] for m in metas),
         "questions_by_accepted_count": {str(k): per_question[k] for k in sorted(per_question)},
+        "seconds_in_workers": round(sum(m["seconds"] for m in metas), 3),
     }
+
+
+def audit_markdown(stats: dict[str, Any], out_dir: Path, shards: list[Path]) -> str:
+    lines = [
+        "# Filter audit", "",
+        f"{stats['accepted']:,} of {stats['rationales']:,} rationales accepted "
+        f"({stats['accepted'] / max(1, stats['rationales']):.1%}), over {stats['questions']:,} questions.", "",
+        "| reason | rationales | share |", "| --- | ---: | ---: |",
+    ]
+    for reason, count in stats["rejected"].items():
+        lines.append(f"| {reason} | {count:,} | {count / max(1, stats['rationales']):.1%} |")
+    lines += ["", "Questions by number of accepted rationales: "
+              + ", ".join(f"{k}: {v}" for k, v in stats["questions_by_accepted_count"].items()), ""]
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for shard in shards:
+        for reason, rows in read_json(out_dir / "meta" / shard.with_suffix(".json").name)["examples"].items():
+            bucket = examples.setdefault(reason, [])
+            bucket.extend(rows[: EXAMPLES_PER_REASON - len(bucket)])
+    for reason in REASONS:
+        if not examples.get(reason):
+            continue
+        lines += [f"## {reason}", ""]
+        for row in examples[reason]:
+            rationale = (row["rationale"] or "").strip()
+            if len(rationale) > 600:
+                rationale = rationale[:300] + " [...] " + rationale[-300:]
+            lines += [
+                f"- question `{row['question_id']}`, sample {row['sample_index']}: extracted "
+                f"`{row['extracted_answer']}`, gold `{row['gold_answer']}`", "",
+                "  > " + rationale.replace("\n", "\n  > "), "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def dataset_card(config: RunConfig, stats: dict[str, Any]) -> str:
+    gen, cfg = config.generate, config.filter
+    settings = {k: v for k, v in vars(cfg).items() if k != "decontaminate"}
+    decontaminated = ", ".join(f"`{d.path}`" for d in cfg.decontaminate) or "none"
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "*.parquet"
+tags:
+- cotdistill
+- chain-of-thought
+- distillation
+size_categories:
+- {"n<1K" if stats["accepted"] < 1000 else "1K<n<10K" if stats["accepted"] < 10000 else "10K<n<100K" if stats["accepted"] < 100000 else "n>100K"}
+---
+# {config.run_name}: filtered teacher rationales
+
+Chain-of-thought rationales sampled from a teacher and filtered by cotdistill, one row per rationale
+(schema `FILTERED_SCHEMA` in `cotdistill/records.py`).
+
+- Teacher: `{config.teacher.model}`
+- Questions: `{config.data.path}` (split `{config.data.split}`), {stats["questions"]:,} questions
+- Prompt template: `{gen.prompt}`{f" with few-shot examples `{gen.examples}`" if gen.examples else ""}
+- Sampling: n={gen.num_samples}, temperature={gen.temperature}, top_p={gen.top_p}, top_k={gen.top_k},
+  max_tokens={gen.max_tokens}, seed={config.seed}
+- Filter: answer format `{cfg.answer_format}`, label `{cfg.label}`, decontaminated against {decontaminated}
+- Filter settings: `{settings}`
+- Counts: {stats["accepted"]:,} accepted of {stats["rationales"]:,} generated; rejected by reason:
+  {", ".join(f"{k} {v:,}" for k, v in stats["rejected"].items() if v) or "none"}
+
+Load it with `datasets.load_dataset("parquet", data_dir="{config.run_dir / 'filter' / 'accepted'}")`.
+"""
 
 
 def is_complete(config: RunConfig) -> bool:

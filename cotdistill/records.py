@@ -17,7 +17,7 @@ import pyarrow as pa
 class Question:
     question_id: str
     question: str
-    gold_answer: str
+    gold_answer: str | None  # None for unlabelled questions (the filter's majority mode)
     choices: list[str] | None = None
     source_row: int = 0  # row index in the source, for error messages and audits
 
@@ -29,7 +29,7 @@ class Sample:
     question_id: str
     sample_index: int
     question: str
-    gold_answer: str
+    gold_answer: str | None
     choices: list[str] | None
     prompt_messages: list[dict[str, str]]
     prompt_text: str

@@ -62,3 +62,13 @@ def remove_stale_tmp(directory: str | Path) -> None:
     if directory.is_dir():
         for tmp in directory.glob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
+
+
+def read_shards(directory: str | Path, schema: pa.Schema | None = None) -> pa.Table:
+    """All finished shards of a folder as one table (the folder may also hold a README.md dataset card)."""
+    tables = [pq.read_table(p) for p in list_shards(directory)]
+    if not tables:
+        if schema is None:
+            raise FileNotFoundError(f"{directory}: no Parquet shards")
+        return schema.empty_table()
+    return pa.concat_tables(tables)

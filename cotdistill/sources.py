@@ -97,7 +97,7 @@ class QuestionSource:
             rows = rows.select(range(min(cfg.limit, len(rows))))
         # choices_field may reach into a struct column: "choices.text" (CommonsenseQA, ARC).
         self.choices_column, _, self.choices_key = (cfg.choices_field or "").partition(".")
-        wanted = [cfg.question_field, cfg.answer_field] + [f for f in (self.choices_column, cfg.id_field) if f]
+        wanted = [f for f in (cfg.question_field, cfg.answer_field, self.choices_column, cfg.id_field) if f]
         for field_name in wanted:
             if field_name not in rows.column_names:
                 raise SourceError(
@@ -106,10 +106,10 @@ class QuestionSource:
         self.rows = rows.select_columns(wanted)
         self.ids, self.golds = self._check_rows()
 
-    def _check_rows(self) -> tuple[list[str], list[str]]:
+    def _check_rows(self) -> tuple[list[str], list[str | None]]:
         cfg, parse_gold = self.cfg, GOLD_PARSERS[self.cfg.gold_format]
         ids: list[str] = []
-        golds: list[str] = []
+        golds: list[str | None] = []
         seen: dict[str, int] = {}
         for start in range(0, len(self.rows), 10_000):
             batch = self.rows[start : start + 10_000]
@@ -118,13 +118,16 @@ class QuestionSource:
                 where = f"{cfg.path}: row {row_number}"
                 if not isinstance(question, str) or not question.strip():
                     raise SourceError(f"{where}: field '{cfg.question_field}' is missing or empty")
-                answer = batch[cfg.answer_field][offset]
-                if answer is None or (isinstance(answer, str) and not answer.strip()):
-                    raise SourceError(f"{where}: field '{cfg.answer_field}' is missing or empty")
-                try:
-                    golds.append(parse_gold(answer))
-                except GoldParseError as e:
-                    raise SourceError(f"{where}: field '{cfg.answer_field}': {e}") from None
+                if cfg.answer_field is None:  # unlabelled questions, for the filter's majority mode
+                    golds.append(None)
+                else:
+                    answer = batch[cfg.answer_field][offset]
+                    if answer is None or (isinstance(answer, str) and not answer.strip()):
+                        raise SourceError(f"{where}: field '{cfg.answer_field}' is missing or empty")
+                    try:
+                        golds.append(parse_gold(answer))
+                    except GoldParseError as e:
+                        raise SourceError(f"{where}: field '{cfg.answer_field}': {e}") from None
                 if cfg.choices_field:
                     choices = self._choices(batch, offset)
                     if not isinstance(choices, list) or not choices:
@@ -164,3 +167,12 @@ class QuestionSource:
                 choices=[str(c) for c in choices] if choices else None,
                 source_row=i + 1,
             )
+
+
+def load_question_texts(cfg: DataConfig) -> list[str]:
+    """Only the question texts of a source (for decontamination): no gold needed, empty rows skipped."""
+    rows = load_rows(cfg)
+    if cfg.question_field not in rows.column_names:
+        raise SourceError(f"{cfg.path}: no field '{cfg.question_field}' (fields: {', '.join(rows.column_names)})")
+    texts = rows[cfg.question_field]
+    return [t for t in texts if isinstance(t, str) and t.strip()]

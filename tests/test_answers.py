@@ -32,6 +32,18 @@ def test_every_gsm8k_gold_parses_and_the_worked_answer_extracts_to_it(gsm8k_rows
     ("Answer: 0.5", "0.5"),
     ("The answer is 3/4", "0.75"),
     ("The answer is 12.0", "12"),
+    ("She has 5 apples left. The answer is 5 apples.", "5"),
+    ("The total cost is $2,500.75", "2500.75"),
+    ("The answer is -0", "0"),
+    ("The answer is 15%", "15"),
+    ("The temperature dropped to -12 degrees.", "-12"),
+    ("The answer is **7**.", "7"),
+    ("Final answer: $\\boxed{1,000}$", "1000"),
+    ("#### -3.5", "-3.5"),
+    ("The answer is .5", "0.5"),
+    ("Total = 4 + 5 = 9 apples\nThe answer is: 9", "9"),
+    ("The answer = 21", "21"),
+    ("3 boxes of 12 eggs is 36 eggs in total", "36"),
 ])
 def test_number_extraction(text, expected):
     assert extract_number(text).answer == expected
@@ -63,6 +75,86 @@ def test_choice_extraction(text, expected):
     assert extract_choice(text, ["red", "blue", "green", "black"]).answer == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("B) is right because the sky is blue.", "B"),
+    ("The answer is: (c)", "C"),
+    ("Answer: (A)", "A"),
+    ("\\boxed{D}", "D"),
+    ("After thinking, the answer is green.", "C"),
+])
+def test_choice_extraction_more_forms(text, expected):
+    assert extract_choice(text, ["red", "blue", "green", "black"]).answer == expected
+
+
+MATH = get_answer_format("math")
+
+
+@pytest.mark.parametrize("text, gold", [
+    ("So the result is \\boxed{\\frac{1}{2}}.", "0.5"),
+    ("The answer is $\\sqrt{2}$", "\\sqrt 2"),
+    ("\\boxed{\\frac{\\pi}{4}}", "\\pi/4"),
+    ("\\boxed{(0, 1]}", "(0,1]"),
+    ("\\boxed{\\{1, 2, 3\\}}", "\\{3,2,1\\}"),
+    ("\\boxed{2x + 3}", "3 + 2x"),
+    ("\\boxed{x^2 - 1}", "(x-1)(x+1)"),
+    ("The answer is $\\dfrac{3}{4}$.", "\\frac34"),
+    ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}"),
+    ("\\boxed{-\\infty}", "-\\infty"),
+])
+def test_math_answers_equal_to_gold(text, gold):
+    extraction = MATH.extract(text, None)
+    assert extraction.answer is not None, extraction
+    assert MATH.is_correct(extraction.answer, gold)
+
+
+@pytest.mark.parametrize("text, gold", [
+    ("\\boxed{\\frac{1}{3}}", "0.5"),
+    ("\\boxed{\\sqrt{3}}", "\\sqrt 2"),
+    ("\\boxed{[0, 1]}", "(0,1]"),
+])
+def test_math_answers_not_equal_to_gold(text, gold):
+    assert not MATH.is_correct(MATH.extract(text, None).answer, gold)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("no formula here", "unparseable"),
+    ("\\boxed{1} and later \\boxed{2}", "ambiguous"),
+    ("\\boxed{10^{10^{10}}}", "unparseable"),
+    ("\\boxed{99999!}", "unparseable"),
+])
+def test_math_failures(text, reason):
+    assert MATH.extract(text, None).reason == reason
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Birds can fly, so the answer is yes.", "yes"),
+    ("The answer is No", "no"),
+    ("Answer: True", "yes"),
+    ("It is false that pigs fly.", "no"),
+    ("Is it? Yes. Well... no.", "no"),
+])
+def test_yes_no(text, expected):
+    assert get_answer_format("yes_no").extract(text, None).answer == expected
+
+
+def test_yes_no_failures_and_gold():
+    fmt = get_answer_format("yes_no")
+    assert fmt.extract("The answer is yes. Actually, the answer is no.", None).reason == "ambiguous"
+    assert fmt.extract("maybe", None).reason == "unparseable"
+    assert fmt.is_correct("yes", "True") and not fmt.is_correct("no", "yes")
+
+
+@pytest.mark.parametrize("text, gold", [
+    ("The answer is The Eiffel Tower.", "eiffel tower"),
+    ("Answer: Paris", "paris!"),
+    ("I reason a lot.\nMount Everest", "Mount Everest"),
+    ("The answer is an apple", "Apple"),
+])
+def test_exact(text, gold):
+    fmt = get_answer_format("exact")
+    assert fmt.is_correct(fmt.extract(text, None).answer, gold)
+
+
 def test_choice_ambiguous_and_unparseable():
     assert extract_choice("The answer is (A). No, the answer is (B).", ["x", "y"]).reason == "ambiguous"
     assert extract_choice("no idea", ["x", "y"]).reason == "unparseable"
@@ -88,5 +180,5 @@ def test_gold_parsers_name_the_problem():
 
 
 def test_unknown_format_lists_the_known_ones():
-    with pytest.raises(ValueError, match="choice, number"):
+    with pytest.raises(ValueError, match="choice, exact, math, number, yes_no"):
         get_answer_format("latex")

@@ -1,21 +1,35 @@
-"""The filter's logic on hand-made rationales (the stage itself runs on real generations in test_pipeline)."""
+"""The filter's logic on hand-made rationales where the right verdict is known (the stage itself also runs on
+real generations in test_pipeline)."""
 
+import pytest
+
+from cotdistill.answers import get_answer_format
 from cotdistill.config import FilterConfig
-from cotdistill.filter import filter_samples
+from cotdistill.filter import (
+    FilterContext, build_contamination_index, filter_samples, near_duplicate_flags, repeated_ngram_share,
+)
 from cotdistill.records import Sample
 
 
-def sample(qid, index, rationale, finish="stop", gold="12"):
-    return Sample(question_id=qid, sample_index=index, question="q", gold_answer=gold, choices=None,
+def sample(qid, index, rationale, finish="stop", gold="12", question="What is 3 times 4?"):
+    return Sample(question_id=qid, sample_index=index, question=question, gold_answer=gold, choices=None,
                   prompt_messages=[], prompt_text="", rationale=rationale, finish_reason=finish, prompt_tokens=1,
                   completion_tokens=1, teacher="t", sampling={}, seed=0, run_id="r")
 
 
-def reasons(samples):
-    return [(s.sample_index, s.filter_reason) for s in samples]
+def context(**settings):
+    cfg = FilterConfig(**settings)
+    return FilterContext(cfg=cfg, fmt=get_answer_format(cfg.answer_format), seed=0)
 
 
-def test_each_reason():
+def verdicts(samples, ctx):
+    return [(s.sample_index, s.filter_reason) for s in filter_samples(samples, ctx)]
+
+
+LOOP = "then I add 4 again and " * 30
+
+
+def test_each_reason_in_gold_mode():
     samples = [
         sample("a", 0, "3 * 4 = 12. The answer is 12"),
         sample("a", 1, "3 * 4 = 12.   The answer is\n12"),  # the same after whitespace normalisation
@@ -24,28 +38,114 @@ def test_each_reason():
         sample("a", 4, "3 * 4 = 12 and then", finish="length"),
         sample("a", 5, "   "),
         sample("a", 6, "The answer is 12. No, the answer is 11."),
-        sample("a", 7, "4 * 3 = 12, so the answer is 12"),
+        sample("a", 7, "Four threes make twelve, so the answer is 12"),
+        sample("a", 8, LOOP + "The answer is 12"),
     ]
-    judged = list(filter_samples(samples, FilterConfig(), seed=0))
-    assert reasons(judged) == [(0, None), (1, "duplicate"), (2, "wrong"), (3, "unparseable"), (4, "truncated"),
-                               (5, "empty"), (6, "ambiguous"), (7, None)]
+    judged = list(filter_samples(samples, context()))
+    assert [(s.sample_index, s.filter_reason) for s in judged] == [
+        (0, None), (1, "duplicate"), (2, "wrong"), (3, "unparseable"), (4, "truncated"), (5, "empty"),
+        (6, "ambiguous"), (7, None), (8, "degenerate")]
     assert judged[0].extracted_answer == "12" and judged[0].is_correct
     assert judged[2].extracted_answer == "13" and judged[2].is_correct is False
+    assert judged[4].extracted_answer == "12"  # the answer is still recorded on a rejected row
 
 
 def test_max_per_question_is_a_seeded_uniform_draw():
-    samples = [sample("a", i, f"Step {i}: the answer is 12") for i in range(10)]
-    cfg = FilterConfig(max_per_question=3)
-    first = [s.sample_index for s in filter_samples(samples, cfg, seed=0) if s.filter_reason is None]
-    again = [s.sample_index for s in filter_samples(samples, cfg, seed=0) if s.filter_reason is None]
-    assert len(first) == 3 and first == again
-    draws = {tuple(s.sample_index for s in filter_samples(samples, cfg, seed=k) if s.filter_reason is None)
-             for k in range(20)}
-    assert len(draws) > 5  # not always the first three
-    assert all(s.filter_reason in (None, "over_max_per_question") for s in filter_samples(samples, cfg, seed=0))
+    samples = [sample("a", i, f"Step {i}: we set aside {i} apples, so the answer is 12") for i in range(10)]
+    ctx = context(max_per_question=3, near_duplicates=False)
+    first = [i for i, why in verdicts(samples, ctx) if why is None]
+    assert len(first) == 3 and first == [i for i, why in verdicts(samples, ctx) if why is None]
+    draws = set()
+    for seed in range(40):
+        ctx.seed = seed
+        draws.add(tuple(i for i, why in verdicts(samples, ctx) if why is None))
+    assert len(draws) > 20  # uniform over 120 subsets: many distinct draws, not the first three
+    counts = [sum(i in d for d in draws) for i in range(10)]
+    assert min(counts) > 0  # every rationale can be drawn
+
+
+def test_min_per_question_drops_thin_questions():
+    samples = [sample("a", 0, "The answer is 12"), sample("a", 1, "The answer is 13"),
+               sample("b", 0, "The answer is 12"), sample("b", 1, "So 6 + 6 makes the answer 12")]
+    assert verdicts(samples, context(min_per_question=2)) == [
+        (0, "under_min_per_question"), (1, "wrong"), (0, None), (1, None)]
 
 
 def test_questions_are_judged_separately():
     samples = [sample("a", 0, "The answer is 12"), sample("b", 0, "The answer is 12"),
                sample("b", 1, "The answer is 12")]
-    assert reasons(filter_samples(samples, FilterConfig(), seed=0)) == [(0, None), (0, None), (1, "duplicate")]
+    assert verdicts(samples, context()) == [(0, None), (0, None), (1, "duplicate")]
+
+
+def test_near_duplicates_keep_the_lowest_index():
+    base = ("Each box holds three apples and there are four boxes on the table so we multiply three by four "
+            "to get the total number of apples which gives twelve apples in all. The answer is 12")
+    close = base.replace("on the table", "on the big table")  # one word added: Jaccard well above 0.8
+    other = "Four groups of three: 3 + 3 + 3 + 3 = 12. The answer is 12"
+    samples = [sample("a", 2, close), sample("a", 0, base), sample("a", 1, other)]
+    assert sorted(verdicts(samples, context())) == [(0, None), (1, None), (2, "near_duplicate")]
+    assert sorted(verdicts(samples, context(near_duplicates=False))) == [(0, None), (1, None), (2, None)]
+
+
+def test_near_duplicate_flags_threshold():
+    words = [f"w{i}" for i in range(100)]
+    a = " ".join(words)
+    b = " ".join(words[:95] + [f"x{i}" for i in range(5)])  # 3-gram Jaccard ~0.88
+    c = " ".join(words[:50] + [f"y{i}" for i in range(50)])  # ~0.33
+    assert near_duplicate_flags([a, b, c], 0.8, 3, 128) == [False, True, False]
+    assert near_duplicate_flags([a, b], 0.95, 3, 128) == [False, False]
+
+
+def test_majority_mode_uses_the_teachers_majority_as_label():
+    # No gold: 3 of 4 parsed answers say 12, so 12 is the label.
+    samples = [sample("a", 0, "The answer is 12", gold=None), sample("a", 1, "So, the answer is 12", gold=None),
+               sample("a", 2, "The answer is 15", gold=None), sample("a", 3, "Thus the answer is 12", gold=None),
+               sample("a", 4, "no idea", gold=None)]
+    judged = list(filter_samples(samples, context(label="majority")))
+    assert [(s.sample_index, s.filter_reason) for s in judged] == [
+        (0, None), (1, None), (2, "wrong"), (3, None), (4, "unparseable")]
+    assert judged[0].is_correct is None  # no gold to compare with
+
+
+def test_majority_mode_drops_a_question_without_a_clear_winner():
+    samples = [sample("a", 0, "The answer is 1", gold=None), sample("a", 1, "The answer is 2", gold=None),
+               sample("a", 2, "The answer is 3", gold=None), sample("a", 3, "The answer is 1!", gold=None)]
+    assert verdicts(samples, context(label="majority", majority_min_share=0.6)) == [
+        (0, "no_majority"), (1, "no_majority"), (2, "no_majority"), (3, "no_majority")]
+    # 2 of 4 = 0.5 share passes a 0.5 threshold: the majority answer 1 is kept, the others are wrong.
+    assert verdicts(samples, context(label="majority", majority_min_share=0.5)) == [
+        (0, None), (1, "wrong"), (2, "wrong"), (3, None)]
+
+
+def test_gold_mode_without_gold_is_an_error():
+    with pytest.raises(ValueError, match="no gold answer; use filter.label: majority"):
+        list(filter_samples([sample("a", 0, "The answer is 1", gold=None)], context()))
+
+
+def test_decontamination_drops_questions_sharing_a_13_gram():
+    eval_question = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
+                     "muffins for her friends every day with four.")
+    index = build_contamination_index([eval_question], 13)
+    copied = "A farmer notes: she eats three for breakfast every morning and bakes muffins for her friends every day."
+    fresh = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    ctx = context()
+    ctx.contamination = index
+    samples = [sample("a", 0, "The answer is 12", question=copied), sample("a", 1, "So the answer is 12", question=copied),
+               sample("b", 0, "The answer is 12", question=fresh)]
+    assert verdicts(samples, ctx) == [(0, "contaminated"), (1, "contaminated"), (0, None)]
+    # 12 shared words are not enough at n = 13.
+    twelve = "she eats three for breakfast every morning and bakes muffins for her"
+    assert verdicts([sample("c", 0, "The answer is 12", question=twelve)], ctx) == [(0, None)]
+
+
+def test_too_long_for_the_student():
+    ctx = context()
+    ctx.max_student_tokens = 10
+    ctx.count_student_tokens = lambda qs, rs, cs: [len(r.split()) for r in rs]  # a word is a token here
+    samples = [sample("a", 0, "The answer is 12"), sample("a", 1, "We see that three fours make " * 3 + "the answer is 12")]
+    assert verdicts(samples, ctx) == [(0, None), (1, "too_long")]
+
+
+def test_repeated_ngram_share():
+    assert repeated_ngram_share("the cat sat on the mat and looked at the dog", 4) == 0.0
+    assert repeated_ngram_share("go on " * 50, 4) > 0.9

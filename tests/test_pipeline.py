@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import datasets
 import pyarrow.parquet as pq
@@ -13,7 +14,7 @@ import yaml
 from cotdistill import evaluate, filter as filter_stage, generate, train
 from cotdistill.config import load_config
 from cotdistill.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
-from cotdistill.shards import list_shards, read_json, write_parquet_atomic
+from cotdistill.shards import list_shards, read_json, read_shards, write_parquet_atomic
 from cotdistill.prompts import PromptTemplate
 from tests.conftest import tiny_config_dict
 
@@ -107,7 +108,7 @@ def test_filter_on_real_generations_accounts_for_every_row(pipeline):
     config, _, _ = pipeline
     stats = filter_stage.run(config)
     out = config.run_dir / "filter"
-    accepted, rejected = pq.read_table(out / "accepted"), pq.read_table(out / "rejected")
+    accepted, rejected = read_shards(out / "accepted"), read_shards(out / "rejected")
     assert accepted.schema.equals(FILTERED_SCHEMA) and rejected.schema.equals(FILTERED_SCHEMA)
     assert len(accepted) + len(rejected) == 15 == stats["rationales"]
     reasons = rejected.column("filter_reason").to_pylist()
@@ -115,6 +116,26 @@ def test_filter_on_real_generations_accounts_for_every_row(pipeline):
     assert sum(stats["rejected"].values()) == len(rejected)
     truncated = [r for r in rejected.to_pylist() if r["finish_reason"] == "length"]
     assert all(r["filter_reason"] == "truncated" for r in truncated)
+    assert sum(int(k) * v for k, v in stats["questions_by_accepted_count"].items()) == len(accepted)
+    audit = (out / "audit.md").read_text()
+    assert audit.startswith("# Filter audit") and "| truncated |" in audit
+    for reason, count in stats["rejected"].items():
+        if count:
+            assert f"## {reason}" in audit
+    card = (out / "accepted" / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and config.teacher.model in card
+    loaded = datasets.load_dataset("parquet", data_dir=str(out / "rejected"), split="train")
+    assert len(loaded) == len(rejected) and "filter_reason" in loaded.column_names
+
+
+def test_filter_workers_give_the_same_verdicts_as_one_process(pipeline):
+    config, config_path, _ = pipeline
+    assert config.filter.num_workers == 2
+    single = load_config(config_path, ["run_name=tiny-one-worker", "filter.num_workers=1"])
+    shutil.copytree(config.run_dir / "generate", single.run_dir / "generate")
+    filter_stage.run(single)
+    for sub in ("accepted", "rejected"):
+        assert read_shards(single.run_dir / "filter" / sub).equals(read_shards(config.run_dir / "filter" / sub))
 
 
 @pytest.fixture(scope="module")
@@ -161,16 +182,31 @@ def test_train_runs_and_saves_model_and_card(trained):
     assert train.is_complete(trained)
 
 
-def test_evaluate_writes_metrics_for_each_model(trained):
-    result = evaluate.run(trained)
-    out = trained.run_dir / "evaluate"
+def test_evaluate_writes_every_output(trained, pipeline):
+    teacher_generations = pipeline[0].run_dir / "generate" / "samples"
+    config = load_config(pipeline[1], ["run_name=tiny-train", f"evaluate.stored={{stored_teacher: {teacher_generations}}}"])
+    result = evaluate.run(config)
+    out = config.run_dir / "evaluate"
     metrics = read_json(out / "metrics.json")
-    assert set(metrics["models"]) == {"teacher", "base_student", "student"}
-    for name, m in metrics["models"].items():
-        assert m["questions"] == 3
-        assert 0.0 <= m["greedy_accuracy"] <= 1.0 and 0.0 <= m["maj@3"] <= 1.0
-        assert m["generated_tokens"] > 0
+    assert set(metrics["models"]) == {"teacher", "base_student", "student", "stored_teacher"}
+    for name in ("teacher", "base_student", "student"):
+        m = metrics["models"][name]
+        assert m["questions"] == 3 and m["k"] == 3
+        assert len(m["maj_at_k"]) == 3 and len(m["pass_at_k"]) == 3
+        assert all(a <= b + 1e-9 for a, b in zip(m["pass_at_k"], m["pass_at_k"][1:]))  # pass@k grows with k
+        assert m["maj_at_K_ci"][0] <= m["maj@3"] <= m["maj_at_K_ci"][1]
+        assert 0.0 <= m["greedy_accuracy"] <= 1.0 and m["greedy_accuracy_ci"] is not None
+        assert m["sampled_tokens"] > 0 and m["tokens_per_s"] > 0 and m["seconds_per_question"] > 0
+        assert m["parameters"] > 100_000 and m["weights_mb"] > 0
         table = pq.read_table(out / f"{name}.parquet")
         assert table.schema.equals(EVAL_SCHEMA) and len(table) == 3
         assert all(len(s) == 3 for s in table.column("samples").to_pylist())
-    assert "student" in result["table"] and "maj@3" in result["table"]
+    assert 0.0 <= metrics["models"]["student"]["agreement_with_teacher"] <= 1.0
+    stored = metrics["models"]["stored_teacher"]
+    assert stored["questions"] == 5 and stored["k"] == 3 and stored["greedy_accuracy"] is None
+    report = (out / "report.md").read_text()
+    assert "| student |" in report and "1/t" in report and "teacher's maj@3" in report
+    for plot in ("accuracy_vs_k.png", "accuracy_vs_tokens.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "student" in result["table"] and "maj@K" in result["table"]
+    assert evaluate.is_complete(config)
