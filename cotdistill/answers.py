@@ -106,6 +106,8 @@ def extract_number(text: str, choices: Sequence[str] | None = None) -> Extractio
 
 
 def numbers_equal(a: str, b: str) -> bool:
+    if a == b:  # both canonical: the common case needs no Fraction
+        return True
     try:
         return Fraction(a) == Fraction(b)
     except (ValueError, ZeroDivisionError):
@@ -287,8 +289,13 @@ class AnswerFormat:
     def is_correct(self, answer: str | None, gold: str | None) -> bool:
         if answer is None or gold is None:
             return False
-        gold_canon = self.canonical_gold(gold)
+        gold_canon = _cached_gold(self.canonical_gold, gold)  # the same gold is checked N times per question
         return gold_canon is not None and self.equal(answer, gold_canon)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_gold(canonical_gold: Callable[[str], str | None], gold: str) -> str | None:
+    return canonical_gold(gold)
 
 
 def _canonical_letter(gold: str) -> str | None:

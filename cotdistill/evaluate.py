@@ -191,7 +191,7 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     n = len(rows)
     k_max = min((len(r["samples"]) for r in rows if r["skip_reason"] is None), default=0)
     ci = lambda scores: bootstrap_ci(scores, seed=config.seed, resamples=ev.bootstrap_resamples)  # noqa: E731
-    maj_curve, pass_curve, maj_scores, pass_scores = [], [], [], []
+    maj_curve, pass_curve, maj_scores, pass_scores, maj1_scores = [], [], [], [], []
     for k in range(1, k_max + 1):
         maj = [expected_maj_at_k(r["sample_answers"], r["sample_correct"], k,
                                  seed=question_seed(config.seed, r["question_id"], k), draws=ev.maj_draws)
@@ -200,6 +200,8 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
         maj_curve.append(sum(maj) / n)
         pass_curve.append(sum(passes) / n)
         maj_scores, pass_scores = maj, passes
+        if k == 1:
+            maj1_scores = maj
     sampled_tokens = cost["sampled_tokens"]
     tokens_per_sample = sampled_tokens / max(1, sum(len(r["samples"]) for r in rows))
     metrics: dict[str, Any] = {
@@ -208,7 +210,7 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
         "k": k_max,
         "greedy_accuracy": None, "greedy_accuracy_ci": None,
         "maj_at_k": maj_curve, "pass_at_k": pass_curve,
-        f"maj@1": maj_curve[0] if maj_curve else 0.0,
+        "maj@1": maj_curve[0] if maj_curve else 0.0, "maj_at_1_ci": ci(maj1_scores),
         f"maj@{k_max}": maj_curve[-1] if maj_curve else 0.0, "maj_at_K_ci": ci(maj_scores),
         f"pass@{k_max}": pass_curve[-1] if pass_curve else 0.0, "pass_at_K_ci": ci(pass_scores),
         "tokens_per_sample": round(tokens_per_sample, 1),
@@ -344,7 +346,7 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> st
             f"| {name} | {m['parameters'] / 1e6:.1f}M |" if m.get("parameters") else f"| {name} | - |")
         lines[-1] += (
             f" {m['weights_mb']:.0f} MB |" if m.get("weights_mb") else " - |") + (
-            f" {pct(m['greedy_accuracy'])}{interval(m['greedy_accuracy_ci'])} | {pct(m['maj@1'])} |"
+            f" {pct(m['greedy_accuracy'])}{interval(m['greedy_accuracy_ci'])} | {pct(m['maj@1'])}{interval(m['maj_at_1_ci'])} |"
             f" {pct(m[f'maj@{k}'])}{interval(m['maj_at_K_ci'])} | {pct(m[f'pass@{k}'])}{interval(m['pass_at_K_ci'])} |"
             f" {k} | {m['sampled_tokens_per_question']:.0f} | {m['tokens_per_s'] or '-'} |"
             f" {m['seconds_per_question'] or '-'} | {pct(m.get('agreement_with_teacher'))} |")
@@ -367,10 +369,21 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> st
 
 
 def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
+    """accuracy_vs_k.png (maj@k solid, pass@k dashed, one colour per model) and accuracy_vs_tokens.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    def save(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, name: str) -> None:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in metrics.items():
@@ -378,28 +391,16 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
         line, = ax.plot(ks, [100 * v for v in m["maj_at_k"]], marker="o", label=f"{name} maj@k")
         ax.plot(ks, [100 * v for v in m["pass_at_k"]], linestyle="--", color=line.get_color(), alpha=0.6,
                 label=f"{name} pass@k")
-    ax.set_xlabel("k (samples per question)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Self-consistency: accuracy against k")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy_vs_k.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "k (samples per question)", "accuracy (%)", "Self-consistency: accuracy against k",
+         "accuracy_vs_k.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in metrics.items():
         tokens = [k * m["tokens_per_sample"] for k in range(1, m["k"] + 1)]
         ax.plot(tokens, [100 * v for v in m["maj_at_k"]], marker="o", label=name)
     ax.set_xscale("log")
-    ax.set_xlabel("generated tokens per question (k samples)")
-    ax.set_ylabel("maj@k accuracy (%)")
-    ax.set_title("Accuracy against generated tokens")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy_vs_tokens.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "generated tokens per question (k samples)", "maj@k accuracy (%)",
+         "Accuracy against generated tokens", "accuracy_vs_tokens.png")
 
 
 def is_complete(config: RunConfig) -> bool:

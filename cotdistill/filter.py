@@ -52,12 +52,11 @@ REASONS = (
 )
 LABEL_MODES = ("gold", "majority")
 EXAMPLES_PER_REASON = 3
-_WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
 
 def normalize_whitespace(text: str) -> str:
-    return _WHITESPACE.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def repeated_ngram_share(text: str, n: int) -> float:
@@ -65,8 +64,19 @@ def repeated_ngram_share(text: str, n: int) -> float:
     words = text.split()
     if len(words) < 2 * n:
         return 0.0
-    grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams)
+    grams = set(zip(*(words[i:] for i in range(n))))  # tuples built in C
+    return 1.0 - len(grams) / (len(words) - n + 1)
+
+
+def is_degenerate(text: str, n: int, max_share: float) -> bool:
+    """repeated_ngram_share(text, n) > max_share, cheaply for the usual rationale: an n-gram can only repeat
+    where its first word repeats, so when the share of repeated words is already at most max_share, it is not."""
+    words = text.split()
+    if len(words) < 2 * n:
+        return False
+    if (len(words) - len(set(words))) / (len(words) - n + 1) <= max_share:
+        return False
+    return repeated_ngram_share(text, n) > max_share
 
 
 # --- decontamination ------------------------------------------------------------------------------------------
@@ -97,14 +107,16 @@ def near_duplicate_flags(texts: Sequence[str], threshold: float, ngram: int, num
     signature with the kept ones directly is cheaper than building an LSH index per question.
     """
     import numpy as np
+    import xxhash
     from datasketch import MinHash
 
     shingles = []
     for text in texts:
         words = text.lower().split()
-        grams = {" ".join(words[i:i + ngram]).encode() for i in range(max(1, len(words) - ngram + 1))}
-        shingles.append(grams or {b""})
-    signatures = MinHash.bulk(shingles, num_perm=num_perm)
+        grams = {g.encode() for g in map(" ".join, zip(*(words[i:] for i in range(ngram))))}
+        shingles.append(grams or {" ".join(words).encode()})
+    # xxh32 instead of datasketch's default sha1: the same 32-bit hashes for MinHash, several times faster.
+    signatures = MinHash.bulk(shingles, num_perm=num_perm, hashfunc=xxhash.xxh32_intdigest)
     kept: list[Any] = []
     flags = []
     for sig in signatures:
@@ -175,7 +187,7 @@ def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
             reason[i] = "truncated"
         elif not text.strip():
             reason[i] = "empty"
-        elif repeated_ngram_share(text, cfg.repetition_ngram) > cfg.max_repeated_ngram_share:
+        elif is_degenerate(text, cfg.repetition_ngram, cfg.max_repeated_ngram_share):
             reason[i] = "degenerate"
         elif lengths is not None and lengths[i] > ctx.max_student_tokens:
             reason[i] = "too_long"

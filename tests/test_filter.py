@@ -6,7 +6,8 @@ import pytest
 from cotdistill.answers import get_answer_format
 from cotdistill.config import FilterConfig
 from cotdistill.filter import (
-    FilterContext, build_contamination_index, filter_samples, near_duplicate_flags, repeated_ngram_share,
+    FilterContext, build_contamination_index, filter_samples, is_degenerate, near_duplicate_flags,
+    repeated_ngram_share,
 )
 from cotdistill.records import Sample
 
@@ -146,6 +147,11 @@ def test_too_long_for_the_student():
     assert verdicts(samples, ctx) == [(0, None), (1, "too_long")]
 
 
-def test_repeated_ngram_share():
+def test_repeated_ngram_share_and_its_shortcut():
     assert repeated_ngram_share("the cat sat on the mat and looked at the dog", 4) == 0.0
     assert repeated_ngram_share("go on " * 50, 4) > 0.9
+    texts = ["the cat sat on the mat and looked at the dog", "go on " * 50, "a b c d a b c d e f g h " * 3,
+             "one two three four " * 2 + "five six seven eight nine ten"]
+    for text in texts:
+        for share in (0.1, 0.3, 0.5, 0.9):
+            assert is_degenerate(text, 4, share) == (repeated_ngram_share(text, 4) > share), (text, share)

@@ -126,6 +126,8 @@ def test_filter_on_real_generations_accounts_for_every_row(pipeline):
     assert card.startswith("---\nconfigs:") and config.teacher.model in card
     loaded = datasets.load_dataset("parquet", data_dir=str(out / "rejected"), split="train")
     assert len(loaded) == len(rejected) and "filter_reason" in loaded.column_names
+    if len(accepted):  # the card's front matter must point datasets at the shards
+        assert len(datasets.load_dataset(str(out / "accepted"), split="train")) == len(accepted)
 
 
 def test_filter_workers_give_the_same_verdicts_as_one_process(pipeline):
@@ -152,6 +154,16 @@ def trained(pipeline, gsm8k_rows):
     ]
     write_parquet_atomic(samples_to_table(samples, FILTERED_SCHEMA), config.run_dir / "filter" / "accepted" / "00000.parquet")
     return config
+
+
+def test_dataset_card_lets_datasets_load_the_accepted_folder(trained):
+    accepted = trained.run_dir / "filter" / "accepted"
+    stats = {"accepted": 8, "rationales": 8, "questions": 8, "rejected": {r: 0 for r in filter_stage.REASONS}}
+    (accepted / "README.md").write_text(filter_stage.dataset_card(trained, stats))
+    loaded = datasets.load_dataset(str(accepted), split="train")
+    assert len(loaded) == 8 and loaded.column_names == FILTERED_SCHEMA.names
+    card = (accepted / "README.md").read_text()
+    assert "configs:" in card and 'path: "*.parquet"' in card and "Sampling: n=3" in card
 
 
 def test_train_labels_mask_every_prompt_token(trained):
