@@ -374,6 +374,7 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     def save(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, name: str) -> None:
         ax.set_xlabel(xlabel)
@@ -391,6 +392,7 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
         line, = ax.plot(ks, [100 * v for v in m["maj_at_k"]], marker="o", label=f"{name} maj@k")
         ax.plot(ks, [100 * v for v in m["pass_at_k"]], linestyle="--", color=line.get_color(), alpha=0.6,
                 label=f"{name} pass@k")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     save(fig, ax, "k (samples per question)", "accuracy (%)", "Self-consistency: accuracy against k",
          "accuracy_vs_k.png")
 

@@ -60,6 +60,14 @@ def test_number_extraction_failures(text, reason):
     assert extraction.answer is None and extraction.reason == reason
 
 
+def test_answer_lines_keep_their_case_and_survive_length_changing_lower_case():
+    from cotdistill.answers import answer_lines
+
+    assert answer_lines("THE ANSWER IS $\\Sigma X$.") == ["$\\Sigma X$"]
+    assert answer_lines("İİ The answer is 7") == ["7"]  # "İ".lower() is two characters long
+    assert extract_number("İstanbul has 3 ferries. The answer is 3.").answer == "3"
+
+
 def test_marked_answer_beats_a_later_number():
     assert extract_number("The answer is 7. I used 3 steps.").answer == "7"
 
