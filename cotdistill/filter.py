@@ -273,6 +273,8 @@ def filter_samples(samples: Iterable[Sample], ctx: FilterContext) -> Iterator[Sa
 
 # --- one shard, in a worker -----------------------------------------------------------------------------------
 
+SAMPLE_COLUMNS = FILTERED_SCHEMA.names[:-3]  # the generate columns, in order; the filter appends its three
+
 
 def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
     """A generate shard -> the same rows with extracted_answer, is_correct and filter_reason appended.
@@ -303,8 +305,6 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
     table = table.append_column(FILTERED_SCHEMA.field("is_correct"), pa.array(correct, pa.bool_()))
     return table.append_column(FILTERED_SCHEMA.field("filter_reason"), pa.array(reasons, pa.string()))
 
-
-SAMPLE_COLUMNS = [f.name for f in FILTERED_SCHEMA][:-3]
 
 _worker_ctx: FilterContext | None = None
 

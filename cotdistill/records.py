@@ -7,7 +7,7 @@ so a reader never has to guess a type.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -107,17 +107,9 @@ EVAL_SCHEMA = pa.schema(
     ]
 )
 
-_SAMPLE_FIELDS = [f.name for f in fields(Sample)]
-
-
 def samples_to_table(samples: Iterable[Sample], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
     rows = [asdict(s) for s in samples]
     return pa.Table.from_pylist(rows, schema=schema)
-
-
-def table_to_samples(table: pa.Table) -> list[Sample]:
-    keep = [name for name in table.column_names if name in _SAMPLE_FIELDS]
-    return [Sample(**row) for row in table.select(keep).to_pylist()]
 
 
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
