@@ -86,6 +86,20 @@ def test_rerun_regenerates_only_the_missing_shard(pipeline):
     assert read_json(out.parent / "stats.json")["rationales"] == 15
 
 
+def test_a_run_killed_mid_shard_is_resumed_without_loss_or_duplicates(pipeline):
+    config, _, _ = pipeline
+    out = config.run_dir / "generate"
+    # What a kill leaves behind: a half-written temporary file, and a meta whose shard was never renamed in.
+    (out / "samples" / ".00002.parquet.tmp-99999").write_bytes(b"PAR1 half written")
+    os.remove(out / "samples" / "00002.parquet")
+    stats = generate.run(config)
+    assert not list((out / "samples").glob(".*tmp*"))
+    assert stats["rationales"] == 15 and stats["questions"] == 6
+    table = read_shards(out / "samples")
+    keys = list(zip(table.column("question_id").to_pylist(), table.column("sample_index").to_pylist()))
+    assert len(keys) == len(set(keys)) == 15
+
+
 def test_rerun_of_a_finished_stage_starts_no_engine(pipeline, monkeypatch):
     config, _, _ = pipeline
 
@@ -192,6 +206,21 @@ def test_train_runs_and_saves_model_and_card(trained):
     card = (model_dir / "README.md").read_text()
     assert "8 accepted rationales" in card and str(trained.run_dir / "filter" / "accepted") in card
     assert train.is_complete(trained)
+
+
+def test_train_resumes_from_its_last_checkpoint(trained, caplog):
+    # A kill after the checkpoint at step 2 but before the final model: rerun resumes instead of starting over.
+    shutil.rmtree(trained.run_dir / "train" / "model")
+    os.remove(trained.run_dir / "train" / "stats.json")
+    checkpoints = trained.run_dir / "train" / "checkpoints"
+    assert (checkpoints / "checkpoint-2").is_dir()
+    for later in checkpoints.glob("checkpoint-*"):
+        if later.name != "checkpoint-2":
+            shutil.rmtree(later)
+    with caplog.at_level("INFO", logger="cotdistill.train"):
+        stats = train.run(trained)
+    assert "resuming from the last checkpoint" in caplog.text
+    assert stats["global_steps"] == 3 and (trained.run_dir / "train" / "model" / "config.json").exists()
 
 
 def test_evaluate_writes_every_output(trained, pipeline):
