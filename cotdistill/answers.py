@@ -8,7 +8,6 @@ fallback (the last number in the text).
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import multiprocessing
 import re
@@ -53,11 +52,15 @@ def answer_lines(text: str) -> list[str]:
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 
 
+def _is_int(text: str) -> bool:
+    return text.isdigit() or (text[:1] == "-" and text[1:].isdigit())
+
+
 def canonical_number(text: str) -> str | None:
     """'$1,234.50' -> '1234.5', '-0' -> '0', '3/4' -> '0.75', '12%' -> '12'. None if not a number."""
     cleaned = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
     cleaned = cleaned.rstrip("%")  # a percentage compares with a gold given as a plain number
-    if cleaned.isdigit() or (cleaned[:1] == "-" and cleaned[1:].isdigit()):  # the common case, without Decimal
+    if _is_int(cleaned):  # the common case, without Decimal
         return str(int(cleaned))
     try:
         if "/" in cleaned:
@@ -73,6 +76,11 @@ def _format_decimal(value: Decimal) -> str:
     if value == value.to_integral_value():
         return str(int(value))
     return format(value.normalize(), "f")
+
+
+def _one_answer(marked: list[str]) -> Extraction:
+    """Marked final answers that all agree give that answer; two different ones are ambiguous, not a guess."""
+    return Extraction(marked[0]) if len(set(marked)) == 1 else Extraction(None, "ambiguous")
 
 
 def _boxed_contents(text: str) -> list[str]:
@@ -105,19 +113,13 @@ def extract_number(text: str, choices: Sequence[str] | None = None) -> Extractio
             marked.append(number.group())
     canon = [c for c in (canonical_number(m) for m in marked) if c is not None]
     if canon:
-        if len(set(canon)) > 1:
-            return Extraction(None, "ambiguous")
-        return Extraction(canon[0])
+        return _one_answer(canon)
     numbers = _NUMBER_RE.findall(text)
     for candidate in reversed(numbers):
         value = canonical_number(candidate)
         if value is not None:
             return Extraction(value)
     return Extraction(None, "unparseable")
-
-
-def _is_int(text: str) -> bool:
-    return text.isdigit() or (text[:1] == "-" and text[1:].isdigit())
 
 
 def numbers_equal(a: str, b: str) -> bool:
@@ -145,9 +147,7 @@ def extract_choice(text: str, choices: Sequence[str] | None = None) -> Extractio
     valid = {chr(ord("A") + i) for i in range(n)}
     marked = [m.upper() for p in _LETTER_MARKED_RES for m in p.findall(text) if m.upper() in valid]
     if marked:
-        if len(set(marked)) > 1:
-            return Extraction(None, "ambiguous")
-        return Extraction(marked[0])
+        return _one_answer(marked)
     if choices:  # the option's own text after "answer is"
         tail = text.lower().rsplit("answer", 1)[-1] if "answer" in text.lower() else ""
         hits = [chr(ord("A") + i) for i, c in enumerate(choices) if c.strip() and c.strip().lower() in tail]
@@ -202,8 +202,15 @@ def run_with_signal_timeout(fn: Callable, *args: object) -> object:
     thread has the signal. Raises TimeoutError when math-verify gives up."""
     if threading.current_thread() is threading.main_thread():
         return fn(*args, MATH_TIMEOUT_S)
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args, MATH_TIMEOUT_S).result(timeout=MATH_TIMEOUT_S * 4 + 30)
+    # multiprocessing.Pool, not ProcessPoolExecutor: leaving the executor's `with` waits for a hung worker,
+    # while terminate() ends it.
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        return pool.apply_async(fn, (*args, MATH_TIMEOUT_S)).get(timeout=MATH_TIMEOUT_S * 4 + 30)
+    except multiprocessing.TimeoutError:
+        raise TimeoutError("math-verify did not return in time") from None
+    finally:
+        pool.terminate()
 
 
 def _marked_spans(text: str) -> list[str]:
@@ -226,7 +233,7 @@ def extract_math(text: str, choices: Sequence[str] | None = None) -> Extraction:
         return Extraction(None, "unparseable")
     try:
         parsed = run_with_signal_timeout(_math_verify_parse, answer)
-    except (TimeoutError, concurrent.futures.TimeoutError):
+    except TimeoutError:
         return Extraction(None, "timeout")
     except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "not an answer"
         return Extraction(None, "unparseable")
@@ -264,7 +271,7 @@ def extract_yes_no(text: str, choices: Sequence[str] | None = None) -> Extractio
         if word:
             marked.append(_YES_NO[word.group(1).lower()])
     if marked:
-        return Extraction(marked[0]) if len(set(marked)) == 1 else Extraction(None, "ambiguous")
+        return _one_answer(marked)
     words = _YES_NO_RE.findall(text)
     return Extraction(_YES_NO[words[-1].lower()]) if words else Extraction(None, "unparseable")
 
@@ -287,7 +294,7 @@ def normalize_exact(text: str) -> str | None:
 def extract_exact(text: str, choices: Sequence[str] | None = None) -> Extraction:
     marked = [n for n in (normalize_exact(s) for s in _marked_spans(text)) if n]
     if marked:
-        return Extraction(marked[0]) if len(set(marked)) == 1 else Extraction(None, "ambiguous")
+        return _one_answer(marked)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     last = normalize_exact(lines[-1]) if lines else None
     return Extraction(last) if last else Extraction(None, "unparseable")
