@@ -31,7 +31,7 @@ from cotdistill.prompts import PromptTemplate
 from cotdistill.records import EVAL_SCHEMA, Question, rows_to_table
 from cotdistill.shards import list_shards, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
 from cotdistill.sources import QuestionSource
-from cotdistill.teacher import build_llm, max_model_len, release_llm, render_prompt
+from cotdistill.teacher import build_llm, max_model_len, prompt_too_long, release_llm, render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,8 @@ def evaluate_model(llm: Any, questions: list[Question], template: PromptTemplate
         _, ids = render_prompt(tokenizer, template.render(question=q.question, choices=q.choices))
         row = {"model": name, "question_id": q.question_id, "question": q.question, "gold_answer": q.gold_answer,
                "skip_reason": None}
-        if len(ids) >= context:
-            row["skip_reason"] = f"prompt_too_long: {len(ids)} prompt tokens, max_model_len is {context}"
-        else:
+        row["skip_reason"] = prompt_too_long(len(ids), context)
+        if row["skip_reason"] is None:
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             room = min(ev.max_tokens, context - len(ids))
             greedy_params.append(SamplingParams(n=1, temperature=0.0, max_tokens=room))
@@ -191,17 +190,14 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     n = len(rows)
     k_max = min((len(r["samples"]) for r in rows if r["skip_reason"] is None), default=0)
     ci = lambda scores: bootstrap_ci(scores, seed=config.seed, resamples=ev.bootstrap_resamples)  # noqa: E731
-    maj_curve, pass_curve, maj_scores, pass_scores, maj1_scores = [], [], [], [], []
-    for k in range(1, k_max + 1):
-        maj = [expected_maj_at_k(r["sample_answers"], r["sample_correct"], k,
-                                 seed=question_seed(config.seed, r["question_id"], k), draws=ev.maj_draws)
-               if r["samples"] else 0.0 for r in rows]
-        passes = [pass_at_k(len(r["samples"]), sum(r["sample_correct"]), k) if r["samples"] else 0.0 for r in rows]
-        maj_curve.append(sum(maj) / n)
-        pass_curve.append(sum(passes) / n)
-        maj_scores, pass_scores = maj, passes
-        if k == 1:
-            maj1_scores = maj
+    # Per question, for k = 1..K: the expected maj@k and pass@k (0 for a question with no samples).
+    maj_by_k = [[expected_maj_at_k(r["sample_answers"], r["sample_correct"], k,
+                                   seed=question_seed(config.seed, r["question_id"], k), draws=ev.maj_draws)
+                 if r["samples"] else 0.0 for r in rows] for k in range(1, k_max + 1)]
+    pass_by_k = [[pass_at_k(len(r["samples"]), sum(r["sample_correct"]), k) if r["samples"] else 0.0
+                  for r in rows] for k in range(1, k_max + 1)]
+    maj_curve = [sum(scores) / n for scores in maj_by_k]
+    pass_curve = [sum(scores) / n for scores in pass_by_k]
     sampled_tokens = cost["sampled_tokens"]
     tokens_per_sample = sampled_tokens / max(1, sum(len(r["samples"]) for r in rows))
     metrics: dict[str, Any] = {
@@ -210,9 +206,10 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
         "k": k_max,
         "greedy_accuracy": None, "greedy_accuracy_ci": None,
         "maj_at_k": maj_curve, "pass_at_k": pass_curve,
-        "maj@1": maj_curve[0] if maj_curve else 0.0, "maj_at_1_ci": ci(maj1_scores),
-        f"maj@{k_max}": maj_curve[-1] if maj_curve else 0.0, "maj_at_K_ci": ci(maj_scores),
-        f"pass@{k_max}": pass_curve[-1] if pass_curve else 0.0, "pass_at_K_ci": ci(pass_scores),
+        "maj@1": maj_curve[0] if maj_curve else 0.0, "maj_at_1_ci": ci(maj_by_k[0] if maj_by_k else []),
+        f"maj@{k_max}": maj_curve[-1] if maj_curve else 0.0, "maj_at_K_ci": ci(maj_by_k[-1] if maj_by_k else []),
+        f"pass@{k_max}": pass_curve[-1] if pass_curve else 0.0,
+        "pass_at_K_ci": ci(pass_by_k[-1] if pass_by_k else []),
         "tokens_per_sample": round(tokens_per_sample, 1),
         "sampled_tokens_per_question": round(sampled_tokens / n, 1) if n else 0.0,
         **cost,

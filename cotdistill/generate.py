@@ -23,7 +23,7 @@ from cotdistill.prompts import PromptTemplate
 from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
 from cotdistill.shards import list_shards, read_json, remove_stale_tmp, shard_name, write_json_atomic, write_parquet_atomic
 from cotdistill.sources import QuestionSource
-from cotdistill.teacher import build_llm, max_model_len, release_llm, render_prompt
+from cotdistill.teacher import build_llm, max_model_len, prompt_too_long, release_llm, render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -60,18 +60,15 @@ def generate_shard(
     for q in questions:
         messages = template.render(question=q.question, choices=q.choices)
         text, ids = render_prompt(tokenizer, messages)
-        room = context - len(ids)
-        if room < 1:
-            result.skipped.append({
-                "question_id": q.question_id, "source_row": q.source_row,
-                "reason": f"prompt_too_long: {len(ids)} prompt tokens, max_model_len is {context}",
-            })
+        too_long = prompt_too_long(len(ids), context)
+        if too_long:
+            result.skipped.append({"question_id": q.question_id, "source_row": q.source_row, "reason": too_long})
             continue
         seed = request_seed(config.seed, q.question_id) if gen.seed_per_request else None
         requests.append(TokensPrompt(prompt_token_ids=ids))
         params.append(SamplingParams(
             n=gen.num_samples, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
-            max_tokens=min(gen.max_tokens, room), stop=gen.stop or None, seed=seed,
+            max_tokens=min(gen.max_tokens, context - len(ids)), stop=gen.stop or None, seed=seed,
         ))
         sent.append((q, messages, text, len(ids), config.seed if seed is None else seed))
     if not requests:

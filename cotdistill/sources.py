@@ -81,6 +81,12 @@ def load_rows(cfg: DataConfig):
         raise SourceError(f"{cfg.path}: could not be read as {builder}: {e}") from None
 
 
+def require_fields(cfg: DataConfig, rows, fields: list[str]) -> None:
+    for field_name in fields:
+        if field_name not in rows.column_names:
+            raise SourceError(f"{cfg.path}: no field '{field_name}' (fields: {', '.join(rows.column_names)})")
+
+
 class QuestionSource:
     """A checked, id'd view of a dataset: `len(source)` questions, read in slices to keep memory bounded."""
 
@@ -98,11 +104,7 @@ class QuestionSource:
         # choices_field may reach into a struct column: "choices.text" (CommonsenseQA, ARC).
         self.choices_column, _, self.choices_key = (cfg.choices_field or "").partition(".")
         wanted = [f for f in (cfg.question_field, cfg.answer_field, self.choices_column, cfg.id_field) if f]
-        for field_name in wanted:
-            if field_name not in rows.column_names:
-                raise SourceError(
-                    f"{cfg.path}: no field '{field_name}' (fields: {', '.join(rows.column_names)})"
-                )
+        require_fields(cfg, rows, wanted)
         self.rows = rows.select_columns(wanted)
         self.ids, self.golds = self._check_rows()
 
@@ -172,7 +174,6 @@ class QuestionSource:
 def load_question_texts(cfg: DataConfig) -> list[str]:
     """Only the question texts of a source (for decontamination): no gold needed, empty rows skipped."""
     rows = load_rows(cfg)
-    if cfg.question_field not in rows.column_names:
-        raise SourceError(f"{cfg.path}: no field '{cfg.question_field}' (fields: {', '.join(rows.column_names)})")
+    require_fields(cfg, rows, [cfg.question_field])
     texts = rows[cfg.question_field]
     return [t for t in texts if isinstance(t, str) and t.strip()]

@@ -55,3 +55,10 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, 
     # The chat template already holds any BOS token; adding special tokens again would double it.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text, ids
+
+
+def prompt_too_long(num_prompt_tokens: int, context: int) -> str | None:
+    """The recorded reason when a prompt leaves no room for a single generated token, else None."""
+    if num_prompt_tokens < context:
+        return None
+    return f"prompt_too_long: {num_prompt_tokens} prompt tokens, max_model_len is {context}"
