@@ -177,20 +177,23 @@ def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
         return Verdicts(extracted, correct, ["contaminated"] * n)
 
     texts = [r or "" for r in rows.rationales]
-    if ctx.count_student_tokens is not None and ctx.max_student_tokens is not None:
-        lengths = ctx.count_student_tokens([rows.question] * n, texts, [rows.choices] * n)
-    else:
-        lengths = None
     for i in order:
-        text = texts[i]
         if rows.finish_reasons[i] == "length":
             reason[i] = "truncated"
-        elif not text.strip():
+        elif not texts[i].strip():
             reason[i] = "empty"
-        elif is_degenerate(text, cfg.repetition_ngram, cfg.max_repeated_ngram_share):
+        elif is_degenerate(texts[i], cfg.repetition_ngram, cfg.max_repeated_ngram_share):
             reason[i] = "degenerate"
-        elif lengths is not None and lengths[i] > ctx.max_student_tokens:
-            reason[i] = "too_long"
+    candidates = [i for i in order if reason[i] is None]
+    if candidates and ctx.count_student_tokens is not None and ctx.max_student_tokens is not None:
+        # Tokenizing is the costly check: only for the rationales still in the running.
+        lengths = ctx.count_student_tokens([rows.question] * len(candidates), [texts[i] for i in candidates],
+                                           [rows.choices] * len(candidates))
+        for i, length in zip(candidates, lengths):
+            if length > ctx.max_student_tokens:
+                reason[i] = "too_long"
+    for i in order:
+        text = texts[i]
         if reason[i] in ("truncated", "degenerate", "too_long", None) and text.strip():
             extraction = fmt.extract(text, rows.choices)
             extracted[i] = extraction.answer
@@ -352,21 +355,23 @@ def filter_shard(shard: Path, out_dir: Path, ctx: FilterContext | None = None) -
     reasons = judged.column("filter_reason")
     is_accepted = reasons.is_null()
     accepted, rejected = judged.filter(is_accepted), judged.filter(pc.invert(is_accepted))
-    qids = judged.column("question_id").to_pylist()
+    questions = set(judged.column("question_id").to_pylist())
     accepted_per_question = Counter(accepted.column("question_id").to_pylist())
-    examples: dict[str, list[dict[str, Any]]] = {}
-    for row in rejected.select(["question_id", "sample_index", "question", "gold_answer", "rationale",
-                                "extracted_answer", "filter_reason"]).slice(0, 2000).to_pylist():
-        bucket = examples.setdefault(row["filter_reason"], [])
-        if len(bucket) < EXAMPLES_PER_REASON:
-            bucket.append(row)
+    rejected_counts = Counter(r for r in reasons.to_pylist() if r is not None)
+    example_columns = ["question_id", "sample_index", "question", "gold_answer", "rationale", "extracted_answer",
+                       "filter_reason"]
+    examples = {  # the first few of every reason in this shard, however far into the shard it first appears
+        reason: rejected.filter(pc.equal(rejected.column("filter_reason"), reason))
+        .select(example_columns).slice(0, EXAMPLES_PER_REASON).to_pylist()
+        for reason in rejected_counts
+    }
     meta = {
         "shard": shard.name,
         "rationales": len(judged),
         "accepted": len(accepted),
-        "rejected": dict(Counter(r for r in reasons.to_pylist() if r is not None)),
-        "questions": len(set(qids)),
-        "accepted_per_question": dict(Counter(accepted_per_question.get(q, 0) for q in set(qids))),
+        "rejected": dict(rejected_counts),
+        "questions": len(questions),
+        "accepted_per_question": dict(Counter(accepted_per_question.get(q, 0) for q in questions)),
         "examples": examples,
         "seconds": time.perf_counter() - started,
     }

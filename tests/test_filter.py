@@ -155,3 +155,18 @@ def test_repeated_ngram_share_and_its_shortcut():
     for text in texts:
         for share in (0.1, 0.3, 0.5, 0.9):
             assert is_degenerate(text, 4, share) == (repeated_ngram_share(text, 4) > share), (text, share)
+
+
+def test_every_reason_gets_examples_however_late_in_the_shard(tmp_path):
+    from cotdistill.filter import filter_shard
+    from cotdistill.records import SAMPLE_SCHEMA, samples_to_table
+    from cotdistill.shards import write_parquet_atomic
+
+    samples = [sample(f"q{i}", 0, "The answer is 13") for i in range(2500)]  # all wrong
+    samples.append(sample("last", 0, "no number at all"))  # the only unparseable one, at row 2501
+    shard = tmp_path / "generate" / "00000.parquet"
+    write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), shard)
+    meta = filter_shard(shard, tmp_path / "filter", context())
+    assert meta["rejected"] == {"wrong": 2500, "unparseable": 1}
+    assert [e["question_id"] for e in meta["examples"]["unparseable"]] == ["last"]
+    assert len(meta["examples"]["wrong"]) == 3
