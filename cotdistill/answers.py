@@ -3,7 +3,8 @@ answers are equal. Pure functions, no I/O; the filter and evaluate stages both s
 
 An extraction returns the canonical answer or None with a reason: `unparseable` (no answer found) or `ambiguous`
 (two different marked final answers) or `timeout` (math-verify gave up). Marked answers ("The answer is ...", "#### ...", \\boxed{...}) beat the
-fallback (the last number in the text).
+fallback (the last number in the text; for `math`, the last number or formula). group_equivalent maps the answers
+of several samples to one representative per class of equal answers, for majority votes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import multiprocessing
 import re
 import string
 import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -53,14 +55,15 @@ _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 
 
 def _is_int(text: str) -> bool:
-    return text.isdigit() or (text[:1] == "-" and text[1:].isdigit())
+    # ASCII only: str.isdigit() is also true of superscripts ("5²"), which int() refuses.
+    return text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit()))
 
 
 def canonical_number(text: str) -> str | None:
     """'$1,234.50' -> '1234.5', '-0' -> '0', '3/4' -> '0.75', '12%' -> '12'. None if not a number."""
     cleaned = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
     cleaned = cleaned.rstrip("%")  # a percentage compares with a gold given as a plain number
-    if _is_int(cleaned):  # the common case, without Decimal
+    if _is_int(cleaned) and len(cleaned) < 4000:  # the common case, without Decimal; int() refuses 4,300+ digits
         return str(int(cleaned))
     try:
         if "/" in cleaned:
@@ -164,6 +167,11 @@ def extract_choice(text: str, choices: Sequence[str] | None = None) -> Extractio
 
 MATH_TIMEOUT_S = 2
 _MAX_LATEX_CHARS = 500
+# More distinct marked answers than this is a model listing guesses: ambiguous, without parsing each one.
+_MAX_MARKED_ANSWERS = 8
+# The fallback reads the last formula or number from this many final characters: the answer is at the end, and
+# scanning all of a 100 kB degenerate generation for formulas costs more than it can find.
+_FALLBACK_TAIL_CHARS = 3000
 # Power towers (a^{b^c}, a^b^c), exponents of 4+ digits, numbers of 200+ digits, large factorials.
 _BIG_EXPONENT_RE = re.compile(
     r"\^\s*\{?\s*[-+]?\d{4,}|\^\s*\{[^{}]*\^|\^\s*\{?\s*\w+\s*\}?\s*\^|\d{200,}|!\s*!|\d{3,}\s*!"
@@ -182,18 +190,131 @@ def _too_hard_for_sympy(latex: str) -> bool:
     return len(latex) > _MAX_LATEX_CHARS or max_depth > 20 or bool(_BIG_EXPONENT_RE.search(latex))
 
 
-def _math_verify_parse(latex: str, timeout_s: int) -> list:
+# Math environments: $$...$$, \[...\], \(...\) and $...$; an inline $...$ stays on one line and does not open
+# right after a digit (math-verify's rules).
+_LATEX_ENV_RE = re.compile(  # no longer than _MAX_LATEX_CHARS: a longer formula would be refused anyway
+    r"\$\$(?P<display>[^$]{1,500}?)\$\$"
+    r"|\\\[(?P<bracket>.{1,500}?)\\\]"
+    r"|\\\((?P<paren>.{1,500}?)\\\)"
+    r"|(?<![\\\d])\$(?P<inline>(?:\\\$|[^$\n]){1,500}?)(?<!\\)\$",
+    re.DOTALL,
+)
+_LATEX_WORDS_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_PROSE_WORD_RE = re.compile(r"(?<![A-Za-z])[A-Za-z]{3,}")
+# In plain text a word of two or more letters ends the answer ("18 dollars", "18 because ..."); one-letter
+# variables and LaTeX commands do not, and an answer needs a digit or a command.
+_WORD_START_RE = re.compile(r"[(\"'*]*(?:[A-Za-z]{2,}|[A-Za-z]\.[A-Za-z])")  # "dollars", "i.e."
+_MATHY_RE = re.compile(r"[\d\\]")
+_EQUALS_RE = re.compile(r"(?<![<>!\\])=")
+_PLAIN_NUMERAL_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_ANSWER_MARKER_RE = re.compile(r"answer\s*(?:is|:|=)|####")
+
+
+def _env_contents(text: str) -> list[tuple[int, str]]:
+    """(end offset, content) of each math environment. An inline $...$ that holds words is prose between two
+    currency signs ("pays $18 a day, so $"), not a formula."""
+    found = []
+    for match in _LATEX_ENV_RE.finditer(text):
+        content = match.group(match.lastgroup or "inline")
+        if match.lastgroup == "inline" and _PROSE_WORD_RE.search(_LATEX_WORDS_RE.sub(" ", content)):
+            continue
+        found.append((match.end(), content))
+    return found
+
+
+def _numeral_or_same(math: str) -> str:
+    """A plain numeral in canonical form ('1,234.00' -> '1234'): equal numbers become equal strings."""
+    if _PLAIN_NUMERAL_RE.fullmatch(math):
+        return canonical_number(math) or math
+    return math
+
+
+def _latex_answer(latex: str) -> str | None:
+    """A boxed or $...$ answer as is: math-verify reads LaTeX units (18 \\text{ dollars}, \\$18) itself."""
+    latex = latex.strip().strip("$").strip().rstrip(".").strip()
+    return _numeral_or_same(latex) if latex else None
+
+
+def _plain_answer(text: str) -> str | None:
+    """The first stretch of math in prose: '18 dollars' -> '18', '18 because ...' -> '18', '$1,234' -> '1234',
+    '10 + 3 = 13' -> '13' (the result of a worked sum), 'that she has 18 apples' -> '18'."""
+    run: list[str] = []
+    for token in text.replace("$", "").replace("**", " ").split():
+        if not _WORD_START_RE.match(token):
+            run.append(token)
+        elif any(_MATHY_RE.search(t) for t in run):
+            break
+        else:
+            run = []
+    if not any(_MATHY_RE.search(t) for t in run):
+        return None
+    math = _EQUALS_RE.split(" ".join(run))[-1].strip().rstrip(".,;:!?").strip()
+    math = re.sub(r"(?<!\\)%", r"\\%", math)  # % starts a comment in LaTeX
+    return _numeral_or_same(math) if math else None
+
+
+def _line_answer(line: str) -> str | None:
+    """The answer in the rest of an answer line: boxed, in a math environment, or plain."""
+    for _ in range(3):  # Minerva: "Final Answer: The final answer is $18$. I hope it is correct."
+        inner = answer_lines(line)
+        if not inner:
+            break
+        line = inner[-1]
+    boxed = _boxed_contents(line)
+    if boxed:
+        return _latex_answer(boxed[-1])
+    envs = _env_contents(line)
+    if envs:  # the first formula: the one right after "the answer is"
+        return _latex_answer(envs[0][1])
+    return _plain_answer(line)
+
+
+def _fallback_answer(text: str) -> str | None:
+    """No marked answer: the last formula or number, whichever ends later, as math-verify does on whole text."""
+    tail = text[-_FALLBACK_TAIL_CHARS:]
+    envs = _env_contents(tail)
+    env_end = envs[-1][0] if envs else -1
+    for number in reversed(list(_NUMBER_RE.finditer(tail))):
+        if number.end() <= env_end:
+            break
+        value = canonical_number(number.group())
+        if value is not None:
+            return value
+    return _latex_answer(envs[-1][1]) if envs else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed(latex: str, timeout_s: int) -> tuple:
+    """math-verify's reading of one answer, () if none; each distinct answer is parsed once per process. Raises
+    TimeoutError: math-verify's own TimeoutException is a BaseException, which `except Exception` would miss."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+    from math_verify.errors import TimeoutException
 
-    return parse(f"${latex}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
-                 parsing_timeout=timeout_s, raise_on_error=True)
+    try:
+        return tuple(parse(f"${latex}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                           parsing_timeout=timeout_s, raise_on_error=True))
+    except TimeoutException:
+        raise TimeoutError("math-verify gave up parsing") from None
+    except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "not an answer"
+        return ()
 
 
-def _math_verify_equal(gold: str, answer: str, timeout_s: int) -> bool:
+def _math_verify_equal(a: str, b: str, timeout_s: int) -> bool:
     from math_verify import verify
+    from sympy import And
+    from sympy.core.relational import Relational
 
-    gold_parsed, answer_parsed = _math_verify_parse(gold, timeout_s), _math_verify_parse(answer, timeout_s)
-    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=timeout_s, raise_on_error=True))
+    parsed_a, parsed_b = _parsed(a, timeout_s), _parsed(b, timeout_s)
+    if not parsed_a or not parsed_b:
+        return False
+    # raise_on_error=False: an error or a timeout in one comparison means "not shown equal", not a crash.
+    if verify(list(parsed_a), list(parsed_b), timeout_seconds=timeout_s, raise_on_error=False):
+        return True
+    # verify reads its first argument as the gold and unwraps relations by it (x = 5 vs 5, 1 < x < 2 vs (1, 2));
+    # trying both ways round makes equality symmetric, so that it can also group two samples' answers.
+    has_relation = any(isinstance(p, (Relational, And)) for p in (*parsed_a, *parsed_b))
+    return has_relation and bool(verify(list(parsed_b), list(parsed_a), timeout_seconds=timeout_s,
+                                        raise_on_error=False))
 
 
 def run_with_signal_timeout(fn: Callable, *args: object) -> object:
@@ -213,43 +334,78 @@ def run_with_signal_timeout(fn: Callable, *args: object) -> object:
         pool.terminate()
 
 
+@functools.lru_cache(maxsize=65536)
+def _math_equal_pair(a: str, b: str) -> bool:
+    """math_equal for a pair in sorted order (one cache entry whichever way round it is asked); raises
+    TimeoutError."""
+    if a.replace(" ", "") == b.replace(" ", ""):
+        return True
+    if _is_int(a) and _is_int(b) and max(len(a), len(b)) < 4000:  # integers, the common case, need no sympy
+        return int(a) == int(b)
+    if _too_hard_for_sympy(a) or _too_hard_for_sympy(b):
+        return False
+    return bool(run_with_signal_timeout(_math_verify_equal, a, b))
+
+
+def math_equal(a: str, b: str) -> bool:
+    """Whether two answers are the same math, whichever of them is the gold: symmetric, so it also groups the
+    answers of several samples (group_equivalent). Unreadable or too hard for sympy: not shown equal."""
+    if a == b:
+        return True
+    try:
+        return _math_equal_pair(*sorted((a, b)))
+    except Exception:  # a timeout or a parse failure: not shown equal
+        return False
+
+
+def _agreed_answer(answers: tuple[str, ...], timeout_s: int) -> Extraction:
+    """The first answer math-verify can read, if every other readable one equals it, else ambiguous. Marked
+    spans it cannot read at all do not count. Raises TimeoutError, also when all of it takes too long."""
+    deadline = time.monotonic() + 2 * timeout_s
+    answer = None
+    for candidate in answers:
+        if _parsed(candidate, timeout_s):
+            answer = candidate
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("math-verify took too long over the marked answers")
+    if answer is None:
+        return Extraction(None, "unparseable")
+    for other in answers:
+        if other != answer and not _math_equal_pair(*sorted((answer, other))) and _parsed(other, timeout_s):
+            return Extraction(None, "ambiguous")
+        if time.monotonic() > deadline:
+            raise TimeoutError("math-verify took too long over the marked answers")
+    return Extraction(answer)
+
+
 def _marked_spans(text: str) -> list[str]:
     """What follows each "The answer is" / "Answer:" / "####" on its line, and each \\boxed{...}."""
     return [*_boxed_contents(text), *(line.strip() for line in answer_lines(text))]
 
 
 def extract_math(text: str, choices: Sequence[str] | None = None) -> Extraction:
-    spans = [s.strip().strip("$").strip() for s in _marked_spans(text)]
-    spans = [s for s in spans if s]
-    if not spans:
-        inline = re.findall(r"\$([^$]{1,200})\$", text)  # fallback: the last inline formula
-        spans = inline[-1:]
-    if not spans:
+    boxed, lines = _boxed_contents(text), answer_lines(text)
+    # The last boxed answer first (the most deliberate mark), then the answer lines from the last one.
+    marked = [*(_latex_answer(b) for b in reversed(boxed)), *(_line_answer(line) for line in reversed(lines))]
+    answers = list(dict.fromkeys(a for a in marked if a))
+    if not answers:
+        if not (boxed or lines) and ("\\boxed" in text or _ANSWER_MARKER_RE.search(text.lower())):
+            return Extraction(None, "unparseable")  # a marked answer too long or unclosed to read: no guess
+        fallback = _fallback_answer(text)
+        answers = [fallback] if fallback else []
+    if not answers:
         return Extraction(None, "unparseable")
-    if len({re.sub(r"\s+", "", s) for s in spans}) > 1:
+    if len(answers) > _MAX_MARKED_ANSWERS:
         return Extraction(None, "ambiguous")
-    answer = spans[-1]
-    if _too_hard_for_sympy(answer):
+    if any(_too_hard_for_sympy(a) for a in answers):
         return Extraction(None, "unparseable")
     try:
-        parsed = run_with_signal_timeout(_math_verify_parse, answer)
+        return run_with_signal_timeout(_agreed_answer, tuple(answers))
     except TimeoutError:
         return Extraction(None, "timeout")
     except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "not an answer"
         return Extraction(None, "unparseable")
-    return Extraction(answer) if parsed else Extraction(None, "unparseable")
-
-
-@functools.lru_cache(maxsize=65536)
-def math_equal(answer: str, gold: str) -> bool:
-    if answer.replace(" ", "") == gold.replace(" ", ""):
-        return True
-    if _too_hard_for_sympy(answer) or _too_hard_for_sympy(gold):
-        return False
-    try:
-        return bool(run_with_signal_timeout(_math_verify_equal, gold, answer))
-    except Exception:  # a timeout or a parse failure: not shown equal
-        return False
 
 
 def _canonical_math_gold(gold: str) -> str | None:
@@ -338,6 +494,23 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "yes_no": AnswerFormat("yes_no", extract_yes_no, _canonical_yes_no, _same),
     "exact": AnswerFormat("exact", extract_exact, normalize_exact, _same),
 }
+
+
+def group_equivalent(answers: Sequence[str | None], fmt: AnswerFormat) -> list[str | None]:
+    """Each answer replaced by the first-seen answer equal to it under fmt (None stays None), so that votes count
+    '\\frac{1}{2}', '0.5' and '\\dfrac12' as one answer. Each distinct string is compared once, and only with the
+    classes found so far: a question's 64 samples hold a handful of distinct strings."""
+    representatives: list[str] = []
+    seen: dict[str, str] = {}
+    grouped: list[str | None] = []
+    for answer in answers:
+        if answer is not None and answer not in seen:
+            representative = next((r for r in representatives if fmt.equal(answer, r)), None)
+            if representative is None:
+                representatives.append(answer)
+            seen[answer] = answer if representative is None else representative
+        grouped.append(None if answer is None else seen[answer])
+    return grouped
 
 
 def get_answer_format(name: str) -> AnswerFormat:

@@ -30,19 +30,42 @@ STAGES = {
 }
 
 
-def run_stage(stage: str, config: RunConfig) -> dict:
+def preflight(config: RunConfig, stages: list[str]) -> None:
+    """Read now what the stages about to run will need, so that a bad row or a missing file fails in seconds,
+    before any engine starts or any teacher token is paid for (load_config has checked the values)."""
+    import dataclasses
+
+    from cotdistill.sources import QuestionSource
+
+    if "generate" in stages:
+        QuestionSource(config.data)
+    if "train" in stages:
+        from trl import SFTConfig
+
+        known = {f.name for f in dataclasses.fields(SFTConfig)}
+        unknown = sorted(set(config.train.sft) - known)
+        if unknown:
+            raise ConfigError(f"train.sft: unknown SFTConfig field '{unknown[0]}'")
+    if "evaluate" in stages and config.evaluate.models:
+        if config.evaluate.data is None:
+            raise ConfigError("evaluate.data is not set: name the test questions to evaluate on")
+        QuestionSource(config.evaluate.data)
+
+
+def run_stage(stage: str, config: RunConfig, force: bool = False) -> dict:
     module = importlib.import_module(f"cotdistill.{stage}")
-    return module.run(config)
+    return module.run(config, force=force) if stage == "generate" else module.run(config)
 
 
-def run_all(config: RunConfig) -> None:
+def run_all(config: RunConfig, force: bool = False) -> None:
+    """Each stage in order; a stage whose outputs are complete and whose fingerprint matches is skipped."""
     for stage in STAGES:
         module = importlib.import_module(f"cotdistill.{stage}")
         if module.is_complete(config):
-            logger.info("%s: complete, skipping", stage)
+            logger.info("%s: up to date, skipping", stage)
             continue
         logger.info("%s: starting", stage)
-        result = module.run(config)
+        result = run_stage(stage, config, force)
         if stage == "evaluate":
             print(result["table"])
     if (config.run_dir / "evaluate" / "metrics.json").exists():
@@ -61,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted overrides, e.g. generate.num_samples=4 train.sft.max_steps=10")
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        if name in ("generate", "run"):
+            p.add_argument("--force", action="store_true",
+                           help="discard generate outputs made with other settings instead of refusing")
     return parser
 
 
@@ -70,12 +96,14 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         config = load_config(args.config, args.overrides)
+        force = getattr(args, "force", False)
         config.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(dump_config(config), config.run_dir / "config.yaml")
+        preflight(config, list(STAGES) if args.command == "run" else [args.command])
         if args.command == "run":
-            run_all(config)
+            run_all(config, force)
         else:
-            result = run_stage(args.command, config)
+            result = run_stage(args.command, config, force)
             if args.command == "evaluate":
                 print(result["table"])
     except (ConfigError, SourceError, PromptError, ValueError, RuntimeError, FileNotFoundError) as e:

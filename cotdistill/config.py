@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A configuration problem, with the file and key it concerns in the message."""
 
 
+LABEL_MODES = ("gold", "majority")  # filter.label
+EVAL_MODELS = ("teacher", "base_student", "student")  # evaluate.models: the run's own models
+
+
 @dataclass
 class DataConfig:
     """Where questions come from and how to read them."""
@@ -211,7 +215,106 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     for override in overrides:
         apply_override(data, override, f"{path} (override {override!r})")
-    return _from_dict(RunConfig, data, str(path))
+    config = _from_dict(RunConfig, data, str(path))
+    validate(config, str(path))
+    return config
+
+
+def validate(config: RunConfig, source: str) -> None:
+    """Every value a run will use, checked before anything starts: ranges, registry names, templates (which
+    must exist and compile), few-shot and data files, local model folders. Raises ConfigError naming the file
+    and the key, so a mistake costs seconds, not an engine start or hours of generation."""
+    from cotdistill.answers import ANSWER_FORMATS, GOLD_PARSERS
+    from cotdistill.prompts import PromptError, PromptTemplate
+    from cotdistill.sources import local_files, looks_local
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{source}: {key}: {message}")
+
+    def at_least(key: str, value: float | None, low: float) -> None:
+        if value is not None and value < low:
+            fail(key, f"must be at least {low}, got {value}")
+
+    def within(key: str, value: float | None, low: float, high: float, low_open: bool = False) -> None:
+        if value is not None and not (low < value <= high if low_open else low <= value <= high):
+            fail(key, f"must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+
+    def one_of(key: str, value: str | None, known: Any) -> None:
+        if value is not None and value not in known:
+            fail(key, f"unknown value {value!r}; known: {', '.join(sorted(known))}")
+
+    def data(key: str, d: DataConfig) -> None:
+        one_of(f"{key}.gold_format", d.gold_format, GOLD_PARSERS)
+        at_least(f"{key}.limit", d.limit, 1)
+        if looks_local(d.path) and not local_files(d.path):
+            fail(f"{key}.path", f"no such file or folder: {d.path}")
+
+    def model(key: str, m: ModelConfig) -> None:
+        from cotdistill.models import EMBEDDED_MODELS
+
+        name = m.model
+        if name not in EMBEDDED_MODELS and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+            if not Path(name).expanduser().exists():  # else it would be tried as a hub id, with a puzzling error
+                fail(f"{key}.model", f"no such local model folder: {name}")
+
+    def template(key: str, name: str, examples: str | None = None, examples_key: str = "") -> None:
+        try:
+            PromptTemplate(name, examples)
+        except PromptError as e:
+            fail(examples_key if examples and str(e).startswith(str(examples)) else key, str(e))
+
+    data("data", config.data)
+    model("teacher", config.teacher)
+    model("student", config.student)
+
+    gen = config.generate
+    template("generate.prompt", gen.prompt, gen.examples, "generate.examples")
+    at_least("generate.num_samples", gen.num_samples, 1)
+    at_least("generate.temperature", gen.temperature, 0.0)
+    within("generate.top_p", gen.top_p, 0.0, 1.0, low_open=True)
+    if gen.top_k != -1 and gen.top_k < 1:
+        fail("generate.top_k", f"must be -1 (off) or at least 1, got {gen.top_k}")
+    at_least("generate.max_tokens", gen.max_tokens, 1)
+    at_least("generate.questions_per_shard", gen.questions_per_shard, 1)
+
+    flt = config.filter
+    one_of("filter.answer_format", flt.answer_format, ANSWER_FORMATS)
+    one_of("filter.label", flt.label, LABEL_MODES)
+    within("filter.majority_min_share", flt.majority_min_share, 0.0, 1.0, low_open=True)
+    within("filter.near_duplicate_threshold", flt.near_duplicate_threshold, 0.0, 1.0, low_open=True)
+    for key in ("near_duplicate_ngram", "minhash_num_perm", "repetition_ngram", "decontamination_ngram",
+                "max_student_tokens", "max_per_question", "num_workers"):
+        at_least(f"filter.{key}", getattr(flt, key), 1)
+    within("filter.max_repeated_ngram_share", flt.max_repeated_ngram_share, 0.0, 1.0)
+    at_least("filter.min_per_question", flt.min_per_question, 0)
+    if flt.max_per_question is not None and flt.max_per_question < flt.min_per_question:
+        fail("filter.max_per_question", f"{flt.max_per_question} is below filter.min_per_question "
+             f"({flt.min_per_question})")
+    for i, d in enumerate(flt.decontaminate):
+        data(f"filter.decontaminate[{i}]", d)
+
+    template("train.prompt", config.train.prompt)
+    if not isinstance(config.train.sft.get("max_length", 0), (int, type(None))):
+        fail("train.sft.max_length", f"must be an integer or null, got {config.train.sft['max_length']!r}")
+
+    ev = config.evaluate
+    if ev.data is not None:
+        data("evaluate.data", ev.data)
+    for name in ev.models:
+        one_of("evaluate.models", name, EVAL_MODELS)
+    clash = sorted(set(ev.stored) & set(ev.models))
+    if clash:
+        fail("evaluate.stored", f"{clash[0]!r} is also in evaluate.models; name it differently")
+    for name, path in ev.stored.items():
+        if not Path(path).is_dir():
+            fail(f"evaluate.stored.{name}", f"no such folder of Sample shards: {path}")
+    at_least("evaluate.num_samples", ev.num_samples, 1)
+    at_least("evaluate.temperature", ev.temperature, 0.0)
+    within("evaluate.top_p", ev.top_p, 0.0, 1.0, low_open=True)
+    at_least("evaluate.max_tokens", ev.max_tokens, 1)
+    one_of("evaluate.answer_format", ev.answer_format, ANSWER_FORMATS)
+    at_least("evaluate.maj_draws", ev.maj_draws, 1)
+    at_least("evaluate.bootstrap_resamples", ev.bootstrap_resamples, 1)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -22,16 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cotdistill.answers import AnswerFormat, get_answer_format
+from cotdistill.answers import AnswerFormat, get_answer_format, group_equivalent
 from cotdistill.config import ModelConfig, RunConfig
+from cotdistill.fingerprints import (
+    data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, matches, model_fingerprint, upstream,
+    write_fingerprint,
+)
 from cotdistill.metrics import (
     accuracy, agreement, bootstrap_ci, expected_maj_at_k, majority_vote, pass_at_k, question_seed,
 )
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import EVAL_SCHEMA, Question, rows_to_table
-from cotdistill.shards import list_shards, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
+from cotdistill.shards import (
+    list_shards, read_json, read_json_or_none, write_json_atomic, write_parquet_atomic, write_text_atomic,
+)
 from cotdistill.sources import QuestionSource
-from cotdistill.teacher import build_llm, max_model_len, prompt_too_long, release_llm, render_prompt
+from cotdistill.teacher import (
+    build_llm, max_model_len, output_engine_args, prompt_too_long, release_llm, render_prompt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +60,50 @@ def eval_models(config: RunConfig) -> list[EvalModel]:
         "student": lambda: EvalModel("student", config.student, str(config.run_dir / "train" / "model"),
                                      PromptTemplate(config.train.prompt)),
     }
-    unknown = [m for m in config.evaluate.models if m not in known]
-    if unknown:
-        raise ValueError(f"evaluate.models: unknown model {unknown[0]!r}; known: {', '.join(known)}")
-    clash = set(config.evaluate.stored) & set(config.evaluate.models)
-    if clash:
-        raise ValueError(f"evaluate.stored: {sorted(clash)[0]!r} is also in evaluate.models; name it differently")
-    return [known[m]() for m in config.evaluate.models]
+    return [known[m]() for m in config.evaluate.models]  # names checked at load (config.EVAL_MODELS)
+
+
+def model_key(config: RunConfig, m: EvalModel, fmt: AnswerFormat) -> str:
+    """What one model's per-question rows depend on: its weights (the trained student by train's fingerprint),
+    engine, prompt, sampling, answer format and the test questions."""
+    ev = config.evaluate
+    weights = upstream(config.run_dir / "train") if m.model_path else model_fingerprint(m.model.model)
+    return digest({
+        "model": m.model.model, "weights": weights, "engine": output_engine_args(m.model.engine),
+        "prompt": file_digest(m.template.path), "examples": digest(m.template.examples),
+        "sampling": {k: getattr(ev, k) for k in ("num_samples", "temperature", "top_p", "max_tokens", "greedy")},
+        "answer_format": fmt.name, "seed": config.seed,
+        "data": {**vars(ev.data), "contents": data_fingerprint(ev.data.path)} if ev.data else None,
+    })
+
+
+def stored_key(path: str, fmt: AnswerFormat) -> str:
+    return digest({"path": path, "contents": folder_digest(path, "*.parquet"), "answer_format": fmt.name})
+
+
+def fingerprint(config: RunConfig, keys: dict[str, str]) -> dict[str, Any]:
+    ev = config.evaluate
+    return make_fingerprint({"models": keys, "maj_draws": ev.maj_draws,
+                             "bootstrap_resamples": ev.bootstrap_resamples, "seed": config.seed})
+
+
+def current_keys(config: RunConfig, models: list[EvalModel], fmt: AnswerFormat) -> dict[str, str]:
+    keys = {m.name: model_key(config, m, fmt) for m in models}
+    keys.update({name: stored_key(path, fmt) for name, path in config.evaluate.stored.items()})
+    return keys
+
+
+def _is_done(out_dir: Path, name: str, key: str) -> bool:
+    cost = read_json_or_none(out_dir / f"{name}.cost.json")
+    return (out_dir / f"{name}.parquet").exists() and cost is not None and cost.get("fingerprint") == key
 
 
 def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, fmt: AnswerFormat) -> dict[str, Any]:
-    """Parse, vote and check one question's sampled completions (shared by live and stored generations)."""
-    answers = [fmt.extract(t, q.choices).answer for t in texts]
+    """Parse, vote and check one question's sampled completions (shared by live and stored generations).
+
+    Equivalent answers (\\frac{1}{2}, 0.5) are stored as one answer, the first-seen form, so that the votes
+    here and maj@k recomputed from the Parquet both count them together."""
+    answers = group_equivalent([fmt.extract(t, q.choices).answer for t in texts], fmt)
     voted, votes = majority_vote(answers)
     row.update(
         samples=texts, sample_answers=answers,
@@ -255,12 +295,15 @@ def run(config: RunConfig) -> dict[str, Any]:
     names = [m.name for m in models] + list(ev.stored)
     if not names:
         raise ValueError("evaluate: no models and no stored generations to evaluate")
+    keys = current_keys(config, models, fmt)
     questions: list[Question] | None = None
     for m in models:
         shard, cost_path = out_dir / f"{m.name}.parquet", out_dir / f"{m.name}.cost.json"
-        if shard.exists() and cost_path.exists():
-            logger.info("evaluate: %s done, skipping", m.name)
+        if _is_done(out_dir, m.name, keys[m.name]):
+            logger.info("evaluate: %s is up to date, skipping", m.name)
             continue
+        if cost_path.exists():
+            logger.info("evaluate: %s changed (model, settings or test data): evaluating it again", m.name)
         if ev.data is None:
             raise ValueError("evaluate.data is not set: name the test questions to evaluate on")
         if m.model_path is not None and not (Path(m.model_path) / "config.json").exists():
@@ -271,14 +314,15 @@ def run(config: RunConfig) -> dict[str, Any]:
             rows, cost = evaluate_model(llm, questions, m.template, config, m.name)
         finally:
             release_llm(llm)
-        cost.update(model_footprint(m.model_path or m.model.model))
-        write_json_atomic(cost, cost_path)
+        cost.update(model_footprint(m.model_path or m.model.model), fingerprint=keys[m.name])
         write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), shard)
+        write_json_atomic(cost, cost_path)  # last: marks the model done
     for name, path in ev.stored.items():
-        if not (out_dir / f"{name}.parquet").exists():
+        if not _is_done(out_dir, name, keys[name]):
             rows, cost = stored_rows(Path(path), name, fmt)
-            write_json_atomic({**cost, "parameters": None, "weights_mb": None}, out_dir / f"{name}.cost.json")
             write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), out_dir / f"{name}.parquet")
+            write_json_atomic({**cost, "parameters": None, "weights_mb": None, "fingerprint": keys[name]},
+                              out_dir / f"{name}.cost.json")
 
     all_rows = {name: pq.read_table(out_dir / f"{name}.parquet").to_pylist() for name in names}
     metrics = {name: summarize_model(rows, read_json(out_dir / f"{name}.cost.json"), config)
@@ -289,6 +333,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     write_json_atomic(result, out_dir / "metrics.json")
     write_text_atomic(report_markdown(config, metrics), out_dir / "report.md")
     write_plots(metrics, out_dir)
+    write_fingerprint(out_dir, fingerprint(config, keys))  # last: the stage is done
     logger.info("evaluate: wrote %s and report.md", out_dir / "metrics.json")
     return {**result, "table": format_table(metrics)}
 
@@ -403,6 +448,10 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
 
 
 def is_complete(config: RunConfig) -> bool:
+    """Every model scored with today's settings and weights (a retrained student is evaluated again)."""
     out_dir = config.run_dir / "evaluate"
-    names = list(config.evaluate.models) + list(config.evaluate.stored)
-    return (out_dir / "metrics.json").exists() and all((out_dir / f"{m}.parquet").exists() for m in names)
+    if not (out_dir / "metrics.json").exists():
+        return False
+    fmt = get_answer_format(config.evaluate.answer_format or config.filter.answer_format)
+    keys = current_keys(config, eval_models(config), fmt)
+    return matches(out_dir, fingerprint(config, keys)) and all(_is_done(out_dir, n, k) for n, k in keys.items())

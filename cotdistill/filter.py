@@ -29,7 +29,6 @@ import multiprocessing
 import random
 import re
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cotdistill.answers import AnswerFormat, get_answer_format
+from cotdistill.answers import AnswerFormat, get_answer_format, group_equivalent
 from cotdistill.config import FilterConfig, RunConfig
+from cotdistill.fingerprints import (
+    data_fingerprint, digest, file_digest, make_fingerprint, matches, model_fingerprint, template_fingerprint,
+    upstream, write_fingerprint,
+)
 from cotdistill.records import FILTERED_SCHEMA, Sample
-from cotdistill.shards import list_shards, read_json, remove_stale_tmp, write_json_atomic, write_parquet_atomic, write_text_atomic
+from cotdistill.shards import (
+    list_shards, read_json, read_json_or_none, remove_stale_tmp, write_json_atomic, write_parquet_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,6 @@ REASONS = (
     "contaminated", "truncated", "empty", "degenerate", "too_long", "unparseable", "ambiguous", "timeout",
     "no_majority", "wrong", "duplicate", "near_duplicate", "over_max_per_question", "under_min_per_question",
 )
-LABEL_MODES = ("gold", "majority")
 EXAMPLES_PER_REASON = 3
 _WORD = re.compile(r"\w+")
 
@@ -83,11 +88,16 @@ def is_degenerate(text: str, n: int, max_share: float) -> bool:
 
 
 def question_ngrams(text: str, n: int) -> set[int]:
-    """Hashes of the lower-cased word n-grams of a question (the whole question if it is shorter than n)."""
+    """64-bit hashes of the lower-cased word n-grams of a question (the whole question if shorter than n).
+
+    64 bits, not crc32's 32: with millions of evaluation n-grams, 32-bit collisions would flag clean
+    training questions as contaminated."""
+    import xxhash
+
     words = _WORD.findall(text.lower())
     if len(words) < n:
-        return {zlib.crc32(" ".join(words).encode())} if words else set()
-    return {zlib.crc32(" ".join(words[i:i + n]).encode()) for i in range(len(words) - n + 1)}
+        return {xxhash.xxh64_intdigest(" ".join(words).encode())} if words else set()
+    return {xxhash.xxh64_intdigest(" ".join(words[i:i + n]).encode()) for i in range(len(words) - n + 1)}
 
 
 def build_contamination_index(questions: Iterable[str], n: int) -> frozenset[int]:
@@ -202,22 +212,28 @@ def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
             if reason[i] is None and extraction.answer is None:
                 reason[i] = extraction.reason or "unparseable"
 
-    voters = [i for i in order if reason[i] is None]
     if cfg.label == "majority":
-        votes = Counter(extracted[i] for i in voters)
-        top, top_count = votes.most_common(1)[0] if votes else (None, 0)
-        if not voters or top_count / len(voters) < cfg.majority_min_share:
-            for i in voters:
-                reason[i] = "no_majority"
+        # The teacher's label: a vote of every finished rationale with an answer, taken before the
+        # student-side checks (degenerate, too_long) remove any, so the student's max_length can never change
+        # it. Equivalent answers (\frac{1}{2}, 0.5) are one answer. A tie for first place is no majority.
+        voters = [i for i in order if rows.finish_reasons[i] != "length" and extracted[i] is not None]
+        grouped = dict(zip(voters, group_equivalent([extracted[i] for i in voters], fmt)))
+        ranked = Counter(grouped.values()).most_common(2)
+        top, top_count = ranked[0] if ranked else (None, 0)
+        tied = len(ranked) > 1 and ranked[1][1] == top_count
+        if not voters or tied or top_count / len(voters) < cfg.majority_min_share:
+            for i in order:
+                if reason[i] is None:
+                    reason[i] = "no_majority"
             return Verdicts(extracted, correct, reason)
-        for i in voters:
-            if not (extracted[i] == top or fmt.equal(extracted[i], top)):
+        for i in order:
+            if reason[i] is None and grouped[i] != top:
                 reason[i] = "wrong"
     else:
         if rows.gold_answer is None:
             raise ValueError(f"question {rows.question_id} has no gold answer; use filter.label: majority")
-        for i in voters:
-            if not correct[i]:
+        for i in order:
+            if reason[i] is None and not correct[i]:
                 reason[i] = "wrong"
 
     survivors = [i for i in order if reason[i] is None]
@@ -335,9 +351,28 @@ def _student_token_counter(student_model: str, prompt_template: str) -> Callable
     return count
 
 
+def student_max_tokens(config: RunConfig) -> int | None:
+    """The length over which a rationale is `too_long`: the limit training will really apply.
+
+    TRL truncates at SFTConfig.max_length, whose default (1024 in TRL 1.x) applies when train.sft does not set
+    it; a rationale cut there could lose its final answer without a word, so the filter drops it instead.
+    `filter.max_student_tokens` can only make the limit stricter. None: nothing truncates (max_length: null).
+    """
+    import dataclasses
+
+    from trl import SFTConfig
+
+    if "max_length" in config.train.sft:
+        trained = config.train.sft["max_length"]
+    else:
+        trained = next(f.default for f in dataclasses.fields(SFTConfig) if f.name == "max_length")
+    limits = [v for v in (trained, config.filter.max_student_tokens) if v is not None]
+    return min(limits) if limits else None
+
+
 def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterContext:
     cfg = config.filter
-    max_tokens = cfg.max_student_tokens or config.train.sft.get("max_length")
+    max_tokens = student_max_tokens(config)
     counter = _student_token_counter(config.student.model, config.train.prompt) if max_tokens else None
     return FilterContext(cfg=cfg, fmt=get_answer_format(cfg.answer_format), seed=config.seed,
                          contamination=contamination, count_student_tokens=counter, max_student_tokens=max_tokens)
@@ -348,7 +383,9 @@ def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
     _worker_ctx = make_context(config, contamination)
 
 
-def filter_shard(shard: Path, out_dir: Path, ctx: FilterContext | None = None) -> dict[str, Any]:
+def filter_shard(shard: Path, out_dir: Path, shard_key: str, ctx: FilterContext | None = None) -> dict[str, Any]:
+    """Judge one generate shard and write its accepted, rejected and meta files (`shard_key`: the settings and
+    input it was judged with, so a rerun knows whether it still holds)."""
     ctx = ctx or _worker_ctx
     started = time.perf_counter()
     judged = judge_table(pq.read_table(shard), ctx)
@@ -367,6 +404,7 @@ def filter_shard(shard: Path, out_dir: Path, ctx: FilterContext | None = None) -
     }
     meta = {
         "shard": shard.name,
+        "fingerprint": shard_key,
         "rationales": len(judged),
         "accepted": len(accepted),
         "rejected": dict(rejected_counts),
@@ -375,17 +413,49 @@ def filter_shard(shard: Path, out_dir: Path, ctx: FilterContext | None = None) -
         "examples": examples,
         "seconds": time.perf_counter() - started,
     }
-    # rejected and meta first, accepted last: the accepted shard marks the shard as filtered.
-    write_parquet_atomic(rejected, out_dir / "rejected" / shard.name)
+    # Only non-empty shards are written (`datasets` refuses a folder holding a Parquet file of zero rows); the
+    # meta, with the key it was judged under, is written last and marks the shard as filtered.
+    for sub, table in (("accepted", accepted), ("rejected", rejected)):
+        if len(table):
+            write_parquet_atomic(table, out_dir / sub / shard.name)
+        else:
+            (out_dir / sub / shard.name).unlink(missing_ok=True)
     write_json_atomic(meta, out_dir / "meta" / shard.with_suffix(".json").name)
-    write_parquet_atomic(accepted, out_dir / "accepted" / shard.name)
     return meta
 
 
-def _is_filtered(shard: Path, out_dir: Path) -> bool:
-    """Filtered, and not older than its generate shard (a regenerated shard is filtered again)."""
-    accepted = out_dir / "accepted" / shard.name
-    return accepted.exists() and accepted.stat().st_mtime >= shard.stat().st_mtime
+def _is_filtered(shard: Path, out_dir: Path, shard_key: str) -> bool:
+    """Filtered with today's settings from today's generate shard (a regenerated shard is filtered again)."""
+    meta = read_json_or_none(out_dir / "meta" / shard.with_suffix(".json").name)
+    return meta is not None and meta.get("fingerprint") == shard_key
+
+
+def fingerprint(config: RunConfig, shards: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The stage's fingerprint (settings, upstream, every input shard's bytes) and each shard's own key."""
+    cfg = config.filter
+    settings: dict[str, Any] = {
+        "generate": upstream(config.run_dir / "generate"),
+        "filter": {k: v for k, v in vars(cfg).items() if k not in ("num_workers", "decontaminate")},
+        "decontaminate": [{**vars(d), "contents": data_fingerprint(d.path)} for d in cfg.decontaminate],
+        "seed": config.seed,
+    }
+    max_tokens = student_max_tokens(config)
+    if max_tokens is not None:  # the student's tokenizer and template count the tokens
+        settings["too_long"] = {"max_tokens": max_tokens, "student": model_fingerprint(config.student.model),
+                                "student_prompt": template_fingerprint(config.train.prompt)}
+    base = digest(settings)
+    keys = {s.name: digest([base, file_digest(s)]) for s in shards}
+    return make_fingerprint({**settings, "inputs": keys}), keys
+
+
+def remove_leftovers(out_dir: Path, shards: list[Path]) -> None:
+    """Outputs of generate shards that no longer exist (an earlier, larger run): never part of the corpus."""
+    names = {s.stem for s in shards}
+    for sub, suffix in (("accepted", ".parquet"), ("rejected", ".parquet"), ("meta", ".json")):
+        for path in sorted((out_dir / sub).glob(f"[0-9]*{suffix}")):
+            if path.stem not in names:
+                logger.warning("filter: removing %s, left by an earlier run (no such generate shard now)", path)
+                path.unlink()
 
 
 def contamination_index(config: RunConfig) -> frozenset[int]:
@@ -397,7 +467,7 @@ def contamination_index(config: RunConfig) -> frozenset[int]:
     return build_contamination_index(texts, config.filter.decontamination_ngram)
 
 
-def filter_shards(config: RunConfig, shards: list[Path], out_dir: Path) -> None:
+def filter_shards(config: RunConfig, shards: list[Path], out_dir: Path, keys: dict[str, str]) -> None:
     """Filter the shards in worker processes (or in this one for num_workers <= 1), with a progress bar."""
     from tqdm import tqdm
 
@@ -406,46 +476,38 @@ def filter_shards(config: RunConfig, shards: list[Path], out_dir: Path) -> None:
     if workers <= 1:
         ctx = make_context(config, contamination)
         for shard in tqdm(shards, desc="filter shards", unit="shard"):
-            filter_shard(shard, out_dir, ctx)
+            filter_shard(shard, out_dir, keys[shard.name], ctx)
         return
     # spawn, not fork: the parent may hold a vLLM engine's threads (cotdistill run).
     with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config, contamination)) as pool:
-        jobs = [(shard, out_dir) for shard in shards]
+        jobs = [(shard, out_dir, keys[shard.name]) for shard in shards]
         for _ in tqdm(pool.imap_unordered(_filter_shard_job, jobs), total=len(jobs), desc="filter shards",
                       unit="shard"):
             pass
 
 
-def _filter_shard_job(job: tuple[Path, Path]) -> dict[str, Any]:
+def _filter_shard_job(job: tuple[Path, Path, str]) -> dict[str, Any]:
     return filter_shard(*job)
-
-
-def check_config(config: RunConfig) -> None:
-    cfg = config.filter
-    get_answer_format(cfg.answer_format)
-    if cfg.label not in LABEL_MODES:
-        raise ValueError(f"filter.label must be one of {', '.join(LABEL_MODES)}, got {cfg.label!r}")
-    if not 0.0 < cfg.near_duplicate_threshold <= 1.0:
-        raise ValueError("filter.near_duplicate_threshold must be in (0, 1]")
-    if cfg.max_per_question is not None and cfg.max_per_question < cfg.min_per_question:
-        raise ValueError("filter.max_per_question is below filter.min_per_question")
 
 
 def run(config: RunConfig) -> dict[str, Any]:
     gen_dir, out_dir = config.run_dir / "generate", config.run_dir / "filter"
     shards = list_shards(gen_dir / "samples")
-    if not shards or not (gen_dir / "stats.json").exists():
+    if not shards or not (gen_dir / "stats.json").exists() or upstream(gen_dir) is None:
         raise RuntimeError(f"{gen_dir}: no finished generate output; run `cotdistill generate` first")
-    check_config(config)
+    record, keys = fingerprint(config, shards)
     for sub in ("accepted", "rejected", "meta"):
         remove_stale_tmp(out_dir / sub)
-    todo = [s for s in shards if not _is_filtered(s, out_dir)]
+    remove_leftovers(out_dir, shards)
+    todo = [s for s in shards if not _is_filtered(s, out_dir, keys[s.name])]
     if todo:
-        filter_shards(config, todo, out_dir)
+        logger.info("filter: %d of %d shards to judge", len(todo), len(shards))
+        filter_shards(config, todo, out_dir, keys)
     stats = summarize(out_dir, shards)
     write_json_atomic(stats, out_dir / "stats.json")
     write_text_atomic(audit_markdown(stats, out_dir, shards), out_dir / "audit.md")
     write_text_atomic(dataset_card(config, stats), out_dir / "accepted" / "README.md")
+    write_fingerprint(out_dir, record)  # last: the stage is done
     logger.info("filter: %d of %d rationales accepted; rejected: %s",
                 stats["accepted"], stats["rationales"], {k: v for k, v in stats["rejected"].items() if v})
     return stats
@@ -460,6 +522,8 @@ def summarize(out_dir: Path, shards: list[Path]) -> dict[str, Any]:
         per_question.update({int(k): v for k, v in m["accepted_per_question"].items()})
     return {
         "shards": len(shards),
+        # The corpus train reads: these files, nothing else in the folder (shards that kept no rationale have none).
+        "accepted_files": [s.name for s, m in zip(shards, metas) if m["accepted"]],
         "rationales": sum(m["rationales"] for m in metas),
         "accepted": sum(m["accepted"] for m in metas),
         "rejected": {reason: rejected.get(reason, 0) for reason in REASONS},
@@ -539,5 +603,8 @@ Load it with `datasets.load_dataset("parquet", data_dir="{config.run_dir / 'filt
 
 def is_complete(config: RunConfig) -> bool:
     out_dir = config.run_dir / "filter"
-    gen_shards = list_shards(config.run_dir / "generate" / "samples")
-    return (out_dir / "stats.json").exists() and all(_is_filtered(s, out_dir) for s in gen_shards)
+    shards = list_shards(config.run_dir / "generate" / "samples")
+    if not shards or not (out_dir / "stats.json").exists():
+        return False
+    record, keys = fingerprint(config, shards)
+    return matches(out_dir, record) and all(_is_filtered(s, out_dir, keys[s.name]) for s in shards)

@@ -13,17 +13,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from cotdistill.config import RunConfig
+from cotdistill.fingerprints import (
+    changed_keys, data_fingerprint, file_digest, make_fingerprint, matches, model_fingerprint, read_fingerprint,
+    template_fingerprint, write_fingerprint,
+)
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
-from cotdistill.shards import list_shards, read_json, remove_stale_tmp, shard_name, write_json_atomic, write_parquet_atomic
+from cotdistill.shards import (
+    list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic, write_parquet_atomic,
+)
 from cotdistill.sources import QuestionSource
-from cotdistill.teacher import build_llm, max_model_len, prompt_too_long, release_llm, render_prompt
+from cotdistill.teacher import (
+    build_llm, max_model_len, output_engine_args, prompt_too_long, release_llm, render_prompt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,40 +103,57 @@ def generate_shard(
     return result
 
 
-def _shard_settings(config: RunConfig, num_questions: int) -> dict[str, Any]:
-    """What a shard's contents depend on; finished shards are only reused when these are unchanged."""
-    return {
-        "data": vars(config.data), "num_questions": num_questions, "teacher": config.teacher.model,
-        "generate": vars(config.generate), "seed": config.seed,
-    }
+class SettingsChanged(RuntimeError):
+    """generate's outputs were made with other settings; regenerating is costly, so it is never implicit."""
 
 
-def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    path = out_dir / "settings.json"
-    if path.exists():
-        old = read_json(path)
-        if old != settings:
-            changed = sorted(k for k in settings if old.get(k) != settings[k])
-            raise RuntimeError(
-                f"{out_dir} holds shards made with other settings (changed: {', '.join(changed)}); "
-                "use a new run_name, or delete that folder to start again"
-            )
-    else:
-        write_json_atomic(settings, path)
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    """What the shards' contents depend on: data, teacher weights and engine, prompt, sampling, seed."""
+    gen = config.generate
+    return make_fingerprint({
+        "data": {**vars(config.data), "contents": data_fingerprint(config.data.path)},
+        "teacher": {"model": config.teacher.model, "weights": model_fingerprint(config.teacher.model),
+                    "engine": output_engine_args(config.teacher.engine)},
+        "generate": {**vars(gen), "prompt_template": template_fingerprint(gen.prompt),
+                     "examples_file": file_digest(gen.examples) if gen.examples else None},
+        "seed": config.seed,
+    })
 
 
-def run(config: RunConfig, llm: Any = None) -> dict[str, Any]:
-    """The stage with its I/O. `llm`: an engine already built (benchmarks, notebooks); else one is started."""
+def check_fingerprint(out_dir: Path, record: dict[str, Any], force: bool) -> None:
+    """Refuse to mix shards of other settings into this run; with `force`, discard them first."""
+    stored = read_fingerprint(out_dir)
+    made = list_shards(out_dir / "samples") + sorted((out_dir / "meta").glob("*.json"))
+    if stored is not None and stored["fingerprint"] == record["fingerprint"]:
+        return
+    if stored is None and not made:
+        write_fingerprint(out_dir, record)
+        return
+    changed = changed_keys(stored["settings"], record["settings"]) if stored else ["(made without a fingerprint)"]
+    if not force:
+        raise SettingsChanged(
+            f"{out_dir} holds {len(list_shards(out_dir / 'samples'))} shards made with other settings (changed: "
+            f"{', '.join(changed)}); use a new run_name, or add --force to discard them and generate again"
+        )
+    logger.warning("generate: --force: discarding %s (changed: %s)", out_dir, ", ".join(changed))
+    for sub in ("samples", "meta"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    for name in ("stats.json", "settings.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    write_fingerprint(out_dir, record)
+
+
+def run(config: RunConfig, llm: Any = None, force: bool = False) -> dict[str, Any]:
+    """The stage with its I/O. `llm`: an engine already built (benchmarks, notebooks); else one is started.
+    `force`: discard outputs made with other settings instead of refusing."""
     from tqdm import tqdm
 
     out_dir = config.run_dir / "generate"
     source = QuestionSource(config.data)
     per_shard = config.generate.questions_per_shard
-    if per_shard < 1:
-        raise ValueError("generate.questions_per_shard must be at least 1")
     num_shards = math.ceil(len(source) / per_shard)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_settings(out_dir, _shard_settings(config, len(source)))
+    check_fingerprint(out_dir, fingerprint(config), force)
 
     samples_dir, meta_dir = out_dir / "samples", out_dir / "meta"
     remove_stale_tmp(samples_dir)
@@ -189,7 +215,9 @@ def summarize(out_dir: Path, num_shards: int) -> dict[str, Any]:
 
 
 def is_complete(config: RunConfig) -> bool:
+    """Every shard written, and made with today's settings."""
     out_dir = config.run_dir / "generate"
-    if not (out_dir / "stats.json").exists():
+    stats = read_json_or_none(out_dir / "stats.json")
+    if stats is None or not matches(out_dir, fingerprint(config)):
         return False
-    return len(list_shards(out_dir / "samples")) == read_json(out_dir / "stats.json")["shards"]
+    return len(list_shards(out_dir / "samples")) == stats["shards"]

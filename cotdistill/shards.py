@@ -1,16 +1,17 @@
-"""Atomic writes, shard names and stats files.
+"""Durable atomic writes, shard names and stats files.
 
-Every file a stage produces is written to a temporary name beside its target and renamed into place, so a
-killed run leaves either the whole file or nothing. A shard's Parquet file is its own completion marker:
-if `00003.parquet` exists, shard 3 is finished and a rerun skips it.
+Every file a stage produces is written to a temporary name beside its target, flushed and fsynced, renamed
+into place, and its folder fsynced: a killed run (or a lost machine) leaves either the whole file or nothing,
+never a name pointing at half-written bytes. A shard's Parquet file is its own completion marker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,28 +25,72 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename or a new file in `directory` durable (POSIX: the directory entry is data of its own)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json_atomic(data: Any, path: str | Path) -> None:
     write_text_atomic(json.dumps(data, indent=2, sort_keys=False) + "\n", path)
 
 
+def replace_dir_atomic(tmp_dir: str | Path, final_dir: str | Path) -> None:
+    """Move a finished folder into place: its files are synced first, the old folder goes, the new is renamed in.
+
+    A crash between the two leaves no `final_dir` at all (never a half-written one), which reads as not done.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    for root, _, files in os.walk(tmp_dir):
+        for name in files:
+            _fsync_file(Path(root) / name)
+        fsync_dir(root)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(tmp_dir, final_dir)
+    fsync_dir(final_dir.parent)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_json_or_none(path: str | Path) -> Any:
+    """The JSON in `path`, or None when the file is absent (a stage not yet run)."""
+    path = Path(path)
+    return read_json(path) if path.is_file() else None
 
 
 def list_shards(directory: str | Path) -> list[Path]:
@@ -61,7 +106,10 @@ def remove_stale_tmp(directory: str | Path) -> None:
     directory = Path(directory)
     if directory.is_dir():
         for tmp in directory.glob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def read_shards(directory: str | Path, schema: pa.Schema | None = None) -> pa.Table:

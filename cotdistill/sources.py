@@ -27,9 +27,15 @@ class SourceError(ValueError):
     pass
 
 
-def _local_files(path: str) -> list[str] | None:
+def looks_local(path: str) -> bool:
+    """A path the user meant as a local file or folder, not a hub dataset or model id ("org/name")."""
+    return (path.startswith(("/", ".", "~")) or Path(path).suffix in BUILDERS or path.count("/") > 1
+            or any(c in path for c in "*?["))
+
+
+def local_files(path: str) -> list[str] | None:
     """The local files a path names (file, folder or glob), or None if it is not local (a hub id)."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_file():
         return [str(p)]
     if p.is_dir():
@@ -38,8 +44,20 @@ def _local_files(path: str) -> list[str] | None:
     return matches or None
 
 
+def first_non_utf8_line(path: str) -> str | None:
+    """Where a text file stops being UTF-8 (datasets' codec error names no file and no line)."""
+    with open(path, "rb") as f:
+        for line_number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (f"{path}: line {line_number}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column "
+                        f"{e.start + 1}); save the file as UTF-8")
+    return None
+
+
 def _first_bad_json_line(path: str) -> str | None:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -55,7 +73,9 @@ def load_rows(cfg: DataConfig):
     """The raw `datasets.Dataset` of a source, or SourceError naming the file and what is wrong."""
     import datasets
 
-    files = _local_files(cfg.path)
+    files = local_files(cfg.path)
+    if files is None and looks_local(cfg.path):
+        raise SourceError(f"{cfg.path}: no such file or folder")
     if files is None:  # a hub dataset id
         try:
             return datasets.load_dataset(cfg.path, cfg.name, split=cfg.split)
@@ -70,11 +90,11 @@ def load_rows(cfg: DataConfig):
         if Path(f).stat().st_size == 0:
             raise SourceError(f"{f}: the file is empty")
     builder = BUILDERS[suffixes.pop()]
-    if builder == "json":  # name the bad line; datasets' own error does not
-        for f in files:
-            problem = _first_bad_json_line(f)
-            if problem:
-                raise SourceError(problem)
+    for f in files:  # name the bad line; datasets' own errors do not
+        problem = (first_non_utf8_line(f) if builder in ("json", "csv") else None) or (
+            _first_bad_json_line(f) if builder == "json" else None)
+        if problem:
+            raise SourceError(problem)
     try:
         return datasets.load_dataset(builder, data_files=files, split="train")
     except Exception as e:
@@ -113,6 +133,7 @@ class QuestionSource:
         ids: list[str] = []
         golds: list[str | None] = []
         seen: dict[str, int] = {}
+        duplicates = 0
         for start in range(0, len(self.rows), 10_000):
             batch = self.rows[start : start + 10_000]
             for offset, question in enumerate(batch[cfg.question_field]):
@@ -130,20 +151,38 @@ class QuestionSource:
                         golds.append(parse_gold(answer))
                     except GoldParseError as e:
                         raise SourceError(f"{where}: field '{cfg.answer_field}': {e}") from None
+                    except (ValueError, TypeError, ArithmeticError) as e:  # a parser's own bug: still name the row
+                        raise SourceError(f"{where}: field '{cfg.answer_field}': cannot parse {answer!r} as a "
+                                          f"{cfg.gold_format} gold: {e}") from None
                 if cfg.choices_field:
                     choices = self._choices(batch, offset)
                     if not isinstance(choices, list) or not choices:
                         raise SourceError(f"{where}: field '{cfg.choices_field}' must be a non-empty list")
+                    gold = golds[-1]
+                    if cfg.gold_format == "choice_letter" and gold is not None and ord(gold) - ord("A") >= len(choices):
+                        raise SourceError(f"{where}: field '{cfg.answer_field}': gold choice {gold} is not among "
+                                          f"the {len(choices)} choices of field '{cfg.choices_field}'")
                 if cfg.id_field:
-                    qid = str(batch[cfg.id_field][offset])
+                    raw_id = batch[cfg.id_field][offset]
+                    if raw_id is None or not str(raw_id).strip():
+                        raise SourceError(f"{where}: field '{cfg.id_field}' is missing or empty")
+                    qid = str(raw_id)
+                    if qid in seen:  # two questions under one id would be merged by the filter: refuse
+                        raise SourceError(f"{where}: field '{cfg.id_field}': id {qid!r} is also the id of row "
+                                          f"{seen[qid]}; ids must be unique")
+                    seen[qid] = row_number
                 else:
                     qid = hashlib.sha1(question.strip().encode()).hexdigest()[:16]
-                if qid in seen:  # the same question twice: a suffix keeps ids unique and still stable
-                    seen[qid] += 1
-                    qid = f"{qid}-{seen[qid]}"
-                else:
-                    seen[qid] = 1
+                    if qid in seen:  # the same text twice: a suffix keeps ids unique and stable, and says so
+                        duplicates += 1
+                        seen[qid] += 1
+                        qid = f"{qid}-{seen[qid]}"
+                    else:
+                        seen[qid] = 1
                 ids.append(qid)
+        if duplicates:
+            logger.warning("%s: %d questions repeat an earlier question's text; each is kept under its own id",
+                           cfg.path, duplicates)
         return ids, golds
 
     def _choices(self, batch: dict, offset: int) -> list | None:

@@ -19,6 +19,20 @@ from cotdistill.models import resolve_model
 logger = logging.getLogger(__name__)
 
 
+# Engine arguments that change only speed or memory, never a generated token: left out of fingerprints, so
+# moving a run to a bigger GPU or another cache size does not count as new settings.
+RESOURCE_ENGINE_ARGS = frozenset({
+    "gpu_memory_utilization", "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb", "enforce_eager",
+    "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "max_num_seqs",
+    "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill", "disable_log_stats",
+    "distributed_executor_backend", "compilation_config", "block_size",
+})
+
+
+def output_engine_args(engine: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in engine.items() if k not in RESOURCE_ENGINE_ARGS}
+
+
 def build_llm(model_cfg: ModelConfig, seed: int, model_path: str | None = None) -> Any:
     """A `vllm.LLM` for the model (or for `model_path`, e.g. a trained student, with the same engine args)."""
     # An in-process engine core: no spawn of a second process (which would re-import the caller's __main__),

@@ -17,24 +17,42 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from cotdistill.config import RunConfig
 from cotdistill.models import resolve_model
 from cotdistill.prompts import PromptTemplate
-from cotdistill.shards import list_shards, read_json, write_text_atomic
+from cotdistill.fingerprints import (
+    changed_keys, make_fingerprint, matches, model_fingerprint, read_fingerprint, template_fingerprint, upstream,
+    write_fingerprint,
+)
+from cotdistill.shards import list_shards, read_json, read_json_or_none, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
+# SFTConfig fields that change how training is logged or checkpointed, never the weights it ends with.
+SFT_BOOKKEEPING = frozenset({
+    "logging_steps", "logging_strategy", "logging_dir", "logging_first_step", "report_to", "run_name",
+    "save_steps", "save_strategy", "save_total_limit", "dataloader_num_workers", "disable_tqdm",
+})
 
-def build_sft_dataset(accepted_dir: Path, template: PromptTemplate) -> Any:
-    """Accepted shards -> a `datasets.Dataset` of conversational {prompt, completion} rows."""
+
+def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files: list[str] | None = None) -> Any:
+    """Accepted shards (all in the folder, or only `shard_files`) -> a `datasets.Dataset` of conversational
+    {prompt, completion} rows."""
     import datasets
 
-    shards = [str(p) for p in list_shards(accepted_dir)]
+    if shard_files is None:
+        shards = [str(p) for p in list_shards(accepted_dir)]
+    else:
+        shards = [str(accepted_dir / name) for name in shard_files]
     if not shards:
-        raise RuntimeError(f"{accepted_dir}: no accepted shards; run `cotdistill filter` first")
+        raise RuntimeError(
+            f"{accepted_dir}: the filter accepted no rationales, so there is nothing to train on; "
+            f"see {accepted_dir.parent / 'stats.json'} for why they were rejected"
+        )
     corpus = datasets.load_dataset("parquet", data_files=shards, split="train")
     if len(corpus) == 0:
         raise RuntimeError(
@@ -84,14 +102,149 @@ def build_trainer(config: RunConfig, dataset: Any) -> Any:
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
+def checkpoint_problem(checkpoint: Path, *, require_optimizer: bool = True) -> str | None:
+    """Why `checkpoint` (a `checkpoint-N` folder) cannot be resumed from, or None when it is complete.
+
+    `Trainer._save_checkpoint` (transformers 5.x) writes straight into `checkpoint-N`, with no temporary folder
+    and no rename: the model (weights, config, tokenizer, training_args.bin), then optimizer.pt, scheduler.pt,
+    rng_state.pth and, last, trainer_state.json (a plain, non-atomic write). So a kill while saving leaves a
+    folder without trainer_state.json or with a truncated one: a trainer_state.json that parses and names step N
+    is the mark of completion. The weights and optimizer checks catch folders damaged another way (a copy cut
+    short, a file truncated to nothing): transformers refuses a folder without weights, and without an optimizer
+    it silently resumes with a fresh one.
+    """
+    from transformers.trainer import (FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME,
+                                      TRAINER_STATE_NAME)
+    from transformers.utils import (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME,
+                                    SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
+
+    def non_empty(path: Path) -> bool:
+        return path.is_file() and path.stat().st_size > 0
+
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE_NAME}, which the trainer writes last"
+    except (ValueError, OSError) as e:  # truncated mid-write: JSONDecodeError, UnicodeDecodeError
+        return f"unreadable {TRAINER_STATE_NAME} ({e})"
+    step = int(checkpoint.name.rsplit("-", 1)[1])
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return f"{TRAINER_STATE_NAME} is not the state at step {step}"
+    # The weights transformers' Trainer._load_from_checkpoint accepts: single or sharded, full or adapter, FSDP.
+    weights = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME,
+               ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME)
+    subdirs = [p for p in checkpoint.iterdir() if p.is_dir()]
+    if not (any(non_empty(checkpoint / name) for name in weights)
+            or any(FSDP_MODEL_NAME in p.name for p in subdirs) or non_empty(checkpoint / f"{FSDP_MODEL_NAME}.bin")
+            or any(non_empty(p / name) for p in subdirs
+                   for name in (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME))):
+        return "no model weights, or empty ones"
+    if require_optimizer:  # as Trainer._load_optimizer_and_scheduler looks for them (FSDP: an optimizer_* folder)
+        if not (non_empty(checkpoint / OPTIMIZER_NAME) or non_empty(checkpoint / OPTIMIZER_NAME_BIN)
+                or any("optimizer" in p.name for p in subdirs)):
+            return f"no {OPTIMIZER_NAME}, or an empty one"
+        if not non_empty(checkpoint / SCHEDULER_NAME):
+            return f"no {SCHEDULER_NAME}, or an empty one"
+    return None
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Move a partial checkpoint into `partial/` beside it; returns where it went.
+
+    transformers' get_last_checkpoint and save_total_limit rotation only look at `checkpoint-*` directly in the
+    output folder, so there it is neither resumed from nor rotated away: kept for the user to inspect or delete.
+    """
+    parked = checkpoint.parent / "partial"
+    parked.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = parked / f"{checkpoint.name}.{stamp}", 1
+    while target.exists():
+        target, n = parked / f"{checkpoint.name}.{stamp}-{n}", n + 1
+    checkpoint.rename(target)
+    return target
+
+
+def resume_checkpoint(output_dir: Path, *, require_optimizer: bool = True) -> Path | None:
+    """The newest complete checkpoint in `output_dir`, or None to train from the start.
+
+    Newer partial checkpoints (a run killed while saving) are set aside with a warning: left in place, they
+    would be what transformers' get_last_checkpoint picks, and the trainer would refuse it on every rerun.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not output_dir.is_dir():
+        return None
+    seen = set()
+    while (last := get_last_checkpoint(str(output_dir))) is not None:
+        checkpoint = Path(last)
+        if checkpoint in seen:  # set aside, yet still there: never loop
+            raise RuntimeError(f"{checkpoint}: could not move this partial checkpoint aside")
+        seen.add(checkpoint)
+        problem = checkpoint_problem(checkpoint, require_optimizer=require_optimizer)
+        if problem is None:
+            return checkpoint
+        try:
+            moved = set_aside(checkpoint)
+        except FileNotFoundError:  # another rank (another node on a shared filesystem) moved it first
+            continue
+        logger.warning("train: %s is a partial checkpoint (%s), left by a run stopped while saving it; "
+                       "moved it aside to %s and resuming from an earlier one", checkpoint.name, problem, moved)
+    return None
+
+
+def step_counter() -> Any:
+    """A TrainerCallback counting the optimizer steps this invocation runs, and the step it started from."""
+    from transformers import TrainerCallback
+
+    class StepCounter(TrainerCallback):
+        def __init__(self) -> None:
+            self.start_step = 0
+            self.count = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start_step = state.global_step  # after the trainer loaded the checkpoint's trainer_state.json
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.count += 1
+
+    return StepCounter()
+
+
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    """What the trained student depends on: the filtered corpus, the base model, the prompt, SFTConfig, seed."""
+    return make_fingerprint({
+        "filter": upstream(config.run_dir / "filter"),
+        "student": {"model": config.student.model, "weights": model_fingerprint(config.student.model)},
+        "prompt_template": template_fingerprint(config.train.prompt),
+        "sft": {k: v for k, v in config.train.sft.items() if k not in SFT_BOOKKEEPING},
+        "seed": config.seed,
+    })
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     train_dir = config.run_dir / "train"
     final_dir = train_dir / "model"
-    if is_complete(config):
-        logger.info("train: %s exists, skipping", final_dir)
+    filter_dir = config.run_dir / "filter"
+    filter_stats = read_json_or_none(filter_dir / "stats.json")
+    if filter_stats is None or upstream(filter_dir) is None:
+        raise RuntimeError(f"{filter_dir}: no finished filter output; run `cotdistill filter` first")
+    record = fingerprint(config)
+    if is_complete(config, record):
+        logger.info("train: %s is up to date, skipping", final_dir)
         return read_json(train_dir / "stats.json")
+    stored = read_fingerprint(train_dir)
+    if stored is not None and stored["fingerprint"] != record["fingerprint"]:
+        # Checkpoints of other settings or another corpus must never be resumed: start over.
+        logger.warning("train: settings or corpus changed (%s): discarding %s and training again",
+                       ", ".join(changed_keys(stored["settings"], record["settings"])), train_dir)
+        shutil.rmtree(train_dir)
+    elif stored is None and train_dir.exists() and any(train_dir.iterdir()):
+        logger.warning("train: %s was made without a fingerprint: discarding it and training again", train_dir)
+        shutil.rmtree(train_dir)
+    write_fingerprint(train_dir, record)  # first: the checkpoints written from now on belong to these settings
 
-    dataset = build_sft_dataset(config.run_dir / "filter" / "accepted", PromptTemplate(config.train.prompt))
+    dataset = build_sft_dataset(filter_dir / "accepted", PromptTemplate(config.train.prompt),
+                                filter_stats["accepted_files"])
     trainer = build_trainer(config, dataset)
     args, tokenizer = trainer.args, trainer.processing_class
     corpus_size = len(dataset)
@@ -99,10 +252,15 @@ def run(config: RunConfig) -> dict[str, Any]:
     if dropped:  # SFTTrainer drops examples whose prompt alone fills max_length: say so, never silently
         logger.warning("train: %d of %d examples dropped by SFTTrainer: the prompt fills max_length=%s",
                        dropped, corpus_size, args.max_length)
-    has_checkpoint = any(Path(args.output_dir).glob("checkpoint-*"))
-    if has_checkpoint:
-        logger.info("train: resuming from the last checkpoint in %s", args.output_dir)
-    result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    # The main process sets partial checkpoints aside first, so the other ranks then pick the same checkpoint.
+    with args.main_process_first(desc="choosing the checkpoint to resume from"):
+        checkpoint = resume_checkpoint(Path(args.output_dir),
+                                       require_optimizer=not (args.save_only_model or trainer.is_deepspeed_enabled))
+    if checkpoint is not None:
+        logger.info("train: resuming from the last checkpoint, %s", checkpoint)
+    steps = step_counter()
+    trainer.add_callback(steps)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
 
     # Every rank calls save_model (a collective under FSDP/DeepSpeed); only rank 0 writes files.
     tmp_dir = train_dir / ".model.tmp"
@@ -117,6 +275,9 @@ def run(config: RunConfig) -> dict[str, Any]:
         "examples": len(trainer.train_dataset),
         "examples_dropped_prompt_over_max_length": dropped,
         "global_steps": result.global_step,
+        "resumed_from_checkpoint": checkpoint.name if checkpoint is not None else None,
+        "resumed_from_step": steps.start_step,  # as the trainer loaded it, not as the folder name claims
+        "steps_this_run": steps.count,
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
     }
@@ -152,6 +313,9 @@ tags: [cotdistill, distillation, chain-of-thought, trl, sft]
 """
 
 
-def is_complete(config: RunConfig) -> bool:
+def is_complete(config: RunConfig, record: dict[str, Any] | None = None) -> bool:
+    """The model and its stats are written, from today's corpus and settings."""
     train_dir = config.run_dir / "train"
-    return (train_dir / "model" / "config.json").exists() and (train_dir / "stats.json").exists()
+    if not ((train_dir / "model" / "config.json").exists() and (train_dir / "stats.json").exists()):
+        return False
+    return matches(train_dir, record or fingerprint(config))

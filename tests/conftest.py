@@ -96,10 +96,71 @@ def tiny_config_dict(tmp_path: Path, model: Path, questions: Path, test_question
         "teacher": {"model": str(model), "engine": dict(TINY_ENGINE)},
         "student": {"model": str(model), "engine": dict(TINY_ENGINE)},
         "generate": {"prompt": "math_zero_shot_cot.jinja", "num_samples": 3, "temperature": 1.0,
-                     "max_tokens": 16, "questions_per_shard": 2},
+                     "max_tokens": 24, "questions_per_shard": 2},
         "filter": {"answer_format": "number"},
         "train": {"sft": {"max_steps": 3, "per_device_train_batch_size": 2, "max_length": 512,
                           "learning_rate": 1e-3, "save_steps": 2, "logging_steps": 1}},
         "evaluate": {"data": {"path": str(test_questions or questions), "gold_format": "gsm8k"},
-                     "num_samples": 3, "max_tokens": 12},
+                     "num_samples": 3, "max_tokens": 24},
     }
+
+
+PARROT_ANSWER = "We count them all. The answer is 7."
+
+
+def build_parrot_llama(source: Path, target: Path, steps: int = 120) -> Path:
+    """The tiny Llama trained (a few seconds, plain torch) to answer every question, in the teacher's and the
+    student's prompt, with PARROT_ANSWER: questions whose gold is 7 then get accepted rationales and the
+    others wrong ones, so a run on it goes through the filter's accepted path as well as its rejections."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from cotdistill.prompts import PromptTemplate
+
+    shutil.copytree(source, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = LlamaForCausalLM.from_pretrained(target, dtype=torch.float32)
+    questions = [r["question"] for r in read_jsonl(GSM8K_TRAIN, limit=64)]
+    templates = [PromptTemplate("math_zero_shot_cot.jinja"), PromptTemplate("student_question.jinja")]
+    examples = []
+    for i, q in enumerate(questions):
+        prompt = tokenizer.apply_chat_template(templates[i % 2].render(question=q), tokenize=False,
+                                               add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-200:]
+        answer_ids = tokenizer(PARROT_ANSWER + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        examples.append((prompt_ids + answer_ids, len(prompt_ids)))
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = [examples[(step * 8 + j) % len(examples)] for j in range(8)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((8, width), tokenizer.pad_token_id)
+        labels = torch.full((8, width), -100)
+        for row, (ids, start) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, start: len(ids)] = torch.tensor(ids[start:])
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100) | (input_ids != tokenizer.pad_token_id),
+                     labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def parrot_model(tmp_path_factory, tiny_model) -> Path:
+    return build_parrot_llama(tiny_model, tmp_path_factory.mktemp("parrot") / "model")
+
+
+def write_finished_filter(filter_dir: Path, accepted, corpus_name: str) -> None:
+    """What a finished filter stage leaves for train: the accepted shard, stats naming it, a fingerprint."""
+    from cotdistill.fingerprints import make_fingerprint, write_fingerprint
+    from cotdistill.shards import write_json_atomic, write_parquet_atomic
+
+    write_parquet_atomic(accepted, filter_dir / "accepted" / "00000.parquet")
+    write_json_atomic({"accepted_files": ["00000.parquet"], "accepted": len(accepted)}, filter_dir / "stats.json")
+    write_fingerprint(filter_dir, make_fingerprint({"corpus": corpus_name}))

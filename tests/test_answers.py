@@ -1,7 +1,8 @@
 import pytest
 
 from cotdistill.answers import (
-    GoldParseError, extract_choice, extract_number, get_answer_format, parse_choice_letter_gold, parse_gsm8k_gold,
+    Extraction, GoldParseError, extract_choice, extract_number, get_answer_format, parse_choice_letter_gold,
+    parse_gsm8k_gold,
 )
 
 
@@ -190,3 +191,73 @@ def test_gold_parsers_name_the_problem():
 def test_unknown_format_lists_the_known_ones():
     with pytest.raises(ValueError, match="choice, exact, math, number, yes_no"):
         get_answer_format("latex")
+
+
+@pytest.mark.parametrize("text", [
+    "The final answer is $\\boxed{18}$.",
+    "**Final Answer:** $\\boxed{18}$",
+    "Final Answer: The final answer is $18$. I hope it is correct.",
+    "Therefore, the final answer is \\(\\boxed{18}\\).",
+])
+def test_math_boxed_answer_and_its_answer_line_are_one_answer(text):
+    extraction = MATH.extract(text, None)
+    assert extraction == Extraction("18") and MATH.is_correct(extraction.answer, "18")
+
+
+def test_math_marked_answers_agree_by_value_and_different_ones_stay_ambiguous():
+    assert MATH.is_correct(MATH.extract("The answer is 0.5, so \\boxed{\\frac{1}{2}}", None).answer, "1/2")
+    assert MATH.extract("The final answer is $\\boxed{18}$. Wait, the answer is 19.", None).reason == "ambiguous"
+
+
+@pytest.mark.parametrize("text", [
+    "The answer is 18 dollars.",
+    "The answer is 18 because she sells the other 9 eggs for 2 dollars each.",
+    # No marker at all: like the number format, the last number.
+    "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18 every day at the farmers' market.",
+])
+def test_math_reads_plain_answers_with_units_reasons_or_no_marker(text):
+    extraction = MATH.extract(text, None)
+    assert extraction.answer is not None, extraction
+    assert MATH.is_correct(extraction.answer, "18") and not MATH.is_correct(extraction.answer, "19")
+
+
+def test_group_equivalent_maps_equal_answers_to_the_first_seen():
+    from cotdistill.answers import ANSWER_FORMATS, group_equivalent
+
+    grouped = group_equivalent(["\\frac{1}{2}", "0.5", "\\dfrac12", "3", None, "0.5"], ANSWER_FORMATS["math"])
+    assert grouped == ["\\frac{1}{2}", "\\frac{1}{2}", "\\frac{1}{2}", "3", None, "\\frac{1}{2}"]
+    assert group_equivalent(["18", "18.00", None, "7"], ANSWER_FORMATS["number"]) == ["18", "18", None, "7"]
+
+
+@pytest.mark.parametrize("a, b", [("1 < x < 2", "(1, 2)"), ("3 + 6 = 9", "9")])
+def test_math_equal_is_symmetric(a, b):
+    from cotdistill.answers import math_equal
+
+    assert math_equal(a, b) and math_equal(b, a)
+
+
+def test_math_verify_timeout_is_a_reason_not_an_escaping_base_exception(monkeypatch):
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    from cotdistill import answers
+
+    def hang(*args, **kwargs):
+        raise TimeoutException("Operation timed out!")  # a BaseException, as math-verify raises it
+
+    monkeypatch.setattr(math_verify, "parse", hang)
+    # Answers no other test reads: nothing cached for them (a timeout is never cached).
+    assert MATH.extract("\\boxed{123457}", None) == Extraction(None, "timeout")
+    assert not answers.math_equal("\\frac{1}{7}", "0.142857")
+
+
+def test_gsm8k_gold_with_a_superscript_is_a_gold_parse_error():
+    from cotdistill.answers import canonical_number
+
+    assert canonical_number("5²") is None
+    with pytest.raises(GoldParseError, match="not a number"):
+        parse_gsm8k_gold("5 squared\n#### 5²")
+
+
+def test_numbers_too_long_for_int_are_not_numbers():
+    assert extract_number("1" * 5000).reason == "unparseable"  # a degenerate generation, not a crash

@@ -14,7 +14,8 @@ def write(tmp_path, data) -> Path:
     return path
 
 
-BASE = {"run_name": "x", "data": {"path": "q.jsonl"}, "teacher": {"model": "t"}, "student": {"model": "s"}}
+QUESTIONS = str(REPO / "data" / "arithmetic" / "train.jsonl")
+BASE = {"run_name": "x", "data": {"path": QUESTIONS}, "teacher": {"model": "t"}, "student": {"model": "s"}}
 
 
 def test_every_shipped_pipeline_loads():

@@ -118,6 +118,46 @@ def test_majority_mode_drops_a_question_without_a_clear_winner():
         (0, None), (1, "wrong"), (2, "wrong"), (3, None)]
 
 
+def test_majority_mode_a_tie_for_first_place_is_no_majority():
+    # 2 votes for 1, 2 for 2: at the default share of 0.5 each passes the threshold, but neither won.
+    samples = [sample("a", 0, "The answer is 1", gold=None), sample("a", 1, "The answer is 2", gold=None),
+               sample("a", 2, "So the answer is 1", gold=None), sample("a", 3, "So the answer is 2", gold=None)]
+    assert verdicts(samples, context(label="majority")) == [
+        (0, "no_majority"), (1, "no_majority"), (2, "no_majority"), (3, "no_majority")]
+
+
+def test_majority_label_is_voted_before_the_student_side_checks():
+    # Three long rationales say 12, two short ones say 15. The student can only train on the short ones, but
+    # the teacher's label is still 12: the short ones are wrong, never promoted to the label.
+    long_text = " ".join(f"step{j} adds {j} apples," for j in range(12)) + " "
+    samples = [sample("a", i, long_text + f"Step {i}. The answer is 12", gold=None) for i in range(3)]
+    samples += [sample("a", 3, "The answer is 15", gold=None), sample("a", 4, "Quickly: the answer is 15", gold=None)]
+    samples.append(sample("a", 5, LOOP + "The answer is 12", gold=None))  # degenerate, but it still votes
+    ctx = context(label="majority", near_duplicates=False)
+    ctx.count_student_tokens = lambda questions, rationales, choices: [len(r.split()) for r in rationales]
+    ctx.max_student_tokens = 30
+    assert verdicts(samples, ctx) == [
+        (0, "too_long"), (1, "too_long"), (2, "too_long"), (3, "wrong"), (4, "wrong"), (5, "degenerate")]
+
+
+def test_majority_mode_counts_equivalent_answers_as_one():
+    # math format: \frac{1}{2}, 0.5 and \dfrac12 are one answer (3 votes) against 1/3 (2 votes).
+    texts = ["The answer is $\\frac{1}{2}$", "The answer is $0.5$", "The answer is $\\dfrac12$",
+             "The answer is $\\frac{1}{3}$", "Therefore the answer is $\\frac{1}{3}$"]
+    samples = [sample("a", i, t, gold=None) for i, t in enumerate(texts)]
+    assert verdicts(samples, context(label="majority", answer_format="math", near_duplicates=False)) == [
+        (0, None), (1, None), (2, None), (3, "wrong"), (4, "wrong")]
+
+
+def test_decontamination_hashes_are_64_bit():
+    from cotdistill.filter import question_ngrams
+
+    hashes = question_ngrams("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                             "clips in May. How many clips did Natalia sell altogether?", 13)
+    assert len(hashes) > 5 and all(0 <= h < 2**64 for h in hashes)
+    assert any(h >= 2**32 for h in hashes)  # crc32 never gets there: its collisions grow with the eval sets
+
+
 def test_gold_mode_without_gold_is_an_error():
     with pytest.raises(ValueError, match="no gold answer; use filter.label: majority"):
         list(filter_samples([sample("a", 0, "The answer is 1", gold=None)], context()))
@@ -166,7 +206,7 @@ def test_every_reason_gets_examples_however_late_in_the_shard(tmp_path):
     samples.append(sample("last", 0, "no number at all"))  # the only unparseable one, at row 2501
     shard = tmp_path / "generate" / "00000.parquet"
     write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), shard)
-    meta = filter_shard(shard, tmp_path / "filter", context())
+    meta = filter_shard(shard, tmp_path / "filter", "key", context())
     assert meta["rejected"] == {"wrong": 2500, "unparseable": 1}
     assert [e["question_id"] for e in meta["examples"]["unparseable"]] == ["last"]
     assert len(meta["examples"]["wrong"]) == 3

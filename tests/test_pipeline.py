@@ -7,6 +7,7 @@ import os
 import shutil
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -16,21 +17,24 @@ from cotdistill.config import load_config
 from cotdistill.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
 from cotdistill.shards import list_shards, read_json, read_shards, write_parquet_atomic
 from cotdistill.prompts import PromptTemplate
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_config_dict, write_finished_filter
 
 LONG_QUESTION = "How many apples are there? " + "The farmer counts apples in the orchard again. " * 60
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tiny_model, gsm8k_rows):
+def pipeline(tmp_path_factory, parrot_model, gsm8k_rows):
+    """generate on the parrot model (it answers 7 to everything): questions 1-3 have gold 7, so the filter has
+    rationales to accept, and questions 4-5 keep their real gold, so it has wrong ones to reject."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    rows = gsm8k_rows[:5] + [{"question": LONG_QUESTION, "answer": "They count.\n#### 7"}]
+    rows = [{"question": r["question"], "answer": "We count.\n#### 7"} for r in gsm8k_rows[:3]] + gsm8k_rows[3:5]
+    rows.append({"question": LONG_QUESTION, "answer": "They count.\n#### 7"})
     questions = tmp / "questions.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     test_questions = tmp / "test.jsonl"
     test_questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[100:103]))
     config_path = tmp / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(tiny_config_dict(tmp, tiny_model, questions, test_questions)))
+    config_path.write_text(yaml.safe_dump(tiny_config_dict(tmp, parrot_model, questions, test_questions)))
     config = load_config(config_path)
     stats = generate.run(config)
     return config, config_path, stats
@@ -52,7 +56,7 @@ def test_generate_writes_n_rows_per_question(pipeline):
     assert row["prompt_messages"][-1]["role"] == "user"
     assert row["sampling"]["n"] == 3 and row["teacher"] == config.teacher.model
     assert row["finish_reason"] in ("stop", "length")
-    assert 0 < row["completion_tokens"] <= 16
+    assert 0 < row["completion_tokens"] <= 24
 
     loaded = datasets.load_dataset("parquet", data_dir=str(out), split="train")
     assert len(loaded) == 15 and set(loaded["sample_index"]) == {0, 1, 2}
@@ -113,18 +117,24 @@ def test_rerun_of_a_finished_stage_starts_no_engine(pipeline, monkeypatch):
 
 def test_changed_settings_are_refused_on_rerun(pipeline):
     _, config_path, _ = pipeline
-    changed = load_config(config_path, ["generate.num_samples=5"])
-    with pytest.raises(RuntimeError, match="changed: generate"):
+    changed = load_config(config_path, ["generate.num_samples=5", "generate.top_p=0.9"])
+    with pytest.raises(generate.SettingsChanged, match=r"changed: generate.num_samples, generate.top_p\); use a "
+                       r"new run_name, or add --force"):
         generate.run(changed)
+    assert not generate.is_complete(changed)  # so `cotdistill run` does not skip it either
 
 
-def test_filter_on_real_generations_accounts_for_every_row(pipeline):
+def test_filter_on_real_generations_accounts_for_every_row(pipeline, tmp_path):
     config, _, _ = pipeline
     stats = filter_stage.run(config)
     out = config.run_dir / "filter"
     accepted, rejected = read_shards(out / "accepted"), read_shards(out / "rejected")
     assert accepted.schema.equals(FILTERED_SCHEMA) and rejected.schema.equals(FILTERED_SCHEMA)
     assert len(accepted) + len(rejected) == 15 == stats["rationales"]
+    # The parrot answers 7: only questions with gold 7 keep rationales, at least one each, the rest duplicates.
+    assert len(accepted) >= 3 and set(accepted.column("extracted_answer").to_pylist()) == {"7"}
+    assert set(accepted.column("gold_answer").to_pylist()) == {"7"} and all(accepted.column("is_correct").to_pylist())
+    assert stats["rejected"]["wrong"] >= 6 and stats["rejected"]["duplicate"] >= 1
     reasons = rejected.column("filter_reason").to_pylist()
     assert all(r in filter_stage.REASONS for r in reasons)
     assert sum(stats["rejected"].values()) == len(rejected)
@@ -141,7 +151,7 @@ def test_filter_on_real_generations_accounts_for_every_row(pipeline):
     loaded = datasets.load_dataset("parquet", data_dir=str(out / "rejected"), split="train")
     assert len(loaded) == len(rejected) and "filter_reason" in loaded.column_names
     if len(accepted):  # the card's front matter must point datasets at the shards
-        assert len(datasets.load_dataset(str(out / "accepted"), split="train")) == len(accepted)
+        assert len(datasets.load_dataset(str(out / "accepted"), split="train", cache_dir=str(tmp_path))) == len(accepted)
 
 
 def test_filter_workers_give_the_same_verdicts_as_one_process(pipeline):
@@ -152,6 +162,59 @@ def test_filter_workers_give_the_same_verdicts_as_one_process(pipeline):
     filter_stage.run(single)
     for sub in ("accepted", "rejected"):
         assert read_shards(single.run_dir / "filter" / sub).equals(read_shards(config.run_dir / "filter" / sub))
+    assert len(read_shards(single.run_dir / "filter" / "accepted")) > 0  # not two empty tables
+
+
+def test_a_changed_filter_setting_refilters_and_retrains(pipeline):
+    config, config_path, _ = pipeline
+    filter_stage.run(config)
+    assert filter_stage.is_complete(config)
+    meta = config.run_dir / "filter" / "meta" / "00000.json"
+    before = meta.stat().st_mtime_ns
+    assert filter_stage.run(config) and meta.stat().st_mtime_ns == before  # unchanged: skipped
+
+    changed = load_config(config_path, ["filter.drop_duplicates=false", "filter.near_duplicates=false"])
+    assert not filter_stage.is_complete(changed)
+    stats = filter_stage.run(changed)
+    assert meta.stat().st_mtime_ns != before and stats["rejected"]["duplicate"] == 0
+    card = (config.run_dir / "filter" / "accepted" / "README.md").read_text()
+    assert "'drop_duplicates': False" in card  # the card and the verdicts describe the same settings
+    assert filter_stage.is_complete(changed) and not filter_stage.is_complete(config)
+    filter_stage.run(config)  # back to the fixture's settings for the tests that follow
+
+
+def test_filter_outputs_of_vanished_generate_shards_are_removed(pipeline):
+    config, _, _ = pipeline
+    accepted = config.run_dir / "filter" / "accepted"
+    shutil.copy(accepted / "00000.parquet", accepted / "00099.parquet")  # a leftover of an earlier, larger run
+    stats = filter_stage.run(config)
+    assert not (accepted / "00099.parquet").exists()
+    assert stats["shards"] == 3 and set(stats["accepted_files"]) <= {"00000.parquet", "00001.parquet", "00002.parquet"}
+
+
+def test_a_regenerated_shard_is_filtered_again(pipeline):
+    config, _, _ = pipeline
+    filter_stage.run(config)
+    meta = config.run_dir / "filter" / "meta" / "00001.json"
+    before = read_json(meta)["fingerprint"]
+    untouched = (config.run_dir / "filter" / "meta" / "00000.json").stat().st_mtime_ns
+    # What a regenerated shard is (same settings, other random rationales): other bytes under the same name.
+    shard = config.run_dir / "generate" / "samples" / "00001.parquet"
+    original = pq.read_table(shard)
+    rationales = original.column("rationale").to_pylist()
+    rationales[0] = "Seven, by counting. The answer is 7."
+    write_parquet_atomic(original.set_column(original.schema.get_field_index("rationale"), "rationale",
+                                             pa.array(rationales, pa.string())), shard)
+    try:
+        assert not filter_stage.is_complete(config)
+        filter_stage.run(config)
+        assert read_json(meta)["fingerprint"] != before
+        assert (config.run_dir / "filter" / "meta" / "00000.json").stat().st_mtime_ns == untouched
+        assert "Seven, by counting. The answer is 7." in read_shards(config.run_dir / "filter" / "rejected").column(
+            "rationale").to_pylist() + read_shards(config.run_dir / "filter" / "accepted").column("rationale").to_pylist()
+    finally:
+        write_parquet_atomic(original, shard)
+        filter_stage.run(config)
 
 
 @pytest.fixture(scope="module")
@@ -166,15 +229,17 @@ def trained(pipeline, gsm8k_rows):
                extracted_answer=None, is_correct=True, filter_reason=None)
         for i, r in enumerate(gsm8k_rows[200:208])
     ]
-    write_parquet_atomic(samples_to_table(samples, FILTERED_SCHEMA), config.run_dir / "filter" / "accepted" / "00000.parquet")
+    write_finished_filter(config.run_dir / "filter", samples_to_table(samples, FILTERED_SCHEMA), "gsm8k[200:208]")
     return config
 
 
-def test_dataset_card_lets_datasets_load_the_accepted_folder(trained):
+def test_dataset_card_lets_datasets_load_the_accepted_folder(trained, tmp_path):
     accepted = trained.run_dir / "filter" / "accepted"
     stats = {"accepted": 8, "rationales": 8, "questions": 8, "rejected": {r: 0 for r in filter_stage.REASONS}}
     (accepted / "README.md").write_text(filter_stage.dataset_card(trained, stats))
-    loaded = datasets.load_dataset(str(accepted), split="train")
+    # A cache of its own: datasets 5.2 caches a folder loaded by path under the folder's name ("accepted"), so
+    # two runs' accepted folders would share one cache entry (the card points users to the data_dir= form).
+    loaded = datasets.load_dataset(str(accepted), split="train", cache_dir=str(tmp_path))
     assert len(loaded) == 8 and loaded.column_names == FILTERED_SCHEMA.names
     card = (accepted / "README.md").read_text()
     assert "configs:" in card and 'path: "*.parquet"' in card and "Sampling: n=3" in card
@@ -196,6 +261,25 @@ def test_train_labels_mask_every_prompt_token(trained):
         assert completion == row["input_ids"][len(prompt_ids):]
     # The student sees the bare question, not the teacher's instructions.
     assert "step by step" not in raw[0]["prompt"][0]["content"]
+
+
+def test_filter_counts_student_tokens_as_training_does(trained):
+    # too_long must use the length TRL will see: the same tokens, and TRL's own max_length when none is set.
+    raw = train.build_sft_dataset(trained.run_dir / "filter" / "accepted", PromptTemplate(trained.train.prompt))
+    trainer = train.build_trainer(trained, raw)
+    count = filter_stage._student_token_counter(trained.student.model, trained.train.prompt)
+    rows = pq.read_table(trained.run_dir / "filter" / "accepted" / "00000.parquet").to_pylist()
+    counted = count([r["question"] for r in rows], [r["rationale"] for r in rows], [r["choices"] for r in rows])
+    assert counted == [len(trainer.train_dataset[i]["input_ids"]) for i in range(len(rows))]
+    assert filter_stage.student_max_tokens(trained) == 512  # train.sft.max_length of the fixture
+    unset = load_config(trained_config_path(trained), ["train.sft={max_steps: 3}"])
+    assert filter_stage.student_max_tokens(unset) == 1024  # TRL's SFTConfig default, applied when unset
+    stricter = load_config(trained_config_path(trained), ["filter.max_student_tokens=100"])
+    assert filter_stage.student_max_tokens(stricter) == 100
+
+
+def trained_config_path(config):
+    return config.run_dir.parent.parent / "tiny.yaml"
 
 
 def test_train_runs_and_saves_model_and_card(trained):
@@ -221,6 +305,8 @@ def test_train_resumes_from_its_last_checkpoint(trained, caplog):
         stats = train.run(trained)
     assert "resuming from the last checkpoint" in caplog.text
     assert stats["global_steps"] == 3 and (trained.run_dir / "train" / "model" / "config.json").exists()
+    # Resumed, not restarted: one step ran in this invocation, from step 2.
+    assert stats["resumed_from_step"] == 2 and stats["steps_this_run"] == 1
 
 
 def test_evaluate_writes_every_output(trained, pipeline):
@@ -251,3 +337,20 @@ def test_evaluate_writes_every_output(trained, pipeline):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "student" in result["table"] and "maj@K" in result["table"]
     assert evaluate.is_complete(config)
+
+
+def test_a_retrained_student_is_evaluated_again_and_only_it(trained, pipeline):
+    config = load_config(pipeline[1], ["run_name=tiny-train"])
+    evaluate.run(config)
+    out = config.run_dir / "evaluate"
+    before = {name: (out / f"{name}.cost.json").stat().st_mtime_ns for name in ("teacher", "base_student", "student")}
+    retrain = load_config(pipeline[1], ["run_name=tiny-train", "train.sft.learning_rate=0.002"])
+    assert not train.is_complete(retrain)
+    stats = train.run(retrain)
+    assert stats["resumed_from_step"] == 0  # checkpoints of the old settings were not resumed
+    assert not evaluate.is_complete(retrain)
+    evaluate.run(retrain)
+    after = {name: (out / f"{name}.cost.json").stat().st_mtime_ns for name in before}
+    assert after["teacher"] == before["teacher"] and after["base_student"] == before["base_student"]
+    assert after["student"] != before["student"]
+    assert evaluate.is_complete(retrain)

@@ -1,0 +1,136 @@
+"""Fingerprints: is a stage's output still the output of today's settings?
+
+A stage's fingerprint is a hash of the settings that change its output plus the fingerprints of what it read
+(models, data files, templates, the upstream stage's fingerprint). It is stored beside the outputs as
+`fingerprint.json`, with the settings themselves, so that a mismatch can name the keys that changed.
+Done = outputs complete and fingerprint equal. Pure and cheap: no model is loaded, big weight files are
+sampled rather than read whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+FINGERPRINT_FILE = "fingerprint.json"
+_WHOLE_FILE_LIMIT = 64 << 20  # files up to this size are hashed whole; larger ones (weights) are sampled
+_SAMPLE_BLOCKS, _BLOCK = 64, 1 << 16
+
+
+def digest(obj: Any) -> str:
+    """A stable hash of a JSON-able value (key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """xxh64 of a file's bytes; files over 64 MB by their size and 64 evenly spaced 64 KB blocks.
+
+    Sampling keeps fingerprinting a 15 GB checkpoint at milliseconds; any retraining or re-quantisation
+    changes the sampled bytes, and the size catches the rest that matters here.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    h = xxhash.xxh64()
+    with open(path, "rb") as f:
+        if size <= _WHOLE_FILE_LIMIT:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode())
+            for i in range(_SAMPLE_BLOCKS):
+                f.seek(i * (size - _BLOCK) // (_SAMPLE_BLOCKS - 1))
+                h.update(f.read(_BLOCK))
+    return h.hexdigest()
+
+
+def folder_digest(path: str | Path, pattern: str = "*") -> str:
+    """The digest of every file in a folder tree matching `pattern` (hidden files and temporaries left out)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob(pattern) if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return digest({str(p.relative_to(path)): file_digest(p) for p in files})
+
+
+def model_fingerprint(name: str) -> str:
+    """A local folder or file by its contents; an embedded model by name; a hub id by its id (and revision,
+    when the engine settings pin one: those are part of the stage settings)."""
+    from cotdistill.models import EMBEDDED_MODELS
+
+    if name in EMBEDDED_MODELS:
+        return f"embedded:{name}"
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        return "folder:" + folder_digest(path)
+    if path.is_file():
+        return "file:" + file_digest(path)
+    return f"hub:{name}"
+
+
+def data_fingerprint(path: str) -> str:
+    """Local data files by their contents, a hub dataset by its id."""
+    from cotdistill.sources import local_files
+
+    files = local_files(path)
+    if files is None:
+        return f"hub:{path}"
+    return digest({f: file_digest(f) for f in files})
+
+
+def template_fingerprint(name: str) -> str:
+    from cotdistill.prompts import resolve_prompt_path
+
+    return file_digest(resolve_prompt_path(name))
+
+
+def flatten(settings: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the dotted keys a user writes as overrides."""
+    if isinstance(settings, dict) and settings:
+        out: dict[str, Any] = {}
+        for key, value in settings.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): settings}
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def make_fingerprint(settings: dict[str, Any]) -> dict[str, Any]:
+    """The record stored beside a stage's outputs."""
+    settings = json.loads(json.dumps(settings, default=str))  # what a reread from disk will compare against
+    return {"fingerprint": digest(settings), "settings": settings}
+
+
+def read_fingerprint(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / FINGERPRINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:  # cannot happen with atomic writes; treat as unknown, never as a match
+        return None
+
+
+def write_fingerprint(directory: str | Path, record: dict[str, Any]) -> None:
+    from cotdistill.shards import write_json_atomic
+
+    write_json_atomic(record, Path(directory) / FINGERPRINT_FILE)
+
+
+def matches(directory: str | Path, record: dict[str, Any]) -> bool:
+    stored = read_fingerprint(directory)
+    return stored is not None and stored.get("fingerprint") == record["fingerprint"]
+
+
+def upstream(directory: str | Path) -> str | None:
+    """The fingerprint value a finished upstream stage stored, or None."""
+    stored = read_fingerprint(directory)
+    return stored.get("fingerprint") if stored else None

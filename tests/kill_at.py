@@ -1,0 +1,97 @@
+"""Run the cotdistill CLI and SIGKILL this very process at a chosen moment: a crash at a known point, with
+nothing cleaned up, for the crash test to rerun from. Test tooling; the library knows nothing of it.
+
+    python tests/kill_at.py POINT N run CONFIG [key=value ...]
+
+POINT:
+  generate-shard    while the Nth generate shard is written: its temporary file half on disk, never renamed
+  filter-shard      after the Nth file the filter writes in this process (with filter.num_workers=1)
+  train-checkpoint  while the Nth checkpoint is saved: its model written, its optimizer.pt half written
+  evaluate-model    after the Nth evaluated model's rows are written, before its cost file marks it done
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    point, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    calls = 0
+
+    def due() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls == n
+
+    def die(half_written: Path | None = None) -> None:
+        if half_written is not None:
+            size = half_written.stat().st_size
+            with open(half_written, "r+b") as f:
+                f.truncate(size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "generate-shard":
+        import pyarrow.parquet as pq
+
+        import cotdistill.generate as stage
+
+        real = stage.write_parquet_atomic
+
+        def write_parquet_atomic(table, path):
+            if due():
+                tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+                pq.write_table(table, tmp)
+                die(tmp)
+            real(table, path)
+
+        stage.write_parquet_atomic = write_parquet_atomic
+    elif point == "filter-shard":
+        import cotdistill.filter as stage
+
+        real = stage.write_parquet_atomic
+
+        def write_parquet_atomic(table, path):
+            real(table, path)
+            if due():
+                die()
+
+        stage.write_parquet_atomic = write_parquet_atomic
+    elif point == "train-checkpoint":
+        import torch
+
+        real = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            result = real(obj, f, *args, **kwargs)
+            if str(f).endswith("optimizer.pt") and due():
+                die(Path(f))
+            return result
+
+        torch.save = save
+    elif point == "evaluate-model":
+        import cotdistill.evaluate as stage
+
+        real = stage.write_json_atomic
+
+        def write_json_atomic(data, path):
+            if str(path).endswith(".cost.json") and due():
+                die()
+            real(data, path)
+
+        stage.write_json_atomic = write_json_atomic
+    else:
+        raise SystemExit(f"unknown kill point {point!r}")
+
+    from cotdistill.cli import main as cli_main
+
+    cli_main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""kill -9 at several moments of `cotdistill run`, then rerun until it finishes: nothing lost, nothing doubled.
+
+Each kill is a real SIGKILL of the CLI's process (tests/kill_at.py) at a known point: while a generate shard
+is half on disk, between two filter files, while the trainer writes a checkpoint, between a model's evaluation
+rows and its completion marker. A fresh `cotdistill run` after each must go on from there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import yaml
+
+from cotdistill.shards import read_json, read_shards
+from tests.conftest import REPO, tiny_config_dict
+
+ENV_KEYS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **ENV_KEYS}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=900)
+
+
+def test_kill_9_at_every_stage_then_rerun_loses_and_doubles_nothing(tmp_path, parrot_model, gsm8k_rows):
+    rows = [{"question": r["question"], "answer": "#### 7"} for r in gsm8k_rows[:3]] + gsm8k_rows[3:6]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test_questions = tmp_path / "test.jsonl"
+    test_questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[100:103]))
+    data = tiny_config_dict(tmp_path, parrot_model, questions, test_questions)
+    data["generate"]["max_tokens"] = 24
+    data["train"]["sft"].update(max_steps=4, save_steps=2, per_device_train_batch_size=1)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "runs" / "tiny"
+    kill_at = str(REPO / "tests" / "kill_at.py")
+
+    kills = [("generate-shard", 2, []), ("filter-shard", 3, ["filter.num_workers=1"]),
+             ("train-checkpoint", 2, []), ("evaluate-model", 2, [])]
+    for point, n, extra in kills:
+        result = run([kill_at, point, str(n), "run", str(config), *extra], tmp_path)
+        assert result.returncode == -9, f"{point}: not killed (exit {result.returncode}): {result.stderr[-3000:]}"
+    assert any((run_dir / "train" / "checkpoints" / "checkpoint-2").glob("trainer_state.json"))
+
+    for _ in range(2):  # reruns until it finishes; one should do
+        result = run(["-m", "cotdistill", "run", str(config)], tmp_path)
+        if result.returncode == 0:
+            break
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    generated = read_shards(run_dir / "generate" / "samples")
+    keys = list(zip(generated.column("question_id").to_pylist(), generated.column("sample_index").to_pylist()))
+    assert len(keys) == len(set(keys)) == 6 * 3  # every (question, sample) exactly once
+    assert set(Counter(q for q, _ in keys).values()) == {3}
+    assert not list((run_dir / "generate" / "samples").glob(".*"))  # no temporary file left behind
+
+    accepted = read_shards(run_dir / "filter" / "accepted")
+    rejected = read_shards(run_dir / "filter" / "rejected")
+    judged = [(r["question_id"], r["sample_index"]) for t in (accepted, rejected)
+              for r in t.select(["question_id", "sample_index"]).to_pylist()]
+    assert sorted(judged) == sorted(keys) and len(accepted) > 0
+
+    stats = read_json(run_dir / "train" / "stats.json")
+    assert (run_dir / "train" / "model" / "config.json").exists()
+    assert stats["global_steps"] == 4 and stats["resumed_from_step"] == 2 and stats["steps_this_run"] == 2
+    assert [p.name.split(".")[0] for p in (run_dir / "train" / "checkpoints" / "partial").iterdir()] == ["checkpoint-4"]
+
+    metrics = read_json(run_dir / "evaluate" / "metrics.json")
+    assert set(metrics["models"]) == {"teacher", "base_student", "student"}
+    assert all(m["questions"] == 3 for m in metrics["models"].values())
+
+    again = run(["-m", "cotdistill", "run", str(config)], tmp_path)  # finished: every stage skipped
+    assert again.returncode == 0 and again.stderr.count("up to date, skipping") == 4, again.stderr[-2000:]
