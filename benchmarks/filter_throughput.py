@@ -30,6 +30,7 @@ import pyarrow as pa  # noqa: E402
 
 from cotdistill import filter as filter_stage  # noqa: E402
 from cotdistill.config import load_config  # noqa: E402
+from cotdistill.fingerprints import make_fingerprint, write_fingerprint  # noqa: E402
 from cotdistill.records import SAMPLE_SCHEMA  # noqa: E402
 from cotdistill.shards import shard_name, write_json_atomic, write_parquet_atomic  # noqa: E402
 
@@ -87,6 +88,7 @@ def write_shards(gen_dir: Path, total: int, per_question: int, questions_per_sha
         write_parquet_atomic(pa.Table.from_pydict(rows, schema=SAMPLE_SCHEMA), gen_dir / "samples" / shard_name(shards))
         shards += 1
     write_json_atomic({"shards": shards}, gen_dir / "stats.json")
+    write_fingerprint(gen_dir, make_fingerprint({"synthetic": shards}))  # a finished generate stage
     return num_questions * per_question
 
 
@@ -112,7 +114,7 @@ def main() -> None:
             config = load_config(REPO / "pipelines" / "demo.yaml", [
                 f"output_dir={tmp}", "run_name=bench", f"data.path={data}", "filter.answer_format=number",
                 f"filter.near_duplicates={str(near).lower()}", f"filter.num_workers={args.workers}",
-                "filter.max_per_question=null", "train.sft={}",
+                "filter.max_per_question=null", "train.sft={max_length: null}",  # too_long off, as before
             ])
             started = time.perf_counter()
             stats = filter_stage.run(config)

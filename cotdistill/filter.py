@@ -358,13 +358,13 @@ def student_max_tokens(config: RunConfig) -> int | None:
     it; a rationale cut there could lose its final answer without a word, so the filter drops it instead.
     `filter.max_student_tokens` can only make the limit stricter. None: nothing truncates (max_length: null).
     """
-    import dataclasses
-
-    from trl import SFTConfig
-
     if "max_length" in config.train.sft:
         trained = config.train.sft["max_length"]
-    else:
+    else:  # only then: importing trl costs every filter worker a few hundred MB
+        import dataclasses
+
+        from trl import SFTConfig
+
         trained = next(f.default for f in dataclasses.fields(SFTConfig) if f.name == "max_length")
     limits = [v for v in (trained, config.filter.max_student_tokens) if v is not None]
     return min(limits) if limits else None

@@ -156,11 +156,21 @@ def parrot_model(tmp_path_factory, tiny_model) -> Path:
     return build_parrot_llama(tiny_model, tmp_path_factory.mktemp("parrot") / "model")
 
 
-def write_finished_filter(filter_dir: Path, accepted, corpus_name: str) -> None:
-    """What a finished filter stage leaves for train: the accepted shard, stats naming it, a fingerprint."""
+def write_finished_filter(run_dir: Path, gsm8k_rows: list[dict]) -> None:
+    """What a finished filter stage leaves for train, with GSM8K's own worked answers as the accepted corpus
+    (so training has real rationales to learn): the accepted shard, stats naming it, and a fingerprint."""
     from cotdistill.fingerprints import make_fingerprint, write_fingerprint
+    from cotdistill.records import FILTERED_SCHEMA, Sample, samples_to_table
     from cotdistill.shards import write_json_atomic, write_parquet_atomic
 
-    write_parquet_atomic(accepted, filter_dir / "accepted" / "00000.parquet")
-    write_json_atomic({"accepted_files": ["00000.parquet"], "accepted": len(accepted)}, filter_dir / "stats.json")
-    write_fingerprint(filter_dir, make_fingerprint({"corpus": corpus_name}))
+    samples = [
+        Sample(question_id=f"q{i}", sample_index=0, question=r["question"],
+               gold_answer=r["answer"].split("####")[-1].strip(), choices=None, prompt_messages=[], prompt_text="",
+               rationale=r["answer"], finish_reason="stop", prompt_tokens=0, completion_tokens=0, teacher="gsm8k",
+               sampling={}, seed=0, run_id=run_dir.name, extracted_answer=None, is_correct=True, filter_reason=None)
+        for i, r in enumerate(gsm8k_rows)
+    ]
+    filter_dir = run_dir / "filter"
+    write_parquet_atomic(samples_to_table(samples, FILTERED_SCHEMA), filter_dir / "accepted" / "00000.parquet")
+    write_json_atomic({"accepted_files": ["00000.parquet"], "accepted": len(samples)}, filter_dir / "stats.json")
+    write_fingerprint(filter_dir, make_fingerprint({"corpus": [r["question"] for r in gsm8k_rows]}))

@@ -188,3 +188,43 @@ def test_every_shipped_template_still_renders_in_the_sandbox():
         examples = str(REPO / "data" / "fewshot" / "arithmetic.jsonl") if "few_shot" in path.name else None
         messages = PromptTemplate(path.name, examples).render(question="What is 2 + 3?", choices=["4", "5"])
         assert messages[-1]["role"] == "user" and "What is 2 + 3?" in messages[-1]["content"]
+
+
+def cli_exit_code(argv: list[str]) -> int:
+    """The CLI in this process: any exception other than its own exit 2 would escape as a traceback here."""
+    from cotdistill.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    return exited.value.code
+
+
+@pytest.mark.parametrize("override,key,phrase", BAD_VALUES, ids=[b[0].split("=")[0] for b in BAD_VALUES])
+def test_every_bad_value_ends_in_exit_code_2_through_the_cli(tmp_path, monkeypatch, caplog, override, key, phrase):
+    monkeypatch.chdir(tmp_path)
+    data = base(filter={"max_per_question": 4}) if override.startswith("filter.min_per_question") else base()
+    assert cli_exit_code(["run", write(tmp_path, data), override]) == 2
+    assert key in caplog.text
+
+
+BAD_ROWS = {
+    "duplicate_id": ('{"id": 1, "question": "a?", "answer": "#### 1"}\n{"id": 1, "question": "b?", "answer": "#### 2"}\n',
+                     "row 2: field 'id'"),
+    "gold_not_a_number": ('{"question": "a?", "answer": "#### 5²"}\n', "row 1: field 'answer'"),
+    "no_gold_marker": ('{"question": "a?", "answer": "five"}\n', "row 1: field 'answer': no '####'"),
+    "empty_question": ('{"question": " ", "answer": "#### 5"}\n', "row 1: field 'question' is missing or empty"),
+    "not_json": ('{"question": "a?", "answer": "#### 5"}\n{"question": \n', "line 2: not valid JSON"),
+    "not_utf8": (b'{"question": "caf\xe9?", "answer": "#### 5"}\n', "line 1: not valid UTF-8"),
+    "empty_file": ("", "the file is empty"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ROWS))
+def test_every_bad_row_ends_in_exit_code_2_naming_it(tmp_path, monkeypatch, caplog, name):
+    content, phrase = BAD_ROWS[name]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_bytes(content if isinstance(content, bytes) else content.encode())
+    monkeypatch.chdir(tmp_path)
+    data = base(data={"path": str(questions), "gold_format": "gsm8k", "id_field": "id" if name == "duplicate_id" else None})
+    assert cli_exit_code(["generate", write(tmp_path, data)]) == 2
+    assert "questions.jsonl" in caplog.text and phrase in caplog.text, caplog.text

@@ -85,3 +85,20 @@ def test_majority_vote_and_agreement():
     assert majority_vote(["B", "A"])[0] == "B"  # a recorded tie goes to the first seen
     assert majority_vote([None]) == (None, [])
     assert agreement(["1", "2", None], ["1", "3", None]) == pytest.approx(1 / 3)
+
+
+def test_equivalent_answers_are_one_vote_in_evaluate():
+    # \frac{1}{2}, 0.5 and \dfrac12 are one answer with 3 votes against 1/3's 2: the vote, and maj@k recomputed
+    # from the stored answers, both see one answer.
+    from cotdistill.answers import get_answer_format
+    from cotdistill.evaluate import score_row
+    from cotdistill.records import Question
+
+    fmt = get_answer_format("math")
+    texts = ["The answer is $\\frac{1}{3}$", "The answer is $\\frac{1}{2}$", "The answer is $0.5$",
+             "So the answer is $\\frac{1}{3}$", "The answer is $\\dfrac12$"]
+    row = score_row({}, Question("q", "half?", "\\frac{1}{2}"), texts, 10, fmt)
+    assert row["voted_answer"] == "\\frac{1}{2}" and row["voted_correct"]
+    assert row["votes"] == [{"answer": "\\frac{1}{2}", "count": 3}, {"answer": "\\frac{1}{3}", "count": 2}]
+    assert len(set(a for a in row["sample_answers"])) == 2
+    assert expected_maj_at_k(row["sample_answers"], row["sample_correct"], 5) == 1.0

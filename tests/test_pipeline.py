@@ -14,7 +14,7 @@ import yaml
 
 from cotdistill import evaluate, filter as filter_stage, generate, train
 from cotdistill.config import load_config
-from cotdistill.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
+from cotdistill.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA
 from cotdistill.shards import list_shards, read_json, read_shards, write_parquet_atomic
 from cotdistill.prompts import PromptTemplate
 from tests.conftest import tiny_config_dict, write_finished_filter
@@ -222,14 +222,7 @@ def trained(pipeline, gsm8k_rows):
     """A run whose accepted corpus is GSM8K's own worked answers, so training has real rationales to learn."""
     config, config_path, _ = pipeline
     config = load_config(config_path, ["run_name=tiny-train"])
-    samples = [
-        Sample(question_id=f"q{i}", sample_index=0, question=r["question"], gold_answer=r["answer"].split("####")[-1].strip(),
-               choices=None, prompt_messages=[], prompt_text="", rationale=r["answer"], finish_reason="stop",
-               prompt_tokens=0, completion_tokens=0, teacher="gsm8k", sampling={}, seed=0, run_id="tiny-train",
-               extracted_answer=None, is_correct=True, filter_reason=None)
-        for i, r in enumerate(gsm8k_rows[200:208])
-    ]
-    write_finished_filter(config.run_dir / "filter", samples_to_table(samples, FILTERED_SCHEMA), "gsm8k[200:208]")
+    write_finished_filter(config.run_dir, gsm8k_rows[200:208])
     return config
 
 

@@ -13,10 +13,8 @@ import yaml
 
 from cotdistill import train
 from cotdistill.config import load_config
-from cotdistill.fingerprints import make_fingerprint, write_fingerprint
-from cotdistill.records import FILTERED_SCHEMA, Sample, samples_to_table
-from cotdistill.shards import read_json, write_parquet_atomic
-from tests.conftest import tiny_config_dict
+from cotdistill.shards import read_json
+from tests.conftest import tiny_config_dict, write_finished_filter
 
 COMPLETE = {"model.safetensors": b"weights", "config.json": b"{}", "optimizer.pt": b"optimizer",
             "scheduler.pt": b"scheduler", "rng_state.pth": b"rng"}
@@ -125,19 +123,7 @@ def accepted_corpus(tmp_path, tiny_model, gsm8k_rows):
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, tiny_model, questions)))
     config = load_config(config_path, ["run_name=tiny-resume"])
-    samples = [
-        Sample(question_id=f"q{i}", sample_index=0, question=r["question"], gold_answer=r["answer"].split("####")[-1].strip(),
-               choices=None, prompt_messages=[], prompt_text="", rationale=r["answer"], finish_reason="stop",
-               prompt_tokens=0, completion_tokens=0, teacher="gsm8k", sampling={}, seed=0, run_id="tiny-resume",
-               extracted_answer=None, is_correct=True, filter_reason=None)
-        for i, r in enumerate(gsm8k_rows[200:208])
-    ]
-    filter_dir = config.run_dir / "filter"
-    write_parquet_atomic(samples_to_table(samples, FILTERED_SCHEMA), filter_dir / "accepted" / "00000.parquet")
-    # What a finished filter stage leaves for train: its stats naming the corpus shards, and its fingerprint.
-    filter_stats = {"accepted_files": ["00000.parquet"], "accepted": 8, "rationales": 8}
-    (filter_dir / "stats.json").write_text(json.dumps(filter_stats))
-    write_fingerprint(filter_dir, make_fingerprint({"corpus": "gsm8k[200:208]"}))
+    write_finished_filter(config.run_dir, gsm8k_rows[200:208])
     return config
 
 
