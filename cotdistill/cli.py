@@ -1,6 +1,6 @@
 """The `cotdistill` command.
 
-    cotdistill run pipelines/demo.yaml                     all four stages, skipping those already complete
+    cotdistill run pipelines/demo.yaml                     all four stages, skipping those already up to date
     cotdistill generate pipelines/demo.yaml generate.num_samples=4
     cotdistill filter|train|evaluate CONFIG [key=value ...]
 
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      ": offline chain-of-thought distillation.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = {**STAGES, "run": "all four stages in order, skipping stages whose outputs are complete"}
+    commands = {**STAGES, "run": "all four stages in order, skipping stages that are complete and made with "
+                                 "today's settings (their fingerprint matches)"}
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", help="a pipeline YAML, e.g. pipelines/demo.yaml")

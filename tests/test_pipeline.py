@@ -124,6 +124,20 @@ def test_changed_settings_are_refused_on_rerun(pipeline):
     assert not generate.is_complete(changed)  # so `cotdistill run` does not skip it either
 
 
+def test_force_discards_shards_of_other_settings_and_generates_again(pipeline):
+    config, config_path, _ = pipeline
+    forced = load_config(config_path, ["run_name=tiny-forced", "generate.num_samples=2"])
+    shutil.copytree(config.run_dir / "generate", forced.run_dir / "generate")
+    with pytest.raises(generate.SettingsChanged, match="changed: generate.num_samples"):
+        generate.run(forced)
+    stats = generate.run(forced, force=True)
+    table = read_shards(forced.run_dir / "generate" / "samples")
+    assert stats["rationales"] == len(table) == 10  # 5 questions x 2: none of the 3-sample shards kept
+    assert {s["n"] for s in table.column("sampling").to_pylist()} == {2}
+    assert generate.is_complete(forced)
+    assert not generate.is_complete(load_config(config_path, ["run_name=tiny-forced"]))  # the old settings
+
+
 def test_filter_on_real_generations_accounts_for_every_row(pipeline, tmp_path):
     config, _, _ = pipeline
     stats = filter_stage.run(config)
