@@ -30,7 +30,8 @@ from cotdistill.evaluate import evaluate_model, summarize_model  # noqa: E402
 from cotdistill.metrics import majority_vote  # noqa: E402
 from cotdistill.prompts import PromptTemplate  # noqa: E402
 from cotdistill.sources import QuestionSource  # noqa: E402
-from cotdistill.teacher import build_llm, render_prompt  # noqa: E402
+from cotdistill.teachers import render_prompt  # noqa: E402
+from cotdistill.teachers.vllm_local import build_llm  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 

@@ -25,6 +25,8 @@ class ConfigError(ValueError):
 
 
 LABEL_MODES = ("gold", "majority")  # filter.label
+TEACHER_BACKENDS = ("vllm", "openai", "ray")  # teacher.backend (cotdistill/teachers/)
+OPENAI_ENDPOINTS = ("chat", "completions")
 EVAL_MODELS = ("teacher", "base_student", "student")  # evaluate.models: the run's own models
 
 
@@ -44,11 +46,45 @@ class DataConfig:
 
 
 @dataclass
+class OpenAIConfig:
+    """teacher.backend: openai. Any OpenAI-compatible server: `vllm serve`, OpenAI, DeepSeek, a gateway."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the environment variable holding the key, never the key
+    model: str | None = None  # the served model name; defaults to the model's `model`
+    endpoint: str = "chat"  # chat (/v1/chat/completions, messages) | completions (/v1/completions, prompt text)
+    max_concurrency: int = 16  # requests in flight at once
+    requests_per_minute: float | None = None  # client-side limits, for APIs that meter them
+    tokens_per_minute: float | None = None
+    timeout_s: float = 600.0  # per request
+    max_retries: int = 6  # on 429, 5xx, timeouts and dropped connections, with exponential backoff and jitter
+    n_per_request: bool = True  # one request with n=N (vLLM and OpenAI support it), else N requests of n=1
+    tokenizer: str | None = None  # a Hugging Face tokenizer for counting prompt tokens; defaults to `model`
+    price_per_million_input: float | None = None  # for the estimated cost in stats.json and --dry-run
+    price_per_million_output: float | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)  # passed as is (e.g. top_k for vLLM servers)
+
+
+@dataclass
+class RayConfig:
+    """teacher.backend: ray. `replicas` actors, each holding one vLLM engine with the model's `engine` args."""
+
+    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001" for a running cluster
+    replicas: int = 2
+    num_gpus: float = 0.0  # per replica: usually engine.tensor_parallel_size (0 on CPU)
+    num_cpus: float = 1.0  # per replica
+    max_actor_restarts: int = 3  # a chunk whose actor died is handed to another, this many times at most
+
+
+@dataclass
 class ModelConfig:
     """A model served by vLLM (teacher) or trained by TRL (student)."""
 
     model: str  # hub id, local folder, or a name from cotdistill.models.EMBEDDED_MODELS
     engine: dict[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments, passed through
+    backend: str = "vllm"  # vllm (a local engine) | openai (a served model) | ray (many engines as Ray actors)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass
@@ -95,6 +131,9 @@ class FilterConfig:
 class TrainConfig:
     prompt: str = "student_question.jinja"  # the student's prompt: the bare question, not the teacher's
     sft: dict[str, Any] = field(default_factory=dict)  # trl.SFTConfig fields, passed through
+    # How a reasoning teacher's reasoning (kept apart from its answer by the server) and answer are joined into
+    # the text the student learns; rationales without separate reasoning are used as they are.
+    reasoning_format: str = "<think>\n{reasoning}\n</think>\n\n{answer}"
 
 
 @dataclass
@@ -252,6 +291,23 @@ def validate(config: RunConfig, source: str) -> None:
     def model(key: str, m: ModelConfig) -> None:
         from cotdistill.models import EMBEDDED_MODELS
 
+        one_of(f"{key}.backend", m.backend, TEACHER_BACKENDS)
+        o = m.openai
+        one_of(f"{key}.openai.endpoint", o.endpoint, OPENAI_ENDPOINTS)
+        for field_name in ("max_concurrency", "max_retries"):
+            at_least(f"{key}.openai.{field_name}", getattr(o, field_name), 1 if field_name == "max_concurrency" else 0)
+        for field_name in ("requests_per_minute", "tokens_per_minute", "timeout_s"):
+            value = getattr(o, field_name)
+            if value is not None and value <= 0:
+                fail(f"{key}.openai.{field_name}", f"must be above 0, got {value}")
+        if m.backend == "openai" and not o.base_url.startswith(("http://", "https://")):
+            fail(f"{key}.openai.base_url", f"must start with http:// or https://, got {o.base_url!r}")
+        at_least(f"{key}.ray.replicas", m.ray.replicas, 1)
+        at_least(f"{key}.ray.num_gpus", m.ray.num_gpus, 0)
+        at_least(f"{key}.ray.num_cpus", m.ray.num_cpus, 0)
+        at_least(f"{key}.ray.max_actor_restarts", m.ray.max_actor_restarts, 0)
+        if m.backend == "openai":
+            return  # a served model: `model` is the server's name for it, not a local path
         name = m.model
         if name not in EMBEDDED_MODELS and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
             if not Path(name).expanduser().exists():  # else it would be tried as a hub id, with a puzzling error
@@ -294,6 +350,10 @@ def validate(config: RunConfig, source: str) -> None:
         data(f"filter.decontaminate[{i}]", d)
 
     template("train.prompt", config.train.prompt)
+    try:
+        config.train.reasoning_format.format(reasoning="", answer="")
+    except (KeyError, IndexError, ValueError) as e:
+        fail("train.reasoning_format", f"may use only {{reasoning}} and {{answer}}: {e!r}")
     if not isinstance(config.train.sft.get("max_length", 0), (int, type(None))):
         fail("train.sft.max_length", f"must be an integer or null, got {config.train.sft['max_length']!r}")
 

@@ -25,7 +25,7 @@ from typing import Any
 from cotdistill.answers import AnswerFormat, get_answer_format, group_equivalent
 from cotdistill.config import ModelConfig, RunConfig
 from cotdistill.fingerprints import (
-    data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, matches, model_fingerprint, upstream,
+    data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, matches, upstream,
     write_fingerprint,
 )
 from cotdistill.metrics import (
@@ -37,8 +37,8 @@ from cotdistill.shards import (
     list_shards, read_json, read_json_or_none, write_json_atomic, write_parquet_atomic, write_text_atomic,
 )
 from cotdistill.sources import QuestionSource
-from cotdistill.teacher import (
-    build_llm, max_model_len, output_engine_args, prompt_too_long, release_llm, render_prompt,
+from cotdistill.teachers import (
+    Finished, Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,9 +67,9 @@ def model_key(config: RunConfig, m: EvalModel, fmt: AnswerFormat) -> str:
     """What one model's per-question rows depend on: its weights (the trained student by train's fingerprint),
     engine, prompt, sampling, answer format and the test questions."""
     ev = config.evaluate
-    weights = upstream(config.run_dir / "train") if m.model_path else model_fingerprint(m.model.model)
+    weights = upstream(config.run_dir / "train") if m.model_path else None
     return digest({
-        "model": m.model.model, "weights": weights, "engine": output_engine_args(m.model.engine),
+        "model": teacher_settings(m.model, weights),
         "prompt": file_digest(m.template.path), "examples": digest(m.template.examples),
         "sampling": {k: getattr(ev, k) for k in ("num_samples", "temperature", "top_p", "max_tokens", "greedy")},
         "answer_format": fmt.name, "seed": config.seed,
@@ -114,55 +114,60 @@ def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, f
     return row
 
 
-def evaluate_model(llm: Any, questions: list[Question], template: PromptTemplate, config: RunConfig,
+def evaluate_model(teacher: Teacher, questions: list[Question], template: PromptTemplate, config: RunConfig,
                    name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The core: one model on the questions -> per-question rows and cost figures."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
+    """The core: one model (any teacher backend) on the questions -> per-question rows and cost figures."""
     ev = config.evaluate
     fmt = get_answer_format(ev.answer_format or config.filter.answer_format)
-    tokenizer = llm.get_tokenizer()
-    context = max_model_len(llm)
-    prompts, greedy_params, sampled_params, rows = [], [], [], []
+    tokenizer, context = teacher.tokenizer(), teacher.max_model_len()
+    greedy_requests, sampled_requests, rows = [], [], []
     for q in questions:
-        _, ids = render_prompt(tokenizer, template.render(question=q.question, choices=q.choices))
+        messages = template.render(question=q.question, choices=q.choices)
+        text, ids = render_prompt(tokenizer, messages) if tokenizer is not None else ("", None)
         row = {"model": name, "question_id": q.question_id, "question": q.question, "gold_answer": q.gold_answer,
-               "skip_reason": None}
-        row["skip_reason"] = prompt_too_long(len(ids), context)
+               "skip_reason": prompt_too_long(len(ids), context) if ids is not None else None}
         if row["skip_reason"] is None:
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            room = min(ev.max_tokens, context - len(ids))
-            greedy_params.append(SamplingParams(n=1, temperature=0.0, max_tokens=room))
-            sampled_params.append(SamplingParams(n=ev.num_samples, temperature=ev.temperature, top_p=ev.top_p,
-                                                 max_tokens=room))
+            room = min(ev.max_tokens, context - len(ids)) if context and ids is not None else ev.max_tokens
+            greedy_requests.append(TeacherRequest(q.question_id, messages, text, ids,
+                                                  Sampling(n=1, temperature=0.0, max_tokens=room)))
+            sampled_requests.append(TeacherRequest(q.question_id, messages, text, ids, Sampling(
+                n=ev.num_samples, temperature=ev.temperature, top_p=ev.top_p, max_tokens=room)))
         rows.append(row)
 
-    if prompts:  # one tiny request first: the engine's one-time start-up costs stay out of tokens/s
-        llm.generate(prompts[:1], SamplingParams(n=1, temperature=0.0, max_tokens=1), use_tqdm=False)
-    started = time.perf_counter()
-    greedy = llm.generate(prompts, greedy_params, use_tqdm=True) if prompts and ev.greedy else [None] * len(prompts)
-    greedy_seconds = time.perf_counter() - started
-    sampled = llm.generate(prompts, sampled_params, use_tqdm=True) if prompts else []
-    sampled_seconds = time.perf_counter() - started - greedy_seconds
+    def answers(requests: list[TeacherRequest]) -> tuple[dict[str, Finished], float]:
+        started = time.perf_counter()
+        done = {f.key: f for f in teacher.generate(requests)}
+        for f in done.values():
+            if f.error:  # a served model that failed after its retries: no answer, which scores as wrong
+                logger.warning("evaluate: %s on question %s failed: %s", name, f.key, f.error)
+        return done, time.perf_counter() - started
 
-    answered = iter(zip(greedy, sampled))
+    if greedy_requests:  # one tiny request first: the engine's one-time start-up costs stay out of tokens/s
+        warm = greedy_requests[0]
+        list(teacher.generate([TeacherRequest(warm.key, warm.messages, warm.prompt_text, warm.prompt_token_ids,
+                                              Sampling(n=1, temperature=0.0, max_tokens=1))]))
+    greedy, greedy_seconds = answers(greedy_requests) if ev.greedy else ({}, 0.0)
+    sampled, sampled_seconds = answers(sampled_requests)
+
     for q, row in zip(questions, rows):
         if row["skip_reason"] is not None:  # counts as wrong, with its reason in the row
             score_row(row, q, [], 0, fmt).update(greedy_correct=False if ev.greedy else None, greedy_tokens=0)
             continue
-        g, s = next(answered)
-        score_row(row, q, [c.text for c in s.outputs], sum(len(c.token_ids) for c in s.outputs), fmt)
+        s = sampled[q.question_id]
+        score_row(row, q, [c.text for c in s.completions], sum(c.completion_tokens for c in s.completions), fmt)
+        g = greedy.get(q.question_id)
         if g is not None:
-            greedy_text = g.outputs[0].text
+            greedy_text = g.completions[0].text if g.completions else ""
             greedy_answer = fmt.extract(greedy_text, q.choices).answer
             row.update(greedy_completion=greedy_text, greedy_answer=greedy_answer,
                        greedy_correct=fmt.is_correct(greedy_answer, q.gold_answer),
-                       greedy_tokens=len(g.outputs[0].token_ids))
+                       greedy_tokens=sum(c.completion_tokens for c in g.completions))
     cost = {
-        "greedy_seconds": round(greedy_seconds, 3), "sampled_seconds": round(sampled_seconds, 3),
+        "greedy_seconds": round(greedy_seconds, 3) if ev.greedy else None,
+        "sampled_seconds": round(sampled_seconds, 3),
         "greedy_tokens": sum(r.get("greedy_tokens") or 0 for r in rows),
         "sampled_tokens": sum(r["sample_tokens"] for r in rows),
+        "failed_requests": sum(bool(f.error) for f in [*greedy.values(), *sampled.values()]),
     }
     return rows, cost
 
@@ -309,11 +314,11 @@ def run(config: RunConfig) -> dict[str, Any]:
         if m.model_path is not None and not (Path(m.model_path) / "config.json").exists():
             raise RuntimeError(f"evaluate: no trained student in {m.model_path}; run `cotdistill train` first")
         questions = questions or list(QuestionSource(ev.data).questions())
-        llm = build_llm(m.model, config.seed, m.model_path)
+        teacher = build_teacher(m.model, config.seed, m.model_path)
         try:
-            rows, cost = evaluate_model(llm, questions, m.template, config, m.name)
+            rows, cost = evaluate_model(teacher, questions, m.template, config, m.name)
         finally:
-            release_llm(llm)
+            teacher.close()
         cost.update(model_footprint(m.model_path or m.model.model), fingerprint=keys[m.name])
         write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), shard)
         write_json_atomic(cost, cost_path)  # last: marks the model done

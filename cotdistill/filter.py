@@ -44,7 +44,7 @@ from cotdistill.fingerprints import (
     data_fingerprint, digest, file_digest, make_fingerprint, matches, model_fingerprint, template_fingerprint,
     upstream, write_fingerprint,
 )
-from cotdistill.records import FILTERED_SCHEMA, Sample
+from cotdistill.records import FILTERED_SCHEMA, Sample, student_text
 from cotdistill.shards import (
     list_shards, read_json, read_json_or_none, remove_stale_tmp, write_json_atomic, write_parquet_atomic,
     write_text_atomic,
@@ -152,6 +152,7 @@ class FilterContext:
     contamination: frozenset[int] = frozenset()
     count_student_tokens: Callable[[list[str], list[str], list[list[str] | None]], list[int]] | None = None
     max_student_tokens: int | None = None
+    reasoning_format: str = "{answer}"  # train.reasoning_format
 
 
 @dataclass
@@ -165,6 +166,7 @@ class QuestionRows:
     sample_indices: list[int]
     rationales: list[str | None]
     finish_reasons: list[str]
+    student_texts: list[str] | None = None  # what the student trains on, when not the rationale (reasoning)
 
 
 @dataclass
@@ -197,7 +199,8 @@ def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
     candidates = [i for i in order if reason[i] is None]
     if candidates and ctx.count_student_tokens is not None and ctx.max_student_tokens is not None:
         # Tokenizing is the costly check: only for the rationales still in the running.
-        lengths = ctx.count_student_tokens([rows.question] * len(candidates), [texts[i] for i in candidates],
+        trained = rows.student_texts or texts
+        lengths = ctx.count_student_tokens([rows.question] * len(candidates), [trained[i] for i in candidates],
                                            [rows.choices] * len(candidates))
         for i, length in zip(candidates, lengths):
             if length > ctx.max_student_tokens:
@@ -305,7 +308,8 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
     for row, qid in enumerate(qids):
         groups.setdefault(qid, []).append(row)
     cols = {name: table.column(name).to_pylist() for name in
-            ("question", "gold_answer", "sample_index", "rationale", "finish_reason")}
+            ("question", "gold_answer", "sample_index", "rationale", "finish_reason", "reasoning")}
+    with_reasoning = any(r is not None for r in cols["reasoning"])
     choices = table.column("choices")
     extracted: list[str | None] = [None] * len(qids)
     correct: list[bool | None] = [None] * len(qids)
@@ -316,6 +320,8 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
             qid, cols["question"][first], cols["gold_answer"][first], choices[first].as_py(),
             [cols["sample_index"][r] for r in rows], [cols["rationale"][r] for r in rows],
             [cols["finish_reason"][r] for r in rows],
+            [student_text(cols["rationale"][r] or "", cols["reasoning"][r], ctx.reasoning_format) for r in rows]
+            if with_reasoning else None,
         ), ctx)
         for r, a, c, why in zip(rows, verdicts.extracted_answer, verdicts.is_correct, verdicts.filter_reason):
             extracted[r], correct[r], reasons[r] = a, c, why
@@ -375,7 +381,8 @@ def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterCont
     max_tokens = student_max_tokens(config)
     counter = _student_token_counter(config.student.model, config.train.prompt) if max_tokens else None
     return FilterContext(cfg=cfg, fmt=get_answer_format(cfg.answer_format), seed=config.seed,
-                         contamination=contamination, count_student_tokens=counter, max_student_tokens=max_tokens)
+                         contamination=contamination, count_student_tokens=counter, max_student_tokens=max_tokens,
+                         reasoning_format=config.train.reasoning_format)
 
 
 def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
@@ -442,7 +449,8 @@ def fingerprint(config: RunConfig, shards: list[Path]) -> tuple[dict[str, Any], 
     max_tokens = student_max_tokens(config)
     if max_tokens is not None:  # the student's tokenizer and template count the tokens
         settings["too_long"] = {"max_tokens": max_tokens, "student": model_fingerprint(config.student.model),
-                                "student_prompt": template_fingerprint(config.train.prompt)}
+                                "student_prompt": template_fingerprint(config.train.prompt),
+                                "reasoning_format": config.train.reasoning_format}
     base = digest(settings)
     keys = {s.name: digest([base, file_digest(s)]) for s in shards}
     return make_fingerprint({**settings, "inputs": keys}), keys

@@ -1,11 +1,14 @@
 """generate: Question -> prompt -> N teacher rationales -> Sample shards.
 
-    cotdistill generate pipelines/demo.yaml
+    cotdistill generate pipelines/demo.yaml            [--force] [--dry-run]
 
-One vLLM request per question with `SamplingParams(n=N)`, so the N rationales share one prefill. Questions are
-cut into shards of `generate.questions_per_shard`; each shard is written atomically as
-`generate/samples/00000.parquet` (after its `generate/meta/00000.json` of counts and skipped questions) and a
-rerun skips the shards that exist, so a killed run resumes where it stopped. Memory holds one shard at a time.
+Questions are cut into shards of `generate.questions_per_shard`. The questions of every unfinished shard stream
+through the teacher (cotdistill/teachers/: a local vLLM engine, an OpenAI-compatible server, or Ray actors), one
+request of `SamplingParams(n=N)` per question, so the N samples share one prefill; the teacher keeps requests in
+flight across shard boundaries. Each question whose samples are all back is appended at once to its shard's
+journal (`generate/journal/00003.jsonl`, flushed and fsynced); a shard whose questions are all in is written as
+`generate/meta/00003.json` then `generate/samples/00003.parquet`, and its journal removed. A rerun skips finished
+shards, reads the journals and sends only the questions missing: a crash loses at most the requests in flight.
 """
 
 from __future__ import annotations
@@ -15,92 +18,33 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 from cotdistill.config import RunConfig
 from cotdistill.fingerprints import (
-    changed_keys, data_fingerprint, file_digest, make_fingerprint, matches, model_fingerprint, read_fingerprint,
-    template_fingerprint, write_fingerprint,
+    changed_keys, data_fingerprint, file_digest, make_fingerprint, matches, read_fingerprint, template_fingerprint,
+    write_fingerprint,
 )
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
 from cotdistill.shards import (
-    list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic, write_parquet_atomic,
+    Journal, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic,
+    write_parquet_atomic,
 )
 from cotdistill.sources import QuestionSource
-from cotdistill.teacher import (
-    build_llm, max_model_len, output_engine_args, prompt_too_long, release_llm, render_prompt,
+from cotdistill.teachers import (
+    Finished, Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ShardResult:
-    samples: list[Sample]
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # {question_id, source_row, reason}
-    seconds: float = 0.0
 
 
 def request_seed(base_seed: int, question_id: str) -> int:
     """A per-question seed that does not depend on shard order (used when seed_per_request is on)."""
     digest = hashlib.sha1(f"{base_seed}:{question_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def generate_shard(
-    llm: Any,
-    questions: Iterable[Question],
-    template: PromptTemplate,
-    config: RunConfig,
-    use_tqdm: bool = True,
-) -> ShardResult:
-    """The core of the stage: questions in, one Sample per rationale out (plus the questions skipped)."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    gen = config.generate
-    tokenizer = llm.get_tokenizer()
-    context = max_model_len(llm)
-    result = ShardResult(samples=[])
-    requests, params, sent = [], [], []
-    for q in questions:
-        messages = template.render(question=q.question, choices=q.choices)
-        text, ids = render_prompt(tokenizer, messages)
-        too_long = prompt_too_long(len(ids), context)
-        if too_long:
-            result.skipped.append({"question_id": q.question_id, "source_row": q.source_row, "reason": too_long})
-            continue
-        seed = request_seed(config.seed, q.question_id) if gen.seed_per_request else None
-        requests.append(TokensPrompt(prompt_token_ids=ids))
-        params.append(SamplingParams(
-            n=gen.num_samples, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
-            max_tokens=min(gen.max_tokens, context - len(ids)), stop=gen.stop or None, seed=seed,
-        ))
-        sent.append((q, messages, text, len(ids), config.seed if seed is None else seed))
-    if not requests:
-        return result
-
-    started = time.perf_counter()
-    outputs = llm.generate(requests, params, use_tqdm=use_tqdm)
-    result.seconds = time.perf_counter() - started
-
-    sampling = {
-        "n": gen.num_samples, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
-        "max_tokens": gen.max_tokens, "stop": list(gen.stop),
-    }
-    for (q, messages, text, prompt_tokens, seed), output in zip(sent, outputs):
-        for completion in output.outputs:
-            result.samples.append(Sample(
-                question_id=q.question_id, sample_index=completion.index, question=q.question,
-                gold_answer=q.gold_answer, choices=q.choices, prompt_messages=messages, prompt_text=text,
-                rationale=completion.text, finish_reason=str(completion.finish_reason),
-                prompt_tokens=prompt_tokens, completion_tokens=len(completion.token_ids),
-                teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name,
-            ))
-    return result
 
 
 class SettingsChanged(RuntimeError):
@@ -112,8 +56,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     gen = config.generate
     return make_fingerprint({
         "data": {**vars(config.data), "contents": data_fingerprint(config.data.path)},
-        "teacher": {"model": config.teacher.model, "weights": model_fingerprint(config.teacher.model),
-                    "engine": output_engine_args(config.teacher.engine)},
+        "teacher": teacher_settings(config.teacher),
         "generate": {**vars(gen), "prompt_template": template_fingerprint(gen.prompt),
                      "examples_file": file_digest(gen.examples) if gen.examples else None},
         "seed": config.seed,
@@ -136,16 +79,139 @@ def check_fingerprint(out_dir: Path, record: dict[str, Any], force: bool) -> Non
             f"{', '.join(changed)}); use a new run_name, or add --force to discard them and generate again"
         )
     logger.warning("generate: --force: discarding %s (changed: %s)", out_dir, ", ".join(changed))
-    for sub in ("samples", "meta"):
+    for sub in ("samples", "meta", "journal"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     for name in ("stats.json", "settings.json"):
         (out_dir / name).unlink(missing_ok=True)
     write_fingerprint(out_dir, record)
 
 
-def run(config: RunConfig, llm: Any = None, force: bool = False) -> dict[str, Any]:
-    """The stage with its I/O. `llm`: an engine already built (benchmarks, notebooks); else one is started.
-    `force`: discard outputs made with other settings instead of refusing."""
+@dataclass
+class Shard:
+    """One shard's questions and what its journal holds so far."""
+
+    index: int
+    questions: list[Question]
+    journal: Journal
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # question_id -> journal record
+    all_sent: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.all_sent and len(self.records) == len(self.questions)
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.journal.append(record)
+        self.records[record["question_id"]] = record
+
+
+def sample_rows(done: Finished, q: Question, messages: list[dict[str, str]], text: str, config: RunConfig,
+                seed: int) -> list[dict[str, Any]]:
+    """The teacher's answer to one question as Sample records (dicts, as journaled)."""
+    gen = config.generate
+    sampling = {"n": gen.num_samples, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
+                "max_tokens": gen.max_tokens, "stop": list(gen.stop)}
+    return [asdict(Sample(
+        question_id=q.question_id, sample_index=i, question=q.question, gold_answer=q.gold_answer,
+        choices=q.choices, prompt_messages=messages, prompt_text=text, rationale=c.text,
+        finish_reason=c.finish_reason, prompt_tokens=done.prompt_tokens, completion_tokens=c.completion_tokens,
+        teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name, reasoning=c.reasoning,
+    )) for i, c in enumerate(done.completions)]
+
+
+def compact(shard: Shard, out_dir: Path) -> dict[str, Any]:
+    """A complete shard's journal -> meta, then the Parquet shard (its completion marker), then no journal."""
+    records = [shard.records[q.question_id] for q in shard.questions]  # source order, whatever the finish order
+    rows = [row for r in records for row in r["samples"]]
+    meta = {
+        "shard": shard.index,
+        "questions": len(records),
+        "rationales": len(rows),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+        "completion_tokens": sum(row["completion_tokens"] for row in rows),
+        "truncated": sum(row["finish_reason"] == "length" for row in rows),
+        "seconds": sum(r["seconds"] for r in records),
+        "retries": sum(r["retries"] for r in records),
+        "skipped": [{"question_id": r["question_id"], "source_row": r["source_row"], "reason": r["skipped"]}
+                    for r in records if r["skipped"]],
+        "failed": [{"question_id": r["question_id"], "source_row": r["source_row"], "reason": r["error"]}
+                   for r in records if r["error"]],
+    }
+    write_json_atomic(meta, out_dir / "meta" / shard_name(shard.index, ".json"))
+    write_parquet_atomic(samples_to_table([Sample(**row) for row in rows], SAMPLE_SCHEMA),
+                         out_dir / "samples" / shard_name(shard.index))
+    shard.journal.remove()
+    return meta
+
+
+def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], template: PromptTemplate,
+                    config: RunConfig, out_dir: Path) -> Iterator[dict[str, Any]]:
+    """The core: stream the missing questions of the `todo` shards through the teacher, journal each finished
+    question, and compact each shard as it completes (yielding its meta)."""
+    gen, per_shard = config.generate, config.generate.questions_per_shard
+    tokenizer, context = teacher.tokenizer(), teacher.max_model_len()
+    waiting: dict[str, tuple[Shard, Question, list[dict[str, str]], str, int]] = {}
+    finished: list[Shard] = []
+    clock = [time.perf_counter()]
+
+    def seconds() -> float:  # wall time since the previous record: the shards' seconds add up to the run's
+        now = time.perf_counter()
+        elapsed, clock[0] = now - clock[0], now
+        return elapsed
+
+    def requests() -> Iterator[TeacherRequest]:
+        for index in todo:
+            journal = Journal(out_dir / "journal" / shard_name(index, ".jsonl"))
+            shard = Shard(index, list(source.questions(index * per_shard, (index + 1) * per_shard)), journal)
+            for record in journal.read():
+                shard.records.setdefault(record["question_id"], record)
+            if shard.records:
+                logger.info("generate: shard %d: %d of %d questions already journaled", index, len(shard.records),
+                            len(shard.questions))
+            for q in shard.questions:
+                if q.question_id in shard.records:
+                    continue
+                messages = template.render(question=q.question, choices=q.choices)
+                text, ids = render_prompt(tokenizer, messages) if tokenizer is not None else ("", None)
+                seed = request_seed(config.seed, q.question_id) if gen.seed_per_request else config.seed
+                too_long = prompt_too_long(len(ids), context) if ids is not None else None
+                if too_long:
+                    logger.warning("skipped question %s (row %d): %s", q.question_id, q.source_row, too_long)
+                    shard.record({"question_id": q.question_id, "source_row": q.source_row, "samples": [],
+                                  "prompt_tokens": 0, "seconds": 0.0, "retries": 0, "skipped": too_long,
+                                  "error": None})
+                    continue
+                max_tokens = min(gen.max_tokens, context - len(ids)) if context and ids is not None else gen.max_tokens
+                waiting[q.question_id] = (shard, q, messages, text, seed)
+                yield TeacherRequest(
+                    key=q.question_id, messages=messages, prompt_text=text, prompt_token_ids=ids,
+                    sampling=Sampling(n=gen.num_samples, temperature=gen.temperature, top_p=gen.top_p,
+                                      top_k=gen.top_k, max_tokens=max_tokens, stop=list(gen.stop),
+                                      seed=seed if gen.seed_per_request else None),
+                )
+            shard.all_sent = True
+            if shard.done:  # nothing was left to send, or every answer is already back
+                finished.append(shard)
+
+    for done in teacher.generate(requests()):
+        shard, q, messages, text, seed = waiting.pop(done.key)
+        if done.error:
+            logger.warning("question %s (row %d) failed: %s", q.question_id, q.source_row, done.error)
+        shard.record({"question_id": q.question_id, "source_row": q.source_row,
+                      "samples": sample_rows(done, q, messages, text, config, seed),
+                      "prompt_tokens": done.prompt_tokens, "seconds": seconds(), "retries": done.retries,
+                      "skipped": None, "error": done.error})
+        if shard.done:
+            finished.append(shard)
+        while finished:
+            yield compact(finished.pop(), out_dir)
+    while finished:
+        yield compact(finished.pop(), out_dir)
+
+
+def run(config: RunConfig, teacher: Teacher | None = None, force: bool = False) -> dict[str, Any]:
+    """The stage with its I/O. `teacher`: one already built (benchmarks, notebooks); else the configured backend
+    is started. `force`: discard outputs made with other settings instead of refusing."""
     from tqdm import tqdm
 
     out_dir = config.run_dir / "generate"
@@ -154,64 +220,58 @@ def run(config: RunConfig, llm: Any = None, force: bool = False) -> dict[str, An
     num_shards = math.ceil(len(source) / per_shard)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_fingerprint(out_dir, fingerprint(config), force)
+    remove_stale_tmp(out_dir / "samples")
+    remove_stale_tmp(out_dir / "meta")
 
-    samples_dir, meta_dir = out_dir / "samples", out_dir / "meta"
-    remove_stale_tmp(samples_dir)
-
-    def finished(i: int) -> bool:
-        return (samples_dir / shard_name(i)).exists() and (meta_dir / shard_name(i, ".json")).exists()
-
-    todo = [i for i in range(num_shards) if not finished(i)]
+    todo = []
+    for i in range(num_shards):
+        if (out_dir / "samples" / shard_name(i)).exists() and (out_dir / "meta" / shard_name(i, ".json")).exists():
+            (out_dir / "journal" / shard_name(i, ".jsonl")).unlink(missing_ok=True)  # compacted, then killed
+        else:
+            todo.append(i)
     logger.info("generate: %d questions in %d shards, %d to do", len(source), num_shards, len(todo))
     if todo:
         template = PromptTemplate(config.generate.prompt, config.generate.examples)
-        own_engine = llm is None
-        llm = llm or build_llm(config.teacher, config.seed)
+        own_teacher = teacher is None
+        teacher = teacher or build_teacher(config.teacher, config.seed)
         try:
-            for i in tqdm(todo, desc="generate shards", unit="shard"):
-                questions = source.questions(i * per_shard, (i + 1) * per_shard)
-                result = generate_shard(llm, questions, template, config)
-                meta = {
-                    "shard": i,
-                    "questions": min(per_shard, len(source) - i * per_shard),
-                    "rationales": len(result.samples),
-                    "prompt_tokens": sum(s.prompt_tokens for s in result.samples if s.sample_index == 0),
-                    "completion_tokens": sum(s.completion_tokens for s in result.samples),
-                    "truncated": sum(s.finish_reason == "length" for s in result.samples),
-                    "seconds": result.seconds,
-                    "skipped": result.skipped,
-                }
-                for skip in result.skipped:
-                    logger.warning("skipped question %s (row %d): %s", skip["question_id"], skip["source_row"], skip["reason"])
-                # meta first, shard last: the shard's existence marks both as complete.
-                write_json_atomic(meta, meta_dir / shard_name(i, ".json"))
-                write_parquet_atomic(samples_to_table(result.samples, SAMPLE_SCHEMA), samples_dir / shard_name(i))
+            for _ in tqdm(generate_shards(teacher, source, todo, template, config, out_dir), total=len(todo),
+                          desc="generate shards", unit="shard"):
+                pass
         finally:
-            if own_engine:
-                release_llm(llm)
+            if own_teacher:
+                teacher.close()
 
-    stats = summarize(out_dir, num_shards)
+    stats = summarize(out_dir, num_shards, config)
     write_json_atomic(stats, out_dir / "stats.json")
-    logger.info("generate: %s", {k: v for k, v in stats.items() if k != "skipped"})
+    logger.info("generate: %s", {k: v for k, v in stats.items() if k not in ("skipped", "failed")})
     return stats
 
 
-def summarize(out_dir: Path, num_shards: int) -> dict[str, Any]:
+def summarize(out_dir: Path, num_shards: int, config: RunConfig) -> dict[str, Any]:
     metas = [read_json(out_dir / "meta" / shard_name(i, ".json")) for i in range(num_shards)]
     seconds = sum(m["seconds"] for m in metas)
+    prompt = sum(m["prompt_tokens"] for m in metas)
     completion = sum(m["completion_tokens"] for m in metas)
-    return {
+    stats = {
         "shards": num_shards,
         "questions": sum(m["questions"] for m in metas),
         "rationales": sum(m["rationales"] for m in metas),
-        "prompt_tokens": sum(m["prompt_tokens"] for m in metas),
+        "prompt_tokens": prompt,
         "completion_tokens": completion,
         "generation_seconds": round(seconds, 3),
         "tokens_per_s": round(completion / seconds, 2) if seconds else None,
         "truncated": sum(m["truncated"] for m in metas),
         "skipped": [s for m in metas for s in m["skipped"]],
         "num_skipped": sum(len(m["skipped"]) for m in metas),
+        "failed": [s for m in metas for s in m["failed"]],
+        "num_failed": sum(len(m["failed"]) for m in metas),
+        "retries": sum(m["retries"] for m in metas),
     }
+    price_in, price_out = config.teacher.openai.price_per_million_input, config.teacher.openai.price_per_million_output
+    if config.teacher.backend == "openai" and (price_in or price_out):
+        stats["estimated_cost"] = round((prompt * (price_in or 0) + completion * (price_out or 0)) / 1e6, 6)
+    return stats
 
 
 def is_complete(config: RunConfig) -> bool:

@@ -41,6 +41,9 @@ class Sample:
     sampling: dict[str, Any]
     seed: int
     run_id: str
+    # The reasoning apart from the answer, when the teacher returns it so (reasoning models' reasoning_content);
+    # null otherwise. train joins the two in the student's format (train.reasoning_format).
+    reasoning: str | None = None
     # Added by the filter stage.
     extracted_answer: str | None = None
     is_correct: bool | None = None
@@ -77,6 +80,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("sampling", SAMPLING_TYPE),
         ("seed", pa.int64()),
         ("run_id", pa.string()),
+        ("reasoning", pa.string()),
     ]
 )
 
@@ -114,3 +118,12 @@ def samples_to_table(samples: Iterable[Sample], schema: pa.Schema = SAMPLE_SCHEM
 
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def student_text(rationale: str, reasoning: str | None, reasoning_format: str) -> str:
+    """The text the student learns from one rationale: the rationale, or, for a reasoning teacher whose server
+    kept the reasoning apart, both joined in the student's format (train.reasoning_format, for example
+    "<think>\n{reasoning}\n</think>\n\n{answer}"). The filter counts these tokens for too_long."""
+    if reasoning is None or not reasoning.strip():
+        return rationale.strip()
+    return reasoning_format.format(reasoning=reasoning.strip(), answer=rationale.strip())

@@ -120,3 +120,54 @@ def read_shards(directory: str | Path, schema: pa.Schema | None = None) -> pa.Ta
             raise FileNotFoundError(f"{directory}: no Parquet shards")
         return schema.empty_table()
     return pa.concat_tables(tables)
+
+
+class Journal:
+    """An append-only JSON-lines file: one finished record a line, flushed and fsynced as it is written, so a
+    crash loses nothing that was appended. A line torn by a kill mid-write is cut off when the journal is read.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file: Any = None
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every whole record; a torn last line is truncated away so that later appends start clean."""
+        if not self.path.is_file():
+            return []
+        data = self.path.read_bytes()
+        records, good_end, start = [], 0, 0
+        while start < len(data):
+            end = data.find(b"\n", start)
+            if end < 0:
+                break  # no newline: the last write never finished
+            try:
+                records.append(json.loads(data[start:end]))
+            except json.JSONDecodeError:
+                break  # torn or garbled: nothing after it can be trusted either
+            good_end = start = end + 1
+        if good_end < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                os.fsync(f.fileno())
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            new = not self.path.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")
+            if new:
+                fsync_dir(self.path.parent)
+        self._file.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from typing import Any
 from cotdistill.config import RunConfig
 from cotdistill.models import resolve_model
 from cotdistill.prompts import PromptTemplate
+from cotdistill.records import student_text
 from cotdistill.fingerprints import (
     changed_keys, make_fingerprint, matches, model_fingerprint, read_fingerprint, template_fingerprint, upstream,
     write_fingerprint,
@@ -39,7 +40,8 @@ SFT_BOOKKEEPING = frozenset({
 })
 
 
-def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files: list[str] | None = None) -> Any:
+def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files: list[str] | None = None,
+                      reasoning_format: str = "{answer}") -> Any:
     """Accepted shards (all in the folder, or only `shard_files`) -> a `datasets.Dataset` of conversational
     {prompt, completion} rows."""
     import datasets
@@ -63,7 +65,8 @@ def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files:
     def to_pair(row: dict[str, Any]) -> dict[str, Any]:
         return {
             "prompt": template.render(question=row["question"], choices=row["choices"]),
-            "completion": [{"role": "assistant", "content": row["rationale"].strip()}],
+            "completion": [{"role": "assistant", "content": student_text(
+                row["rationale"], row.get("reasoning"), reasoning_format)}],
         }
 
     return corpus.map(to_pair, remove_columns=corpus.column_names, desc="student prompts")
@@ -217,6 +220,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "student": {"model": config.student.model, "weights": model_fingerprint(config.student.model)},
         "prompt_template": template_fingerprint(config.train.prompt),
         "sft": {k: v for k, v in config.train.sft.items() if k not in SFT_BOOKKEEPING},
+        "reasoning_format": config.train.reasoning_format,
         "seed": config.seed,
     })
 
@@ -244,7 +248,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     write_fingerprint(train_dir, record)  # first: the checkpoints written from now on belong to these settings
 
     dataset = build_sft_dataset(filter_dir / "accepted", PromptTemplate(config.train.prompt),
-                                filter_stats["accepted_files"])
+                                filter_stats["accepted_files"], config.train.reasoning_format)
     trainer = build_trainer(config, dataset)
     args, tokenizer = trainer.args, trainer.processing_class
     corpus_size = len(dataset)

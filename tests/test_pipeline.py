@@ -110,7 +110,7 @@ def test_rerun_of_a_finished_stage_starts_no_engine(pipeline, monkeypatch):
     def no_engine(*args, **kwargs):
         raise AssertionError("a finished generate stage must not start vLLM")
 
-    monkeypatch.setattr(generate, "build_llm", no_engine)
+    monkeypatch.setattr(generate, "build_teacher", no_engine)
     assert generate.run(config)["rationales"] == 15
     assert generate.is_complete(config)
 

@@ -1,0 +1,536 @@
+"""The `openai` teacher backend: rationales from any OpenAI-compatible server (`vllm serve` on a cluster, OpenAI,
+DeepSeek, a gateway), with bounded concurrency, client-side rate limits and retries.
+
+    teacher = build(model_config, seed=0)           # model_config.backend == "openai"
+    for done in teacher.generate(requests):         # each Finished as soon as all its samples are back
+        ...
+    teacher.close()
+
+How it runs: one asyncio event loop in one background thread holds an `AsyncOpenAI` client. `generate` stays in
+the caller's thread: it pulls requests from the caller's iterator, hands each to the loop as a coroutine, and
+yields results as they complete, so the caller's iterator and its consumer are never touched by another thread.
+At most `openai.max_concurrency` questions (and HTTP requests) are in flight.
+
+Failures never raise: rate limits (429), server errors (5xx), timeouts and dropped connections are retried by
+tenacity with exponential backoff and jitter (or after the server's `Retry-After`), at most `openai.max_retries`
+times per HTTP request; what still fails, or fails for good at once (400, 401, ...), comes back as
+`Finished(key, [], 0, error="<type>: <message>")` and the run goes on. `Finished.retries` counts the retried
+attempts behind each result.
+
+The API key is read from the environment variable that `openai.api_key_env` names, handed to the client and
+nowhere else: not kept on this object, not logged. A loopback server (vLLM accepts any key) needs none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+from urllib.parse import urlsplit
+
+from cotdistill.config import ModelConfig, OpenAIConfig
+from cotdistill.teachers import Completion, Finished, TeacherRequest
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+NO_KEY = "EMPTY"  # what vLLM's examples send when the server was started without --api-key
+MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is taken as this: a run must not stall on one header
+ERROR_MESSAGE_CHARS = 1000  # recorded errors are cut here (a 400 body can quote the whole prompt)
+_UNSET: Any = object()
+
+
+def build(model: ModelConfig, seed: int, model_path: str | None = None) -> "OpenAITeacher":
+    """The backend entry point (`teachers.build_teacher`)."""
+    return OpenAITeacher(model, seed, model_path)
+
+
+# --- small pure helpers (tested on their own) ---------------------------------------------------------------
+
+
+def is_loopback(base_url: str) -> bool:
+    """Whether the server is on this machine: 127.0.0.0/8, ::1 or localhost."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(config: OpenAIConfig) -> str:
+    """The key from the environment variable `config.api_key_env` names. Without it, a loopback server gets
+    "EMPTY" and any other one a ValueError naming the variable to set."""
+    name = config.api_key_env
+    key = os.environ.get(name) if name else None
+    if key:
+        return key
+    if name is None:  # the config says on purpose that this server takes no key
+        return NO_KEY
+    if is_loopback(config.base_url):
+        return NO_KEY
+    raise ValueError(
+        f"teacher.openai: the server {config.base_url} needs an API key: set the environment variable {name} "
+        f"(teacher.openai.api_key_env names it)"
+    )
+
+
+def retry_after_seconds(error: BaseException | None) -> float | None:
+    """The wait a failed response asks for: `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date;
+    None when there is no response or no such header."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    try:
+        milliseconds = headers.get("retry-after-ms")
+        if milliseconds is not None:
+            return max(0.0, float(milliseconds) / 1000.0)
+    except (TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def is_retryable(error: BaseException) -> bool:
+    """429, 5xx, timeouts and dropped connections: worth another attempt. Other 4xx will fail the same way."""
+    import openai
+
+    if isinstance(error, (openai.RateLimitError, openai.APIConnectionError)):  # APITimeoutError is one too
+        return True
+    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+
+
+def describe_error(error: BaseException) -> str:
+    """`<type>: <message>`, as Finished.error records it."""
+    message = getattr(error, "message", None) or str(error) or repr(error)
+    return f"{type(error).__name__}: {message}"[:ERROR_MESSAGE_CHARS]
+
+
+def split_tokens(total: int, counts: list[int]) -> list[int]:
+    """Per-completion token counts that add up to the server's `total`: `counts` (the texts re-tokenized) with
+    the difference spread evenly, the remainder on the last one, and never below zero. The difference is
+    mostly the end-of-sequence token each stopped completion generated but its text does not show."""
+    if not counts:
+        return []
+    share, rest = divmod(total - sum(counts), len(counts))
+    out = [c + share for c in counts]
+    out[-1] += rest
+    deficit = sum(-c for c in out if c < 0)
+    out = [max(c, 0) for c in out]
+    while deficit > 0:  # the tokenizer counted more than the server: take it from the largest
+        i = max(range(len(out)), key=out.__getitem__)
+        take = min(deficit, out[i])
+        out[i] -= take
+        deficit -= take
+    return out
+
+
+def reasoning_of(message: Any) -> str | None:
+    """A reasoning model's reasoning, when the server returns it apart from the answer: `reasoning_content`
+    (DeepSeek, older vLLM) or `reasoning` (newer vLLM). Neither is a field of the openai package's types."""
+    extra = getattr(message, "model_extra", None) or {}
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(message, name, None)
+        if value is None:
+            value = extra.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+# --- what the event loop hands back to the caller's thread ---------------------------------------------------
+
+
+@dataclass
+class _Choice:
+    text: str
+    reasoning: str | None
+    finish_reason: str
+
+
+@dataclass
+class _Response:
+    choices: list[_Choice]
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass
+class _Outcome:
+    responses: list[_Response] = field(default_factory=list)  # one per HTTP request, in sample order
+    errors: list[str] = field(default_factory=list)
+    retries: int = 0
+
+
+class _WaitRetryAfter:
+    """tenacity wait: the server's Retry-After when the error carries one, else exponential backoff with jitter."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: Any) -> float:
+        outcome = retry_state.outcome
+        seconds = retry_after_seconds(outcome.exception() if outcome is not None else None)
+        if seconds is not None:
+            return min(seconds, MAX_RETRY_AFTER_S)
+        return self.fallback(retry_state)
+
+
+class OpenAITeacher:
+    """A Teacher (cotdistill.teachers) backed by an OpenAI-compatible HTTP API."""
+
+    def __init__(self, model: ModelConfig, seed: int, model_path: str | None = None, *,
+                 backoff_multiplier: float = 1.0, backoff_max: float = 60.0) -> None:
+        """backoff_*: tenacity's wait_random_exponential window (seconds) between retries that carry no
+        Retry-After: attempt k waits uniformly up to min(backoff_max, backoff_multiplier * 2**(k-1))."""
+        config = model.openai
+        self._config = config
+        self._model = model
+        self._model_path = model_path
+        # `seed` is the run's seed: a server has its own. Sampling.seed, when set, is sent per request.
+        self._seed = seed
+        # vLLM serves a model under the path it was started with unless --served-model-name says otherwise.
+        self.name: str = config.model or model_path or model.model
+        self._backoff_multiplier = backoff_multiplier
+        self._backoff_max = backoff_max
+        self._tokenizer: Any = _UNSET
+        self._max_model_len: Any = _UNSET
+        api_key = resolve_api_key(config)  # fails here, before any thread starts, when a key is missing
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-teacher", daemon=True)
+        self._thread.start()
+        self._closed = False
+        try:
+            self._submit(self._setup(api_key)).result(timeout=60)
+        except BaseException:
+            self.close()
+            raise
+        del api_key  # the client holds it now; nothing on this object does
+        logger.info("openai teacher: %s at %s (%s endpoint, %d in flight, %d retries)", self.name,
+                    config.base_url, config.endpoint, config.max_concurrency, config.max_retries)
+
+    # -- Teacher interface ---------------------------------------------------------------------------------------
+
+    def tokenizer(self) -> Any | None:
+        """A Hugging Face tokenizer: `openai.tokenizer`, else the model's own if it loads offline, else None.
+        Loaded once, in the caller's thread."""
+        if self._tokenizer is _UNSET:
+            self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    def max_model_len(self) -> int | None:
+        """`engine.max_model_len` when the config sets it, else what the server reports for this model on
+        /v1/models (vLLM does), else `max_position_embeddings` of a local folder's config.json, else None."""
+        if self._max_model_len is _UNSET:
+            self._max_model_len = self._find_max_model_len()
+        return self._max_model_len
+
+    def generate(self, requests: Iterable[TeacherRequest]) -> Iterator[Finished]:
+        """Every request's Finished, each as soon as it is complete, in any order; up to `max_concurrency`
+        in flight. Requests are pulled and results yielded in the caller's thread only."""
+        if self._closed:
+            raise RuntimeError("the teacher is closed")
+        source = iter(requests)
+        pending: dict[concurrent.futures.Future, TeacherRequest] = {}
+        exhausted = False
+        limit = self._config.max_concurrency
+        try:
+            while True:
+                while not exhausted and len(pending) < limit:
+                    try:
+                        request = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    prompt = self._estimate_prompt_tokens(request) if self._config.tokens_per_minute else 0
+                    pending[self._submit(self._run(request, prompt))] = request
+                if not pending:
+                    return
+                done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    request = pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except Exception as e:  # noqa: BLE001 - a bug in _run must cost one request, not the run
+                        logger.exception("request %s failed unexpectedly", request.key)
+                        outcome = _Outcome(errors=[describe_error(e)])
+                    yield self._finish(request, outcome)
+        finally:  # the consumer stopped early, or the loop was closed: nothing keeps running behind its back
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        """Close the client's connections and stop the event loop thread. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            try:
+                self._submit(self._shutdown()).result(timeout=30)
+            except Exception as e:  # noqa: BLE001 - closing must not hide the error that led here
+                logger.warning("openai teacher: closing the client failed: %s", describe_error(e))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> "OpenAITeacher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAITeacher(name={self.name!r}, base_url={self._config.base_url!r})"
+
+    # -- the event loop's side -----------------------------------------------------------------------------------
+
+    def _submit(self, coroutine: Any) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    async def _setup(self, api_key: str) -> None:
+        from aiolimiter import AsyncLimiter
+        from openai import AsyncOpenAI
+
+        config = self._config
+        # max_retries=0: tenacity owns the retries, so each one is counted and Retry-After is honoured once.
+        self._client = AsyncOpenAI(api_key=api_key, base_url=config.base_url, timeout=config.timeout_s,
+                                   max_retries=0)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._request_limiter = _minute_limiter(AsyncLimiter, config.requests_per_minute)
+        self._token_limiter = _minute_limiter(AsyncLimiter, config.tokens_per_minute)
+
+    async def _shutdown(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client = getattr(self, "_client", None)
+        if client is not None:
+            await client.close()
+
+    async def _run(self, request: TeacherRequest, prompt_tokens: int) -> _Outcome:
+        """All HTTP requests behind one TeacherRequest: one with n=N, or N with n=1 (seeds seed, seed+1, ...).
+        prompt_tokens: the estimate tokens_per_minute is charged with (0 when that limit is off)."""
+        sampling = request.sampling
+        if self._config.endpoint == "completions" and not request.prompt_text:
+            return _Outcome(errors=["ValueError: the completions endpoint needs the prompt text, and this "
+                                    "request has none (no local tokenizer to render it: use endpoint chat)"])
+
+        def charge(n: int) -> int:  # what one HTTP request may cost: its prompt and all it may generate
+            return prompt_tokens + sampling.max_tokens * n if prompt_tokens else 0
+
+        if self._config.n_per_request or sampling.n == 1:
+            calls = [self._call(request, sampling.n, sampling.seed, charge(sampling.n))]
+        else:
+            # Distinct seeds: N requests with one seed would return the same sample N times.
+            calls = [self._call(request, 1, None if sampling.seed is None else sampling.seed + i, charge(1))
+                     for i in range(sampling.n)]
+        # All of them, even when one fails: every attempt is then counted, and none is left running.
+        results = await asyncio.gather(*calls)
+        outcome = _Outcome()
+        for response, retries, error in results:
+            outcome.retries += retries
+            if error is not None:
+                outcome.errors.append(error)
+            else:
+                outcome.responses.append(response)
+        return outcome
+
+    async def _call(self, request: TeacherRequest, n: int, seed: int | None,
+                    estimated_tokens: int) -> tuple[_Response | None, int, str | None]:
+        """One HTTP request with its retries: (response, retries, None) or (None, retries, error)."""
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        kwargs = self._request_kwargs(request, n, seed)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._config.max_retries + 1),
+            wait=_WaitRetryAfter(wait_random_exponential(multiplier=self._backoff_multiplier,
+                                                         max=self._backoff_max)),
+            retry=retry_if_exception(is_retryable),
+            before_sleep=lambda state: logger.info(
+                "request %s: attempt %d failed (%s), retrying in %.2f s", request.key, state.attempt_number,
+                describe_error(state.outcome.exception()), state.upcoming_sleep),
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    response = await self._send(kwargs, estimated_tokens)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded on the Finished, never raised
+            logger.warning("request %s failed after %d attempt(s): %s", request.key, attempts, describe_error(e))
+            return None, attempts - 1, describe_error(e)
+        return _parse(response, self._config.endpoint), attempts - 1, None
+
+    async def _send(self, kwargs: dict[str, Any], estimated_tokens: int) -> Any:
+        async with self._slots:  # held for the HTTP request only, not for the backoff sleeps between them
+            if self._request_limiter is not None:
+                await self._request_limiter.acquire()
+            if self._token_limiter is not None and estimated_tokens:
+                await self._token_limiter.acquire(min(estimated_tokens, self._token_limiter.max_rate))
+            if self._config.endpoint == "chat":
+                return await self._client.chat.completions.create(**kwargs)
+            return await self._client.completions.create(**kwargs)
+
+    def _request_kwargs(self, request: TeacherRequest, n: int, seed: int | None) -> dict[str, Any]:
+        sampling = request.sampling
+        kwargs: dict[str, Any] = {"model": self.name, "n": n, "temperature": sampling.temperature,
+                                  "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+        if self._config.endpoint == "chat":
+            kwargs["messages"] = request.messages
+        else:
+            kwargs["prompt"] = request.prompt_text
+        if sampling.stop:
+            kwargs["stop"] = list(sampling.stop)
+        if seed is not None:
+            kwargs["seed"] = seed
+        extra_body = dict(self._config.extra_body)
+        if sampling.top_k != -1:  # not an OpenAI field; vLLM servers take it in the body
+            extra_body["top_k"] = sampling.top_k
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+        return kwargs
+
+    # -- the caller's side ---------------------------------------------------------------------------------------
+
+    def _finish(self, request: TeacherRequest, outcome: _Outcome) -> Finished:
+        """The Finished of one request, token counts included (the tokenizer runs in this thread only)."""
+        if outcome.errors:
+            error = outcome.errors[0]
+            if len(outcome.errors) > 1:
+                error += f" [{len(outcome.errors)} of {request.sampling.n} requests failed]"
+            return Finished(request.key, [], prompt_tokens=0, error=error, retries=outcome.retries)
+        completions: list[Completion] = []
+        prompt_tokens: int | None = None
+        for response in outcome.responses:
+            if prompt_tokens is None and response.prompt_tokens is not None:
+                prompt_tokens = response.prompt_tokens  # the same prompt each time: counted once
+            counts = self._count_tokens(response)
+            for choice, tokens in zip(response.choices, counts):
+                completions.append(Completion(text=choice.text, finish_reason=choice.finish_reason,
+                                              completion_tokens=tokens, reasoning=choice.reasoning))
+        if prompt_tokens is None:  # a server without usage: count locally when we can
+            prompt_tokens = len(request.prompt_token_ids) if request.prompt_token_ids else 0
+        return Finished(request.key, completions, prompt_tokens=prompt_tokens, retries=outcome.retries)
+
+    def _count_tokens(self, response: _Response) -> list[int]:
+        tokenizer = self.tokenizer()
+        counts = None
+        if tokenizer is not None:
+            counts = [_count(tokenizer, c.text) + _count(tokenizer, c.reasoning or "") for c in response.choices]
+        if response.completion_tokens is None:
+            return counts or [0] * len(response.choices)
+        if counts is None:
+            counts = [0] * len(response.choices)  # split_tokens then spreads the total evenly
+        return split_tokens(response.completion_tokens, counts)
+
+    def _estimate_prompt_tokens(self, request: TeacherRequest) -> int:
+        """The prompt's tokens, for tokens_per_minute: its ids, else counted, else about 4 characters a token."""
+        if request.prompt_token_ids is not None:
+            return max(len(request.prompt_token_ids), 1)
+        tokenizer = self.tokenizer()
+        text = request.prompt_text or "\n".join(str(m.get("content", "")) for m in request.messages)
+        return max(_count(tokenizer, text) if tokenizer is not None else len(text) // 4, 1)
+
+    def _load_tokenizer(self) -> Any | None:
+        from transformers import AutoTokenizer
+
+        if self._config.tokenizer:
+            try:
+                return AutoTokenizer.from_pretrained(self._config.tokenizer)
+            except Exception as e:  # noqa: BLE001 - reported, then the fallbacks
+                logger.warning("openai teacher: tokenizer %s did not load: %s", self._config.tokenizer,
+                               describe_error(e))
+        name = self._model_path or self._model.model
+        try:
+            # Offline only: a hosted model's name (gpt-4o-mini) is no hub id, and a run must not stall on it.
+            return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            logger.info("openai teacher: no local tokenizer for %s (%s); token counts from the server's usage",
+                        name, type(e).__name__)
+            return None
+
+    def _find_max_model_len(self) -> int | None:
+        value = self._model.engine.get("max_model_len")
+        if value:
+            return int(value)
+        try:
+            value = self._submit(self._served_max_model_len()).result(timeout=min(self._config.timeout_s, 30) + 5)
+        except Exception as e:  # noqa: BLE001 - only a hint; fall back to the local config
+            logger.info("openai teacher: /models did not say the context length: %s", describe_error(e))
+            value = None
+        if value:
+            return int(value)
+        for folder in (self._config.tokenizer, self._model_path, self._model.model):
+            config_file = Path(folder).expanduser() / "config.json" if folder else None
+            if config_file is not None and config_file.is_file():
+                data = json.loads(config_file.read_text())
+                data = data.get("text_config", data) if "max_position_embeddings" not in data else data
+                if data.get("max_position_embeddings"):
+                    return int(data["max_position_embeddings"])
+        return None
+
+    async def _served_max_model_len(self) -> int | None:
+        models = await asyncio.wait_for(self._client.models.list(), timeout=min(self._config.timeout_s, 30))
+        for entry in models.data:
+            if entry.id == self.name:
+                extra = getattr(entry, "model_extra", None) or {}
+                return extra.get("max_model_len")
+        return None
+
+
+def _minute_limiter(limiter_class: Any, per_minute: float | None) -> Any | None:
+    if not per_minute:
+        return None
+    if per_minute < 1:  # AsyncLimiter refuses to acquire more than max_rate at once
+        return limiter_class(1, 60.0 / per_minute)
+    return limiter_class(per_minute, 60.0)
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    if not text:
+        return 0
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _parse(response: Any, endpoint: str) -> _Response:
+    choices = []
+    for choice in sorted(response.choices, key=lambda c: c.index):
+        if endpoint == "chat":
+            message = choice.message
+            text, reasoning = message.content or "", reasoning_of(message)
+        else:
+            text, reasoning = choice.text or "", None
+        choices.append(_Choice(text=text, reasoning=reasoning, finish_reason=choice.finish_reason or "unknown"))
+    usage = getattr(response, "usage", None)
+    return _Response(choices=choices,
+                     prompt_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
+                     completion_tokens=getattr(usage, "completion_tokens", None) if usage else None)

@@ -1,0 +1,121 @@
+"""teacher.backend: vllm. One local vLLM engine (`vllm.LLM`), kept fed across shard boundaries.
+
+Engine arguments in the YAML (`engine:`) pass straight to `vllm.LLM`: dtype, max_model_len,
+tensor_parallel_size, gpu_memory_utilization, enable_prefix_caching, enforce_eager, and the rest.
+On a GPU machine the defaults of vLLM apply; on CPU, vLLM reads `gpu_memory_utilization` as the share of RAM
+reserved for the KV cache (its default 0.92 fails to start: set about 0.3).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import os
+from typing import Any, Iterable, Iterator
+
+from cotdistill.config import ModelConfig
+from cotdistill.models import resolve_model
+from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest
+
+logger = logging.getLogger(__name__)
+
+
+def build_llm(model_cfg: ModelConfig, seed: int, model_path: str | None = None) -> Any:
+    """A `vllm.LLM` for the model (or for `model_path`, e.g. a trained student, with the same engine args)."""
+    # An in-process engine core: no spawn of a second process (which would re-import the caller's __main__),
+    # and the engine's memory is freed when the object goes. Set the variable to 1 to get vLLM's default.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    model = model_path or resolve_model(model_cfg.model)
+    engine_args = {"seed": seed, **model_cfg.engine}
+    logger.info("starting vLLM for %s with %s", model, engine_args)
+    try:
+        return LLM(model=model, **engine_args)
+    except TypeError as e:  # an engine argument vLLM does not know
+        raise ValueError(f"engine arguments for {model}: {e}") from None
+
+
+def release_llm(llm: Any) -> None:
+    """Stop the engine and give its KV cache back before the next stage needs the memory."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # older or newer engines differ here; dropping the reference is what matters
+        pass
+    del llm
+    gc.collect()
+
+
+def max_model_len(llm: Any) -> int:
+    return int(llm.llm_engine.model_config.max_model_len)
+
+
+def sampling_params(sampling: Sampling) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                            top_k=sampling.top_k, max_tokens=sampling.max_tokens, stop=sampling.stop or None,
+                            seed=sampling.seed)
+    params.output_kind = RequestOutputKind.FINAL_ONLY  # only finished questions come back from step()
+    return params
+
+
+class VLLMTeacher:
+    """One local vLLM engine, fed request by request through its engine API (`add_request` / `step`), as
+    `LLM.generate` drives it, but with the next requests added while earlier ones run: the engine does not drain
+    to a small batch at the end of every shard, nor wait while a shard is written."""
+
+    def __init__(self, llm: Any, name: str, max_in_flight: int = 512):
+        self.llm, self.name, self.max_in_flight = llm, name, max_in_flight
+        self._ids = itertools.count()
+
+    def tokenizer(self) -> Any:
+        return self.llm.get_tokenizer()
+
+    def max_model_len(self) -> int:
+        return max_model_len(self.llm)
+
+    def generate(self, requests: Iterable[TeacherRequest]) -> Iterator[Finished]:
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        pending = iter(requests)
+        in_flight: dict[str, TeacherRequest] = {}
+        exhausted = False
+        try:
+            while True:
+                # Top up first: questions waiting in the engine's queue are what keeps it busy at a shard's tail.
+                while not exhausted and len(in_flight) < self.max_in_flight:
+                    request = next(pending, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    # Outputs (and abort_request) use the id given here; add_request returns an internal one.
+                    request_id = f"{request.key}#{next(self._ids)}"
+                    engine.add_request(request_id, TokensPrompt(prompt_token_ids=request.prompt_token_ids),
+                                       sampling_params(request.sampling))
+                    in_flight[request_id] = request
+                if not in_flight:
+                    return
+                for output in engine.step():
+                    if not output.finished:
+                        continue
+                    request = in_flight.pop(output.request_id)
+                    completions = sorted(output.outputs, key=lambda c: c.index)
+                    yield Finished(
+                        key=request.key, prompt_tokens=len(request.prompt_token_ids),
+                        completions=[Completion(text=c.text, finish_reason=str(c.finish_reason),
+                                                completion_tokens=len(c.token_ids)) for c in completions],
+                    )
+        finally:
+            if in_flight:  # the caller stopped early (or failed): leave no request running in the engine
+                engine.abort_request(list(in_flight))
+
+    def close(self) -> None:
+        release_llm(self.llm)
+
+
+def build(model: ModelConfig, seed: int, model_path: str | None = None) -> VLLMTeacher:
+    return VLLMTeacher(build_llm(model, seed, model_path), name=model.model)
