@@ -88,16 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("generate", "run"):
             p.add_argument("--force", action="store_true",
                            help="discard generate outputs made with other settings instead of refusing")
+        if name == "generate":
+            p.add_argument("--dry-run", action="store_true",
+                           help="count the requests, prompt tokens and estimated cost; send nothing")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also follow a flag (`generate CONFIG --dry-run key=value`), which argparse leaves over.
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         config = load_config(args.config, args.overrides)
         force = getattr(args, "force", False)
+        if getattr(args, "dry_run", False):
+            from cotdistill.generate import dry_run
+
+            preflight(config, ["generate"])
+            plan = dry_run(config)
+            print("generate --dry-run (nothing sent): " + ", ".join(f"{k} {v:,}" for k, v in plan.items()))
+            return
         config.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(dump_config(config), config.run_dir / "config.yaml")
         preflight(config, list(STAGES) if args.command == "run" else [args.command])

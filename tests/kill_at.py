@@ -5,6 +5,7 @@ nothing cleaned up, for the crash test to rerun from. Test tooling; the library 
 
 POINT:
   generate-shard    while the Nth generate shard is written: its temporary file half on disk, never renamed
+  journal-append    right after the Nth finished question is journaled (its shard not yet complete)
   filter-shard      after the Nth file the filter writes in this process (with filter.num_workers=1)
   train-checkpoint  while the Nth checkpoint is saved: its model written, its optimizer.pt half written
   evaluate-model    after the Nth evaluated model's rows are written, before its cost file marks it done
@@ -51,6 +52,17 @@ def main() -> None:
             real(table, path)
 
         stage.write_parquet_atomic = write_parquet_atomic
+    elif point == "journal-append":
+        from cotdistill.shards import Journal
+
+        real = Journal.append
+
+        def append(self, record):
+            real(self, record)
+            if due():
+                die()
+
+        Journal.append = append
     elif point == "filter-shard":
         import cotdistill.filter as stage
 

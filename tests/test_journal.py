@@ -1,0 +1,127 @@
+"""A crash loses only the requests in flight: every finished question is journaled at once, and a rerun sends
+only what is missing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import yaml
+
+from cotdistill import generate
+from cotdistill.config import load_config
+from cotdistill.shards import Journal, read_shards
+from tests.conftest import REPO, tiny_config_dict
+
+
+def test_journal_keeps_whole_records_and_cuts_a_torn_line(tmp_path):
+    journal = Journal(tmp_path / "j" / "00000.jsonl")
+    for i in range(3):
+        journal.append({"question_id": f"q{i}", "samples": [{"rationale": "é" * i}]})
+    journal.close()
+    with open(journal.path, "ab") as f:
+        f.write(b'{"question_id": "q3", "samp')  # a kill in the middle of a write
+    assert [r["question_id"] for r in Journal(journal.path).read()] == ["q0", "q1", "q2"]
+    assert journal.path.read_bytes().endswith(b"\n")  # the torn tail is gone, so appends start clean
+    again = Journal(journal.path)
+    again.append({"question_id": "q3", "samples": []})
+    again.close()
+    assert [r["question_id"] for r in Journal(journal.path).read()] == ["q0", "q1", "q2", "q3"]
+
+
+class CountingTeacher:
+    """A real teacher that also records which questions it was sent."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.sent = inner, inner.name, []
+
+    def tokenizer(self):
+        return self.inner.tokenizer()
+
+    def max_model_len(self):
+        return self.inner.max_model_len()
+
+    def generate(self, requests):
+        def counted():
+            for request in requests:
+                self.sent.append(request.key)
+                yield request
+        yield from self.inner.generate(counted())
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, parrot_model, gsm8k_rows):
+    tmp = tmp_path_factory.mktemp("journal")
+    questions = tmp / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:6]))
+    data = tiny_config_dict(tmp, parrot_model, questions)
+    data["generate"]["questions_per_shard"] = 4  # shards of 4 and 2 questions
+    config_path = tmp / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    return tmp, config_path
+
+
+def test_kill_9_mid_shard_resends_only_the_questions_not_journaled(local_run):
+    from cotdistill.teachers.vllm_local import build
+
+    tmp, config_path = local_run
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at.py"), "journal-append", "3", "generate",
+                             str(config_path)], capture_output=True, text=True, cwd=tmp, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    config = load_config(config_path)
+    out = config.run_dir / "generate"
+    records = Journal(out / "journal" / "00000.jsonl").read()
+    journaled = [r["question_id"] for r in records]
+    assert len(journaled) == 3 and not list((out / "samples").glob("*.parquet"))  # nothing compacted yet
+
+    teacher = CountingTeacher(build(config.teacher, config.seed))
+    try:
+        stats = generate.run(config, teacher=teacher)
+    finally:
+        teacher.close()
+    assert len(teacher.sent) == 6 - 3 and not set(teacher.sent) & set(journaled)  # only what was missing
+    table = read_shards(out / "samples")
+    keys = list(zip(table.column("question_id").to_pylist(), table.column("sample_index").to_pylist()))
+    assert len(keys) == len(set(keys)) == 6 * 3 == stats["rationales"]
+    assert set(Counter(q for q, _ in keys).values()) == {3}
+    assert not list((out / "journal").glob("*.jsonl"))  # compacted into the shards
+    rows = table.to_pylist()
+    for record in records:  # the journaled answers are kept as they were, not generated again
+        kept = sorted((r for r in rows if r["question_id"] == record["question_id"]), key=lambda r: r["sample_index"])
+        assert [r["rationale"] for r in kept] == [s["rationale"] for s in record["samples"]]
+
+
+def test_dry_run_counts_requests_tokens_and_cost_and_sends_nothing(local_run, tmp_path, gsm8k_rows):
+    from transformers import AutoTokenizer
+
+    from cotdistill.prompts import PromptTemplate
+    from cotdistill.teachers import render_prompt
+
+    _, config_path = local_run
+    overrides = [f"output_dir={tmp_path}", "teacher.openai.price_per_million_input=1.0",
+                 "teacher.openai.price_per_million_output=4.0"]
+    config = load_config(config_path, overrides)
+    tokenizer = AutoTokenizer.from_pretrained(config.teacher.model)
+    template = PromptTemplate(config.generate.prompt)
+    prompt_tokens = sum(len(render_prompt(tokenizer, template.render(question=r["question"].strip()))[1])
+                        for r in gsm8k_rows[:6])
+    plan = generate.dry_run(config)
+    assert plan == {"questions": 6, "requests": 6, "prompt_tokens": prompt_tokens,
+                    "max_completion_tokens": 6 * 3 * 24,
+                    "max_estimated_cost": round((prompt_tokens * 1.0 + 6 * 3 * 24 * 4.0) / 1e6, 4)}
+    # An API teacher asked for one sample a request: N requests a question, each billed for its prompt.
+    split = generate.dry_run(load_config(config_path, overrides + [
+        "teacher.backend=openai", "teacher.openai.n_per_request=false", f"teacher.openai.tokenizer={config.teacher.model}"]))
+    assert split["requests"] == 18 and split["prompt_tokens"] == 3 * prompt_tokens
+    assert not (tmp_path / "tiny").exists()  # nothing written, no engine started
+
+    result = subprocess.run([sys.executable, "-m", "cotdistill", "generate", str(config_path), "--dry-run", *overrides],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"questions 6, requests 6, prompt_tokens {prompt_tokens:,}" in result.stdout
