@@ -174,3 +174,16 @@ def write_finished_filter(run_dir: Path, gsm8k_rows: list[dict]) -> None:
     write_parquet_atomic(samples_to_table(samples, FILTERED_SCHEMA), filter_dir / "accepted" / "00000.parquet")
     write_json_atomic({"accepted_files": ["00000.parquet"], "accepted": len(samples)}, filter_dir / "stats.json")
     write_fingerprint(filter_dir, make_fingerprint({"corpus": [r["question"] for r in gsm8k_rows]}))
+
+
+@pytest.fixture(scope="session")
+def served_parrot(parrot_model):
+    """vLLM's OpenAI-compatible server on 127.0.0.1 serving the parrot model, once for the whole session
+    (about 40 s to start on CPU); stopped at the end, passed or failed. Yields its base URL (.../v1)."""
+    from tests.servers import start_vllm_server, stop_server
+
+    process, base_url = start_vllm_server(parrot_model, timeout=240)
+    try:
+        yield base_url
+    finally:
+        stop_server(process)
