@@ -160,6 +160,7 @@ class FaultProxy:
         self.counts: Counter[str] = Counter()
         self.authorizations: list[str] = []  # the Authorization header of every request seen
         self.bodies: list[bytes] = []  # every request body seen, in arrival order
+        self.arrivals: list[float] = []  # time.monotonic() when each request arrived
         # (path, request JSON, status, response JSON) of every POST forwarded to the server, as the client got it
         self.exchanges: list[tuple[str, Any, int, Any]] = []
         self._seen: set[bytes] = set()
@@ -233,6 +234,7 @@ class FaultProxy:
 
         body = await request.read()
         with self._lock:
+            self.arrivals.append(time.monotonic())
             self.authorizations.append(request.headers.get("Authorization", ""))
         kind = self._draw(request.method, body)
         with self._lock:

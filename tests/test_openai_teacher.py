@@ -20,25 +20,17 @@ from cotdistill.teachers.openai_server import (
     OpenAITeacher, build, is_loopback, resolve_api_key, retry_after_seconds, split_tokens,
 )
 from tests.conftest import PARROT_ANSWER
-from tests.servers import RETRIED_FAULTS, FaultProxy, start_vllm_server, stop_server
+from tests.servers import RETRIED_FAULTS, FaultProxy
 
 SECRET = "sk-test-secret-123"
-SERVER_START: dict[str, float] = {}
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def server(parrot_model: Path):
-    started = time.monotonic()
-    process, base_url = start_vllm_server(parrot_model, timeout=180)
-    SERVER_START["seconds"] = time.monotonic() - started
-    print(f"\nvLLM server up in {SERVER_START['seconds']:.1f} s at {base_url}")
-    try:
-        yield base_url
-    finally:
-        stop_server(process)
+def server(served_parrot: str) -> str:
+    return served_parrot  # one server for the whole session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -334,12 +326,78 @@ def test_api_key_from_named_variable_only(server, parrot_model, tokenizer, quest
 def test_reasoning_apart_from_the_answer(server, parrot_model, tokenizer, questions, stack, field_name):
     proxy = stack.enter_context(FaultProxy(server, reasoning_field=field_name, lifetime_s=60))
     teacher = make_teacher(stack, proxy.url, parrot_model)
-    requests = make_requests(tokenizer, questions[:2], "m", n=2, temperature=0.0)
+    # Greedy, so the parrot's answer is certain (vLLM refuses n > 1 at temperature 0: several requests).
+    requests = make_requests(tokenizer, questions[:3], "m", n=1, temperature=0.0)
     results = list(teacher.generate(requests))
+    assert len(results) == 3
     for finished in results:
-        assert finished.error is None and len(finished.completions) == 2
+        assert finished.error is None and len(finished.completions) == 1
         for completion in finished.completions:
             assert completion.reasoning == "We count them all."
             assert completion.text == "The answer is 7."
         (exchange,) = exchanges_of(proxy, next(r for r in requests if r.key == finished.key))
         assert sum(c.completion_tokens for c in finished.completions) == exchange[3]["usage"]["completion_tokens"]
+
+
+def test_client_side_token_limit(server, parrot_model, tokenizer, questions, stack):
+    """tokens_per_minute charges prompt + max_tokens x n before each request: set just under two requests'
+    worth, the second waits until the bucket has leaked enough (about 2.4 s here), the first does not."""
+    requests = make_requests(tokenizer, questions[:1] * 2, "l", n=2, max_tokens=24)
+    charge = len(requests[0].prompt_token_ids) + 24 * 2
+    proxy = stack.enter_context(FaultProxy(server, lifetime_s=60))
+    teacher = make_teacher(stack, proxy.url, parrot_model, tokens_per_minute=charge / 0.52,
+                           requests_per_minute=600)
+    started = time.monotonic()
+    results = list(teacher.generate(requests))
+    assert all(f.error is None for f in results)
+    sent = [t - started for t in proxy.arrivals]
+    assert len(sent) == 2 and sent[0] < 1.0 and 2.0 <= sent[1] < 5.0, sent
+
+
+def test_stopping_early_leaves_nothing_running(server, parrot_model, tokenizer, questions, stack):
+    proxy = stack.enter_context(FaultProxy(server, rate_slow=1.0, slow_s=1.0, lifetime_s=60))
+    config = ModelConfig(model=str(parrot_model), backend="openai",
+                         openai=OpenAIConfig(base_url=proxy.url, max_concurrency=2))
+    before = {t.name for t in threading.enumerate()}
+    teacher = build(config, seed=0)
+    try:
+        assert isinstance(teacher, OpenAITeacher)
+        results = teacher.generate(make_requests(tokenizer, questions[:6], "x", n=1))
+        first = next(results)
+        results.close()  # the consumer stops: the request still in flight is cancelled
+        assert first.error is None
+    finally:
+        teacher.close()
+        teacher.close()  # twice is fine
+    assert "openai-teacher" not in {t.name for t in threading.enumerate()} - before
+    time.sleep(1.2)
+    assert proxy.counts["slow"] == 2  # the first two only: nothing was sent after the consumer stopped
+    with pytest.raises(RuntimeError, match="closed"):
+        next(teacher.generate([]))
+
+
+def test_without_a_local_tokenizer(server, parrot_model, tokenizer, questions, stack):
+    """A hosted model's name loads no tokenizer: token counts are the server's usage split evenly (still adding
+    up), and the context length comes from the server; with the server unreachable, from nowhere."""
+    from tests.servers import free_port
+
+    config = ModelConfig(model="hosted-model-without-tokenizer", backend="openai",
+                         openai=OpenAIConfig(base_url=server, model=str(parrot_model)))
+    teacher = stack.enter_context(OpenAITeacher(config, seed=0))
+    assert teacher.name == str(parrot_model) and teacher.tokenizer() is None
+    assert teacher.max_model_len() == 512
+    requests = make_requests(tokenizer, questions[:2], "h", n=3, max_tokens=24, temperature=0.7)
+    for finished in teacher.generate(requests):
+        assert finished.error is None and finished.prompt_tokens > 0
+        counts = [c.completion_tokens for c in finished.completions]
+        assert len(counts) == 3 and max(counts) - min(counts) <= 2 and min(counts) > 0
+
+    nowhere = ModelConfig(model="hosted-model-without-tokenizer", backend="openai",
+                          openai=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
+    assert stack.enter_context(OpenAITeacher(nowhere, seed=0)).max_model_len() is None
+    local = ModelConfig(model=str(parrot_model), backend="openai",
+                        openai=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
+    assert stack.enter_context(OpenAITeacher(local, seed=0)).max_model_len() == 512  # its config.json
+    configured = ModelConfig(model=str(parrot_model), backend="openai", engine={"max_model_len": 256},
+                             openai=OpenAIConfig(base_url=server))
+    assert stack.enter_context(OpenAITeacher(configured, seed=0)).max_model_len() == 256

@@ -372,7 +372,7 @@ class OpenAITeacher:
             wait=_WaitRetryAfter(wait_random_exponential(multiplier=self._backoff_multiplier,
                                                          max=self._backoff_max)),
             retry=retry_if_exception(is_retryable),
-            before_sleep=lambda state: logger.info(
+            before_sleep=lambda state: logger.debug(
                 "request %s: attempt %d failed (%s), retrying in %.2f s", request.key, state.attempt_number,
                 describe_error(state.outcome.exception()), state.upcoming_sleep),
             reraise=True,
