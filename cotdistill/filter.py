@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cotdistill.answers import AnswerFormat, get_answer_format, group_equivalent
-from cotdistill.config import FilterConfig, RunConfig
+from cotdistill.config import FilterConfig, RunConfig, TrainConfig
 from cotdistill.fingerprints import (
     data_fingerprint, digest, file_digest, make_fingerprint, matches, model_fingerprint, template_fingerprint,
     upstream, write_fingerprint,
@@ -152,7 +152,7 @@ class FilterContext:
     contamination: frozenset[int] = frozenset()
     count_student_tokens: Callable[[list[str], list[str], list[list[str] | None]], list[int]] | None = None
     max_student_tokens: int | None = None
-    reasoning_format: str = "{answer}"  # train.reasoning_format
+    reasoning_format: str = TrainConfig.reasoning_format  # train.reasoning_format (its default here)
 
 
 @dataclass

@@ -210,3 +210,20 @@ def test_every_reason_gets_examples_however_late_in_the_shard(tmp_path):
     assert meta["rejected"] == {"wrong": 2500, "unparseable": 1}
     assert [e["question_id"] for e in meta["examples"]["unparseable"]] == ["last"]
     assert len(meta["examples"]["wrong"]) == 3
+
+
+def test_too_long_counts_the_reasoning_the_student_will_train_on():
+    # A short answer with a long reasoning kept apart: the student trains on both, so both are counted.
+    import pyarrow as pa
+
+    from cotdistill.filter import judge_table
+    from cotdistill.records import SAMPLE_SCHEMA, samples_to_table
+
+    rows = [sample("a", 0, "The answer is 12"), sample("a", 1, "So the answer is 12")]
+    rows[1].reasoning = " ".join(f"step{j}" for j in range(40))
+    ctx = context(near_duplicates=False)
+    ctx.count_student_tokens = lambda questions, texts, choices: [len(t.split()) for t in texts]
+    ctx.max_student_tokens = 30
+    judged = judge_table(samples_to_table(rows, SAMPLE_SCHEMA), ctx)
+    assert judged.column("filter_reason").to_pylist() == [None, "too_long"]
+    assert isinstance(judged, pa.Table)

@@ -125,3 +125,26 @@ def test_dry_run_counts_requests_tokens_and_cost_and_sends_nothing(local_run, tm
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"questions 6, requests 6, prompt_tokens {prompt_tokens:,}" in result.stdout
+
+
+def test_a_reasoning_teachers_reasoning_and_answer_are_joined_for_the_student(tmp_path):
+    import pyarrow as pa
+
+    from cotdistill import train
+    from cotdistill.prompts import PromptTemplate
+    from cotdistill.records import FILTERED_SCHEMA, student_text
+    from cotdistill.shards import write_parquet_atomic
+
+    fmt = "<think>\n{reasoning}\n</think>\n\n{answer}"
+    assert student_text(" The answer is 7. ", "  3 + 4 = 7 ", fmt) == "<think>\n3 + 4 = 7\n</think>\n\nThe answer is 7."
+    assert student_text("The answer is 7.", None, fmt) == "The answer is 7."  # no separate reasoning: as is
+    rows = [{name: None for name in FILTERED_SCHEMA.names} | {
+        "question_id": f"q{i}", "sample_index": 0, "question": "What is 3 + 4?", "rationale": "The answer is 7.",
+        "reasoning": reasoning, "prompt_messages": []} for i, reasoning in
+        enumerate(["3 plus 4 makes 7.", None])]
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=FILTERED_SCHEMA), tmp_path / "00000.parquet")
+    dataset = train.build_sft_dataset(tmp_path, PromptTemplate("student_question.jinja"), ["00000.parquet"], fmt)
+    assert [r["completion"][0]["content"] for r in dataset] == [
+        "<think>\n3 plus 4 makes 7.\n</think>\n\nThe answer is 7.", "The answer is 7."]
+    assert dataset[0]["prompt"] == [{"role": "user", "content": "What is 3 + 4?"}]  # never the reasoning
+
