@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cotdistill.config import ModelConfig, RayConfig  # noqa: E402
-from cotdistill.prompts import PromptTemplate  # noqa: E402
-from cotdistill.teachers import Sampling, TeacherRequest, render_prompt  # noqa: E402
+from cotdistill.teachers import Sampling, TeacherRequest  # noqa: E402
 from cotdistill.teachers.ray_pool import RayPoolTeacher  # noqa: E402
+from tests.teacher_requests import zero_shot_requests  # noqa: E402
 
 GSM8K_TEST = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 CPU_ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True,
@@ -37,17 +37,10 @@ CPU_ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True,
 
 
 def make_requests(tokenizer, args) -> list[TeacherRequest]:
-    template = PromptTemplate("math_zero_shot_cot.jinja")
     with open(GSM8K_TEST) as f:
         questions = [json.loads(line)["question"] for line, _ in zip(f, range(args.questions))]
-    sampling = Sampling(n=args.num_samples, temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
-    requests = []
-    for i, question in enumerate(questions):
-        messages = template.render(question=question)
-        text, ids = render_prompt(tokenizer, messages)
-        requests.append(TeacherRequest(key=f"q{i}", messages=messages, prompt_text=text, prompt_token_ids=ids,
-                                       sampling=sampling))
-    return requests
+    return zero_shot_requests(tokenizer, questions, n=args.num_samples, temperature=args.temperature,
+                              top_k=args.top_k, max_tokens=args.max_tokens)
 
 
 def timed_generate(pool: RayPoolTeacher, requests: list[TeacherRequest]) -> tuple[int, float, dict[str, list[int]]]:

@@ -26,23 +26,12 @@ sys.path.insert(0, str(REPO))
 
 from cotdistill.config import ModelConfig, OpenAIConfig  # noqa: E402
 from cotdistill.models import resolve_model  # noqa: E402
-from cotdistill.prompts import PromptTemplate  # noqa: E402
-from cotdistill.teachers import Sampling, TeacherRequest, render_prompt  # noqa: E402
+from cotdistill.teachers import TeacherRequest  # noqa: E402
 from tests.servers import start_vllm_server, stop_server  # noqa: E402
+from tests.teacher_requests import zero_shot_requests  # noqa: E402
 
 GSM8K_TEST = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30}
-
-
-def build_requests(tokenizer, questions: list[str], n: int, max_tokens: int) -> list[TeacherRequest]:
-    template = PromptTemplate("math_zero_shot_cot.jinja")
-    requests = []
-    for i, question in enumerate(questions):
-        messages = template.render(question=question)
-        text, ids = render_prompt(tokenizer, messages)
-        requests.append(TeacherRequest(f"q{i}", messages, text, ids,
-                                       Sampling(n=n, temperature=1.0, top_k=1, max_tokens=max_tokens)))
-    return requests
 
 
 def timed(teacher, requests: list[TeacherRequest]) -> tuple[int, float]:
@@ -69,7 +58,8 @@ def main() -> None:
     questions = [json.loads(line)["question"] for line in GSM8K_TEST.read_text().splitlines()[: args.questions]]
     local = vllm_local.build(ModelConfig(model=model_dir, engine=ENGINE), seed=0)
     try:
-        requests = build_requests(local.tokenizer(), questions, args.num_samples, args.max_tokens)
+        requests = zero_shot_requests(local.tokenizer(), questions, n=args.num_samples, temperature=1.0, top_k=1,
+                                      max_tokens=args.max_tokens)
         local_tokens, local_seconds = timed(local, requests)
     finally:
         local.close()

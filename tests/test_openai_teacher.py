@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 
 from cotdistill.config import ModelConfig, OpenAIConfig
-from cotdistill.prompts import PromptTemplate
-from cotdistill.teachers import Sampling, TeacherRequest, render_prompt
+from cotdistill.teachers import TeacherRequest
 from cotdistill.teachers.openai_server import (
     OpenAITeacher, build, is_loopback, resolve_api_key, retry_after_seconds, split_tokens,
 )
 from tests.conftest import PARROT_ANSWER
 from tests.servers import RETRIED_FAULTS, FaultProxy
+from tests.teacher_requests import zero_shot_requests
 
 SECRET = "sk-test-secret-123"
 
@@ -53,14 +53,7 @@ def stack():
 
 def make_requests(tokenizer, questions: list[str], prefix: str, n: int = 3, max_tokens: int = 24,
                   **sampling) -> list[TeacherRequest]:
-    template = PromptTemplate("math_zero_shot_cot.jinja")
-    requests = []
-    for i, question in enumerate(questions):
-        messages = template.render(question=question)
-        text, ids = render_prompt(tokenizer, messages)
-        requests.append(TeacherRequest(key=f"{prefix}{i}", messages=messages, prompt_text=text, prompt_token_ids=ids,
-                                       sampling=Sampling(n=n, max_tokens=max_tokens, **sampling)))
-    return requests
+    return zero_shot_requests(tokenizer, questions, prefix, n=n, max_tokens=max_tokens, **sampling)
 
 
 def make_teacher(stack: ExitStack, base_url: str, model_dir: Path, **openai) -> OpenAITeacher:

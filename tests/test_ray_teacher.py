@@ -17,10 +17,10 @@ import pytest
 import ray
 
 from cotdistill.config import ModelConfig, RayConfig
-from cotdistill.prompts import PromptTemplate
-from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest, render_prompt
+from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest
 from cotdistill.teachers.ray_pool import EngineActor, RayPoolTeacher
 from tests.conftest import PARROT_ANSWER, TINY_ENGINE
+from tests.teacher_requests import zero_shot_requests
 
 RAY_LOGGER = "cotdistill.teachers.ray_pool"
 
@@ -62,15 +62,8 @@ def own_ray():
 
 
 def make_requests(tokenizer, questions: list[str], n: int = 2, max_tokens: int = 24) -> list[TeacherRequest]:
-    template = PromptTemplate("math_zero_shot_cot.jinja")
-    requests = []
-    for i, question in enumerate(questions):
-        messages = template.render(question=question)
-        text, ids = render_prompt(tokenizer, messages)
-        # top_k=1: every sample is the argmax, so the pool and a single engine must agree token for token
-        requests.append(TeacherRequest(key=f"q{i}", messages=messages, prompt_text=text, prompt_token_ids=ids,
-                                       sampling=Sampling(n=n, temperature=1.0, top_k=1, max_tokens=max_tokens)))
-    return requests
+    # top_k=1: every sample is the argmax, so the pool and a single engine must agree token for token
+    return zero_shot_requests(tokenizer, questions, n=n, temperature=1.0, top_k=1, max_tokens=max_tokens)
 
 
 def check_all_back(results: list[Finished], requests: list[TeacherRequest], n: int) -> None:
