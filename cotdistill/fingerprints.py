@@ -9,6 +9,7 @@ sampled rather than read whole.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,14 @@ def file_digest(path: str | Path) -> str:
     changes the sampled bytes, and the size catches the rest that matters here.
     """
     path = Path(path)
-    size = path.stat().st_size
+    stat = path.stat()
+    # `cotdistill run` asks each stage whether it is done and then runs it: both fingerprint the same files.
+    # Keyed by the file's identity, a file replaced (atomic writes make a new inode) or edited is read again.
+    return _file_digest(str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _file_digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
     h = xxhash.xxh64()
     with open(path, "rb") as f:
         if size <= _WHOLE_FILE_LIMIT:

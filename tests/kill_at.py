@@ -37,6 +37,18 @@ def main() -> None:
                 f.truncate(size // 2)
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def die_after(owner: object, name: str) -> None:
+        """Replace owner.name by a wrapper that calls it and then, on the Nth call, dies."""
+        real = getattr(owner, name)
+
+        def wrapped(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if due():
+                die()
+            return result
+
+        setattr(owner, name, wrapped)
+
     if point == "generate-shard":
         import pyarrow.parquet as pq
 
@@ -55,25 +67,11 @@ def main() -> None:
     elif point == "journal-append":
         from cotdistill.shards import Journal
 
-        real = Journal.append
-
-        def append(self, record):
-            real(self, record)
-            if due():
-                die()
-
-        Journal.append = append
+        die_after(Journal, "append")
     elif point == "filter-shard":
         import cotdistill.filter as stage
 
-        real = stage.write_parquet_atomic
-
-        def write_parquet_atomic(table, path):
-            real(table, path)
-            if due():
-                die()
-
-        stage.write_parquet_atomic = write_parquet_atomic
+        die_after(stage, "write_parquet_atomic")
     elif point == "train-checkpoint":
         import torch
 
