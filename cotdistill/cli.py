@@ -1,8 +1,8 @@
 """The `cotdistill` command.
 
-    cotdistill run pipelines/demo.yaml                     all four stages, skipping those already up to date
+    cotdistill run pipelines/demo.yaml                     every stage, skipping those already up to date
     cotdistill generate pipelines/demo.yaml generate.num_samples=4
-    cotdistill filter|train|evaluate CONFIG [key=value ...]
+    cotdistill filter|prune|score|train|evaluate CONFIG [key=value ...]
 
 Each stage reads only what the previous stage wrote under runs/<run_name>/, and writes the resolved
 configuration to runs/<run_name>/config.yaml.
@@ -25,9 +25,17 @@ logger = logging.getLogger("cotdistill")
 STAGES = {
     "generate": "teacher rationales with vLLM -> runs/<run>/generate/*.parquet",
     "filter": "check answers, drop bad and duplicate rationales -> runs/<run>/filter/{accepted,rejected}/",
-    "train": "fine-tune the student with TRL's SFTTrainer -> runs/<run>/train/model/",
+    "prune": "cut the student from student.model (depth, width) -> runs/<run>/prune/model/ (with student.prune)",
+    "score": "the teacher's top-k logprobs for the accepted rationales -> runs/<run>/score/ (with score:)",
+    "train": "fine-tune the student with TRL's SFTTrainer (sft or kd loss) -> runs/<run>/train/model/",
     "evaluate": "greedy and self-consistency accuracy per model -> runs/<run>/evaluate/metrics.json",
 }
+
+
+def pipeline_stages(config: RunConfig) -> list[str]:
+    """The stages `cotdistill run` runs, in order: prune and score only when configured."""
+    optional = {"prune": config.student.prune is not None, "score": config.score is not None}
+    return [stage for stage in STAGES if optional.get(stage, True)]
 
 
 def preflight(config: RunConfig, stages: list[str]) -> None:
@@ -46,6 +54,10 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
         unknown = sorted(set(config.train.sft) - known)
         if unknown:
             raise ConfigError(f"train.sft: unknown SFTConfig field '{unknown[0]}'")
+        if config.train.loss == "kd":  # the tokenizers alone: a vocabulary mismatch costs seconds, not a run
+            from cotdistill.train import check_kd_vocabulary
+
+            check_kd_vocabulary(config)
     if "evaluate" in stages and config.evaluate.models:
         if config.evaluate.data is None:
             raise ConfigError("evaluate.data is not set: name the test questions to evaluate on")
@@ -59,7 +71,7 @@ def run_stage(stage: str, config: RunConfig, force: bool = False) -> dict:
 
 def run_all(config: RunConfig, force: bool = False) -> None:
     """Each stage in order; a stage whose outputs are complete and whose fingerprint matches is skipped."""
-    for stage in STAGES:
+    for stage in pipeline_stages(config):
         module = importlib.import_module(f"cotdistill.{stage}")
         if module.is_complete(config):
             logger.info("%s: up to date, skipping", stage)
@@ -77,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      ": offline chain-of-thought distillation.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = {**STAGES, "run": "all four stages in order, skipping stages that are complete and made with "
-                                 "today's settings (their fingerprint matches)"}
+    commands = {**STAGES, "run": "every stage in order (prune and score when configured), skipping stages that "
+                                 "are complete and made with today's settings (their fingerprint matches)"}
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", help="a pipeline YAML, e.g. pipelines/demo.yaml")
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         config.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(dump_config(config), config.run_dir / "config.yaml")
-        preflight(config, list(STAGES) if args.command == "run" else [args.command])
+        preflight(config, pipeline_stages(config) if args.command == "run" else [args.command])
         if args.command == "run":
             run_all(config, force)
         else:

@@ -24,10 +24,14 @@ class ConfigError(ValueError):
     """A configuration problem, with the file and key it concerns in the message."""
 
 
-LABEL_MODES = ("gold", "majority")  # filter.label
+LABEL_MODES = ("gold", "majority", "none")  # filter.label
+DIFFICULTY_WEIGHTS = ("none", "harder_more")  # filter.difficulty.weight
 TEACHER_BACKENDS = ("vllm", "openai", "ray")  # teacher.backend (cotdistill/teachers/)
 OPENAI_ENDPOINTS = ("chat", "completions")
 EVAL_MODELS = ("teacher", "base_student", "student")  # evaluate.models: the run's own models
+TRAIN_LOSSES = ("sft", "kd")  # train.loss
+KD_INTERPOLATIONS = ("none", "taid")  # train.kd.interpolation
+SCORE_CONTEXTS = ("student", "teacher")  # score.context
 
 
 @dataclass
@@ -77,6 +81,23 @@ class RayConfig:
 
 
 @dataclass
+class PruneConfig:
+    """student.prune: the student is `student.model` cut smaller (cotdistill/prune.py; Minitron, ShortGPT).
+    Importance is measured on the teacher's rationales; every layer keeps the same sizes (vLLM needs them)."""
+
+    num_layers: int | None = None  # decoder blocks to keep (depth): the lowest Block Influence ones go
+    intermediate_size: int | None = None  # MLP channels to keep in every block (width), by activation size
+    # Attention heads to keep in every block, whole key/value groups at a time (the query heads per KV head stay
+    # the same), so it must be a multiple of that ratio.
+    num_attention_heads: int | None = None
+    # Instead of num_layers: drop the least important blocks one at a time until the total parameter count
+    # (after any width and head pruning) is at or below this.
+    parameter_budget: int | None = None
+    calibration_samples: int = 64  # teacher rationales (finish_reason stop first) run to measure importance
+    calibration_max_tokens: int = 512  # each calibration text is cut to this many tokens
+
+
+@dataclass
 class ModelConfig:
     """A model served by vLLM (teacher) or trained by TRL (student)."""
 
@@ -85,6 +106,8 @@ class ModelConfig:
     backend: str = "vllm"  # vllm (a local engine) | openai (a served model) | ray (many engines as Ray actors)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # student only: the student is `model` pruned as this says (written to <run>/prune/model); null: not pruned
+    prune: PruneConfig | None = None
 
 
 @dataclass
@@ -101,6 +124,26 @@ class GenerateConfig:
     # Per-request seeds make each question's samples independent of shard order, but vLLM on CPU refuses
     # `SamplingParams(n>1, seed=...)`; GPU users can switch this on.
     seed_per_request: bool = False
+    # Store the teacher's top-k logprobs at every generated token (k, e.g. 20; null: off), for train.loss: kd.
+    # A local engine only (backend vllm or ray); for other text, the score step computes the same columns.
+    logprobs: int | None = None
+
+
+@dataclass
+class DifficultyConfig:
+    """filter.difficulty: select questions by their pass rate, the share of the question's rationales that reach
+    its label (finished, not truncated, with the label's answer, over all its rationales; gold or majority
+    label). Needs a label: an error with label none."""
+
+    # Keep questions whose pass rate lies in [min_pass_rate, max_pass_rate]; every rationale of a question
+    # above the band is rejected as too_easy, below it as too_hard (whatever else it fails).
+    min_pass_rate: float = 0.0
+    max_pass_rate: float = 1.0
+    # none: every question keeps up to filter.max_per_question. harder_more (needs filter.max_per_question =
+    # M): a question with pass rate p keeps up to max(min_per_question, ceil(M * (1 - p))) of its survivors,
+    # by the same seeded uniform draw; the others are over_max_per_question. Hard questions keep up to M, easy
+    # ones few: p = 0.9 with M = 8 keeps 1, p = 0.25 keeps 6.
+    weight: str = "none"
 
 
 @dataclass
@@ -108,6 +151,8 @@ class FilterConfig:
     answer_format: str = "number"  # a name from cotdistill.answers.ANSWER_FORMATS
     # gold: keep rationales that reach the gold answer. majority: no gold needed; the teacher's own majority
     # answer over a question's rationales is the label, if it wins at least majority_min_share of the votes.
+    # none: answers are not checked (OpenThoughts: answer filtering did not help at scale); truncated, empty,
+    # degenerate, too_long, contaminated and duplicate rationales are still dropped; is_correct is null.
     label: str = "gold"
     majority_min_share: float = 0.5
     drop_duplicates: bool = True  # exact, after whitespace normalisation
@@ -125,6 +170,33 @@ class FilterConfig:
     max_per_question: int | None = None  # SCoTD-style cap, drawn uniformly with the run's seed
     min_per_question: int = 1  # a question left with fewer is dropped whole
     num_workers: int = 2  # worker processes, one shard each at a time
+    difficulty: DifficultyConfig | None = None  # select and weight questions by pass rate (above); null: off
+
+
+@dataclass
+class KDConfig:
+    """train.kd: the distillation loss when train.loss is kd (cotdistill/losses.py)."""
+
+    alpha: float = 0.5  # weight of CE on the teacher's sampled tokens; 1 - alpha goes to the KL term
+    temperature: float = 1.0  # T: both distributions softened by T; the KL term is scaled by T^2
+    interpolation: str = "none"  # none | taid: the target moves from the student's own to the teacher's
+    taid_start: float = 0.1  # TAID's interpolation weight at the first step ...
+    taid_end: float = 1.0  # ... and at the last (linear in the step)
+
+
+@dataclass
+class ScoreConfig:
+    """score: the teacher scores the accepted rationales in one prefill pass (prompt_logprobs), writing the
+    same top-k columns generate.logprobs writes, for text that came without them (an API teacher's) or to
+    compute them after the student's prompt."""
+
+    logprobs: int = 20  # k
+    # student: after the student's prompt (train.prompt, in the teacher's chat template): the distribution the
+    # student is trained to match, in the context it sees. teacher: after the teacher's own prompt (prompt_text),
+    # as generate.logprobs captures it.
+    context: str = "student"
+    model: str | None = None  # a local copy of the teacher (defaults to teacher.model; needed for a served one)
+    batch_size: int = 64  # rationales sent to the engine at once
 
 
 @dataclass
@@ -134,6 +206,29 @@ class TrainConfig:
     # How a reasoning teacher's reasoning (kept apart from its answer by the server) and answer are joined into
     # the text the student learns; rationales without separate reasoning are used as they are.
     reasoning_format: str = "<think>\n{reasoning}\n</think>\n\n{answer}"
+    # sft: the teacher's text (cross-entropy on the completion). kd: α·CE + (1−α)·T²·KL to the teacher's stored
+    # top-k logprobs (generate.logprobs, or the score step), settings in `kd`; the student must share the
+    # teacher's vocabulary (checked before training starts).
+    loss: str = "sft"
+    kd: KDConfig = field(default_factory=lambda: KDConfig())
+    # LoRA: peft.LoraConfig fields, passed through as is (e.g. {r: 16, lora_alpha: 32, target_modules:
+    # all-linear}); null: full fine-tuning. merge_adapter: true saves the merged model, false the adapter alone
+    # (evaluate merges it into the base model before serving it).
+    peft: dict[str, Any] | None = None
+    merge_adapter: bool = True
+
+
+@dataclass
+class AdaptiveEvalConfig:
+    """evaluate.adaptive: adaptive self-consistency, reported beside the fixed-K maj@K of the same samples. Per
+    question, the K samples already drawn are walked in order, `round_size` at a time, until the stopping rule
+    says the vote is settled (or all K are used); that vote is the adaptive answer. The samples are i.i.d., so
+    this is what sampling round by round would have given, and one pass of K serves both."""
+
+    rule: str = "beta"  # a name from cotdistill.stopping.STOPPING_RULES: beta (Adaptive-Consistency) | window (ESC)
+    confidence: float = 0.95  # beta: stop when P(leader's share > 1/2) under Beta(v1 + 1, v2 + 1) reaches this
+    window: int = 4  # window: stop when the last `window` answers agree (ESC as published: round_size = window)
+    round_size: int = 1  # samples per round; the rule is asked after each round
 
 
 @dataclass
@@ -151,6 +246,7 @@ class EvaluateConfig:
     stored: dict[str, str] = field(default_factory=dict)
     maj_draws: int = 1000  # maj@k: exact when there are at most this many k-subsets, else this many draws
     bootstrap_resamples: int = 1000
+    adaptive: AdaptiveEvalConfig | None = None  # adaptive self-consistency beside maj@K (above); null: off
 
 
 @dataclass
@@ -165,6 +261,7 @@ class RunConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    score: ScoreConfig | None = None  # null: no score step (train.loss kd then reads generate.logprobs' columns)
 
     @property
     def run_dir(self) -> Path:
@@ -322,6 +419,20 @@ def validate(config: RunConfig, source: str) -> None:
     data("data", config.data)
     model("teacher", config.teacher)
     model("student", config.student)
+    if config.teacher.prune is not None:
+        fail("teacher.prune", "only the student is pruned: move this section to student.prune")
+    if config.student.prune is not None:
+        pr = config.student.prune
+        for key in ("num_layers", "intermediate_size", "num_attention_heads", "parameter_budget",
+                    "calibration_samples", "calibration_max_tokens"):
+            at_least(f"student.prune.{key}", getattr(pr, key), 1)
+        if all(getattr(pr, key) is None for key in
+               ("num_layers", "intermediate_size", "num_attention_heads", "parameter_budget")):
+            fail("student.prune", "prunes nothing: set num_layers, intermediate_size, num_attention_heads or "
+                 "parameter_budget")
+        if pr.parameter_budget is not None and pr.num_layers is not None:
+            fail("student.prune.parameter_budget", "chooses the number of layers itself: set it or "
+                 "student.prune.num_layers, not both")
 
     gen = config.generate
     template("generate.prompt", gen.prompt, gen.examples, "generate.examples")
@@ -332,6 +443,10 @@ def validate(config: RunConfig, source: str) -> None:
         fail("generate.top_k", f"must be -1 (off) or at least 1, got {gen.top_k}")
     at_least("generate.max_tokens", gen.max_tokens, 1)
     at_least("generate.questions_per_shard", gen.questions_per_shard, 1)
+    at_least("generate.logprobs", gen.logprobs, 1)
+    if gen.logprobs is not None and config.teacher.backend == "openai":
+        fail("generate.logprobs", "needs a local engine (teacher.backend vllm or ray); for a served teacher's "
+             "rationales, set score: to have a local copy of the teacher score them")
 
     flt = config.filter
     one_of("filter.answer_format", flt.answer_format, ANSWER_FORMATS)
@@ -348,12 +463,54 @@ def validate(config: RunConfig, source: str) -> None:
              f"({flt.min_per_question})")
     for i, d in enumerate(flt.decontaminate):
         data(f"filter.decontaminate[{i}]", d)
+    if flt.difficulty is not None:
+        dif = flt.difficulty
+        if flt.label == "none":
+            fail("filter.difficulty", "needs a pass rate, and filter.label none checks no answers; use label gold "
+                 "or majority, or remove filter.difficulty")
+        within("filter.difficulty.min_pass_rate", dif.min_pass_rate, 0.0, 1.0)
+        within("filter.difficulty.max_pass_rate", dif.max_pass_rate, 0.0, 1.0)
+        if dif.min_pass_rate > dif.max_pass_rate:
+            fail("filter.difficulty.min_pass_rate", f"{dif.min_pass_rate} is above filter.difficulty.max_pass_rate "
+                 f"({dif.max_pass_rate})")
+        one_of("filter.difficulty.weight", dif.weight, DIFFICULTY_WEIGHTS)
+        if dif.weight != "none" and flt.max_per_question is None:
+            fail("filter.difficulty.weight", f"{dif.weight} shares out filter.max_per_question, which is not set")
 
     template("train.prompt", config.train.prompt)
     try:
         config.train.reasoning_format.format(reasoning="", answer="")
     except (KeyError, IndexError, ValueError) as e:
         fail("train.reasoning_format", f"may use only {{reasoning}} and {{answer}}: {e!r}")
+    tr = config.train
+    one_of("train.loss", tr.loss, TRAIN_LOSSES)
+    within("train.kd.alpha", tr.kd.alpha, 0.0, 1.0)
+    if tr.kd.temperature <= 0:
+        fail("train.kd.temperature", f"must be above 0, got {tr.kd.temperature}")
+    one_of("train.kd.interpolation", tr.kd.interpolation, KD_INTERPOLATIONS)
+    within("train.kd.taid_start", tr.kd.taid_start, 0.0, 1.0)
+    within("train.kd.taid_end", tr.kd.taid_end, 0.0, 1.0)
+    if tr.loss == "kd" and config.score is None and config.generate.logprobs is None:
+        fail("train.loss", "kd needs the teacher's logprobs: set generate.logprobs (a local teacher) or a score: "
+             "section (the teacher scores the accepted rationales)")
+    if tr.peft is not None:
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            fail("train.peft", "needs the peft package (pip install peft)")
+        known = {f.name for f in dataclasses.fields(LoraConfig)}
+        unknown = sorted(set(tr.peft) - known)
+        if unknown:
+            fail(f"train.peft.{unknown[0]}", "not a peft.LoraConfig field")
+    if config.score is not None:
+        sc = config.score
+        at_least("score.logprobs", sc.logprobs, 1)
+        at_least("score.batch_size", sc.batch_size, 1)
+        one_of("score.context", sc.context, SCORE_CONTEXTS)
+        if sc.model is None and config.teacher.backend == "openai":
+            fail("score.model", "a served teacher cannot score text here: name a local copy of it")
+        if sc.model is not None and looks_local(sc.model) and not Path(sc.model).expanduser().exists():
+            fail("score.model", f"no such local model folder: {sc.model}")
     if not isinstance(config.train.sft.get("max_length", 0), (int, type(None))):
         fail("train.sft.max_length", f"must be an integer or null, got {config.train.sft['max_length']!r}")
 
@@ -375,6 +532,13 @@ def validate(config: RunConfig, source: str) -> None:
     one_of("evaluate.answer_format", ev.answer_format, ANSWER_FORMATS)
     at_least("evaluate.maj_draws", ev.maj_draws, 1)
     at_least("evaluate.bootstrap_resamples", ev.bootstrap_resamples, 1)
+    if ev.adaptive is not None:
+        from cotdistill.stopping import STOPPING_RULES
+
+        one_of("evaluate.adaptive.rule", ev.adaptive.rule, STOPPING_RULES)
+        within("evaluate.adaptive.confidence", ev.adaptive.confidence, 0.5, 1.0, low_open=True)
+        at_least("evaluate.adaptive.window", ev.adaptive.window, 1)
+        at_least("evaluate.adaptive.round_size", ev.adaptive.round_size, 1)
 
 
 def dump_config(config: RunConfig) -> str:

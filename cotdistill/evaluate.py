@@ -9,6 +9,12 @@ is Chen et al.'s unbiased estimator (cotdistill/metrics.py). The teacher is aske
 the students with the student prompt they were trained on. `evaluate.stored` scores existing Sample shards
 (e.g. a teacher's generations on the test split) without running a model.
 
+With `evaluate.adaptive`, adaptive self-consistency (Adaptive-Consistency's Beta rule, or ESC's window; see
+cotdistill/stopping.py) is scored on the same K samples: per question, the samples are walked in the order they
+were drawn, a round of `round_size` at a time, until the rule says the vote is settled or all K are used. The K
+samples are i.i.d., so stopping partway through them is exactly what drawing one round at a time and stopping
+would have given; one pass of K per question thus serves the fixed-K figures and the adaptive ones alike.
+
 Outputs in runs/<run>/evaluate/: <model>.parquet (every completion, its parsed answer, the votes),
 <model>.cost.json, metrics.json, report.md, accuracy_vs_k.png and accuracy_vs_tokens.png. A rerun skips the
 models already done.
@@ -23,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import AnswerFormat, get_answer_format, group_equivalent
-from cotdistill.config import ModelConfig, RunConfig
+from cotdistill.config import AdaptiveEvalConfig, ModelConfig, RunConfig
 from cotdistill.fingerprints import (
     data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, matches, upstream,
     write_fingerprint,
@@ -37,6 +43,7 @@ from cotdistill.shards import (
     list_shards, read_json, read_json_or_none, write_json_atomic, write_parquet_atomic, write_text_atomic,
 )
 from cotdistill.sources import QuestionSource
+from cotdistill.stopping import should_stop
 from cotdistill.teachers import (
     Finished, Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
 )
@@ -48,37 +55,75 @@ logger = logging.getLogger(__name__)
 class EvalModel:
     name: str
     model: ModelConfig
-    model_path: str | None  # a trained model's folder, in place of model.model
+    model_path: str | None  # a trained or pruned model's folder, in place of model.model
     template: PromptTemplate
+    stage: str | None = None  # the stage that wrote model_path ("train", "prune"): its fingerprint keys the weights
 
 
 def eval_models(config: RunConfig) -> list[EvalModel]:
     known = {
         "teacher": lambda: EvalModel("teacher", config.teacher, None,
                                      PromptTemplate(config.generate.prompt, config.generate.examples)),
-        "base_student": lambda: EvalModel("base_student", config.student, None, PromptTemplate(config.train.prompt)),
+        # With student.prune, the base student is the pruned model, untrained.
+        "base_student": lambda: EvalModel(
+            "base_student", config.student,
+            str(config.run_dir / "prune" / "model") if config.student.prune is not None else None,
+            PromptTemplate(config.train.prompt), "prune" if config.student.prune is not None else None),
         "student": lambda: EvalModel("student", config.student, str(config.run_dir / "train" / "model"),
-                                     PromptTemplate(config.train.prompt)),
+                                     PromptTemplate(config.train.prompt), "train"),
     }
     return [known[m]() for m in config.evaluate.models]  # names checked at load (config.EVAL_MODELS)
 
 
+def servable(m: EvalModel, out_dir: Path) -> str | None:
+    """The folder to serve for `m`: its model_path, or for a LoRA adapter (train.merge_adapter: false) the
+    adapter merged into its base model, once, under evaluate/<name>.merged/ (vLLM then serves an ordinary model)."""
+    if m.model_path is None:
+        return None
+    path = Path(m.model_path)
+    if (path / "adapter_config.json").exists():
+        from cotdistill.shards import replace_dir_atomic
+
+        merged = out_dir / f"{m.name}.merged"
+        source = file_digest(path / "adapter_config.json") + folder_digest(path, "adapter_model*")
+        if read_json_or_none(merged / "merged_from.json") != {"adapter": source}:
+            from peft import AutoPeftModelForCausalLM
+
+            logger.info("evaluate: merging the LoRA adapter in %s into its base model", path)
+            model = AutoPeftModelForCausalLM.from_pretrained(str(path)).merge_and_unload()
+            tmp = out_dir / f".{m.name}.merged.tmp"
+            model.save_pretrained(str(tmp))
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(tmp))
+            write_json_atomic({"adapter": source}, tmp / "merged_from.json")
+            replace_dir_atomic(tmp, merged)
+        return str(merged)
+    if not (path / "config.json").exists():
+        stage = m.stage or "train"
+        raise RuntimeError(f"evaluate: no model in {path}; run `cotdistill {stage}` first")
+    return str(path)
+
+
 def model_key(config: RunConfig, m: EvalModel, fmt: AnswerFormat) -> str:
     """What one model's per-question rows depend on: its weights (the trained student by train's fingerprint),
-    engine, prompt, sampling, answer format and the test questions."""
+    engine, prompt, sampling, answer format, the test questions, and evaluate.adaptive when set (the rows hold
+    its columns; left out when off, so the keys of runs from before it stay the same)."""
     ev = config.evaluate
-    weights = upstream(config.run_dir / "train") if m.model_path else None
+    weights = upstream(config.run_dir / m.stage) if m.stage else None
     return digest({
         "model": teacher_settings(m.model, weights),
         "prompt": file_digest(m.template.path), "examples": digest(m.template.examples),
         "sampling": {k: getattr(ev, k) for k in ("num_samples", "temperature", "top_p", "max_tokens", "greedy")},
         "answer_format": fmt.name, "seed": config.seed,
         "data": {**vars(ev.data), "contents": data_fingerprint(ev.data.path)} if ev.data else None,
+        **({"adaptive": vars(ev.adaptive)} if ev.adaptive is not None else {}),
     })
 
 
-def stored_key(path: str, fmt: AnswerFormat) -> str:
-    return digest({"path": path, "contents": folder_digest(path, "*.parquet"), "answer_format": fmt.name})
+def stored_key(path: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None = None) -> str:
+    return digest({"path": path, "contents": folder_digest(path, "*.parquet"), "answer_format": fmt.name,
+                   **({"adaptive": vars(adaptive)} if adaptive is not None else {})})
 
 
 def fingerprint(config: RunConfig, keys: dict[str, str]) -> dict[str, Any]:
@@ -89,7 +134,8 @@ def fingerprint(config: RunConfig, keys: dict[str, str]) -> dict[str, Any]:
 
 def current_keys(config: RunConfig, models: list[EvalModel], fmt: AnswerFormat) -> dict[str, str]:
     keys = {m.name: model_key(config, m, fmt) for m in models}
-    keys.update({name: stored_key(path, fmt) for name, path in config.evaluate.stored.items()})
+    keys.update({name: stored_key(path, fmt, config.evaluate.adaptive)
+                 for name, path in config.evaluate.stored.items()})
     return keys
 
 
@@ -98,11 +144,28 @@ def _is_done(out_dir: Path, name: str, key: str) -> bool:
     return (out_dir / f"{name}.parquet").exists() and cost is not None and cost.get("fingerprint") == key
 
 
-def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, fmt: AnswerFormat) -> dict[str, Any]:
+def adaptive_stop(answers: list[str | None], adaptive: AdaptiveEvalConfig) -> tuple[int, str | None]:
+    """Adaptive self-consistency on one question's samples, in the order drawn: (samples used, voted answer).
+
+    Rounds of `round_size`; after each, stopping.should_stop is asked about the answers so far; at K it stops
+    anyway. `answers` are already grouped (answers.group_equivalent maps each to its first-seen equivalent, so
+    grouping a prefix gives that prefix of the grouped list). The answer is the majority vote of the samples
+    used (unparseable ones do not vote; a tie, possible only at K, goes to the answer seen first)."""
+    used = 0
+    while used < len(answers):
+        used = min(len(answers), used + adaptive.round_size)
+        if should_stop(answers[:used], adaptive.rule, adaptive.confidence, adaptive.window):
+            break
+    return used, majority_vote(answers[:used])[0]
+
+
+def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, fmt: AnswerFormat,
+              adaptive: AdaptiveEvalConfig | None = None) -> dict[str, Any]:
     """Parse, vote and check one question's sampled completions (shared by live and stored generations).
 
     Equivalent answers (\\frac{1}{2}, 0.5) are stored as one answer, the first-seen form, so that the votes
-    here and maj@k recomputed from the Parquet both count them together."""
+    here and maj@k recomputed from the Parquet both count them together. With `adaptive`, also the adaptive
+    self-consistency columns (adaptive_stop)."""
     answers = group_equivalent([fmt.extract(t, q.choices).answer for t in texts], fmt)
     voted, votes = majority_vote(answers)
     row.update(
@@ -111,6 +174,10 @@ def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, f
         sample_tokens=tokens, votes=[{"answer": a, "count": c} for a, c in votes], voted_answer=voted,
         voted_correct=fmt.is_correct(voted, q.gold_answer),
     )
+    if adaptive is not None:
+        used, answer = adaptive_stop(answers, adaptive)
+        row.update(adaptive_samples=used, adaptive_answer=answer,
+                   adaptive_correct=fmt.is_correct(answer, q.gold_answer))
     return row
 
 
@@ -151,10 +218,12 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
 
     for q, row in zip(questions, rows):
         if row["skip_reason"] is not None:  # counts as wrong, with its reason in the row
-            score_row(row, q, [], 0, fmt).update(greedy_correct=False if ev.greedy else None, greedy_tokens=0)
+            score_row(row, q, [], 0, fmt, ev.adaptive).update(greedy_correct=False if ev.greedy else None,
+                                                              greedy_tokens=0)
             continue
         s = sampled[q.question_id]
-        score_row(row, q, [c.text for c in s.completions], sum(c.completion_tokens for c in s.completions), fmt)
+        score_row(row, q, [c.text for c in s.completions], sum(c.completion_tokens for c in s.completions), fmt,
+                  ev.adaptive)
         g = greedy.get(q.question_id)
         if g is not None:
             greedy_text = g.completions[0].text if g.completions else ""
@@ -172,7 +241,8 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
     return rows, cost
 
 
-def stored_rows(path: Path, name: str, fmt: AnswerFormat) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def stored_rows(path: Path, name: str, fmt: AnswerFormat,
+                adaptive: AdaptiveEvalConfig | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score Sample shards someone already generated: the same rows, with no greedy completion."""
     import pyarrow.parquet as pq
 
@@ -193,7 +263,7 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat) -> tuple[list[dict[str
         row = {"model": name, "question_id": qid, "question": q.question, "gold_answer": q.gold_answer,
                "skip_reason": None}
         rows.append(score_row(row, q, [r["rationale"] or "" for r in samples],
-                              sum(r["completion_tokens"] for r in samples), fmt))
+                              sum(r["completion_tokens"] for r in samples), fmt, adaptive))
     sizes = {len(r["samples"]) for r in rows}
     if len(sizes) != 1:
         raise RuntimeError(f"evaluate.stored.{name}: questions have different sample counts {sorted(sizes)}")
@@ -264,6 +334,8 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
         metrics["greedy_accuracy"] = accuracy(greedy)
         metrics["greedy_accuracy_ci"] = ci(greedy)
         metrics["greedy_tokens_per_question"] = round(cost["greedy_tokens"] / n, 1) if n else 0.0
+    if ev.adaptive is not None:
+        metrics.update(adaptive_metrics(rows, maj_by_k[-1] if maj_by_k else [0.0] * n, k_max, ci))
     seconds = [s for s in (cost.get("greedy_seconds"), cost.get("sampled_seconds")) if s is not None]
     if seconds and sum(seconds) > 0:
         total_tokens = cost["greedy_tokens"] + sampled_tokens
@@ -274,12 +346,31 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     return metrics
 
 
+def adaptive_metrics(rows: list[dict[str, Any]], maj_at_K: list[float], k_max: int,
+                     ci: Any) -> dict[str, Any]:
+    """Adaptive self-consistency beside maj@K: its accuracy (a skipped question counts as wrong, as everywhere)
+    with a bootstrap interval, the samples it used per sampled question and their share of K, and its gap to
+    maj@K (adaptive minus maj@K, with a paired interval over questions)."""
+    correct = [float(bool(r.get("adaptive_correct"))) for r in rows]
+    used = [r["adaptive_samples"] or 0 for r in rows if r["skip_reason"] is None]
+    mean = sum(used) / len(used) if used else 0.0
+    gap = [c - m for c, m in zip(correct, maj_at_K)]
+    return {
+        "adaptive_accuracy": accuracy(correct), "adaptive_accuracy_ci": ci(correct),
+        "adaptive_samples_mean": mean, "adaptive_sample_ratio": mean / k_max if k_max else None,
+        "adaptive_gap_to_maj_at_K": sum(gap) / len(gap) if gap else 0.0, "adaptive_gap_ci": ci(gap),
+    }
+
+
 def format_table(metrics: dict[str, dict[str, Any]]) -> str:
     def pct(value: float | None) -> str:
         return "   -  " if value is None else f"{100 * value:5.1f}%"
 
     header = (f"{'model':<14} {'greedy':>7} {'maj@1':>7} {'maj@K':>7} {'pass@K':>7} {'K':>3} "
               f"{'tok/q':>7} {'tok/s':>7} {'params':>8}")
+    adaptive = any("adaptive_accuracy" in m for m in metrics.values())
+    if adaptive:  # adaptive self-consistency's accuracy and the share of the K samples it used
+        header += f" {'adapt':>7} {'used':>5}"
     lines = [header, "-" * len(header)]
     for name, m in metrics.items():
         k = m["k"]
@@ -287,6 +378,9 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
         tps = f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") else "-"
         lines.append(f"{name:<14} {pct(m['greedy_accuracy']):>7} {pct(m['maj@1']):>7} {pct(m[f'maj@{k}']):>7} "
                      f"{pct(m[f'pass@{k}']):>7} {k:>3} {m['sampled_tokens_per_question']:>7.0f} {tps:>7} {params:>8}")
+        if adaptive:
+            ratio = m.get("adaptive_sample_ratio")
+            lines[-1] += f" {pct(m.get('adaptive_accuracy')):>7} {'-' if ratio is None else f'{ratio:.2f}':>5}"
     return "\n".join(lines)
 
 
@@ -311,20 +405,19 @@ def run(config: RunConfig) -> dict[str, Any]:
             logger.info("evaluate: %s changed (model, settings or test data): evaluating it again", m.name)
         if ev.data is None:
             raise ValueError("evaluate.data is not set: name the test questions to evaluate on")
-        if m.model_path is not None and not (Path(m.model_path) / "config.json").exists():
-            raise RuntimeError(f"evaluate: no trained student in {m.model_path}; run `cotdistill train` first")
+        model_path = servable(m, out_dir)
         questions = questions or list(QuestionSource(ev.data).questions())
-        teacher = build_teacher(m.model, config.seed, m.model_path)
+        teacher = build_teacher(m.model, config.seed, model_path)
         try:
             rows, cost = evaluate_model(teacher, questions, m.template, config, m.name)
         finally:
             teacher.close()
-        cost.update(model_footprint(m.model_path or m.model.model), fingerprint=keys[m.name])
+        cost.update(model_footprint(model_path or m.model.model), fingerprint=keys[m.name])
         write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), shard)
         write_json_atomic(cost, cost_path)  # last: marks the model done
     for name, path in ev.stored.items():
         if not _is_done(out_dir, name, keys[name]):
-            rows, cost = stored_rows(Path(path), name, fmt)
+            rows, cost = stored_rows(Path(path), name, fmt, ev.adaptive)
             write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), out_dir / f"{name}.parquet")
             write_json_atomic({**cost, "parameters": None, "weights_mb": None, "fingerprint": keys[name]},
                               out_dir / f"{name}.cost.json")
@@ -334,7 +427,8 @@ def run(config: RunConfig) -> dict[str, Any]:
                for name, rows in all_rows.items()}
     add_comparisons(metrics, all_rows, fmt)
     result = {"temperature": ev.temperature, "answer_format": fmt.name,
-              "tie_rule": "a tie among t answers scores 1/t when the gold is among them", "models": metrics}
+              "tie_rule": "a tie among t answers scores 1/t when the gold is among them",
+              "adaptive": vars(ev.adaptive) if ev.adaptive is not None else None, "models": metrics}
     write_json_atomic(result, out_dir / "metrics.json")
     write_text_atomic(report_markdown(config, metrics), out_dir / "report.md")
     write_plots(metrics, out_dir)
@@ -410,9 +504,37 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> st
         else:
             lines.append(f"- **{name}** keeps {100 * m['share_of_teacher_maj']:.0f}% of the teacher's maj@{k} "
                          f"accuracy{speed}{size}.")
+    if ev.adaptive is not None:
+        lines += adaptive_report(ev.adaptive, metrics, pct, interval)
     lines += ["", "![accuracy against k](accuracy_vs_k.png)", "",
               "![accuracy against generated tokens](accuracy_vs_tokens.png)", ""]
     return "\n".join(lines)
+
+
+def adaptive_report(adaptive: AdaptiveEvalConfig, metrics: dict[str, dict[str, Any]], pct: Any,
+                    interval: Any) -> list[str]:
+    """report.md's section on adaptive self-consistency: its accuracy and samples beside maj@K."""
+    rule = (f"Adaptive-Consistency's Beta rule at confidence {adaptive.confidence}" if adaptive.rule == "beta"
+            else f"ESC's window rule (the last {adaptive.window} answers agree)")
+    lines = [
+        "", "## Adaptive self-consistency", "",
+        f"Per question, the K samples above are walked in the order drawn, {adaptive.round_size} at a time, until "
+        f"{rule} says the vote is settled, or all K are used; the vote at that point is the answer. The samples "
+        "are i.i.d., so this is what sampling round by round would give. The gap is adaptive minus maj@K, with "
+        "a paired interval.", "",
+        "| model | maj@K | adaptive | gap | samples/question | share of K |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in metrics.items():
+        if "adaptive_accuracy" not in m:
+            continue
+        ratio, maj = m["adaptive_sample_ratio"], m[f"maj@{m['k']}"]
+        lines.append(
+            f"| {name} | {pct(maj)} | {pct(m['adaptive_accuracy'])}"
+            f"{interval(m['adaptive_accuracy_ci'])} | {100 * m['adaptive_gap_to_maj_at_K']:+.1f}"
+            f"{interval(m['adaptive_gap_ci'])} | {m['adaptive_samples_mean']:.2f} of {m['k']} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} |")
+    return lines
 
 
 def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
@@ -439,6 +561,9 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
         line, = ax.plot(ks, [100 * v for v in m["maj_at_k"]], marker="o", label=f"{name} maj@k")
         ax.plot(ks, [100 * v for v in m["pass_at_k"]], linestyle="--", color=line.get_color(), alpha=0.6,
                 label=f"{name} pass@k")
+        if "adaptive_accuracy" in m:  # at the mean number of samples it used
+            ax.plot([m["adaptive_samples_mean"]], [100 * m["adaptive_accuracy"]], marker="*", markersize=12,
+                    linestyle="none", color=line.get_color(), label=f"{name} adaptive")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     save(fig, ax, "k (samples per question)", "accuracy (%)", "Self-consistency: accuracy against k",
          "accuracy_vs_k.png")

@@ -28,7 +28,9 @@ from cotdistill.fingerprints import (
     write_fingerprint,
 )
 from cotdistill.prompts import PromptTemplate
-from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
+from cotdistill.records import (
+    LOGPROB_COLUMNS, SAMPLE_SCHEMA, Question, Sample, decode_topk, encode_topk, samples_to_table,
+)
 from cotdistill.shards import (
     Journal, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic,
     write_parquet_atomic,
@@ -111,18 +113,49 @@ def sample_rows(done: Finished, q: Question, messages: list[dict[str, str]], tex
     gen = config.generate
     sampling = {"n": gen.num_samples, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
                 "max_tokens": gen.max_tokens, "stop": list(gen.stop)}
-    return [asdict(Sample(
-        question_id=q.question_id, sample_index=i, question=q.question, gold_answer=q.gold_answer,
-        choices=q.choices, prompt_messages=messages, prompt_text=text, rationale=c.text,
-        finish_reason=c.finish_reason, prompt_tokens=done.prompt_tokens, completion_tokens=c.completion_tokens,
-        teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name, reasoning=c.reasoning,
-    )) for i, c in enumerate(done.completions)]
+    rows = []
+    for i, c in enumerate(done.completions):
+        row = asdict(Sample(
+            question_id=q.question_id, sample_index=i, question=q.question, gold_answer=q.gold_answer,
+            choices=q.choices, prompt_messages=messages, prompt_text=text, rationale=c.text,
+            finish_reason=c.finish_reason, prompt_tokens=done.prompt_tokens, completion_tokens=c.completion_tokens,
+            teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name,
+            reasoning=c.reasoning,
+        ))
+        if c.topk_ids is not None:  # journaled compactly; compact() turns them into the Parquet columns
+            row.update(completion_token_ids=c.token_ids, logprobs_context="teacher",
+                       teacher_topk_ids=encode_topk(c.topk_ids, c.topk_logprobs), teacher_topk_logprobs=None)
+        rows.append(row)
+    return rows
+
+
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A journaled Sample row as the Sample record (the journal holds top-k logprobs base64-encoded)."""
+    if isinstance(row.get("teacher_topk_ids"), dict):
+        row = dict(row)
+        row["teacher_topk_ids"], row["teacher_topk_logprobs"] = decode_topk(row["teacher_topk_ids"])
+    return row
+
+
+def logprob_bytes(path: Path) -> int:
+    """Bytes on disk of a Parquet shard's logprob columns (compressed column chunks, from its footer)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    total = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            if column.path_in_schema.split(".")[0] in LOGPROB_COLUMNS:
+                total += column.total_compressed_size
+    return total
 
 
 def compact(shard: Shard, out_dir: Path) -> dict[str, Any]:
     """A complete shard's journal -> meta, then the Parquet shard (its completion marker), then no journal."""
     records = [shard.records[q.question_id] for q in shard.questions]  # source order, whatever the finish order
-    rows = [row for r in records for row in r["samples"]]
+    rows = [decode_row(row) for r in records for row in r["samples"]]
     meta = {
         "shard": shard.index,
         "questions": len(records),
@@ -187,7 +220,7 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
                     key=q.question_id, messages=messages, prompt_text=text, prompt_token_ids=ids,
                     sampling=Sampling(n=gen.num_samples, temperature=gen.temperature, top_p=gen.top_p,
                                       top_k=gen.top_k, max_tokens=max_tokens, stop=list(gen.stop),
-                                      seed=seed if gen.seed_per_request else None),
+                                      seed=seed if gen.seed_per_request else None, logprobs=gen.logprobs),
                 )
             shard.all_sent = True
             if shard.done:  # nothing was left to send, or every answer is already back
@@ -312,6 +345,12 @@ def summarize(out_dir: Path, num_shards: int, config: RunConfig) -> dict[str, An
         "num_failed": sum(len(m["failed"]) for m in metas),
         "retries": sum(m["retries"] for m in metas),
     }
+    if config.generate.logprobs:
+        # What the logprob columns (token ids, top-k ids and logprobs) add on disk, per completion token.
+        stored = sum(logprob_bytes(out_dir / "samples" / shard_name(i)) for i in range(num_shards))
+        stats["logprobs_k"] = config.generate.logprobs
+        stats["logprob_bytes"] = stored
+        stats["logprob_bytes_per_token"] = round(stored / completion, 2) if completion else None
     price_in, price_out = config.teacher.openai.price_per_million_input, config.teacher.openai.price_per_million_output
     if config.teacher.backend == "openai" and (price_in or price_out):
         stats["estimated_cost"] = round((prompt * (price_in or 0) + completion * (price_out or 0)) / 1e6, 6)

@@ -44,10 +44,19 @@ class Sample:
     # The reasoning apart from the answer, when the teacher returns it so (reasoning models' reasoning_content);
     # null otherwise. train joins the two in the student's format (train.reasoning_format).
     reasoning: str | None = None
+    # With generate.logprobs = k (or after the score step): the teacher's completion token ids, and per token its
+    # k most likely next tokens and their raw logprobs (before temperature), ranks 1..k in order; null otherwise.
+    # logprobs_context says which prompt they were computed after: "teacher" (the generate prompt, prompt_text)
+    # or "student" (the student's prompt, train.prompt, rendered with the teacher's chat template).
+    completion_token_ids: list[int] | None = None
+    teacher_topk_ids: list[list[int]] | None = None
+    teacher_topk_logprobs: list[list[float]] | None = None
+    logprobs_context: str | None = None
     # Added by the filter stage.
     extracted_answer: str | None = None
     is_correct: bool | None = None
     filter_reason: str | None = None
+    pass_rate: float | None = None  # the question's pass rate (filter; null without a label)
 
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -81,12 +90,23 @@ SAMPLE_SCHEMA = pa.schema(
         ("seed", pa.int64()),
         ("run_id", pa.string()),
         ("reasoning", pa.string()),
+        ("completion_token_ids", pa.list_(pa.int32())),
+        # float16: about 3 significant digits, plenty for a KD target, and half the bytes of float32.
+        ("teacher_topk_ids", pa.list_(pa.list_(pa.int32()))),
+        ("teacher_topk_logprobs", pa.list_(pa.list_(pa.float16()))),
+        ("logprobs_context", pa.string()),
     ]
 )
 
+LOGPROB_COLUMNS = ("completion_token_ids", "teacher_topk_ids", "teacher_topk_logprobs", "logprobs_context")
+
 FILTERED_SCHEMA = SAMPLE_SCHEMA.append(pa.field("extracted_answer", pa.string())).append(
     pa.field("is_correct", pa.bool_())
-).append(pa.field("filter_reason", pa.string()))
+).append(pa.field("filter_reason", pa.string())).append(
+    # The question's pass rate, on each of its rows: finished rationales reaching the label over all its
+    # rationales; null with filter.label none, no majority, or a contaminated question.
+    pa.field("pass_rate", pa.float64())
+)
 
 VOTE_TYPE = pa.struct([("answer", pa.string()), ("count", pa.int32())])
 
@@ -108,8 +128,35 @@ EVAL_SCHEMA = pa.schema(
         ("votes", pa.list_(VOTE_TYPE)),
         ("voted_answer", pa.string()),
         ("voted_correct", pa.bool_()),
+        # evaluate.adaptive: samples the stopping rule used (walking the K drawn in order), and its vote; null
+        # when evaluate.adaptive is off.
+        ("adaptive_samples", pa.int32()),
+        ("adaptive_answer", pa.string()),
+        ("adaptive_correct", pa.bool_()),
     ]
 )
+
+def encode_topk(ids: Any, logprobs: Any) -> dict[str, Any]:
+    """Top-k arrays [tokens, k] -> a compact JSON-safe form for the journals (base64 of int32 and float16)."""
+    import base64
+
+    import numpy as np
+
+    return {"shape": list(ids.shape), "ids": base64.b64encode(np.ascontiguousarray(ids, np.int32)).decode(),
+            "logprobs": base64.b64encode(np.ascontiguousarray(logprobs, np.float16)).decode()}
+
+
+def decode_topk(encoded: dict[str, Any]) -> tuple[list[list[int]], list[list[float]]]:
+    """encode_topk's output -> nested lists, as the Sample columns hold them."""
+    import base64
+
+    import numpy as np
+
+    shape = tuple(encoded["shape"])
+    ids = np.frombuffer(base64.b64decode(encoded["ids"]), dtype=np.int32).reshape(shape)
+    logprobs = np.frombuffer(base64.b64decode(encoded["logprobs"]), dtype=np.float16).reshape(shape)
+    return ids.tolist(), logprobs.astype(np.float32).tolist()
+
 
 def samples_to_table(samples: Iterable[Sample], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
     rows = [asdict(s) for s in samples]

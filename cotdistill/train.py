@@ -7,6 +7,10 @@ the student template (`train.prompt`, the bare question: not the teacher's instr
 the completion is the teacher's rationale. SFTTrainer then masks the prompt tokens, so the loss is on the
 completion only. `train.sft` holds `trl.SFTConfig` fields, passed through as they are.
 
+`train.loss: kd` trains on the teacher's token ids and stored top-k logprobs instead (cotdistill/distill.py,
+cotdistill/losses.py); `train.peft` adds a LoRA adapter; with `student.prune` the student starts from the pruned
+model (cotdistill/prune.py).
+
 Checkpoints go to `train/checkpoints/` and a rerun resumes from the last one; the final model, its tokenizer and
 a card naming the corpus are written to a temporary folder and renamed to `train/model/` when complete.
 """
@@ -87,13 +91,48 @@ def sft_config(config: RunConfig, output_dir: Path) -> Any:
         raise ValueError(f"train.sft: {e}") from None
 
 
-def build_trainer(config: RunConfig, dataset: Any) -> Any:
-    """An SFTTrainer for the student on the prompt/completion dataset (tokenized, labels masked, on creation)."""
+def student_base(config: RunConfig) -> str:
+    """The folder the student starts from: the pruned model when student.prune is set, else student.model."""
+    from cotdistill.prune import student_base as pruned_or_base
+
+    return pruned_or_base(config)
+
+
+def logprob_source(config: RunConfig) -> Path:
+    """Where train reads the accepted rationales: the score step's copy (with logprobs) when there is one."""
+    return config.run_dir / ("score" if config.score is not None and config.train.loss == "kd" else "filter")
+
+
+def logprob_tokenizer_model(config: RunConfig) -> str:
+    """The model whose tokenizer the stored logprobs' ids belong to."""
+    if config.score is not None and config.score.model:
+        return config.score.model
+    return config.teacher.model
+
+
+def check_kd_vocabulary(config: RunConfig, student_tokenizer: Any | None = None) -> None:
+    """train.loss kd: refuse a student whose vocabulary is not the teacher's, before any training starts."""
+    from transformers import AutoTokenizer
+
+    from cotdistill.distill import check_vocabularies
+
+    if config.train.loss != "kd":
+        return
+    teacher_name = logprob_tokenizer_model(config)
+    teacher = AutoTokenizer.from_pretrained(resolve_model(teacher_name))
+    student = student_tokenizer or AutoTokenizer.from_pretrained(resolve_model(config.student.model))
+    check_vocabularies(teacher, student, teacher_name, config.student.model)
+
+
+def build_trainer(config: RunConfig, dataset: Any = None, shards: list[Path] | None = None) -> Any:
+    """An SFTTrainer for the student: on a prompt/completion `dataset` (train.loss sft; tokenized, labels masked
+    on creation), or for train.loss kd a KDTrainer on the accepted `shards` with their logprob columns.
+    With train.peft, SFTTrainer wraps the model in a LoRA adapter (peft.LoraConfig(**train.peft))."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    base = resolve_model(config.student.model)
+    base = student_base(config)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.chat_template is None:
         raise ValueError(f"student {config.student.model}: its tokenizer has no chat template")
@@ -102,7 +141,25 @@ def build_trainer(config: RunConfig, dataset: Any) -> Any:
     args = sft_config(config, config.run_dir / "train" / "checkpoints")
     dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    peft_config = None
+    if config.train.peft is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**config.train.peft)
+    if config.train.loss == "sft":
+        return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config)
+    from cotdistill.distill import build_kd_dataset, check_vocabularies, kd_trainer_class
+
+    teacher_name = logprob_tokenizer_model(config)
+    check_vocabularies(AutoTokenizer.from_pretrained(resolve_model(teacher_name)), tokenizer, teacher_name,
+                       config.student.model, model.get_input_embeddings().num_embeddings)
+    dataset, dropped = build_kd_dataset(shards, PromptTemplate(config.train.prompt), tokenizer, args)
+    if dropped:
+        logger.warning("train: %d KD examples dropped: the prompt fills max_length=%s", dropped, args.max_length)
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}  # prepared above
+    return kd_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=peft_config, kd=config.train.kd)
 
 
 def checkpoint_problem(checkpoint: Path, *, require_optimizer: bool = True) -> str | None:
@@ -220,6 +277,11 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "student": {"model": config.student.model, "weights": model_fingerprint(config.student.model)},
         "prompt_template": template_fingerprint(config.train.prompt),
         "sft": {k: v for k, v in config.train.sft.items() if k not in SFT_BOOKKEEPING},
+        "loss": config.train.loss,
+        "kd": vars(config.train.kd) if config.train.loss == "kd" else None,
+        "score": upstream(config.run_dir / "score") if config.score is not None and config.train.loss == "kd" else None,
+        "prune": upstream(config.run_dir / "prune") if config.student.prune is not None else None,
+        "peft": config.train.peft, "merge_adapter": config.train.merge_adapter if config.train.peft else None,
         "reasoning_format": config.train.reasoning_format,
         "seed": config.seed,
     })
@@ -247,11 +309,18 @@ def run(config: RunConfig) -> dict[str, Any]:
         shutil.rmtree(train_dir)
     write_fingerprint(train_dir, record)  # first: the checkpoints written from now on belong to these settings
 
-    dataset = build_sft_dataset(filter_dir / "accepted", PromptTemplate(config.train.prompt),
-                                filter_stats["accepted_files"], config.train.reasoning_format)
-    trainer = build_trainer(config, dataset)
+    if config.train.loss == "kd":
+        source = logprob_source(config)
+        files = read_json(source / "stats.json")["accepted_files"] if source != filter_dir else filter_stats[
+            "accepted_files"]
+        trainer = build_trainer(config, shards=[source / "accepted" / name for name in files])
+        corpus_size = len(trainer.train_dataset)
+    else:
+        dataset = build_sft_dataset(filter_dir / "accepted", PromptTemplate(config.train.prompt),
+                                    filter_stats["accepted_files"], config.train.reasoning_format)
+        trainer = build_trainer(config, dataset)
+        corpus_size = len(dataset)
     args, tokenizer = trainer.args, trainer.processing_class
-    corpus_size = len(dataset)
     dropped = corpus_size - len(trainer.train_dataset)
     if dropped:  # SFTTrainer drops examples whose prompt alone fills max_length: say so, never silently
         logger.warning("train: %d of %d examples dropped by SFTTrainer: the prompt fills max_length=%s",
@@ -270,12 +339,21 @@ def run(config: RunConfig) -> dict[str, Any]:
     tmp_dir = train_dir / ".model.tmp"
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    trainer.save_model(str(tmp_dir))
+    if config.train.peft is not None and config.train.merge_adapter:
+        # The LoRA weights folded into the base: an ordinary model folder that vLLM and transformers load.
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if trainer.is_world_process_zero():
+            merged.save_pretrained(str(tmp_dir))
+    else:  # a full model, or the adapter alone (adapter_config.json names the base; evaluate merges it)
+        trainer.save_model(str(tmp_dir))
     if not trainer.is_world_process_zero():
         return {}
     tokenizer.save_pretrained(str(tmp_dir))
     stats = {
         "base_model": config.student.model,
+        "loss": config.train.loss,
+        "peft": "merged" if config.train.peft is not None and config.train.merge_adapter else (
+            "adapter" if config.train.peft is not None else None),
         "examples": len(trainer.train_dataset),
         "examples_dropped_prompt_over_max_length": dropped,
         "global_steps": result.global_step,
@@ -312,6 +390,13 @@ tags: [cotdistill, distillation, chain-of-thought, trl, sft]
 - Teacher prompt: `{gen.prompt}`; sampling: n={gen.num_samples}, temperature={gen.temperature},
   top_p={gen.top_p}, max_tokens={gen.max_tokens}
 - Student prompt: `{config.train.prompt}`; loss on the completion (rationale) only
+- Loss: {"sft (cross-entropy on the teacher's text)" if config.train.loss == "sft" else
+         f"kd: {config.train.kd.alpha} x CE + {1 - config.train.kd.alpha:g} x T^2 x KL to the teacher's top-k "
+         f"logprobs (T = {config.train.kd.temperature}, interpolation {config.train.kd.interpolation})"}
+- Started from: `{student_base(config)}`{" (pruned from " + config.student.model + ", see its card)"
+                                          if config.student.prune is not None else ""}
+- LoRA: {json.dumps(config.train.peft) + (", merged" if config.train.merge_adapter else ", saved as an adapter")
+         if config.train.peft is not None else "no (full fine-tuning)"}
 - Training: {stats['global_steps']} steps, final train loss {stats['train_loss']:.4f}
 - SFTConfig overrides: `{json.dumps(config.train.sft)}`
 """

@@ -227,3 +227,197 @@ def test_too_long_counts_the_reasoning_the_student_will_train_on():
     judged = judge_table(samples_to_table(rows, SAMPLE_SCHEMA), ctx)
     assert judged.column("filter_reason").to_pylist() == [None, "too_long"]
     assert isinstance(judged, pa.Table)
+
+
+# --- label: none, pass rates and difficulty-aware selection (filter.difficulty) --------------------------------
+
+
+def difficulty_context(**difficulty):
+    from cotdistill.config import DifficultyConfig
+
+    ctx = context(near_duplicates=False)
+    ctx.cfg.difficulty = DifficultyConfig(**difficulty)
+    return ctx
+
+
+def question_with(qid, right, wrong, truncated_right=0):
+    """`right` distinct finished rationales reaching 12, `wrong` reaching 13, `truncated_right` cut off after 12."""
+    rows = [sample(qid, i, f"Way {i}: three fours. The answer is 12") for i in range(right)]
+    rows += [sample(qid, right + i, f"Way {i}: a slip. The answer is 13") for i in range(wrong)]
+    rows += [sample(qid, right + wrong + i, f"Way {i}: 3 * 4 = 12 and then", finish="length")
+             for i in range(truncated_right)]
+    return rows
+
+
+def test_label_none_keeps_wrong_answers_but_drops_truncated_degenerate_and_duplicates():
+    samples = [
+        sample("a", 0, "3 * 4 = 12. The answer is 12"),
+        sample("a", 1, "The answer is 13"),  # wrong: kept, answers are not checked
+        sample("a", 2, "I am not sure"),  # no answer: kept
+        sample("a", 3, "The answer is 12. No, the answer is 11."),  # two answers: kept
+        sample("a", 4, "3 * 4 = 12 and then", finish="length"),
+        sample("a", 5, "   "),
+        sample("a", 6, LOOP + "The answer is 12"),
+        sample("a", 7, "The answer   is 13"),  # the same text as sample 1 after whitespace normalisation
+        sample("b", 0, "Unlabelled: the answer is 5", gold=None),  # no gold needed either
+    ]
+    judged = list(filter_samples(samples, context(label="none")))
+    assert [(s.sample_index, s.filter_reason) for s in judged] == [
+        (0, None), (1, None), (2, None), (3, None), (4, "truncated"), (5, "empty"), (6, "degenerate"),
+        (7, "duplicate"), (0, None)]
+    assert all(s.is_correct is None and s.pass_rate is None for s in judged)
+    assert judged[1].extracted_answer == "13"  # still recorded, for the audit and the user
+
+
+def test_label_none_still_drops_too_long_and_contaminated():
+    ctx = context(label="none")
+    ctx.max_student_tokens = 10
+    ctx.count_student_tokens = lambda qs, rs, cs: [len(r.split()) for r in rs]
+    ctx.contamination = build_contamination_index(["Tom has 3 apples and buys 4 more today"], 5)
+    ctx.cfg.decontamination_ngram = 5
+    long_text = " ".join(f"step{j}" for j in range(12)) + " so the answer is 13"
+    samples = [sample("a", 0, "The answer is 13"), sample("a", 1, long_text),
+               sample("b", 0, "The answer is 7", question="Tom has 3 apples and buys 4 more today. How many?")]
+    assert verdicts(samples, ctx) == [(0, None), (1, "too_long"), (0, "contaminated")]
+
+
+def test_pass_rate_counts_finished_rationales_reaching_the_label():
+    from cotdistill.filter import judge_table
+    from cotdistill.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, samples_to_table
+
+    rows = question_with("a", 2, 1, truncated_right=1)  # 2 of 4: the truncated 12 never finished
+    rows += question_with("b", 3, 0) + question_with("c", 0, 5)
+    judged = judge_table(samples_to_table(rows, SAMPLE_SCHEMA), context(near_duplicates=False))
+    assert judged.schema.equals(FILTERED_SCHEMA)
+    rates = dict(zip(judged.column("question_id").to_pylist(), judged.column("pass_rate").to_pylist()))
+    assert rates == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert judged.column("is_correct").to_pylist()[3] is True  # the truncated row's 12 is still recorded
+    assert len(set(zip(judged.column("question_id").to_pylist(), judged.column("pass_rate").to_pylist()))) == 3
+
+    # majority: votes for the majority answer over all rationales (the unparseable one is sampled, not a vote);
+    # no majority and contamination leave no label, so no pass rate.
+    texts = ["The answer is 12", "So the answer is 12", "Thus the answer is 12", "The answer is 15", "no idea"]
+    tied = ["The answer is 1", "The answer is 2"]
+    rows = [sample("m", i, t, gold=None) for i, t in enumerate(texts)]
+    rows += [sample("t", i, t, gold=None) for i, t in enumerate(tied)]
+    judged = list(filter_samples(rows, context(label="majority", near_duplicates=False)))
+    assert [s.pass_rate for s in judged] == [0.6] * 5 + [None] * 2
+    ctx = context()
+    ctx.contamination = build_contamination_index(["What is 3 times 4?"], 13)
+    assert [s.pass_rate for s in filter_samples(question_with("x", 2, 0), ctx)] == [None, None]
+
+
+def test_difficulty_band_drops_too_easy_and_too_hard_questions_whole():
+    samples = (question_with("easy", 4, 0)  # pass rate 1.0
+               + question_with("hard", 1, 4, truncated_right=1)  # 1 of 6
+               + question_with("mid", 2, 2)  # 0.5
+               + question_with("edge", 3, 1))  # 0.75, exactly the upper bound: kept
+    judged = list(filter_samples(samples, difficulty_context(min_pass_rate=0.25, max_pass_rate=0.75)))
+    by_question: dict = {}
+    for s in judged:
+        by_question.setdefault(s.question_id, []).append(s.filter_reason)
+    assert by_question == {
+        "easy": ["too_easy"] * 4,
+        "hard": ["too_hard"] * 6,  # every rationale, the truncated and the right one too
+        "mid": [None, None, "wrong", "wrong"],
+        "edge": [None, None, None, "wrong"],
+    }
+    rates = {s.question_id: s.pass_rate for s in judged}
+    assert rates == {"easy": 1.0, "hard": 1 / 6, "mid": 0.5, "edge": 0.75}
+    # Without a difficulty setting nothing is out of band.
+    assert "too_easy" not in {why for _, why in verdicts(samples, context(near_duplicates=False))}
+
+
+def test_difficulty_band_in_majority_mode():
+    # 4 of 4 agree: pass rate 1.0, too easy under max 0.9; 3 of 5 agree: 0.6, kept.
+    agree = [sample("a", i, f"Route {i}: the answer is 12", gold=None) for i in range(4)]
+    split = [sample("b", i, f"Route {i}: the answer is {12 if i < 3 else 15}", gold=None) for i in range(5)]
+    ctx = difficulty_context(max_pass_rate=0.9)
+    ctx.cfg.label = "majority"
+    assert verdicts(agree + split, ctx) == [(i, "too_easy") for i in range(4)] + [
+        (0, None), (1, None), (2, None), (3, "wrong"), (4, "wrong")]
+
+
+def test_harder_more_gives_hard_questions_more_of_the_cap():
+    from cotdistill.filter.difficulty import question_cap
+
+    # max_per_question 4: cap = max(min_per_question, ceil(4 * (1 - pass rate))).
+    samples = (question_with("p100", 4, 0)  # cap max(1, 0) = 1
+               + question_with("p75", 6, 2)  # ceil(4 * 0.25) = 1
+               + question_with("p50", 4, 4)  # ceil(4 * 0.5) = 2
+               + question_with("p25", 2, 6)  # ceil(4 * 0.75) = 3, but only 2 survive
+               + question_with("p10", 1, 9))  # ceil(3.6) = 4, 1 survives
+    ctx = difficulty_context(weight="harder_more")
+    ctx.cfg.max_per_question = 4
+    kept: dict = {}
+    reasons: dict = {}
+    for s in filter_samples(samples, ctx):
+        kept[s.question_id] = kept.get(s.question_id, 0) + (s.filter_reason is None)
+        reasons.setdefault(s.question_id, set()).add(s.filter_reason)
+    assert kept == {"p100": 1, "p75": 1, "p50": 2, "p25": 2, "p10": 1}
+    assert "over_max_per_question" in reasons["p100"] and "over_max_per_question" in reasons["p50"]
+    # weight none: every question keeps up to max_per_question.
+    ctx.cfg.difficulty.weight = "none"
+    flat: dict = {}
+    for s in filter_samples(samples, ctx):
+        flat[s.question_id] = flat.get(s.question_id, 0) + (s.filter_reason is None)
+    assert flat == {"p100": 4, "p75": 4, "p50": 4, "p25": 2, "p10": 1}
+    # min_per_question is a floor; the ceiling is exact (3 of 10 passing: ceil(10 * 0.7) = 7, not float's 8).
+    harder = difficulty_context(weight="harder_more").cfg.difficulty
+    assert question_cap(10, 1, harder, 3, 10) == 7
+    assert question_cap(8, 3, harder, 9, 10) == 3 and question_cap(8, 0, harder, 10, 10) == 0
+    assert question_cap(8, 1, harder, None, 10) == 8 and question_cap(None, 1, harder, 3, 10) is None
+
+
+def test_pass_rates_and_out_of_band_questions_in_stats_and_audit(tmp_path):
+    from cotdistill.filter import audit_markdown, filter_shard, summarize
+    from cotdistill.records import SAMPLE_SCHEMA, samples_to_table
+    from cotdistill.shards import write_parquet_atomic
+
+    samples = question_with("easy", 4, 0) + question_with("hard", 0, 4) + question_with("mid", 1, 3)
+    shards = []
+    for i, part in enumerate((samples[:8], samples[8:])):  # two shards, merged by summarize
+        shards.append(tmp_path / "generate" / f"0000{i}.parquet")
+        write_parquet_atomic(samples_to_table(part, SAMPLE_SCHEMA), shards[-1])
+        filter_shard(shards[-1], tmp_path / "filter", "key", difficulty_context(min_pass_rate=0.1,
+                                                                                max_pass_rate=0.9))
+    stats = summarize(tmp_path / "filter", shards)
+    assert stats["rejected"]["too_easy"] == 4 and stats["rejected"]["too_hard"] == 4
+    assert stats["questions_too_easy"] == 1 and stats["questions_too_hard"] == 1
+    assert stats["pass_rate"]["questions"] == 3 and stats["pass_rate"]["mean"] == round((1 + 0 + 0.25) / 3, 4)
+    assert stats["pass_rate"]["histogram"] == {"0.0": 1, "0.1": 0, "0.2": 1, "0.3": 0, "0.4": 0, "0.5": 0,
+                                               "0.6": 0, "0.7": 0, "0.8": 0, "0.9": 1}
+    audit = audit_markdown(stats, tmp_path / "filter", shards)
+    assert "## too_easy" in audit and "## too_hard" in audit and "pass rate 1.00" in audit
+    assert "1 too easy, 1 too hard" in audit
+
+
+@pytest.mark.parametrize("filter_settings, key, phrase", [
+    ({"label": "none", "difficulty": {"max_pass_rate": 0.8}}, "filter.difficulty", "label none"),
+    ({"difficulty": {"min_pass_rate": 0.6, "max_pass_rate": 0.4}}, "filter.difficulty.min_pass_rate", "above"),
+    ({"difficulty": {"max_pass_rate": 1.5}}, "filter.difficulty.max_pass_rate", r"\[0.0, 1.0\]"),
+    ({"difficulty": {"weight": "heavier"}}, "filter.difficulty.weight", "harder_more"),
+    ({"difficulty": {"weight": "harder_more"}}, "filter.difficulty.weight", "max_per_question"),
+    ({"label": "silver"}, "filter.label", "none"),
+])
+def test_difficulty_settings_are_checked_at_load(tmp_path, filter_settings, key, phrase):
+    import yaml
+
+    from cotdistill.config import ConfigError, load_config
+    from tests.test_config import BASE
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "filter": filter_settings}))
+    with pytest.raises(ConfigError, match=rf"run.yaml: {key}: .*{phrase}"):
+        load_config(path)
+
+
+def test_difficulty_and_label_none_load():
+    from cotdistill.config import DifficultyConfig, load_config
+    from tests.test_config import REPO
+
+    config = load_config(REPO / "pipelines" / "demo.yaml", [
+        "filter.difficulty={min_pass_rate: 0.1, max_pass_rate: 0.9, weight: harder_more}",
+        "filter.max_per_question=4"])
+    assert config.filter.difficulty == DifficultyConfig(0.1, 0.9, "harder_more")
+    assert load_config(REPO / "pipelines" / "demo.yaml", ["filter.label=none"]).filter.label == "none"

@@ -34,6 +34,7 @@ class Sampling:
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # a per-request seed (vLLM on CPU refuses it with n > 1)
+    logprobs: int | None = None  # the top-k logprobs of every generated token (generate.logprobs), else none
 
 
 @dataclass
@@ -51,6 +52,11 @@ class Completion:
     finish_reason: str  # "stop" | "length" | ...
     completion_tokens: int
     reasoning: str | None = None  # reasoning_content, when the server returns it apart from the answer
+    # With Sampling.logprobs = k: the generated token ids, and per token the teacher's k most likely ids and their
+    # raw logprobs (before temperature), as numpy arrays of shape [completion_tokens, k] (int32, float32).
+    token_ids: list[int] | None = None
+    topk_ids: Any = None
+    topk_logprobs: Any = None
 
 
 @dataclass

@@ -51,13 +51,41 @@ def max_model_len(llm: Any) -> int:
     return int(llm.llm_engine.model_config.max_model_len)
 
 
+def topk_arrays(logprobs: Any, k: int, start: int = 0) -> tuple[Any, Any]:
+    """vLLM's FlatLogprobs (from position `start` on) -> the top-k ids and logprobs per position, ranks 1..k in
+    order, as int32 and float32 arrays of shape [positions, k]. vLLM adds the sampled (or prompt) token to each
+    position with its own rank; it is kept only where that rank is within k."""
+    import numpy as np
+
+    positions = range(start, len(logprobs.start_indices))
+    ids = np.zeros((len(positions), k), dtype=np.int32)
+    values = np.full((len(positions), k), -np.inf, dtype=np.float32)
+    token_ids, lps, ranks = logprobs.token_ids, logprobs.logprobs, logprobs.ranks
+    for row, p in enumerate(positions):
+        for j in range(logprobs.start_indices[p], logprobs.end_indices[p]):
+            rank = ranks[j]
+            if rank is not None and 1 <= rank <= k:
+                ids[row, rank - 1], values[row, rank - 1] = token_ids[j], lps[j]
+    return ids, values
+
+
+def completion(c: Any, k: int | None) -> Completion:
+    """One of vLLM's CompletionOutputs as a Completion (with its top-k logprobs when asked for)."""
+    out = Completion(text=c.text, finish_reason=str(c.finish_reason), completion_tokens=len(c.token_ids))
+    if k is not None:
+        out.token_ids = list(c.token_ids)
+        out.topk_ids, out.topk_logprobs = topk_arrays(c.logprobs, k)
+    return out
+
+
 def sampling_params(sampling: Sampling) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             top_k=sampling.top_k, max_tokens=sampling.max_tokens, stop=sampling.stop or None,
-                            seed=sampling.seed)
+                            seed=sampling.seed, logprobs=sampling.logprobs,
+                            flat_logprobs=sampling.logprobs is not None)
     params.output_kind = RequestOutputKind.FINAL_ONLY  # only finished questions come back from step()
     return params
 
@@ -106,8 +134,7 @@ class VLLMTeacher:
                     completions = sorted(output.outputs, key=lambda c: c.index)
                     yield Finished(
                         key=request.key, prompt_tokens=len(request.prompt_token_ids),
-                        completions=[Completion(text=c.text, finish_reason=str(c.finish_reason),
-                                                completion_tokens=len(c.token_ids)) for c in completions],
+                        completions=[completion(c, request.sampling.logprobs) for c in completions],
                     )
         finally:
             if in_flight:  # the caller stopped early (or failed): leave no request running in the engine

@@ -1,0 +1,118 @@
+"""What the filter reports: stats.json (counts per reason, questions by number kept), audit.md (examples of
+every reason) and the accepted folder's dataset card."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cotdistill.config import RunConfig
+from cotdistill.filter.difficulty import pass_rate_summary
+from cotdistill.filter.judge import REASONS
+from cotdistill.shards import read_json
+
+EXAMPLES_PER_REASON = 3
+
+
+def summarize(out_dir: Path, shards: list[Path]) -> dict[str, Any]:
+    metas = [read_json(out_dir / "meta" / s.with_suffix(".json").name) for s in shards]
+    rejected: Counter = Counter()
+    per_question: Counter = Counter()
+    out_of_band: Counter = Counter()
+    for m in metas:
+        rejected.update(m["rejected"])
+        per_question.update({int(k): v for k, v in m["accepted_per_question"].items()})
+        out_of_band.update(m.get("questions_out_of_band", {}))
+    return {
+        "shards": len(shards),
+        # The corpus train reads: these files, nothing else in the folder (shards that kept no rationale have none).
+        "accepted_files": [s.name for s, m in zip(shards, metas) if m["accepted"]],
+        "rationales": sum(m["rationales"] for m in metas),
+        "accepted": sum(m["accepted"] for m in metas),
+        "rejected": {reason: rejected.get(reason, 0) for reason in REASONS},
+        "questions": sum(m["questions"] for m in metas),
+        "questions_by_accepted_count": {str(k): per_question[k] for k in sorted(per_question)},
+        # Per question: finished rationales reaching the label over all its rationales (questions with a label).
+        "pass_rate": pass_rate_summary(r for m in metas for r in m.get("pass_rates", [])),
+        "questions_too_easy": out_of_band.get("too_easy", 0),
+        "questions_too_hard": out_of_band.get("too_hard", 0),
+        "seconds_in_workers": round(sum(m["seconds"] for m in metas), 3),
+    }
+
+
+def audit_markdown(stats: dict[str, Any], out_dir: Path, shards: list[Path]) -> str:
+    lines = [
+        "# Filter audit", "",
+        f"{stats['accepted']:,} of {stats['rationales']:,} rationales accepted "
+        f"({stats['accepted'] / max(1, stats['rationales']):.1%}), over {stats['questions']:,} questions.", "",
+        "| reason | rationales | share |", "| --- | ---: | ---: |",
+    ]
+    for reason, count in stats["rejected"].items():
+        lines.append(f"| {reason} | {count:,} | {count / max(1, stats['rationales']):.1%} |")
+    lines += ["", "Questions by number of accepted rationales: "
+              + ", ".join(f"{k}: {v}" for k, v in stats["questions_by_accepted_count"].items()), ""]
+    rates = stats.get("pass_rate") or {}
+    if rates.get("questions"):
+        lines += [f"Pass rate (finished rationales reaching the label, per question): mean {rates['mean']:.2f} over "
+                  f"{rates['questions']:,} questions; by bin: "
+                  + ", ".join(f"{k}: {v}" for k, v in rates["histogram"].items())
+                  + f". Out of the difficulty band: {stats['questions_too_easy']:,} too easy, "
+                  f"{stats['questions_too_hard']:,} too hard.", ""]
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for shard in shards:
+        for reason, rows in read_json(out_dir / "meta" / shard.with_suffix(".json").name)["examples"].items():
+            bucket = examples.setdefault(reason, [])
+            bucket.extend(rows[: EXAMPLES_PER_REASON - len(bucket)])
+    for reason in REASONS:
+        if not examples.get(reason):
+            continue
+        lines += [f"## {reason}", ""]
+        for row in examples[reason]:
+            rationale = (row["rationale"] or "").strip()
+            if len(rationale) > 600:
+                rationale = rationale[:300] + " [...] " + rationale[-300:]
+            lines += [
+                f"- question `{row['question_id']}`, sample {row['sample_index']}: extracted "
+                f"`{row['extracted_answer']}`, gold `{row['gold_answer']}`"
+                + (f", pass rate {row['pass_rate']:.2f}" if row.get("pass_rate") is not None else ""), "",
+                "  > " + rationale.replace("\n", "\n  > "), "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def dataset_card(config: RunConfig, stats: dict[str, Any]) -> str:
+    gen, cfg = config.generate, config.filter
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "decontaminate"}
+    decontaminated = ", ".join(f"`{d.path}`" for d in cfg.decontaminate) or "none"
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "*.parquet"
+tags:
+- cotdistill
+- chain-of-thought
+- distillation
+size_categories:
+- {"n<1K" if stats["accepted"] < 1000 else "1K<n<10K" if stats["accepted"] < 10000 else "10K<n<100K" if stats["accepted"] < 100000 else "n>100K"}
+---
+# {config.run_name}: filtered teacher rationales
+
+Chain-of-thought rationales sampled from a teacher and filtered by cotdistill, one row per rationale
+(schema `FILTERED_SCHEMA` in `cotdistill/records.py`).
+
+- Teacher: `{config.teacher.model}`
+- Questions: `{config.data.path}` (split `{config.data.split}`), {stats["questions"]:,} questions
+- Prompt template: `{gen.prompt}`{f" with few-shot examples `{gen.examples}`" if gen.examples else ""}
+- Sampling: n={gen.num_samples}, temperature={gen.temperature}, top_p={gen.top_p}, top_k={gen.top_k},
+  max_tokens={gen.max_tokens}, seed={config.seed}
+- Filter: answer format `{cfg.answer_format}`, label `{cfg.label}`, decontaminated against {decontaminated}
+- Filter settings: `{settings}`
+- Counts: {stats["accepted"]:,} accepted of {stats["rationales"]:,} generated; rejected by reason:
+  {", ".join(f"{k} {v:,}" for k, v in stats["rejected"].items() if v) or "none"}
+
+Load it with `datasets.load_dataset("parquet", data_dir="{config.run_dir / 'filter' / 'accepted'}")`.
+"""

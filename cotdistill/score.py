@@ -1,0 +1,152 @@
+"""score: the teacher scores the accepted rationales in one prefill pass -> the same top-k logprob columns.
+
+    cotdistill score pipelines/prune_distill_smollm2_cpu.yaml
+
+For text that came without logprobs (an API teacher's rationales) or to compute them in the student's context.
+Each accepted rationale is sent to a local copy of the teacher as prompt + completion tokens with
+`SamplingParams(max_tokens=1, prompt_logprobs=k)`: vLLM returns, at every position, the k most likely tokens and
+their raw logprobs, which is what `generate.logprobs` captures while sampling (the same engine, the same raw
+logprobs, so for the same text and prompt the two agree to numerical tolerance).
+
+`score.context` chooses the prompt: `teacher` is the stored prompt_text (the teacher's instructions and few-shot
+examples); `student` is the student's prompt (train.prompt) in the teacher's chat template, i.e. the context the
+student sees in training. The completion tokens are the stored completion_token_ids when the rationale has them,
+else the text (joined with its reasoning as train joins it) tokenized by the teacher, plus its end-of-sequence
+token. Outputs: score/accepted/*.parquet (the filter's rows with the columns filled), stats.json, fingerprint.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from cotdistill.config import RunConfig
+from cotdistill.fingerprints import (
+    make_fingerprint, matches, model_fingerprint, read_fingerprint, template_fingerprint, upstream,
+    write_fingerprint,
+)
+from cotdistill.prompts import PromptTemplate
+from cotdistill.records import FILTERED_SCHEMA, student_text
+from cotdistill.shards import read_json, read_json_or_none, remove_stale_tmp, write_json_atomic, write_parquet_atomic
+from cotdistill.teachers import render_prompt, teacher_settings
+
+logger = logging.getLogger(__name__)
+
+
+def scorer_model(config: RunConfig) -> Any:
+    """The teacher's ModelConfig, pointed at score.model when set (a local copy of a served teacher)."""
+    model = config.score.model or config.teacher.model
+    return dataclasses.replace(config.teacher, model=model, backend="vllm")
+
+
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    sc = config.score
+    return make_fingerprint({
+        "filter": upstream(config.run_dir / "filter"),
+        "teacher": teacher_settings(scorer_model(config)),
+        "score": {"logprobs": sc.logprobs, "context": sc.context},
+        "student_prompt": template_fingerprint(config.train.prompt) if sc.context == "student" else None,
+        "reasoning_format": config.train.reasoning_format,
+    })
+
+
+def score_tokens(row: dict[str, Any], tokenizer: Any, template: PromptTemplate | None,
+                 reasoning_format: str) -> tuple[list[int], list[int]]:
+    """One rationale's (prompt ids, completion ids) as the teacher is to score them."""
+    if template is None:  # the teacher's own context, as generate sent it
+        prompt_ids = tokenizer(row["prompt_text"], add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = render_prompt(tokenizer, template.render(question=row["question"], choices=row["choices"]))[1]
+    if row.get("completion_token_ids"):
+        return prompt_ids, list(row["completion_token_ids"])
+    text = student_text(row["rationale"], row.get("reasoning"), reasoning_format)
+    completion = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        completion.append(tokenizer.eos_token_id)  # the teacher's "stop here" is part of what it teaches
+    return prompt_ids, completion
+
+
+def score_rows(llm: Any, rows: list[dict[str, Any]], k: int, template: PromptTemplate | None,
+               reasoning_format: str, context: str) -> list[dict[str, Any]]:
+    """The core: rows with completion_token_ids, teacher_topk_ids, teacher_topk_logprobs and logprobs_context."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from cotdistill.teachers.vllm_local import topk_arrays
+
+    tokenizer = llm.get_tokenizer()
+    pairs = [score_tokens(row, tokenizer, template, reasoning_format) for row in rows]
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, flat_logprobs=True, detokenize=False)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p + c) for p, c in pairs], params, use_tqdm=False)
+    scored = []
+    for row, (prompt_ids, completion_ids), out in zip(rows, pairs, outputs):
+        ids, logprobs = topk_arrays(out.prompt_logprobs, k, start=len(prompt_ids))
+        scored.append({**row, "completion_token_ids": completion_ids, "teacher_topk_ids": ids.tolist(),
+                       "teacher_topk_logprobs": logprobs.tolist(), "logprobs_context": context})
+    return scored
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from cotdistill.generate import logprob_bytes
+    from cotdistill.teachers.vllm_local import build_llm, release_llm
+
+    sc = config.score
+    filter_dir, out_dir = config.run_dir / "filter", config.run_dir / "score"
+    filter_stats = read_json_or_none(filter_dir / "stats.json")
+    if filter_stats is None or upstream(filter_dir) is None:
+        raise RuntimeError(f"{filter_dir}: no finished filter output; run `cotdistill filter` first")
+    record = fingerprint(config)
+    if is_complete(config, record):
+        logger.info("score: %s is up to date, skipping", out_dir)
+        return read_json(out_dir / "stats.json")
+    stored = read_fingerprint(out_dir)
+    if stored is not None and stored["fingerprint"] != record["fingerprint"]:
+        logger.warning("score: settings or corpus changed: discarding %s and scoring again", out_dir)
+        shutil.rmtree(out_dir)
+    write_fingerprint(out_dir, record)
+    (out_dir / "accepted").mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out_dir / "accepted")
+    (out_dir / "stats.json").unlink(missing_ok=True)
+
+    files = filter_stats["accepted_files"]
+    todo = [name for name in files if not (out_dir / "accepted" / name).exists()]  # each written atomically
+    template = PromptTemplate(config.train.prompt) if sc.context == "student" else None
+    started = time.perf_counter()
+    if todo:
+        llm = build_llm(scorer_model(config), config.seed)
+        try:
+            for name in tqdm(todo, desc="score shards", unit="shard"):
+                rows = pq.read_table(filter_dir / "accepted" / name).to_pylist()
+                scored = []
+                for i in range(0, len(rows), sc.batch_size):
+                    scored += score_rows(llm, rows[i:i + sc.batch_size], sc.logprobs, template,
+                                         config.train.reasoning_format, sc.context)
+                write_parquet_atomic(pa.Table.from_pylist(scored, schema=FILTERED_SCHEMA), out_dir / "accepted" / name)
+        finally:
+            release_llm(llm)
+    lengths = [pq.read_table(out_dir / "accepted" / n, columns=["completion_token_ids"]).column(0) for n in files]
+    tokens = sum(int(pc.sum(pc.list_value_length(c)).as_py() or 0) for c in lengths)
+    stored_bytes = sum(logprob_bytes(out_dir / "accepted" / n) for n in files)
+    stats = {"rationales": sum(len(c) for c in lengths),
+             "completion_tokens": tokens, "logprobs_k": sc.logprobs, "context": sc.context,
+             "logprob_bytes_per_token": round(stored_bytes / tokens, 2) if tokens else None,
+             "accepted_files": files, "seconds_this_run": round(time.perf_counter() - started, 2)}
+    write_json_atomic(stats, out_dir / "stats.json")
+    logger.info("score: %s", {k: v for k, v in stats.items() if k != "accepted_files"})
+    return stats
+
+
+def is_complete(config: RunConfig, record: dict[str, Any] | None = None) -> bool:
+    out_dir = config.run_dir / "score"
+    if config.score is None or not (out_dir / "stats.json").exists():
+        return False
+    return matches(out_dir, record or fingerprint(config))
