@@ -153,6 +153,13 @@ def main() -> None:
                         "parameters": m["parameters"], "tokens_per_s": m.get("tokens_per_s"),
                         "kl_to_teacher": round(mean_kl, 4) if mean_kl is not None else None,
                         "kl_to_teacher_ci": [round(ci[0], 4), round(ci[1], 4)]}
+    # Paired over the same rationales: tighter than comparing the two intervals above.
+    diff = [a - b for a, b in zip(kl["kd"], kl["sft"])]
+    diff_ci = bootstrap_ci(diff)
+    print(f"KL of kd minus KL of sft, paired over the rationales: {sum(diff) / len(diff):.4f} "
+          f"[{diff_ci[0]:.4f}, {diff_ci[1]:.4f}]")
+    result["kd_minus_sft_kl"] = {"mean": round(sum(diff) / len(diff), 4),
+                                 "ci": [round(diff_ci[0], 4), round(diff_ci[1], 4)]}
     train_stats = {name: read_json(c.run_dir / "train" / "stats.json") for name, c in (("sft", sft), ("kd", kd))}
     for name, stats in train_stats.items():
         result[name].update(train_examples=stats["examples"], train_steps=stats["global_steps"])

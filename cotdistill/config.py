@@ -111,6 +111,23 @@ class ModelConfig:
 
 
 @dataclass
+class AdaptiveGenerateConfig:
+    """generate.adaptive: sample in rounds of `round_size` per still-open question, up to generate.num_samples (N)
+    in all, instead of N at once. A question closes when it has `target_correct` rationales that reach the gold
+    (filter.label gold; checked as the filter checks them) or, without gold (filter.label majority), when the
+    stopping rule says its majority answer is settled; else at N."""
+
+    round_size: int = 4  # b: samples asked per open question per round
+    target_correct: int = 2  # label gold: close once this many rationales reach the gold answer
+    # label majority: a name from cotdistill.stopping.STOPPING_RULES: beta (Adaptive-Consistency's Beta
+    # criterion: P(leader's share > 1/2) under Beta(v1 + 1, v2 + 1) reaches `confidence`) | window (ESC: the last
+    # `window` answers agree)
+    rule: str = "beta"
+    confidence: float = 0.95
+    window: int = 4
+
+
+@dataclass
 class GenerateConfig:
     prompt: str = "math_zero_shot_cot.jinja"  # a template in prompts/, or a path
     examples: str | None = None  # JSONL of few-shot examples, given to the template as `examples`
@@ -127,6 +144,15 @@ class GenerateConfig:
     # Store the teacher's top-k logprobs at every generated token (k, e.g. 20; null: off), for train.loss: kd.
     # A local engine only (backend vllm or ray); for other text, the score step computes the same columns.
     logprobs: int | None = None
+    # Adaptive sampling (AdaptiveGenerateConfig above); null: off, every question gets N samples at once (SCoTD).
+    adaptive: AdaptiveGenerateConfig | None = None
+    # STaR rationalization (needs filter.label gold): a question left with no rationale reaching the gold is
+    # asked once more, for `rationalize_samples` samples, with `rationalize_prompt` (which receives question,
+    # choices and hint = the gold answer). Its rationales are stored with rationalized = true and the question's
+    # ordinary prompt; the filter drops those that quote the hint (quotes_hint).
+    rationalize: bool = False
+    rationalize_prompt: str = "math_rationalize.jinja"
+    rationalize_samples: int = 4
 
 
 @dataclass
@@ -447,6 +473,41 @@ def validate(config: RunConfig, source: str) -> None:
     if gen.logprobs is not None and config.teacher.backend == "openai":
         fail("generate.logprobs", "needs a local engine (teacher.backend vllm or ray); for a served teacher's "
              "rationales, set score: to have a local copy of the teacher score them")
+    if gen.adaptive is not None:
+        from cotdistill.stopping import STOPPING_RULES
+
+        ad = gen.adaptive
+        at_least("generate.adaptive.round_size", ad.round_size, 1)
+        at_least("generate.adaptive.target_correct", ad.target_correct, 1)
+        one_of("generate.adaptive.rule", ad.rule, STOPPING_RULES)
+        within("generate.adaptive.confidence", ad.confidence, 0.5, 1.0, low_open=True)
+        at_least("generate.adaptive.window", ad.window, 1)
+        if config.filter.label == "none":
+            fail("generate.adaptive", "closes a question on rationales that reach its label, and filter.label none "
+                 "checks no answers; use label gold (target_correct) or majority (the stopping rule)")
+        if config.filter.label == "gold" and ad.target_correct > gen.num_samples:
+            fail("generate.adaptive.target_correct", f"{ad.target_correct} is above generate.num_samples "
+                 f"({gen.num_samples}): no question could ever close by it")
+    if gen.rationalize:
+        if config.filter.label != "gold":
+            fail("generate.rationalize", f"gives the gold answer as a hint, and filter.label is {config.filter.label}: "
+                 "rationalization needs gold labels (label gold)")
+        if config.data.answer_field is None:
+            fail("generate.rationalize", "gives the gold answer as a hint, and data.answer_field is null")
+        template("generate.rationalize_prompt", gen.rationalize_prompt, gen.examples, "generate.examples")
+        try:
+            shown = PromptTemplate(gen.rationalize_prompt, gen.examples).render(
+                question="What is 2 + 3?", choices=None, hint="5 (hint 7f3a)")
+        except PromptError as e:
+            fail("generate.rationalize_prompt", str(e))
+        if not any("hint 7f3a" in m["content"] for m in shown):
+            fail("generate.rationalize_prompt", "never shows `hint` (the gold answer): that would ask the question "
+                 "again without it")
+        at_least("generate.rationalize_samples", gen.rationalize_samples, 1)
+        if config.train.loss == "kd" and config.score is None:
+            fail("generate.rationalize", "rationalized rationales carry no teacher logprobs (the teacher's "
+                 "distribution after the hint prompt would pass the hint on to the student); with train.loss kd, "
+                 "add a score: section so the teacher scores every accepted rationale after the student's prompt")
 
     flt = config.filter
     one_of("filter.answer_format", flt.answer_format, ANSWER_FORMATS)

@@ -52,6 +52,16 @@ class Sample:
     teacher_topk_ids: list[list[int]] | None = None
     teacher_topk_logprobs: list[list[float]] | None = None
     logprobs_context: str | None = None
+    # generate.adaptive: the sampling round this rationale came from (1, 2, ...) and the number of rounds its
+    # question took (the same on all its rows); null with fixed N.
+    round: int | None = None
+    rounds: int | None = None
+    # generate.rationalize (STaR): true for a rationale the teacher wrote with the gold answer as a hint, false for
+    # the question's ordinary ones; null when rationalize is off. A rationalized row keeps the question's ordinary
+    # prompt_messages / prompt_text (what the student is trained after never holds the hint); the prompt the
+    # teacher was really sent is in hint_prompt_text, for audit.
+    rationalized: bool | None = None
+    hint_prompt_text: str | None = None
     # Added by the filter stage.
     extracted_answer: str | None = None
     is_correct: bool | None = None
@@ -95,6 +105,10 @@ SAMPLE_SCHEMA = pa.schema(
         ("teacher_topk_ids", pa.list_(pa.list_(pa.int32()))),
         ("teacher_topk_logprobs", pa.list_(pa.list_(pa.float16()))),
         ("logprobs_context", pa.string()),
+        ("round", pa.int32()),
+        ("rounds", pa.int32()),
+        ("rationalized", pa.bool_()),
+        ("hint_prompt_text", pa.string()),
     ]
 )
 

@@ -21,12 +21,11 @@ import dataclasses
 import logging
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from cotdistill.config import RunConfig
 from cotdistill.fingerprints import (
-    make_fingerprint, matches, model_fingerprint, read_fingerprint, template_fingerprint, upstream,
+    make_fingerprint, matches, read_fingerprint, template_fingerprint, upstream,
     write_fingerprint,
 )
 from cotdistill.prompts import PromptTemplate

@@ -9,6 +9,8 @@ POINT:
   filter-shard      after the Nth file the filter writes in this process (with filter.num_workers=1)
   train-checkpoint  while the Nth checkpoint is saved: its model written, its optimizer.pt half written
   evaluate-model    after the Nth evaluated model's rows are written, before its cost file marks it done
+  prune-save        when the pruned model is written in its temporary folder, before it is moved into place
+  score-shard       after the Nth file the score step writes
 """
 
 from __future__ import annotations
@@ -95,6 +97,18 @@ def main() -> None:
             real(data, path)
 
         stage.write_json_atomic = write_json_atomic
+    elif point == "prune-save":
+        import cotdistill.prune as stage
+
+        def replace_dir_atomic(tmp_dir, final_dir):
+            if due():
+                die()
+
+        stage.replace_dir_atomic = replace_dir_atomic
+    elif point == "score-shard":
+        import cotdistill.score as stage
+
+        die_after(stage, "write_parquet_atomic")
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -79,3 +79,43 @@ def test_kill_9_at_every_stage_then_rerun_loses_and_doubles_nothing(tmp_path, pa
 
     again = run(["-m", "cotdistill", "run", str(config)], tmp_path)  # finished: every stage skipped
     assert again.returncode == 0 and again.stderr.count("up to date, skipping") == 4, again.stderr[-2000:]
+
+
+def test_kill_9_in_prune_and_score_then_rerun_scores_every_rationale_once(tmp_path, parrot_model, gsm8k_rows):
+    """The optional steps: killed while the pruned model is still in its temporary folder, then after the
+    first scored file; the reruns prune again, score only the file not yet written, and train with kd."""
+    rows = [{"question": r["question"], "answer": "#### 7"} for r in gsm8k_rows[:4]]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tiny_config_dict(tmp_path, parrot_model, questions)
+    data["student"]["prune"] = {"num_layers": 1, "calibration_samples": 4}
+    data["score"] = {"logprobs": 4, "context": "student", "batch_size": 1}
+    data["train"]["loss"] = "kd"
+    data["train"]["sft"].update(max_steps=2, save_steps=50)
+    data["evaluate"].update(models=["student"], num_samples=2, max_tokens=8)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "runs" / "tiny"
+    kill_at = str(REPO / "tests" / "kill_at.py")
+
+    result = run([kill_at, "prune-save", "1", "run", str(config)], tmp_path)
+    assert result.returncode == -9, result.stderr[-3000:]
+    assert not (run_dir / "prune" / "model").exists() and not (run_dir / "prune" / "stats.json").exists()
+    result = run([kill_at, "score-shard", "1", "run", str(config)], tmp_path)
+    assert result.returncode == -9, result.stderr[-3000:]
+    accepted_files = read_json(run_dir / "filter" / "stats.json")["accepted_files"]
+    assert len(accepted_files) == 2, "the test needs two accepted files to kill between them"
+    first = run_dir / "score" / "accepted" / accepted_files[0]
+    assert first.exists() and not (run_dir / "score" / "accepted" / accepted_files[1]).exists()
+    written = first.stat().st_mtime_ns
+
+    result = run(["-m", "cotdistill", "run", str(config)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert first.stat().st_mtime_ns == written  # finished work is not redone
+    scored = read_shards(run_dir / "score" / "accepted")
+    accepted = read_shards(run_dir / "filter" / "accepted")
+    key = lambda t: sorted(zip(t.column("question_id").to_pylist(), t.column("sample_index").to_pylist()))  # noqa
+    assert key(scored) == key(accepted) and len(set(key(scored))) == len(key(scored)) > 0
+    assert all(ids for ids in scored.column("teacher_topk_ids").to_pylist())
+    assert read_json(run_dir / "train" / "stats.json")["loss"] == "kd"
+    assert read_json(run_dir / "prune" / "stats.json")["parameters_after"] > 0

@@ -183,7 +183,7 @@ def test_logprob_columns_pass_through_the_filter_unchanged(kd_run):
 
 def test_score_in_the_teachers_context_reproduces_what_generate_captured(kd_run, tmp_path):
     config, path, _, raw = kd_run
-    scored_config = load_config(path, [f"score={{logprobs: 5, context: teacher}}"])
+    scored_config = load_config(path, ["score={logprobs: 5, context: teacher}"])
     stats = score.run(scored_config)
     assert stats["context"] == "teacher" and stats["rationales"] > 0
     made = {(r["question_id"], r["sample_index"]): r for r in accepted_rows(config.run_dir / "filter")}
@@ -255,3 +255,69 @@ def test_a_vocabulary_mismatch_is_refused_before_training(kd_run, tiny_model, tm
     assert result.returncode == 2, result.stderr[-2000:]
     assert "do not share a vocabulary" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "mismatch" / "train").exists()
+
+
+def test_run_prunes_scores_in_the_students_context_trains_kd_and_evaluates(kd_run, tmp_path):
+    """`cotdistill run` with every optional step: prune, score (student context), kd; a rerun skips them all."""
+    from cotdistill import cli
+
+    config, _, _, raw = kd_run
+    raw = json.loads(json.dumps(raw))
+    raw.update(run_name="full", output_dir=str(tmp_path / "runs"))
+    raw["student"]["prune"] = {"num_layers": 1, "calibration_samples": 4}
+    raw["score"] = {"logprobs": 5, "context": "student"}
+    raw["train"]["kd"] = {"alpha": 0.5, "interpolation": "taid"}
+    raw["evaluate"].update(models=["base_student", "student"], num_samples=2, max_tokens=8)
+    path = tmp_path / "full.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cli.main(["run", str(path)])
+    full = load_config(path)
+    assert cli.pipeline_stages(full) == ["generate", "filter", "prune", "score", "train", "evaluate"]
+    prune_stats = read_json(full.run_dir / "prune" / "stats.json")
+    assert prune_stats["parameters_after"] < prune_stats["parameters_before"]
+    scored = accepted_rows(full.run_dir / "score")
+    assert scored and {r["logprobs_context"] for r in scored} == {"student"}
+    # In the student's context the teacher sees another prompt: its distributions differ from the captured ones.
+    captured = {(r["question_id"], r["sample_index"]): r for r in accepted_rows(full.run_dir / "filter")}
+    assert any(r["teacher_topk_logprobs"] != captured[(r["question_id"], r["sample_index"])]["teacher_topk_logprobs"]
+               for r in scored)
+    stats = read_json(full.run_dir / "train" / "stats.json")
+    assert stats["loss"] == "kd" and stats["global_steps"] == 2
+    metrics = read_json(full.run_dir / "evaluate" / "metrics.json")["models"]
+    assert metrics["base_student"]["parameters"] == prune_stats["parameters_after"] == metrics["student"]["parameters"]
+    for stage in ("generate", "filter", "prune", "score", "train", "evaluate"):
+        module = __import__(f"cotdistill.{stage}", fromlist=["is_complete"])
+        assert module.is_complete(full), stage
+
+
+@pytest.mark.parametrize("override,message", [
+    (["generate.logprobs=null"], "train.loss: kd needs the teacher's logprobs"),
+    (["train.kd.alpha=1.5"], "train.kd.alpha: must be in [0.0, 1.0]"),
+    (["train.kd.temperature=0"], "train.kd.temperature: must be above 0"),
+    (["train.kd.interpolation=linear"], "train.kd.interpolation: unknown value 'linear'"),
+    (["train.loss=distill"], "train.loss: unknown value 'distill'"),
+    (["score={context: teacher_prompt}"], "score.context: unknown value 'teacher_prompt'"),
+    (["score={logprobs: 0}"], "score.logprobs: must be at least 1"),
+    (["generate.logprobs=0"], "generate.logprobs: must be at least 1"),
+    (["teacher.backend=openai", "score=null"], "generate.logprobs: needs a local engine"),
+])
+def test_kd_configuration_mistakes_are_caught_at_load(kd_run, override, message):
+    from cotdistill.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(kd_run[1], override)
+    assert message in str(caught.value)
+
+
+def test_packing_carries_the_teacher_columns_along_and_trains(kd_run, tmp_path):
+    config, path, _, _ = kd_run
+    packed = load_config(path, ["train.sft.packing=true", "train.sft.max_length=96", "train.sft.max_steps=1",
+                                f"output_dir={tmp_path}"])
+    trainer = train.build_trainer(packed, shards=list_shards(config.run_dir / "filter" / "accepted"))
+    dataset = trainer.train_dataset
+    assert "seq_lengths" in dataset.column_names and len(dataset) < len(accepted_rows(config.run_dir / "filter"))
+    for row in dataset:
+        n = len(row["input_ids"])
+        assert n <= 96 and len(row["labels"]) == len(row["teacher_ids"]) == len(row["teacher_mask"]) == n
+        assert all(label != -100 for label, known in zip(row["labels"], row["teacher_mask"]) if known)
+    assert trainer.train().global_step == 1

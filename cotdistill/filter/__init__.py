@@ -14,6 +14,8 @@ The checks, in the order they are applied (the first that fails names the reason
   unparseable/ambiguous/timeout   no final answer / two different marked answers / math-verify gave up
   no_majority             (label: majority) no answer won majority_min_share of the question's votes
   wrong                   the answer is not the label (the gold, or in majority mode the teacher's majority)
+  quotes_hint             (generate.rationalize) a rationalized rationale that names its hint ("hint", "given
+                          answer", ...) or states the gold number before its first calculation (checks.quotes_hint)
   duplicate               the same text as a lower sample index, after whitespace normalisation
   near_duplicate          MinHash Jaccard >= near_duplicate_threshold with a kept lower sample index
   over_max_per_question   not drawn by the seeded uniform draw of max_per_question survivors (SCoTD's balance;
@@ -21,7 +23,8 @@ The checks, in the order they are applied (the first that fails names the reason
   under_min_per_question  the question kept fewer than min_per_question rationales
 
 With `label: none` no answer is checked (unparseable, ambiguous, timeout, no_majority and wrong never apply).
-Every row carries its question's pass rate: finished rationales reaching the label over all its rationales.
+Every row carries its question's pass rate: finished rationales reaching the label over all its rationales
+(rationalized ones, written with the gold as a hint, left out: the pass rate is the teacher's own).
 
 generate writes all of a question's rationales into one shard, so each shard is filtered on its own, in
 `num_workers` worker processes: memory is one shard per worker, and a rerun skips the shards already filtered.
@@ -149,9 +152,10 @@ def filter_shard(shard: Path, out_dir: Path, shard_key: str, ctx: FilterContext 
     for qid, why in zip(judged.column("question_id").to_pylist(), reasons.to_pylist()):
         first_reasons.setdefault(qid, why)
     accepted_per_question = Counter(accepted.column("question_id").to_pylist())
+    hinted = judged.column("rationalized").to_pylist()
     rejected_counts = Counter(r for r in reasons.to_pylist() if r is not None)
     example_columns = ["question_id", "sample_index", "question", "gold_answer", "rationale", "extracted_answer",
-                       "filter_reason", "pass_rate"]
+                       "filter_reason", "pass_rate", "rationalized"]
     examples = {  # the first few of every reason in this shard, however far into the shard it first appears
         reason: rejected.filter(pc.equal(rejected.column("filter_reason"), reason))
         .select(example_columns).slice(0, EXAMPLES_PER_REASON).to_pylist()
@@ -170,6 +174,16 @@ def filter_shard(shard: Path, out_dir: Path, shard_key: str, ctx: FilterContext 
         "examples": examples,
         "seconds": time.perf_counter() - started,
     }
+    if any(hinted):  # generate.rationalize: its questions and rationales counted apart
+        kept = [h and why is None for h, why in zip(hinted, reasons.to_pylist())]
+        qids = judged.column("question_id").to_pylist()
+        meta["rationalized"] = {
+            "questions": len({q for q, h in zip(qids, hinted) if h}),
+            "rationales": sum(bool(h) for h in hinted),
+            "accepted": sum(kept),
+            "questions_served": len({q for q, k in zip(qids, kept) if k}),
+            "quotes_hint": sum(bool(h) and why == "quotes_hint" for h, why in zip(hinted, reasons.to_pylist())),
+        }
     # Only non-empty shards are written (`datasets` refuses a folder holding a Parquet file of zero rows); the
     # meta, with the key it was judged under, is written last and marks the shard as filtered.
     for sub, table in (("accepted", accepted), ("rejected", rejected)):

@@ -25,7 +25,7 @@ def summarize(out_dir: Path, shards: list[Path]) -> dict[str, Any]:
         rejected.update(m["rejected"])
         per_question.update({int(k): v for k, v in m["accepted_per_question"].items()})
         out_of_band.update(m.get("questions_out_of_band", {}))
-    return {
+    stats = {
         "shards": len(shards),
         # The corpus train reads: these files, nothing else in the folder (shards that kept no rationale have none).
         "accepted_files": [s.name for s, m in zip(shards, metas) if m["accepted"]],
@@ -40,6 +40,10 @@ def summarize(out_dir: Path, shards: list[Path]) -> dict[str, Any]:
         "questions_too_hard": out_of_band.get("too_hard", 0),
         "seconds_in_workers": round(sum(m["seconds"] for m in metas), 3),
     }
+    rationalized = [m["rationalized"] for m in metas if "rationalized" in m]
+    if rationalized:  # generate.rationalize: questions asked again with the gold as a hint, counted apart
+        stats["rationalized"] = {key: sum(r[key] for r in rationalized) for key in rationalized[0]}
+    return stats
 
 
 def audit_markdown(stats: dict[str, Any], out_dir: Path, shards: list[Path]) -> str:
@@ -60,6 +64,12 @@ def audit_markdown(stats: dict[str, Any], out_dir: Path, shards: list[Path]) -> 
                   + ", ".join(f"{k}: {v}" for k, v in rates["histogram"].items())
                   + f". Out of the difficulty band: {stats['questions_too_easy']:,} too easy, "
                   f"{stats['questions_too_hard']:,} too hard.", ""]
+    hinted = stats.get("rationalized")
+    if hinted:
+        lines += [f"Rationalized (STaR: questions with no rationale reaching the gold, asked again with the gold as a "
+                  f"hint): {hinted['questions']:,} questions, {hinted['rationales']:,} rationales, "
+                  f"{hinted['accepted']:,} accepted ({hinted['questions_served']:,} questions served by them), "
+                  f"{hinted['quotes_hint']:,} dropped as quotes_hint.", ""]
     examples: dict[str, list[dict[str, Any]]] = {}
     for shard in shards:
         for reason, rows in read_json(out_dir / "meta" / shard.with_suffix(".json").name)["examples"].items():
@@ -76,7 +86,8 @@ def audit_markdown(stats: dict[str, Any], out_dir: Path, shards: list[Path]) -> 
             lines += [
                 f"- question `{row['question_id']}`, sample {row['sample_index']}: extracted "
                 f"`{row['extracted_answer']}`, gold `{row['gold_answer']}`"
-                + (f", pass rate {row['pass_rate']:.2f}" if row.get("pass_rate") is not None else ""), "",
+                + (f", pass rate {row['pass_rate']:.2f}" if row.get("pass_rate") is not None else "")
+                + (", rationalized (written with the gold as a hint)" if row.get("rationalized") else ""), "",
                 "  > " + rationale.replace("\n", "\n  > "), "",
             ]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from cotdistill.answers import canonical_number
+
 _WORD = re.compile(r"\w+")
 
 
@@ -54,3 +56,33 @@ def build_contamination_index(questions: Iterable[str], n: int) -> frozenset[int
     for q in questions:
         index |= question_ngrams(q, n)
     return frozenset(index)
+
+
+# --- STaR rationalization: a rationale that quotes its hint ------------------------------------------------------
+
+# Words by which a rationale gives away that it was handed the answer (matched case-insensitively).
+HINT_PHRASES = re.compile(
+    r"\bhint|given answer|answer (?:that )?(?:we|i) (?:were|was|are|am) given|told (?:that )?the (?:final )?answer"
+    r"|the (?:final )?answer (?:is|was) given|provided answer|expected answer",
+    re.IGNORECASE,
+)
+_NUMBER_TOKEN = re.compile(r"(?<![\w.])-?\$?\d[\d,]*(?:\.\d+)?")
+# A calculation: an equals sign, or a number, an operator and a number.
+_CALCULATION = re.compile(r"=|\d\s*[-+*/×÷x]\s*\$?\d")
+
+
+def quotes_hint(rationale: str, gold: str | None, question: str) -> bool:
+    """Whether a rationalized rationale quotes its hint instead of deriving it: it names the hint (HINT_PHRASES:
+    "hint", "given answer", "we are told the answer", ..., any case), or the gold number appears in it before its
+    first calculation (an "=" or number-operator-number; anywhere, if it has none), unless that number is in the
+    question itself. Non-numeric golds (letters, formulas) are judged by the phrases alone."""
+    if HINT_PHRASES.search(rationale):
+        return True
+    gold_number = canonical_number(gold) if gold else None
+    if gold_number is None:
+        return False
+    if any(canonical_number(n) == gold_number for n in _NUMBER_TOKEN.findall(question)):
+        return False  # restating the question's own numbers is not quoting
+    first = _CALCULATION.search(rationale)
+    before = rationale[: first.start()] if first else rationale
+    return any(canonical_number(n) == gold_number for n in _NUMBER_TOKEN.findall(before))

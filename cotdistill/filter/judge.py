@@ -12,16 +12,34 @@ import pyarrow as pa
 
 from cotdistill.answers import AnswerFormat, group_equivalent
 from cotdistill.config import FilterConfig, TrainConfig
-from cotdistill.filter.checks import is_degenerate, normalize_whitespace, question_ngrams
+from cotdistill.filter.checks import is_degenerate, normalize_whitespace, question_ngrams, quotes_hint
 from cotdistill.filter.dedup import near_duplicate_flags
 from cotdistill.filter.difficulty import band_reason, pass_rate, question_cap
 from cotdistill.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, Sample, student_text
 
 REASONS = (  # in the order they are applied; too_easy and too_hard (filter.difficulty) name whole questions
     "contaminated", "too_easy", "too_hard", "truncated", "empty", "degenerate", "too_long", "unparseable",
-    "ambiguous", "timeout", "no_majority", "wrong", "duplicate", "near_duplicate", "over_max_per_question",
-    "under_min_per_question",
+    "ambiguous", "timeout", "no_majority", "wrong", "quotes_hint", "duplicate", "near_duplicate",
+    "over_max_per_question", "under_min_per_question",
 )
+
+
+def reaches_gold(correct: bool | None, finish_reason: str) -> bool:
+    """Whether a rationale counts as reaching the gold: its answer is the gold and it finished (a truncated one
+    never finished, though its last number may be recorded as correct), as the majority vote counts only
+    finished ones. The pass rate counts these; generate.adaptive closes a question on them."""
+    return bool(correct) and finish_reason != "length"
+
+
+def rationale_reaches_gold(rationale: str | None, finish_reason: str, gold: str | None, choices: list[str] | None,
+                           fmt: AnswerFormat) -> bool:
+    """The filter's verdict on one rationale, alone: does it reach the gold? (judge_question's own steps: an
+    empty text is never checked; the answer is fmt.extract's, compared by fmt.is_correct.) generate.adaptive and
+    generate.rationalize ask this, so their verdict and the filter's cannot disagree."""
+    text = rationale or ""
+    if not text.strip() or gold is None:
+        return False
+    return reaches_gold(fmt.is_correct(fmt.extract(text, choices).answer, gold), finish_reason)
 
 
 # --- judging one question -------------------------------------------------------------------------------------
@@ -52,6 +70,7 @@ class QuestionRows:
     rationales: list[str | None]
     finish_reasons: list[str]
     student_texts: list[str] | None = None  # what the student trains on, when not the rationale (reasoning)
+    rationalized: list[bool | None] | None = None  # generate.rationalize: written with the gold as a hint
 
 
 @dataclass
@@ -70,6 +89,8 @@ def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
     correct: list[bool | None] = [None] * n
     reason: list[str | None] = [None] * n
     order = sorted(range(n), key=lambda i: rows.sample_indices[i])  # the lowest index is the one kept
+    hinted = [bool(r) for r in rows.rationalized] if rows.rationalized is not None else [False] * n
+    ordinary = [i for i in order if not hinted[i]]
 
     if ctx.contamination and question_ngrams(rows.question, cfg.decontamination_ngram) & ctx.contamination:
         return Verdicts(extracted, correct, ["contaminated"] * n)
@@ -126,13 +147,17 @@ def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
             raise ValueError(f"question {rows.question_id} has no gold answer; use filter.label: majority")
         # Reaching the label: a finished rationale with the gold answer (a truncated one never finished, though
         # its last number may be recorded as correct), as the majority vote counts only finished ones.
-        passed = sum(bool(correct[i]) and rows.finish_reasons[i] != "length" for i in order)
+        # The pass rate is the teacher's own: rationalized rationales (written with the gold as a hint) are left out.
+        passed = sum(reaches_gold(correct[i], rows.finish_reasons[i]) for i in ordinary)
         for i in order:
             if reason[i] is None and not correct[i]:
                 reason[i] = "wrong"
+        for i in order:
+            if reason[i] is None and hinted[i] and quotes_hint(texts[i], rows.gold_answer, rows.question):
+                reason[i] = "quotes_hint"
     else:  # label none: no answer is checked, so no pass rate either
         passed = None
-    rate = pass_rate(passed, n) if passed is not None else None
+    rate = pass_rate(passed, len(ordinary)) if passed is not None else None
     if cfg.difficulty is not None and rate is not None:
         band = band_reason(rate, cfg.difficulty)
         if band is not None:  # a question-level verdict, like contaminated: on every rationale
@@ -154,7 +179,7 @@ def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
             if flag:
                 reason[i] = "near_duplicate"
         survivors = [i for i in survivors if reason[i] is None]
-    cap = question_cap(cfg.max_per_question, cfg.min_per_question, cfg.difficulty, passed, n)
+    cap = question_cap(cfg.max_per_question, cfg.min_per_question, cfg.difficulty, passed, len(ordinary))
     if cap is not None and len(survivors) > cap:
         # Seeded by question, so the draw does not depend on shard order or the number of workers.
         rng = random.Random(f"{ctx.seed}:{rows.question_id}")
@@ -178,6 +203,7 @@ def filter_samples(samples: Iterable[Sample], ctx: FilterContext) -> Iterator[Sa
         verdicts = judge_question(QuestionRows(
             first.question_id, first.question, first.gold_answer, first.choices,
             [s.sample_index for s in group], [s.rationale for s in group], [s.finish_reason for s in group],
+            rationalized=[s.rationalized for s in group],
         ), ctx)
         for s, answer, correct, reason in zip(group, verdicts.extracted_answer, verdicts.is_correct,
                                               verdicts.filter_reason):
@@ -197,18 +223,29 @@ def filter_samples(samples: Iterable[Sample], ctx: FilterContext) -> Iterator[Sa
 SAMPLE_COLUMNS = SAMPLE_SCHEMA.names  # the generate columns, in order; the filter appends its own (FILTERED_SCHEMA)
 
 
+def with_sample_columns(table: pa.Table) -> pa.Table:
+    """A generate shard written before some (nullable) Sample columns existed, with those columns as nulls."""
+    for name in SAMPLE_COLUMNS:
+        if name not in table.column_names:
+            field = SAMPLE_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table
+
+
 def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
     """A generate shard -> the same rows with extracted_answer, is_correct, filter_reason and pass_rate appended.
 
     Works on columns rather than Sample objects: the filter has to keep up with 50,000 rationales/s.
     """
+    table = with_sample_columns(table)
     qids = table.column("question_id").to_pylist()
     groups: dict[str, list[int]] = {}
     for row, qid in enumerate(qids):
         groups.setdefault(qid, []).append(row)
     cols = {name: table.column(name).to_pylist() for name in
-            ("question", "gold_answer", "sample_index", "rationale", "finish_reason", "reasoning")}
+            ("question", "gold_answer", "sample_index", "rationale", "finish_reason", "reasoning", "rationalized")}
     with_reasoning = any(r is not None for r in cols["reasoning"])
+    with_hints = any(cols["rationalized"])
     choices = table.column("choices")
     extracted: list[str | None] = [None] * len(qids)
     correct: list[bool | None] = [None] * len(qids)
@@ -222,6 +259,7 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
             [cols["finish_reason"][r] for r in rows],
             [student_text(cols["rationale"][r] or "", cols["reasoning"][r], ctx.reasoning_format) for r in rows]
             if with_reasoning else None,
+            [cols["rationalized"][r] for r in rows] if with_hints else None,
         ), ctx)
         for r, a, c, why in zip(rows, verdicts.extracted_answer, verdicts.is_correct, verdicts.filter_reason):
             extracted[r], correct[r], reasons[r], rates[r] = a, c, why, verdicts.pass_rate

@@ -1,0 +1,149 @@
+"""report: evaluate's metrics presented: the side-by-side table, report.md and the plots.
+
+evaluate computes (cotdistill/evaluate.py writes metrics.json); this module only presents what it computed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cotdistill.config import AdaptiveEvalConfig, RunConfig
+
+
+def format_table(metrics: dict[str, dict[str, Any]]) -> str:
+    def pct(value: float | None) -> str:
+        return "   -  " if value is None else f"{100 * value:5.1f}%"
+
+    header = (f"{'model':<14} {'greedy':>7} {'maj@1':>7} {'maj@K':>7} {'pass@K':>7} {'K':>3} "
+              f"{'tok/q':>7} {'tok/s':>7} {'params':>8}")
+    adaptive = any("adaptive_accuracy" in m for m in metrics.values())
+    if adaptive:  # adaptive self-consistency's accuracy and the share of the K samples it used
+        header += f" {'adapt':>7} {'used':>5}"
+    lines = [header, "-" * len(header)]
+    for name, m in metrics.items():
+        k = m["k"]
+        params = f"{m['parameters'] / 1e6:.0f}M" if m.get("parameters") else "-"
+        tps = f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") else "-"
+        lines.append(f"{name:<14} {pct(m['greedy_accuracy']):>7} {pct(m['maj@1']):>7} {pct(m[f'maj@{k}']):>7} "
+                     f"{pct(m[f'pass@{k}']):>7} {k:>3} {m['sampled_tokens_per_question']:>7.0f} {tps:>7} {params:>8}")
+        if adaptive:
+            ratio = m.get("adaptive_sample_ratio")
+            lines[-1] += f" {pct(m.get('adaptive_accuracy')):>7} {'-' if ratio is None else f'{ratio:.2f}':>5}"
+    return "\n".join(lines)
+
+
+def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    def interval(ci: list[float] | tuple[float, float] | None) -> str:
+        return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+    ev = config.evaluate
+    lines = [
+        f"# Evaluation: {config.run_name}", "",
+        f"Test questions: `{ev.data.path if ev.data else '-'}`; sampled at temperature {ev.temperature}; answer "
+        f"format `{ev.answer_format or config.filter.answer_format}`. Brackets are 95% bootstrap intervals over "
+        "questions.", "",
+        "maj@k is the expected accuracy of a majority vote over a random k-subset of the K samples (exact, or "
+        f"{ev.maj_draws} seeded draws); unparseable answers do not vote; a tie among t answers scores 1/t when "
+        "the gold is among them. pass@k is the unbiased estimator of Chen et al. (2021).", "",
+        "| model | params | weights | greedy | maj@1 | maj@K | pass@K | K | tokens/question | tokens/s | s/question |"
+        " agrees with teacher |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in metrics.items():
+        k = m["k"]
+        lines.append(
+            f"| {name} | {m['parameters'] / 1e6:.1f}M |" if m.get("parameters") else f"| {name} | - |")
+        lines[-1] += (
+            f" {m['weights_mb']:.0f} MB |" if m.get("weights_mb") else " - |") + (
+            f" {pct(m['greedy_accuracy'])}{interval(m['greedy_accuracy_ci'])} | {pct(m['maj@1'])}{interval(m['maj_at_1_ci'])} |"
+            f" {pct(m[f'maj@{k}'])}{interval(m['maj_at_K_ci'])} | {pct(m[f'pass@{k}'])}{interval(m['pass_at_K_ci'])} |"
+            f" {k} | {m['sampled_tokens_per_question']:.0f} | {m['tokens_per_s'] or '-'} |"
+            f" {m['seconds_per_question'] or '-'} | {pct(m.get('agreement_with_teacher'))} |")
+    lines.append("")
+    for name, m in metrics.items():
+        if name == "teacher" or "teacher" not in metrics or "share_of_teacher_maj" not in m:
+            continue
+        k = min(m["k"], metrics["teacher"]["k"])
+        speed = f" at {m['speed_vs_teacher']}x its tokens/s" if m.get("speed_vs_teacher") else ""
+        size = f" and {m['size_vs_teacher']}x smaller" if m.get("size_vs_teacher") else ""
+        if m["share_of_teacher_maj"] is None:
+            lines.append(f"- **{name}**: the teacher's maj@{k} is 0, so no share of the teacher's accuracy is "
+                         f"defined; it runs{speed or ' at an unmeasured speed'}{size}.")
+        else:
+            lines.append(f"- **{name}** keeps {100 * m['share_of_teacher_maj']:.0f}% of the teacher's maj@{k} "
+                         f"accuracy{speed}{size}.")
+    if ev.adaptive is not None:
+        lines += adaptive_report(ev.adaptive, metrics, pct, interval)
+    lines += ["", "![accuracy against k](accuracy_vs_k.png)", "",
+              "![accuracy against generated tokens](accuracy_vs_tokens.png)", ""]
+    return "\n".join(lines)
+
+
+def adaptive_report(adaptive: AdaptiveEvalConfig, metrics: dict[str, dict[str, Any]], pct: Any,
+                    interval: Any) -> list[str]:
+    """report.md's section on adaptive self-consistency: its accuracy and samples beside maj@K."""
+    rule = (f"Adaptive-Consistency's Beta rule at confidence {adaptive.confidence}" if adaptive.rule == "beta"
+            else f"ESC's window rule (the last {adaptive.window} answers agree)")
+    lines = [
+        "", "## Adaptive self-consistency", "",
+        f"Per question, the K samples above are walked in the order drawn, {adaptive.round_size} at a time, until "
+        f"{rule} says the vote is settled, or all K are used; the vote at that point is the answer. The samples "
+        "are i.i.d., so this is what sampling round by round would give. The gap is adaptive minus maj@K, with "
+        "a paired interval.", "",
+        "| model | maj@K | adaptive | gap | samples/question | share of K |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in metrics.items():
+        if "adaptive_accuracy" not in m:
+            continue
+        ratio, maj = m["adaptive_sample_ratio"], m[f"maj@{m['k']}"]
+        lines.append(
+            f"| {name} | {pct(maj)} | {pct(m['adaptive_accuracy'])}"
+            f"{interval(m['adaptive_accuracy_ci'])} | {100 * m['adaptive_gap_to_maj_at_K']:+.1f}"
+            f"{interval(m['adaptive_gap_ci'])} | {m['adaptive_samples_mean']:.2f} of {m['k']} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} |")
+    return lines
+
+
+def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
+    """accuracy_vs_k.png (maj@k solid, pass@k dashed, one colour per model) and accuracy_vs_tokens.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    def save(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, name: str) -> None:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in metrics.items():
+        ks = range(1, m["k"] + 1)
+        line, = ax.plot(ks, [100 * v for v in m["maj_at_k"]], marker="o", label=f"{name} maj@k")
+        ax.plot(ks, [100 * v for v in m["pass_at_k"]], linestyle="--", color=line.get_color(), alpha=0.6,
+                label=f"{name} pass@k")
+        if "adaptive_accuracy" in m:  # at the mean number of samples it used
+            ax.plot([m["adaptive_samples_mean"]], [100 * m["adaptive_accuracy"]], marker="*", markersize=12,
+                    linestyle="none", color=line.get_color(), label=f"{name} adaptive")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    save(fig, ax, "k (samples per question)", "accuracy (%)", "Self-consistency: accuracy against k",
+         "accuracy_vs_k.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in metrics.items():
+        tokens = [k * m["tokens_per_sample"] for k in range(1, m["k"] + 1)]
+        ax.plot(tokens, [100 * v for v in m["maj_at_k"]], marker="o", label=name)
+    ax.set_xscale("log")
+    save(fig, ax, "generated tokens per question (k samples)", "maj@k accuracy (%)",
+         "Accuracy against generated tokens", "accuracy_vs_tokens.png")
