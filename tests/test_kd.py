@@ -311,13 +311,13 @@ def test_kd_configuration_mistakes_are_caught_at_load(kd_run, override, message)
 
 def test_packing_carries_the_teacher_columns_along_and_trains(kd_run, tmp_path):
     config, path, _, _ = kd_run
-    packed = load_config(path, ["train.sft.packing=true", "train.sft.max_length=96", "train.sft.max_steps=1",
+    packed = load_config(path, ["train.sft.packing=true", "train.sft.max_length=400", "train.sft.max_steps=1",
                                 f"output_dir={tmp_path}"])
     trainer = train.build_trainer(packed, shards=list_shards(config.run_dir / "filter" / "accepted"))
     dataset = trainer.train_dataset
     assert "seq_lengths" in dataset.column_names and len(dataset) < len(accepted_rows(config.run_dir / "filter"))
     for row in dataset:
         n = len(row["input_ids"])
-        assert n <= 96 and len(row["labels"]) == len(row["teacher_ids"]) == len(row["teacher_mask"]) == n
+        assert n <= 400 and len(row["labels"]) == len(row["teacher_ids"]) == len(row["teacher_mask"]) == n
         assert all(label != -100 for label, known in zip(row["labels"], row["teacher_mask"]) if known)
     assert trainer.train().global_step == 1
