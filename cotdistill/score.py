@@ -23,7 +23,7 @@ import shutil
 import time
 from typing import Any
 
-from cotdistill.config import RunConfig
+from cotdistill.config import ConfigError, RunConfig
 from cotdistill.fingerprints import (
     make_fingerprint, matches, read_fingerprint, template_fingerprint, upstream,
     write_fingerprint,
@@ -99,6 +99,9 @@ def run(config: RunConfig) -> dict[str, Any]:
     from cotdistill.teachers.vllm_local import build_llm, release_llm
 
     sc = config.score
+    if sc is None:
+        raise ConfigError("score: is not set: add a score section (e.g. score: {context: student}) to score the "
+                          "accepted rationales")
     filter_dir, out_dir = config.run_dir / "filter", config.run_dir / "score"
     filter_stats = read_json_or_none(filter_dir / "stats.json")
     if filter_stats is None or upstream(filter_dir) is None:

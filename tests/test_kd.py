@@ -321,3 +321,14 @@ def test_packing_carries_the_teacher_columns_along_and_trains(kd_run, tmp_path):
         assert n <= 400 and len(row["labels"]) == len(row["teacher_ids"]) == len(row["teacher_mask"]) == n
         assert all(label != -100 for label, known in zip(row["labels"], row["teacher_mask"]) if known)
     assert trainer.train().global_step == 1
+
+
+def test_score_and_prune_without_their_sections_say_so(kd_run, caplog):
+    from cotdistill import cli
+
+    for command, message in (("score", "score: is not set"), ("prune", "student.prune is not set")):
+        caplog.clear()
+        with pytest.raises(SystemExit) as exited:
+            cli.main([command, str(kd_run[1])])
+        assert exited.value.code == 2
+        assert any(message in r.getMessage() for r in caplog.records), command
