@@ -110,8 +110,10 @@ def logprob_tokenizer_model(config: RunConfig) -> str:
     return config.teacher.model
 
 
-def check_kd_vocabulary(config: RunConfig, student_tokenizer: Any | None = None) -> None:
-    """train.loss kd: refuse a student whose vocabulary is not the teacher's, before any training starts."""
+def check_kd_vocabulary(config: RunConfig, student_tokenizer: Any | None = None,
+                        student_vocab_size: int | None = None) -> None:
+    """train.loss kd: refuse a student whose vocabulary is not the teacher's, before any training starts (the
+    CLI's preflight with the tokenizers alone; build_trainer again with the model's embedding size)."""
     from transformers import AutoTokenizer
 
     from cotdistill.distill import check_vocabularies
@@ -121,7 +123,7 @@ def check_kd_vocabulary(config: RunConfig, student_tokenizer: Any | None = None)
     teacher_name = logprob_tokenizer_model(config)
     teacher = AutoTokenizer.from_pretrained(resolve_model(teacher_name))
     student = student_tokenizer or AutoTokenizer.from_pretrained(resolve_model(config.student.model))
-    check_vocabularies(teacher, student, teacher_name, config.student.model)
+    check_vocabularies(teacher, student, teacher_name, config.student.model, student_vocab_size)
 
 
 def build_trainer(config: RunConfig, dataset: Any = None, shards: list[Path] | None = None) -> Any:
@@ -149,11 +151,9 @@ def build_trainer(config: RunConfig, dataset: Any = None, shards: list[Path] | N
     if config.train.loss == "sft":
         return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=peft_config)
-    from cotdistill.distill import build_kd_dataset, check_vocabularies, kd_trainer_class
+    from cotdistill.distill import build_kd_dataset, kd_trainer_class
 
-    teacher_name = logprob_tokenizer_model(config)
-    check_vocabularies(AutoTokenizer.from_pretrained(resolve_model(teacher_name)), tokenizer, teacher_name,
-                       config.student.model, model.get_input_embeddings().num_embeddings)
+    check_kd_vocabulary(config, tokenizer, model.get_input_embeddings().num_embeddings)
     dataset, dropped = build_kd_dataset(shards, PromptTemplate(config.train.prompt), tokenizer, args)
     if dropped:
         logger.warning("train: %d KD examples dropped: the prompt fills max_length=%s", dropped, args.max_length)
