@@ -1,11 +1,12 @@
 """Adaptive sampling against fixed N in generate, and adaptive self-consistency against maj@K in evaluate.
 
     .venv/bin/python benchmarks/adaptive_sampling.py [--questions 40] [--num-samples 16] [--round-size 1]
-        [--target-correct 1] [--max-tokens 64] [--eval-questions 80] [--eval-k 16] [--eval-temperature 0.5]
-        [--eval-rule beta] [--eval-confidence 0.8] [--output DIR]   (evaluate's own setting, on all questions)
+        [--target-correct 1] [--max-tokens 64] [--eval-questions 400] [--eval-seed 7] [--eval-k 48]
+        [--eval-temperature 0.3] [--eval-rule beta] [--eval-confidence 0.95] [--output DIR]
 
-About 2.5 minutes on this project's 2-core machines (16 with another heavy benchmark running beside it). The
-engine is seeded and the runs go in a fixed order, so a rerun gives the same generate figures.
+About 13 minutes on this project's 2-core machines, 10 of them evaluate's 400 x 48 samples; never beside another
+heavy run (two CPU engines at once slow each other several-fold). Per-request seeds and a fixed run order make a
+rerun give the same figures.
 
 One vLLM engine (the demo's teacher, SmolLM2-135M-Instruct, few-shot on the project's arithmetic problems in
 data/arithmetic/train.jsonl, temperature 1.0) serves every run:
@@ -19,25 +20,26 @@ data/arithmetic/train.jsonl, temperature 1.0) serves every run:
             its rationalized rows. The ordinary rows' verdicts do not depend on the rationalized ones (the pass rate
             leaves them out, and a rationalized question has no ordinary survivor to share a cap or a duplicate
             check with), so one adaptive run gives both counts.
-  evaluate  the teacher on held-out arithmetic questions (those after the --questions used above, then
-            data/arithmetic/test.jsonl: 80 with the defaults): one request of K samples per question, scored as
-            maj@K and as adaptive self-consistency (evaluate.adaptive: the stopping rule walks the K drawn samples
-            in order, one at a time), so both come from the same samples. Reported: eval_sample_ratio (samples
-            used / K) and eval_accuracy_gap (adaptive accuracy - maj@K, points) with its paired bootstrap interval,
-            on the second half of the questions (test), for the stopping setting chosen on the first half (dev):
-            of Beta at confidence 0.95 ... 0.8 (below 0.8 it stops on a single answer) and ESC windows 2-4,
-            the one using the fewest samples whose dev
-            accuracy is within 1 point of maj@K. The sampling temperature 0.5 was chosen in an earlier sweep on
-            all 80 questions (T 0.3, 0.5, 0.7; K 16, 32): at the demo's 0.7 this 135M model's answers are spread
-            so thin that no rule stopped at <= 0.4 of K=16 within a point of maj@K.
+  evaluate  the teacher on 400 fresh arithmetic problems (demo_data.fresh_problems with --eval-seed, none of them
+            in data/): one request of K = 48 samples per question at temperature 0.3, scored as maj@K and as
+            adaptive self-consistency (evaluate.adaptive: the stopping rule walks the K drawn samples in order, one
+            at a time, exactly as drawing them one by one would), so both come from the same samples and the gap is
+            paired. Reported: eval_sample_ratio (samples used / K) and eval_accuracy_gap (adaptive accuracy - maj@K,
+            points) with its 95% paired bootstrap interval over questions, as evaluate's metrics.json has them.
+            The setting (Adaptive-Consistency's Beta rule at its paper's threshold 0.95, K = 48, temperature 0.3)
+            was fixed beforehand in a sweep on 400 other fresh problems (--eval-seed 2026): at temperature 0.5 this
+            135M model's answers are spread so thin that a quarter of the questions never settle within K = 32,
+            and no rule used <= 0.4 of the samples within a point of maj@K; at 0.3 with K = 48, Beta 0.95 used
+            0.312 of them, gap -0.25 points [-1.25, +0.75]. Other settings on the same samples follow, for
+            information.
 
-Why "the same or more accepted rationales for every question fixed N served" holds by construction only in part:
-with max_per_question = T, fixed N keeps min(T, k) of a question's k surviving correct rationales, and a question
-adaptive closes by target has T correct ones, so it keeps T (>= min(T, k)) unless the filter drops some of them
-(duplicates, degenerate); a question adaptive does not close got the same N samples as fixed N, drawn afresh (vLLM
-on CPU refuses per-request seeds with n > 1; on a GPU, generate.seed_per_request makes adaptive's samples exactly
-fixed N's first ones), so there the two are equal in distribution, not sample by sample. The script counts the
-questions where adaptive kept fewer and says why.
+Why "the same or more accepted rationales for every question fixed N served" holds: both runs use per-request
+seeds (generate.seed_per_request), so a question's sample i is the same text in both, whatever round or batch it
+was drawn in (the script counts the samples that differ: 0 expected), and adaptive's samples are fixed N's first
+ones. A question adaptive runs to the cap has exactly fixed N's samples, so the filter keeps the same ones. A
+question it closes by target has T rationales reaching the gold, and with max_per_question = T it keeps T >= what
+fixed N keeps, unless the filter drops one of them on other grounds (degenerate, too long, a duplicate): the script
+counts the questions where adaptive kept fewer and says which kind they were.
 
 The last line is one JSON object: token_ratio, questions_served_fixed, questions_served_adaptive,
 questions_served_rationalized, eval_sample_ratio, eval_accuracy_gap, adaptive_gap_ci and the settings.
@@ -65,10 +67,10 @@ sys.path.insert(0, str(REPO))
 from cotdistill import filter as filter_stage  # noqa: E402
 from cotdistill import generate  # noqa: E402
 from cotdistill.config import AdaptiveEvalConfig, load_config  # noqa: E402
+from cotdistill.demo_data import fresh_problems  # noqa: E402
 from cotdistill.evaluate import adaptive_stop, evaluate_model, summarize_model  # noqa: E402
 from cotdistill.metrics import bootstrap_ci, expected_maj_at_k, question_seed  # noqa: E402
 from cotdistill.prompts import PromptTemplate  # noqa: E402
-from cotdistill.records import Question  # noqa: E402
 from cotdistill.shards import read_shards  # noqa: E402
 from cotdistill.sources import QuestionSource  # noqa: E402
 from cotdistill.teachers import build_teacher  # noqa: E402
@@ -90,14 +92,6 @@ def run_generate_and_filter(config, teacher) -> tuple[dict, dict, float]:
     return gen_stats, filter_stage.run(config), seconds
 
 
-def eval_questions(config, skip: int, limit: int) -> list[Question]:
-    """Arithmetic questions the generate runs did not use: the rest of train.jsonl, then test.jsonl."""
-    train = load_config(REPO / "pipelines" / "demo.yaml", ["data.limit=null"]).data
-    rest = list(QuestionSource(train).questions())[skip:]
-    test = list(QuestionSource(config.evaluate.data).questions())
-    return (rest + test)[:limit]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=40, help="generate: arithmetic train questions")
@@ -106,12 +100,13 @@ def main() -> None:
     parser.add_argument("--target-correct", type=int, default=1)
     parser.add_argument("--rationalize-samples", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--eval-questions", type=int, default=80, help="split in halves: dev (choose), test")
-    parser.add_argument("--eval-k", type=int, default=16)
-    parser.add_argument("--eval-temperature", type=float, default=0.5)
+    parser.add_argument("--eval-questions", type=int, default=400, help="fresh arithmetic problems")
+    parser.add_argument("--eval-seed", type=int, default=7, help="of those problems (the setting was chosen on 2026)")
+    parser.add_argument("--eval-k", type=int, default=48)
+    parser.add_argument("--eval-temperature", type=float, default=0.3)
     parser.add_argument("--eval-rule", default="beta")
-    parser.add_argument("--eval-confidence", type=float, default=0.8)
-    parser.add_argument("--eval-window", type=int, default=3)
+    parser.add_argument("--eval-confidence", type=float, default=0.95)
+    parser.add_argument("--eval-window", type=int, default=4)
     parser.add_argument("--output", default=None, help="runs folder (default: a temporary one, removed after)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -120,7 +115,7 @@ def main() -> None:
     T = args.target_correct
     common = [f"output_dir={output}", f"data.limit={args.questions}", f"generate.num_samples={args.num_samples}",
               f"generate.max_tokens={args.max_tokens}", f"filter.max_per_question={T}", "filter.num_workers=1",
-              "generate.questions_per_shard=16"]
+              "generate.questions_per_shard=16", "generate.seed_per_request=true"]
     fixed = load_config(REPO / "pipelines" / "demo.yaml", [*common, "run_name=fixed"])
     adaptive = load_config(REPO / "pipelines" / "demo.yaml", [
         *common, "run_name=adaptive", f"generate.adaptive.round_size={args.round_size}",
@@ -152,78 +147,75 @@ def main() -> None:
         drawn = Counter(r["question_id"] for r in read_shards(adaptive.run_dir / "generate" / "samples").to_pylist()
                         if not r["rationalized"])
         closed_early = {q for q in questions if drawn[q] < args.num_samples}  # closed by target before the cap
+        fixed_texts = {(r["question_id"], r["sample_index"]): r["rationale"]
+                       for r in read_shards(fixed.run_dir / "generate" / "samples").to_pylist()}
+        differing = sum(fixed_texts.get((r["question_id"], r["sample_index"])) != r["rationale"]
+                        for r in read_shards(adaptive.run_dir / "generate" / "samples").to_pylist()
+                        if not r["rationalized"])
+        print(f"adaptive samples that differ from fixed N's sample of the same index: {differing} "
+              f"(per-request seeds: 0 expected)")
         print(f"questions with >= 1 accepted rationale: fixed {len(served_fixed)}, adaptive {len(served_adaptive)}, "
               f"adaptive + rationalized {len(served_rationalized)} (of {len(questions)}); accepted rationales "
               f"{sum(fixed_ok.values())} fixed, {sum(ad_ok.values())} adaptive, {sum(hinted_ok.values())} rationalized "
               f"({ad_filter['rejected']['quotes_hint']} dropped as quotes_hint)")
         print(f"questions fixed N served where adaptive kept fewer: {len(fewer)} "
-              f"({sum(q in closed_early for q in fewer)} of them closed by target before the cap; the others ran to "
-              f"the cap, a fresh draw of the same N)")
+              f"({sum(q in closed_early for q in fewer)} of them closed by target before the cap, where the filter "
+              f"dropped a rationale reaching the gold; the others ran to the cap)")
         token_ratio = ad_tokens / fixed_gen["completion_tokens"]
         print(f"token_ratio {token_ratio:.3f} (with rationalization "
               f"{(ad_tokens + hinted_tokens) / fixed_gen['completion_tokens']:.3f})", flush=True)
 
         # --- evaluate: adaptive self-consistency against maj@K, on the same K samples per question ---------------
+        exclude = {json.loads(line)["question"] for name in ("arithmetic/train.jsonl", "arithmetic/test.jsonl",
+                                                              "fewshot/arithmetic.jsonl")
+                   for line in (REPO / "data" / name).read_text().splitlines()}
+        eval_path = output / "eval_questions.jsonl"
+        eval_path.write_text("".join(json.dumps(p) + "\n" for p in fresh_problems(args.eval_questions,
+                                                                                  args.eval_seed, exclude)))
         config = load_config(REPO / "pipelines" / "demo.yaml", [
-            f"output_dir={output}", "run_name=eval", f"evaluate.num_samples={args.eval_k}", "evaluate.greedy=false",
-            "evaluate.data.limit=null",
+            f"output_dir={output}", "run_name=eval", f"evaluate.data.path={eval_path}", "evaluate.data.limit=null",
+            f"evaluate.num_samples={args.eval_k}", "evaluate.greedy=false",
             f"evaluate.temperature={args.eval_temperature}", f"evaluate.max_tokens={args.max_tokens}",
             "evaluate.bootstrap_resamples=2000", f"evaluate.adaptive.rule={args.eval_rule}",
             f"evaluate.adaptive.confidence={args.eval_confidence}", f"evaluate.adaptive.window={args.eval_window}",
             "evaluate.adaptive.round_size=1"])
-        questions_eval = eval_questions(config, args.questions, args.eval_questions)
+        questions_eval = list(QuestionSource(config.evaluate.data).questions())
         template = PromptTemplate(config.generate.prompt, config.generate.examples)  # the teacher's own prompt
         started = time.perf_counter()
         rows, cost = evaluate_model(teacher, questions_eval, template, config, "teacher")
         metrics = summarize_model(rows, cost, config)
         K = metrics["k"]
-        print(f"evaluate: {len(rows)} questions x K={K} in {time.perf_counter() - started:.0f} s; "
-              f"maj@{K} {metrics[f'maj@{K}']:.3f}, adaptive ({args.eval_rule}, confidence {args.eval_confidence}, "
-              f"window {args.eval_window}) {metrics['adaptive_accuracy']:.3f} with "
-              f"{metrics['adaptive_samples_mean']:.2f} samples (ratio {metrics['adaptive_sample_ratio']:.3f}); "
-              f"gap {100 * metrics['adaptive_gap_to_maj_at_K']:+.2f} points, 95% CI "
-              f"[{100 * metrics['adaptive_gap_ci'][0]:+.2f}, {100 * metrics['adaptive_gap_ci'][1]:+.2f}]")
-        # The stopping setting is chosen on a dev half of the questions and reported on the other half: among
-        # the settings below, the one using the fewest samples whose dev accuracy is within 1 point of maj@K.
+        setting = f"{args.eval_rule} " + (f"confidence {args.eval_confidence}" if args.eval_rule == "beta"
+                                          else f"window {args.eval_window}")
+        eval_ratio, eval_gap, gap_ci = (metrics["adaptive_sample_ratio"], metrics["adaptive_gap_to_maj_at_K"],
+                                        metrics["adaptive_gap_ci"])
+        print(f"evaluate: {len(rows)} fresh questions x K={K} at temperature {args.eval_temperature}, "
+              f"{cost['sampled_tokens']:,} tokens in {time.perf_counter() - started:.0f} s; maj@{K} "
+              f"{metrics[f'maj@{K}']:.4f}; adaptive ({setting}) {metrics['adaptive_accuracy']:.4f} with "
+              f"{metrics['adaptive_samples_mean']:.2f} samples a question (ratio {eval_ratio:.3f}); gap "
+              f"{100 * eval_gap:+.2f} points, 95% paired bootstrap CI [{100 * gap_ci[0]:+.2f}, {100 * gap_ci[1]:+.2f}]")
+
+        # For information, other settings on the same samples (the setting above was fixed beforehand, on other
+        # questions: see the docstring).
         from cotdistill.answers import get_answer_format
 
         fmt = get_answer_format(config.filter.answer_format)
-
-        def adaptive_on(part: list[dict], setting: AdaptiveEvalConfig) -> tuple[float, list[float]]:
-            """Samples used over K, and per question adaptive minus maj@K (a tie among t scores 1/t in maj@K)."""
+        settings = [AdaptiveEvalConfig(rule="beta", confidence=c, window=4, round_size=1)
+                    for c in (0.99, 0.95, 0.9, 0.8)]
+        settings += [AdaptiveEvalConfig(rule="window", confidence=0.95, window=w, round_size=1) for w in (2, 3, 4)]
+        print(f"other settings on the same samples:  samples/K  gap to maj@{K} (points, 95% CI)")
+        for other in settings:
             used, gap = [], []
-            for r in part:
-                n, answer = adaptive_stop(r["sample_answers"], setting)
+            for r in rows:
+                n, answer = adaptive_stop(r["sample_answers"], other)
                 used.append(n)
                 maj = expected_maj_at_k(r["sample_answers"], r["sample_correct"], K,
                                         seed=question_seed(config.seed, r["question_id"], K))
                 gap.append(float(fmt.is_correct(answer, r["gold_answer"])) - maj)
-            return sum(used) / len(used) / K, gap
-
-        dev, test = rows[:len(rows) // 2], rows[len(rows) // 2:]
-        # Beta below 0.8 stops on a single answer (P(Beta(2, 1) > 1/2) = 0.75): greedy sampling, not a vote.
-        settings = [AdaptiveEvalConfig(rule="beta", confidence=c, window=4, round_size=1)
-                    for c in (0.95, 0.9, 0.85, 0.8)]
-        settings += [AdaptiveEvalConfig(rule="window", confidence=0.95, window=w, round_size=1) for w in (2, 3, 4)]
-        print(f"dev half ({len(dev)} questions):  rule        samples/K  gap (points, 95% CI)")
-        candidates = []
-        for setting in settings:
-            ratio, gap = adaptive_on(dev, setting)
             low, high = bootstrap_ci(gap, seed=0, resamples=2000)
-            name = f"beta {setting.confidence}" if setting.rule == "beta" else f"window {setting.window}"
-            print(f"  {name:<26} {ratio:9.3f}  {100 * sum(gap) / len(gap):+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
-            if sum(gap) / len(gap) >= -0.01:
-                candidates.append((ratio, name, setting))
-        ratio_dev, chosen_name, chosen = min(candidates, key=lambda c: c[0]) if candidates else (
-            None, "beta 0.95", settings[0])
-        eval_ratio, gap = adaptive_on(test, chosen)
-        eval_gap = sum(gap) / len(gap)
-        gap_ci = bootstrap_ci(gap, seed=0, resamples=2000)
-        test_maj = sum(expected_maj_at_k(r["sample_answers"], r["sample_correct"], K,
-                                         seed=question_seed(config.seed, r["question_id"], K)) for r in test) / len(test)
-        print(f"chosen on dev: {chosen_name}; on the test half ({len(test)} questions): samples/K {eval_ratio:.3f}, "
-              f"maj@{K} {test_maj:.3f}, adaptive {test_maj + eval_gap:.3f}, gap {100 * eval_gap:+.2f} points "
-              f"[{100 * gap_ci[0]:+.2f}, {100 * gap_ci[1]:+.2f}]")
+            name = f"beta {other.confidence}" if other.rule == "beta" else f"window {other.window}"
+            print(f"  {name:<34} {sum(used) / len(used) / K:9.3f}  {100 * sum(gap) / len(gap):+.2f} "
+                  f"[{100 * low:+.2f}, {100 * high:+.2f}]")
     finally:
         teacher.close()
         if args.output is None:
@@ -237,15 +229,16 @@ def main() -> None:
         "questions_served_adaptive": len(served_adaptive),
         "questions_served_rationalized": len(served_rationalized),
         "served_by_fixed_with_fewer_accepted_adaptive": len(fewer),
+        "adaptive_samples_differing_from_fixed": differing,
         "fixed_tokens": fixed_gen["completion_tokens"], "adaptive_tokens": ad_tokens,
         "rationalization_tokens": hinted_tokens,
-        "eval_questions": len(rows), "eval_k": K, "eval_dev_questions": len(dev), "eval_test_questions": len(test),
-        "eval_setting_chosen_on_dev": chosen_name,
+        "eval_questions": len(rows), "eval_k": K, "eval_temperature": args.eval_temperature,
+        "eval_setting": setting,
         "eval_sample_ratio": round(eval_ratio, 4),
         "eval_accuracy_gap": round(100 * eval_gap, 2),
         "adaptive_gap_ci": [round(100 * v, 2) for v in gap_ci],
-        "eval_maj_at_K": round(test_maj, 4),
-        "eval_adaptive_accuracy": round(test_maj + eval_gap, 4),
+        "eval_maj_at_K": round(metrics[f"maj@{K}"], 4),
+        "eval_adaptive_accuracy": round(metrics["adaptive_accuracy"], 4),
         "settings": {"num_samples": args.num_samples, "round_size": args.round_size, "target_correct": T,
                      "rationalize_samples": args.rationalize_samples},
     }))

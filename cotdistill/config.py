@@ -138,8 +138,8 @@ class GenerateConfig:
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
     questions_per_shard: int = 256  # memory is bounded by one shard of questions and their rationales
-    # Per-request seeds make each question's samples independent of shard order, but vLLM on CPU refuses
-    # `SamplingParams(n>1, seed=...)`; GPU users can switch this on.
+    # Per-request seeds make each question's samples independent of shard order and batch (on CPU this needs
+    # chunked prefill off, which build_llm sets there by default).
     seed_per_request: bool = False
     # Store the teacher's top-k logprobs at every generated token (k, e.g. 20; null: off), for train.loss: kd.
     # A local engine only (backend vllm or ray); for other text, the score step computes the same columns.

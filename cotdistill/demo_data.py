@@ -48,14 +48,20 @@ def rationale_from_answer(answer: str) -> str:
     return f"{steps}\nThe answer is {final.strip()}"
 
 
-def main(root: Path = Path(__file__).resolve().parent.parent / "data") -> None:
-    rng = random.Random(1234)
-    problems, seen = [], set()
-    while len(problems) < 124:
+def fresh_problems(count: int, seed: int, exclude: set[str]) -> list[dict[str, str]]:
+    """`count` more problems of the same kinds, none of whose questions is in `exclude` (e.g. the data set's), for
+    measurements that need more held-out questions than data/ has. Seeded: the same list on every machine."""
+    rng, problems, seen = random.Random(seed), [], set(exclude)
+    while len(problems) < count:
         p = make_problem(rng)
         if p["question"] not in seen:
             seen.add(p["question"])
             problems.append(p)
+    return problems
+
+
+def main(root: Path = Path(__file__).resolve().parent.parent / "data") -> None:
+    problems = fresh_problems(124, seed=1234, exclude=set())
     splits = {"train": problems[:96], "test": problems[96:120]}
     fewshot = [{"question": p["question"], "rationale": rationale_from_answer(p["answer"])} for p in problems[120:]]
     (root / "arithmetic").mkdir(parents=True, exist_ok=True)

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from typing import Any
 
 from cotdistill.config import ConfigError, RunConfig
 from cotdistill.fingerprints import (
-    make_fingerprint, matches, read_fingerprint, template_fingerprint, upstream,
-    write_fingerprint,
+    claim, finished_stats, make_fingerprint, matches, template_fingerprint, upstream,
 )
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import FILTERED_SCHEMA, student_text
-from cotdistill.shards import read_json, read_json_or_none, remove_stale_tmp, write_json_atomic, write_parquet_atomic
+from cotdistill.shards import read_json, remove_stale_tmp, write_json_atomic, write_parquet_atomic
 from cotdistill.teachers import render_prompt, teacher_settings
 
 logger = logging.getLogger(__name__)
@@ -103,18 +101,12 @@ def run(config: RunConfig) -> dict[str, Any]:
         raise ConfigError("score: is not set: add a score section (e.g. score: {context: student}) to score the "
                           "accepted rationales")
     filter_dir, out_dir = config.run_dir / "filter", config.run_dir / "score"
-    filter_stats = read_json_or_none(filter_dir / "stats.json")
-    if filter_stats is None or upstream(filter_dir) is None:
-        raise RuntimeError(f"{filter_dir}: no finished filter output; run `cotdistill filter` first")
+    filter_stats = finished_stats(filter_dir, "filter")
     record = fingerprint(config)
     if is_complete(config, record):
         logger.info("score: %s is up to date, skipping", out_dir)
         return read_json(out_dir / "stats.json")
-    stored = read_fingerprint(out_dir)
-    if stored is not None and stored["fingerprint"] != record["fingerprint"]:
-        logger.warning("score: settings or corpus changed: discarding %s and scoring again", out_dir)
-        shutil.rmtree(out_dir)
-    write_fingerprint(out_dir, record)
+    claim(out_dir, record, "score")
     (out_dir / "accepted").mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out_dir / "accepted")
     (out_dir / "stats.json").unlink(missing_ok=True)

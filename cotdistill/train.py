@@ -30,10 +30,9 @@ from cotdistill.models import resolve_model
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import student_text
 from cotdistill.fingerprints import (
-    changed_keys, make_fingerprint, matches, model_fingerprint, read_fingerprint, template_fingerprint, upstream,
-    write_fingerprint,
+    claim, finished_stats, make_fingerprint, matches, model_fingerprint, template_fingerprint, upstream,
 )
-from cotdistill.shards import list_shards, read_json, read_json_or_none, write_text_atomic
+from cotdistill.shards import list_shards, read_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -291,23 +290,12 @@ def run(config: RunConfig) -> dict[str, Any]:
     train_dir = config.run_dir / "train"
     final_dir = train_dir / "model"
     filter_dir = config.run_dir / "filter"
-    filter_stats = read_json_or_none(filter_dir / "stats.json")
-    if filter_stats is None or upstream(filter_dir) is None:
-        raise RuntimeError(f"{filter_dir}: no finished filter output; run `cotdistill filter` first")
+    filter_stats = finished_stats(filter_dir, "filter")
     record = fingerprint(config)
     if is_complete(config, record):
         logger.info("train: %s is up to date, skipping", final_dir)
         return read_json(train_dir / "stats.json")
-    stored = read_fingerprint(train_dir)
-    if stored is not None and stored["fingerprint"] != record["fingerprint"]:
-        # Checkpoints of other settings or another corpus must never be resumed: start over.
-        logger.warning("train: settings or corpus changed (%s): discarding %s and training again",
-                       ", ".join(changed_keys(stored["settings"], record["settings"])), train_dir)
-        shutil.rmtree(train_dir)
-    elif stored is None and train_dir.exists() and any(train_dir.iterdir()):
-        logger.warning("train: %s was made without a fingerprint: discarding it and training again", train_dir)
-        shutil.rmtree(train_dir)
-    write_fingerprint(train_dir, record)  # first: the checkpoints written from now on belong to these settings
+    claim(train_dir, record, "train")  # checkpoints of other settings or another corpus are never resumed
 
     if config.train.loss == "kd":
         source = logprob_source(config)

@@ -422,3 +422,41 @@ def test_rationalized_rows_keep_the_hint_out_of_the_students_prompt(parrot, tmp_
         prompt = json.dumps(example["prompt"])
         assert "correct final answer" not in prompt and "hint" not in prompt.lower()
         assert example["prompt"] == PromptTemplate(config.train.prompt).render(question=row["question"])
+
+
+def test_seeded_rounds_draw_exactly_fixed_ns_first_samples(tmp_path, tiny_model, gsm8k_rows):
+    """generate.seed_per_request on the real CPU engine: adaptive rounds of 2 (later passes, other batches) draw
+    the very samples one request of N draws. The token budget is small enough that chunked prefill would split the
+    prompts, which vLLM's CPU sampler cannot do for seeded requests: build_llm turns it off there."""
+    from cotdistill.teachers.vllm_local import build
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n"
+                                 for r in gsm8k_rows[:4]))
+    data = tiny_config_dict(tmp_path, tiny_model, questions)
+    data["teacher"]["engine"]["max_num_batched_tokens"] = 512
+    data["generate"].update(num_samples=6, temperature=1.0, max_tokens=16, seed_per_request=True)
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    fixed = load_config(config_path, ["run_name=fixed"])
+    # The random model never reaches a GSM8K gold: every question runs its 3 rounds to the cap.
+    adaptive = load_config(config_path, ["run_name=adaptive", "generate.adaptive.round_size=2",
+                                         "generate.adaptive.target_correct=6"])
+    teacher = build(fixed.teacher, fixed.seed)
+    try:
+        assert teacher.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
+        generate.run(fixed, teacher=teacher)
+        stats = generate.run(adaptive, teacher=teacher)
+    finally:
+        teacher.close()
+    assert stats["adaptive"]["closed"]["cap"] == 4 and stats["adaptive"]["rounds_mean"] == 3
+
+    def samples(config):
+        return {(r["question_id"], r["sample_index"]): (r["rationale"], r["completion_tokens"], r["round"])
+                for r in read_shards(config.run_dir / "generate" / "samples").to_pylist()}
+
+    got, want = samples(adaptive), samples(fixed)
+    assert len(got) == len(want) == 24
+    assert {k: v[:2] for k, v in got.items()} == {k: v[:2] for k, v in want.items()}
+    assert {k[1]: v[2] for k, v in got.items()} == {0: 1, 1: 1, 2: 2, 3: 2, 4: 3, 5: 3}
+    assert len({v[0] for v in got.values()}) > 12  # distinct draws, not one seed repeated

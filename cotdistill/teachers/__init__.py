@@ -33,7 +33,7 @@ class Sampling:
     top_k: int = -1
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
-    seed: int | None = None  # a per-request seed (vLLM on CPU refuses it with n > 1)
+    seed: int | None = None  # a per-request seed: sample i is drawn with seed + i
     logprobs: int | None = None  # the top-k logprobs of every generated token (generate.logprobs), else none
 
 

@@ -28,8 +28,15 @@ def build_llm(model_cfg: ModelConfig, seed: int, model_path: str | None = None) 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
+    from vllm.platforms import current_platform
+
     model = model_path or resolve_model(model_cfg.model)
     engine_args = {"seed": seed, **model_cfg.engine}
+    if current_platform.is_cpu():
+        # vLLM's CPU sampler cannot rewind the generator of a seeded request whose prompt was split across engine
+        # steps ("CPU Generator does not use offset"), so per-request seeds (generate.seed_per_request) need whole
+        # prompts scheduled at once. The engine args can still turn it back on.
+        engine_args.setdefault("enable_chunked_prefill", False)
     logger.info("starting vLLM for %s with %s", model, engine_args)
     try:
         return LLM(model=model, **engine_args)
