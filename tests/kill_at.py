@@ -54,7 +54,7 @@ def main() -> None:
     if point == "generate-shard":
         import pyarrow.parquet as pq
 
-        import cotdistill.generate as stage
+        import cotdistill.generate.compaction as stage  # where compact() writes the shard
 
         real = stage.write_parquet_atomic
 

@@ -34,6 +34,9 @@ every row of a question the question's `rounds`.
 question's ordinary prompt_messages / prompt_text (train builds the student's prompt from the question alone) and
 the prompt really sent in hint_prompt_text; no logprobs are asked for them (the distribution after the hint would
 pass it on to a KD student). The filter drops those that quote the hint (quotes_hint).
+
+Here: the stage (fingerprint, the request loop generate_shards, run, stats); progress.py where each question
+stands and what it is sent next; compaction.py rows as journaled and the shard written; dry_run.py --dry-run.
 """
 
 from __future__ import annotations
@@ -43,31 +46,29 @@ import logging
 import math
 import shutil
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from cotdistill.answers import get_answer_format, group_equivalent
 from cotdistill.config import RunConfig
-from cotdistill.filter.judge import rationale_reaches_gold
 from cotdistill.fingerprints import (
     changed_keys, data_fingerprint, file_digest, make_fingerprint, matches, read_fingerprint, template_fingerprint,
     write_fingerprint,
 )
+from cotdistill.generate.compaction import compact, logprob_bytes, sample_rows
+from cotdistill.generate.dry_run import dry_run
+from cotdistill.generate.progress import Policy, Progress, Shard
 from cotdistill.prompts import PromptTemplate
-from cotdistill.records import (
-    LOGPROB_COLUMNS, SAMPLE_SCHEMA, Question, Sample, decode_topk, encode_topk, samples_to_table,
-)
+from cotdistill.records import Question
 from cotdistill.shards import (
     Journal, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic,
-    write_parquet_atomic,
 )
 from cotdistill.sources import QuestionSource
-from cotdistill.stopping import should_stop
 from cotdistill.teachers import (
-    Finished, Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
+    Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
 )
+
+__all__ = ["Policy", "Progress", "SettingsChanged", "dry_run", "fingerprint", "is_complete", "logprob_bytes", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,251 +133,6 @@ def check_fingerprint(out_dir: Path, record: dict[str, Any], force: bool) -> Non
     for name in ("stats.json", "settings.json"):
         (out_dir / name).unlink(missing_ok=True)
     write_fingerprint(out_dir, record)
-
-
-@dataclass
-class Progress:
-    """Where one question stands: what its journal records add up to. Built by Policy.absorb, the same way live and
-    when a rerun replays the journal, so a resumed question goes on exactly where it stopped."""
-
-    sampled: int = 0  # ordinary samples back (sample_index of the next one)
-    rounds: int = 0  # ordinary requests back
-    correct: int = 0  # of those samples, the ones reaching the gold (filter.label gold)
-    answers: list[str | None] = field(default_factory=list)  # their answers, for the stopping rule (label majority)
-    closed: str | None = None  # why sampling ended: fixed | target | rule | cap | skipped | error
-    hinted: bool = False  # its rationalization request is back (or was skipped)
-
-
-class Policy:
-    """When a question is done, and what it is sent next: fixed N (one request of n=N), adaptive rounds, and the
-    STaR rationalization after them. Pure over the journaled records."""
-
-    def __init__(self, config: RunConfig):
-        gen = config.generate
-        self.gen, self.adaptive, self.label = gen, gen.adaptive, config.filter.label
-        # The filter's own answer check (filter/judge.py), only when a verdict is needed here.
-        self.fmt = get_answer_format(config.filter.answer_format) if gen.adaptive or gen.rationalize else None
-
-    def absorb(self, p: Progress, record: dict[str, Any], q: Question) -> bool:
-        """Add one journaled record to the question's progress; False for a record that does not follow on (a
-        duplicate), which is then ignored, here and at compaction (Shard.taken)."""
-        if record.get("rationalize"):
-            if p.closed is None or p.hinted or not self.needs_hint(p):
-                return False
-            p.hinted = True
-            return True
-        if p.closed is not None or record.get("round", 1) != p.rounds + 1:
-            return False
-        if record["skipped"]:
-            p.closed = "skipped"
-            return True
-        p.rounds += 1
-        if record["error"] or not record["samples"]:
-            p.closed = "error"
-            return True
-        for row in record["samples"]:
-            p.sampled += 1
-            if self.fmt is not None and self.label == "gold":
-                p.correct += rationale_reaches_gold(row["rationale"], row["finish_reason"], q.gold_answer,
-                                                    q.choices, self.fmt)
-            elif self.fmt is not None and self.label == "majority":
-                # A vote as the filter's majority counts it: a finished rationale's answer; else no vote.
-                text = row["rationale"] or ""
-                finished = row["finish_reason"] != "length" and text.strip()
-                p.answers.append(self.fmt.extract(text, q.choices).answer if finished else None)
-        p.closed = self.close_reason(p)
-        return True
-
-    def close_reason(self, p: Progress) -> str | None:
-        ad = self.adaptive
-        if ad is None:
-            return "fixed"
-        if self.label == "gold" and p.correct >= ad.target_correct:
-            return "target"
-        if self.label == "majority" and should_stop(group_equivalent(p.answers, self.fmt), ad.rule, ad.confidence,
-                                                    ad.window):
-            return "rule"
-        return "cap" if p.sampled >= self.gen.num_samples else None
-
-    def needs_hint(self, p: Progress) -> bool:
-        """STaR: sampling over, and no rationale reached the gold."""
-        return self.gen.rationalize and p.closed in ("fixed", "target", "rule", "cap") and p.correct == 0
-
-    def next(self, p: Progress) -> tuple[str, int] | None:
-        """("round", n), ("hint", n), or None when the question is done."""
-        if p.closed is None:
-            n = self.gen.num_samples if self.adaptive is None else min(self.adaptive.round_size,
-                                                                        self.gen.num_samples - p.sampled)
-            return "round", n
-        if self.needs_hint(p) and not p.hinted:
-            return "hint", self.gen.rationalize_samples
-        return None
-
-
-@dataclass(eq=False)
-class Shard:
-    """One shard's questions and where each stands, as its journal says."""
-
-    index: int
-    questions: list[Question]
-    journal: Journal
-    policy: Policy
-    progress: dict[str, Progress] = field(default_factory=dict)  # question_id -> its progress
-    all_sent: bool = False  # every question has been through one pass
-    compacted: bool = False
-    taken: set[tuple[str, int | None, bool]] = field(default_factory=set)  # the journal records absorbed
-
-    def __post_init__(self) -> None:
-        self.progress = {q.question_id: Progress() for q in self.questions}
-        self._by_id = {q.question_id: q for q in self.questions}
-
-    def absorb(self, record: dict[str, Any]) -> bool:
-        qid = record["question_id"]
-        if qid not in self._by_id or not self.policy.absorb(self.progress[qid], record, self._by_id[qid]):
-            return False
-        self.taken.add(record_key(record))
-        return True
-
-    @property
-    def done(self) -> bool:
-        return self.all_sent and not self.compacted and all(
-            self.policy.next(self.progress[q.question_id]) is None for q in self.questions)
-
-    def replay(self) -> int:
-        """Rebuild every question's progress from the journal (a rerun); returns the records taken."""
-        return sum(self.absorb(record) for record in self.journal.read())
-
-    def record(self, record: dict[str, Any]) -> None:
-        self.journal.append(record)
-        self.absorb(record)
-
-
-def record_key(record: dict[str, Any]) -> tuple[str, int | None, bool]:
-    """What a journal record is: its question, its round, or its question's rationalization."""
-    return record["question_id"], record.get("round", 1), bool(record.get("rationalize"))
-
-
-def sample_rows(done: Finished, q: Question, messages: list[dict[str, str]], text: str, config: RunConfig,
-                seed: int, start: int = 0, round: int | None = None, rationalized: bool | None = None,
-                hint_prompt_text: str | None = None) -> list[dict[str, Any]]:
-    """The teacher's answer to one request as Sample records (dicts, as journaled): sample indices from `start`
-    (adaptive rounds go on where the last stopped); `messages` and `text` are the question's ordinary prompt, also
-    for a rationalization, whose real prompt is kept in hint_prompt_text."""
-    gen = config.generate
-    sampling = {"n": gen.rationalize_samples if hint_prompt_text is not None else gen.num_samples,
-                "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
-                "max_tokens": gen.max_tokens, "stop": list(gen.stop)}
-    rows = []
-    for i, c in enumerate(done.completions):
-        row = asdict(Sample(
-            question_id=q.question_id, sample_index=start + i, question=q.question, gold_answer=q.gold_answer,
-            choices=q.choices, prompt_messages=messages, prompt_text=text, rationale=c.text,
-            finish_reason=c.finish_reason, prompt_tokens=done.prompt_tokens, completion_tokens=c.completion_tokens,
-            teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name,
-            reasoning=c.reasoning, round=round, rationalized=rationalized, hint_prompt_text=hint_prompt_text,
-        ))
-        if c.topk_ids is not None:  # journaled compactly; compact() turns them into the Parquet columns
-            row.update(completion_token_ids=c.token_ids, logprobs_context="teacher",
-                       teacher_topk_ids=encode_topk(c.topk_ids, c.topk_logprobs), teacher_topk_logprobs=None)
-        rows.append(row)
-    return rows
-
-
-def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A journaled Sample row as the Sample record (the journal holds top-k logprobs base64-encoded)."""
-    if isinstance(row.get("teacher_topk_ids"), dict):
-        row = dict(row)
-        row["teacher_topk_ids"], row["teacher_topk_logprobs"] = decode_topk(row["teacher_topk_ids"])
-    return row
-
-
-def logprob_bytes(path: Path) -> int:
-    """Bytes on disk of a Parquet shard's logprob columns (compressed column chunks, from its footer)."""
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    total = 0
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        for c in range(group.num_columns):
-            column = group.column(c)
-            if column.path_in_schema.split(".")[0] in LOGPROB_COLUMNS:
-                total += column.total_compressed_size
-    return total
-
-
-def journaled_records(shard: Shard) -> dict[str, list[dict[str, Any]]]:
-    """Each question's journal records, in the order written, read back from the journal (rows are not kept in
-    memory while a question waits for its next round): the ones its progress was built from, each once."""
-    seen: set[tuple[str, int | None, bool]] = set()
-    records: dict[str, list[dict[str, Any]]] = {q.question_id: [] for q in shard.questions}
-    for record in shard.journal.read():
-        key = record_key(record)
-        if key in shard.taken and key not in seen:
-            seen.add(key)
-            records[record["question_id"]].append(record)
-    return records
-
-
-def compact(shard: Shard, out_dir: Path) -> dict[str, Any]:
-    """A complete shard's journal -> meta, then the Parquet shard (its completion marker), then no journal."""
-    policy = shard.policy
-    by_question = journaled_records(shard)
-    records = [r for q in shard.questions for r in by_question[q.question_id]]  # source order, then sample order
-    rows = []
-    for q in shard.questions:
-        rounds = shard.progress[q.question_id].rounds if policy.adaptive is not None else None
-        for r in by_question[q.question_id]:
-            rows.extend({**decode_row(row), "rounds": rounds} if rounds is not None else decode_row(row)
-                        for row in r["samples"])
-    meta = {
-        "shard": shard.index,
-        "questions": len(shard.questions),
-        "rationales": len(rows),
-        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
-        "completion_tokens": sum(row["completion_tokens"] for row in rows),
-        "truncated": sum(row["finish_reason"] == "length" for row in rows),
-        "seconds": sum(r["seconds"] for r in records),
-        "retries": sum(r["retries"] for r in records),
-        "skipped": [{"question_id": r["question_id"], "source_row": r["source_row"], "reason": r["skipped"]}
-                    for r in records if r["skipped"]],
-        "failed": [{"question_id": r["question_id"], "source_row": r["source_row"], "reason": r["error"]}
-                   for r in records if r["error"]],
-    }
-    meta.update(rounds_meta(shard, rows))
-    write_json_atomic(meta, out_dir / "meta" / shard_name(shard.index, ".json"))
-    write_parquet_atomic(samples_to_table([Sample(**row) for row in rows], SAMPLE_SCHEMA),
-                         out_dir / "samples" / shard_name(shard.index))
-    shard.journal.remove()
-    shard.compacted = True
-    return meta
-
-
-def rounds_meta(shard: Shard, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The shard's adaptive and rationalization counts (nothing with both off: the meta stays as it was)."""
-    policy, meta = shard.policy, {}
-    answered = [p for p in shard.progress.values() if p.rounds]
-    if policy.adaptive is not None:
-        closed = Counter(p.closed for p in answered)
-        meta["adaptive"] = {
-            "questions": len(answered),
-            "samples": sum(p.sampled for p in answered),
-            "rounds": sum(p.rounds for p in answered),
-            "closed": {why: closed.get(why, 0) for why in ("target", "rule", "cap", "error")},
-        }
-    if policy.gen.rationalize:
-        hinted = [row for row in rows if row["rationalized"]]
-        by_id = {q.question_id: q for q in shard.questions}
-        meta["rationalized"] = {
-            "questions_without_correct": sum(policy.needs_hint(p) for p in shard.progress.values()),
-            "questions": len({row["question_id"] for row in hinted}),
-            "rationales": len(hinted),
-            "reaching_gold": sum(rationale_reaches_gold(row["rationale"], row["finish_reason"], row["gold_answer"],
-                                                        by_id[row["question_id"]].choices, policy.fmt)
-                                 for row in hinted),
-            "completion_tokens": sum(row["completion_tokens"] for row in hinted),
-        }
-    return meta
 
 
 def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], template: PromptTemplate,
@@ -538,56 +294,6 @@ def run(config: RunConfig, teacher: Teacher | None = None, force: bool = False) 
     write_json_atomic(stats, out_dir / "stats.json")
     logger.info("generate: %s", {k: v for k, v in stats.items() if k not in ("skipped", "failed")})
     return stats
-
-
-def dry_run(config: RunConfig) -> dict[str, Any]:
-    """What generate would send, counted before anything is sent and without starting an engine: the requests,
-    the prompt tokens (counted with the teacher's tokenizer), the most completion tokens they can return, and
-    with prices in the config, the estimated cost. Shards already finished and questions already journaled
-    are left out, as a run would leave them out."""
-    from transformers import AutoTokenizer
-
-    from cotdistill.models import resolve_model
-
-    gen, teacher = config.generate, config.teacher
-    out_dir = config.run_dir / "generate"
-    source = QuestionSource(config.data)
-    template = PromptTemplate(gen.prompt, gen.examples)
-    name = (teacher.openai.tokenizer or teacher.model) if teacher.backend == "openai" else teacher.model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
-    except Exception as e:  # a hosted model's id has no local tokenizer: say how to give one
-        raise ValueError(f"--dry-run counts prompt tokens with the teacher's tokenizer, and {name!r} has none here "
-                         f"({type(e).__name__}); set teacher.openai.tokenizer to a Hugging Face tokenizer") from None
-    per_shard = gen.questions_per_shard
-    questions = prompt_tokens = 0
-    for index in range(math.ceil(len(source) / per_shard)):
-        if (out_dir / "samples" / shard_name(index)).exists():
-            continue
-        journaled = {r["question_id"] for r in Journal(out_dir / "journal" / shard_name(index, ".jsonl")).read()}
-        for q in source.questions(index * per_shard, (index + 1) * per_shard):
-            if q.question_id not in journaled:
-                questions += 1
-                prompt_tokens += len(render_prompt(tokenizer, template.render(question=q.question,
-                                                                               choices=q.choices))[1])
-    split = teacher.backend == "openai" and not teacher.openai.n_per_request  # N requests of n=1 per question
-    # At most: adaptive sampling sends up to ceil(N / round_size) rounds, rationalization one request more.
-    per_question = gen.num_samples if split else math.ceil(gen.num_samples / gen.adaptive.round_size) \
-        if gen.adaptive else 1
-    samples = gen.num_samples
-    if gen.rationalize:
-        per_question += gen.rationalize_samples if split else 1
-        samples += gen.rationalize_samples
-    plan = {
-        "questions": questions, "requests": questions * per_question,
-        "prompt_tokens": prompt_tokens * per_question,  # each request is billed for its prompt
-        "max_completion_tokens": questions * samples * gen.max_tokens,
-    }
-    price_in, price_out = teacher.openai.price_per_million_input, teacher.openai.price_per_million_output
-    if price_in or price_out:
-        plan["max_estimated_cost"] = round((plan["prompt_tokens"] * (price_in or 0)
-                                            + plan["max_completion_tokens"] * (price_out or 0)) / 1e6, 4)
-    return plan
 
 
 def summarize(out_dir: Path, num_shards: int, config: RunConfig) -> dict[str, Any]:

@@ -1,0 +1,140 @@
+"""From the teacher's answers to the shard on disk: Sample rows as journaled, and a complete shard's journal
+compacted into its meta and Parquet file (the shard's completion marker).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cotdistill.config import RunConfig
+from cotdistill.filter.judge import rationale_reaches_gold
+from cotdistill.generate.progress import Shard, record_key
+from cotdistill.records import LOGPROB_COLUMNS, SAMPLE_SCHEMA, Question, Sample, decode_topk, encode_topk, samples_to_table
+from cotdistill.shards import shard_name, write_json_atomic, write_parquet_atomic
+from cotdistill.teachers import Finished
+
+
+def sample_rows(done: Finished, q: Question, messages: list[dict[str, str]], text: str, config: RunConfig,
+                seed: int, start: int = 0, round: int | None = None, rationalized: bool | None = None,
+                hint_prompt_text: str | None = None) -> list[dict[str, Any]]:
+    """The teacher's answer to one request as Sample records (dicts, as journaled): sample indices from `start`
+    (adaptive rounds go on where the last stopped); `messages` and `text` are the question's ordinary prompt, also
+    for a rationalization, whose real prompt is kept in hint_prompt_text."""
+    gen = config.generate
+    sampling = {"n": gen.rationalize_samples if hint_prompt_text is not None else gen.num_samples,
+                "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
+                "max_tokens": gen.max_tokens, "stop": list(gen.stop)}
+    rows = []
+    for i, c in enumerate(done.completions):
+        row = asdict(Sample(
+            question_id=q.question_id, sample_index=start + i, question=q.question, gold_answer=q.gold_answer,
+            choices=q.choices, prompt_messages=messages, prompt_text=text, rationale=c.text,
+            finish_reason=c.finish_reason, prompt_tokens=done.prompt_tokens, completion_tokens=c.completion_tokens,
+            teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name,
+            reasoning=c.reasoning, round=round, rationalized=rationalized, hint_prompt_text=hint_prompt_text,
+        ))
+        if c.topk_ids is not None:  # journaled compactly; compact() turns them into the Parquet columns
+            row.update(completion_token_ids=c.token_ids, logprobs_context="teacher",
+                       teacher_topk_ids=encode_topk(c.topk_ids, c.topk_logprobs), teacher_topk_logprobs=None)
+        rows.append(row)
+    return rows
+
+
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A journaled Sample row as the Sample record (the journal holds top-k logprobs base64-encoded)."""
+    if isinstance(row.get("teacher_topk_ids"), dict):
+        row = dict(row)
+        row["teacher_topk_ids"], row["teacher_topk_logprobs"] = decode_topk(row["teacher_topk_ids"])
+    return row
+
+
+def logprob_bytes(path: Path) -> int:
+    """Bytes on disk of a Parquet shard's logprob columns (compressed column chunks, from its footer)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    total = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            if column.path_in_schema.split(".")[0] in LOGPROB_COLUMNS:
+                total += column.total_compressed_size
+    return total
+
+
+def journaled_records(shard: Shard) -> dict[str, list[dict[str, Any]]]:
+    """Each question's journal records, in the order written, read back from the journal (rows are not kept in
+    memory while a question waits for its next round): the ones its progress was built from, each once."""
+    seen: set[tuple[str, int | None, bool]] = set()
+    records: dict[str, list[dict[str, Any]]] = {q.question_id: [] for q in shard.questions}
+    for record in shard.journal.read():
+        key = record_key(record)
+        if key in shard.taken and key not in seen:
+            seen.add(key)
+            records[record["question_id"]].append(record)
+    return records
+
+
+def compact(shard: Shard, out_dir: Path) -> dict[str, Any]:
+    """A complete shard's journal -> meta, then the Parquet shard (its completion marker), then no journal."""
+    policy = shard.policy
+    by_question = journaled_records(shard)
+    records = [r for q in shard.questions for r in by_question[q.question_id]]  # source order, then sample order
+    rows = []
+    for q in shard.questions:
+        rounds = shard.progress[q.question_id].rounds if policy.adaptive is not None else None
+        for r in by_question[q.question_id]:
+            rows.extend({**decode_row(row), "rounds": rounds} if rounds is not None else decode_row(row)
+                        for row in r["samples"])
+    meta = {
+        "shard": shard.index,
+        "questions": len(shard.questions),
+        "rationales": len(rows),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+        "completion_tokens": sum(row["completion_tokens"] for row in rows),
+        "truncated": sum(row["finish_reason"] == "length" for row in rows),
+        "seconds": sum(r["seconds"] for r in records),
+        "retries": sum(r["retries"] for r in records),
+        "skipped": [{"question_id": r["question_id"], "source_row": r["source_row"], "reason": r["skipped"]}
+                    for r in records if r["skipped"]],
+        "failed": [{"question_id": r["question_id"], "source_row": r["source_row"], "reason": r["error"]}
+                   for r in records if r["error"]],
+    }
+    meta.update(rounds_meta(shard, rows))
+    write_json_atomic(meta, out_dir / "meta" / shard_name(shard.index, ".json"))
+    write_parquet_atomic(samples_to_table([Sample(**row) for row in rows], SAMPLE_SCHEMA),
+                         out_dir / "samples" / shard_name(shard.index))
+    shard.journal.remove()
+    shard.compacted = True
+    return meta
+
+
+def rounds_meta(shard: Shard, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shard's adaptive and rationalization counts (nothing with both off: the meta stays as it was)."""
+    policy, meta = shard.policy, {}
+    answered = [p for p in shard.progress.values() if p.rounds]
+    if policy.adaptive is not None:
+        closed = Counter(p.closed for p in answered)
+        meta["adaptive"] = {
+            "questions": len(answered),
+            "samples": sum(p.sampled for p in answered),
+            "rounds": sum(p.rounds for p in answered),
+            "closed": {why: closed.get(why, 0) for why in ("target", "rule", "cap", "error")},
+        }
+    if policy.gen.rationalize:
+        hinted = [row for row in rows if row["rationalized"]]
+        by_id = {q.question_id: q for q in shard.questions}
+        meta["rationalized"] = {
+            "questions_without_correct": sum(policy.needs_hint(p) for p in shard.progress.values()),
+            "questions": len({row["question_id"] for row in hinted}),
+            "rationales": len(hinted),
+            "reaching_gold": sum(rationale_reaches_gold(row["rationale"], row["finish_reason"], row["gold_answer"],
+                                                        by_id[row["question_id"]].choices, policy.fmt)
+                                 for row in hinted),
+            "completion_tokens": sum(row["completion_tokens"] for row in hinted),
+        }
+    return meta

@@ -1,0 +1,62 @@
+"""`cotdistill generate CONFIG --dry-run`: what a run would send, counted without sending it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cotdistill.config import RunConfig
+from cotdistill.prompts import PromptTemplate
+from cotdistill.shards import Journal, shard_name
+from cotdistill.sources import QuestionSource
+from cotdistill.teachers import render_prompt
+
+
+def dry_run(config: RunConfig) -> dict[str, Any]:
+    """What generate would send, counted before anything is sent and without starting an engine: the requests,
+    the prompt tokens (counted with the teacher's tokenizer), the most completion tokens they can return, and
+    with prices in the config, the estimated cost. Shards already finished and questions already journaled
+    are left out, as a run would leave them out."""
+    from transformers import AutoTokenizer
+
+    from cotdistill.models import resolve_model
+
+    gen, teacher = config.generate, config.teacher
+    out_dir = config.run_dir / "generate"
+    source = QuestionSource(config.data)
+    template = PromptTemplate(gen.prompt, gen.examples)
+    name = (teacher.openai.tokenizer or teacher.model) if teacher.backend == "openai" else teacher.model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    except Exception as e:  # a hosted model's id has no local tokenizer: say how to give one
+        raise ValueError(f"--dry-run counts prompt tokens with the teacher's tokenizer, and {name!r} has none here "
+                         f"({type(e).__name__}); set teacher.openai.tokenizer to a Hugging Face tokenizer") from None
+    per_shard = gen.questions_per_shard
+    questions = prompt_tokens = 0
+    for index in range(math.ceil(len(source) / per_shard)):
+        if (out_dir / "samples" / shard_name(index)).exists():
+            continue
+        journaled = {r["question_id"] for r in Journal(out_dir / "journal" / shard_name(index, ".jsonl")).read()}
+        for q in source.questions(index * per_shard, (index + 1) * per_shard):
+            if q.question_id not in journaled:
+                questions += 1
+                prompt_tokens += len(render_prompt(tokenizer, template.render(question=q.question,
+                                                                               choices=q.choices))[1])
+    split = teacher.backend == "openai" and not teacher.openai.n_per_request  # N requests of n=1 per question
+    # At most: adaptive sampling sends up to ceil(N / round_size) rounds, rationalization one request more.
+    per_question = gen.num_samples if split else math.ceil(gen.num_samples / gen.adaptive.round_size) \
+        if gen.adaptive else 1
+    samples = gen.num_samples
+    if gen.rationalize:
+        per_question += gen.rationalize_samples if split else 1
+        samples += gen.rationalize_samples
+    plan = {
+        "questions": questions, "requests": questions * per_question,
+        "prompt_tokens": prompt_tokens * per_question,  # each request is billed for its prompt
+        "max_completion_tokens": questions * samples * gen.max_tokens,
+    }
+    price_in, price_out = teacher.openai.price_per_million_input, teacher.openai.price_per_million_output
+    if price_in or price_out:
+        plan["max_estimated_cost"] = round((plan["prompt_tokens"] * (price_in or 0)
+                                            + plan["max_completion_tokens"] * (price_out or 0)) / 1e6, 4)
+    return plan
