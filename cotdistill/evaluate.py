@@ -244,18 +244,32 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
 
 def stored_rows(path: Path, name: str, fmt: AnswerFormat,
                 adaptive: AdaptiveEvalConfig | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score Sample shards someone already generated: the same rows, with no greedy completion."""
+    """Score Sample shards someone already generated: the same rows, with no greedy completion.
+
+    Rationalized rows (generate.rationalize) are left out, with a count in the log: they were sampled with the
+    gold answer given as a hint, not from the question. Shards of generate.adaptive hold a different number of
+    samples per question, which maj@k cannot compare: they are refused, saying so."""
     import pyarrow.parquet as pq
 
     shards = list_shards(path)
     if not shards:
         raise RuntimeError(f"evaluate.stored.{name}: no Parquet shards in {path}")
     groups: dict[str, list[dict[str, Any]]] = {}
+    hinted = adaptive_rows = 0
     for shard in shards:
         columns = ["question_id", "question", "gold_answer", "choices", "rationale", "completion_tokens",
                    "sample_index"]
+        present = set(pq.read_schema(shard).names)
+        columns += [c for c in ("rationalized", "round") if c in present]  # absent from older shards
         for r in pq.read_table(shard, columns=columns).to_pylist():
+            if r.get("rationalized"):
+                hinted += 1
+                continue
+            adaptive_rows += r.get("round") is not None
             groups.setdefault(r["question_id"], []).append(r)
+    if hinted:
+        logger.info("evaluate.stored.%s: left out %d rationalized rows (sampled with the gold as a hint)", name,
+                    hinted)
     rows = []
     for qid, samples in groups.items():
         samples.sort(key=lambda r: r["sample_index"])
@@ -266,7 +280,11 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat,
         rows.append(score_row(row, q, [r["rationale"] or "" for r in samples],
                               sum(r["completion_tokens"] for r in samples), fmt, adaptive))
     sizes = {len(r["samples"]) for r in rows}
-    if len(sizes) != 1:
+    if len(sizes) > 1 and adaptive_rows:
+        raise RuntimeError(f"evaluate.stored.{name}: {path} was generated with generate.adaptive, so its questions "
+                           f"hold {min(sizes)} to {max(sizes)} samples and maj@k cannot compare them; evaluate "
+                           "the teacher live (evaluate.models, with evaluate.adaptive for adaptive self-consistency)")
+    if len(sizes) > 1:
         raise RuntimeError(f"evaluate.stored.{name}: questions have different sample counts {sorted(sizes)}")
     return rows, {"greedy_seconds": None, "sampled_seconds": None, "greedy_tokens": 0,
                   "sampled_tokens": sum(r["sample_tokens"] for r in rows)}

@@ -196,3 +196,42 @@ def test_evaluate_reports_adaptive_self_consistency(tmp_path, parrot_model, gsm8
     # The adaptive settings key the stored rows: another confidence is scored again, and only then complete.
     changed = load_config(path, ["evaluate.adaptive.confidence=0.9"])
     assert not evaluate.is_complete(changed)
+
+
+def stored_shard(path, rows):
+    """A Sample shard of (question_id, sample_index, rationale, round, rationalized) rows; gold 7 throughout."""
+    from cotdistill.records import SAMPLE_SCHEMA, Sample, samples_to_table
+    from cotdistill.shards import write_parquet_atomic
+
+    samples = [Sample(question_id=q, sample_index=i, question=f"question {q}", gold_answer="7", choices=None,
+                      prompt_messages=[], prompt_text="", rationale=text, finish_reason="stop", prompt_tokens=1,
+                      completion_tokens=3, teacher="t", sampling={}, seed=0, run_id="r", round=rnd,
+                      rationalized=hinted)
+               for q, i, text, rnd, hinted in rows]
+    write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), path / "00000.parquet")
+
+
+def test_stored_shards_leave_rationalized_rows_out(tmp_path):
+    from cotdistill.answers import get_answer_format
+    from cotdistill.evaluate import stored_rows
+
+    # Fixed N = 2 with rationalization: q2 got no correct sample, then two hinted ones that reach the gold.
+    stored_shard(tmp_path, [("q1", 0, "The answer is 7", None, False), ("q1", 1, "The answer is 7", None, False),
+                            ("q2", 0, "The answer is 5", None, False), ("q2", 1, "The answer is 6", None, False),
+                            ("q2", 2, "The answer is 7", None, True), ("q2", 3, "The answer is 7", None, True)])
+    rows, cost = stored_rows(tmp_path, "teacher", get_answer_format("number"))
+    by_id = {r["question_id"]: r for r in rows}
+    assert [len(by_id[q]["samples"]) for q in ("q1", "q2")] == [2, 2]
+    assert by_id["q2"]["sample_correct"] == [False, False]  # the hint's answers do not count for the teacher
+    assert cost["sampled_tokens"] == 4 * 3
+
+
+def test_stored_adaptive_shards_are_refused_naming_why(tmp_path):
+    from cotdistill.answers import get_answer_format
+    from cotdistill.evaluate import stored_rows
+
+    stored_shard(tmp_path, [("q1", 0, "The answer is 7", 1, None),
+                            ("q2", 0, "The answer is 5", 1, None), ("q2", 1, "The answer is 7", 2, None)])
+    with pytest.raises(RuntimeError, match=r"evaluate.stored.teacher: .* generate.adaptive, so its questions hold "
+                                           r"1 to 2 samples"):
+        stored_rows(tmp_path, "teacher", get_answer_format("number"))
