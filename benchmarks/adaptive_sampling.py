@@ -4,9 +4,9 @@
         [--target-correct 1] [--max-tokens 64] [--eval-questions 400] [--eval-seed 7] [--eval-k 48]
         [--eval-temperature 0.3] [--eval-rule beta] [--eval-confidence 0.95] [--output DIR]
 
-About 13 minutes on this project's 2-core machines, 10 of them evaluate's 400 x 48 samples; never beside another
-heavy run (two CPU engines at once slow each other several-fold). Per-request seeds and a fixed run order make a
-rerun give the same figures.
+About 12 minutes on this project's 2-core machines, 10 of them evaluate's 400 x 48 samples; never beside another
+heavy run (two CPU engines at once slow each other several-fold). Generate uses per-request seeds; evaluate sends
+none, and repeats because the engine is seeded and the requests go in a fixed order.
 
 One vLLM engine (the demo's teacher, SmolLM2-135M-Instruct, few-shot on the project's arithmetic problems in
 data/arithmetic/train.jsonl, temperature 1.0) serves every run:
@@ -21,14 +21,14 @@ data/arithmetic/train.jsonl, temperature 1.0) serves every run:
             leaves them out, and a rationalized question has no ordinary survivor to share a cap or a duplicate
             check with), so one adaptive run gives both counts.
   evaluate  the teacher on 400 fresh arithmetic problems (demo_data.fresh_problems with --eval-seed, none of them
-            in data/): one request of K = 48 samples per question at temperature 0.3, scored as maj@K and as
+            in data/ nor among the --sweep-seed problems below): one request of K = 48 samples per question at temperature 0.3, scored as maj@K and as
             adaptive self-consistency (evaluate.adaptive: the stopping rule walks the K drawn samples in order, one
             at a time, exactly as drawing them one by one would), so both come from the same samples and the gap is
             paired. Reported: eval_sample_ratio (samples used / K) and eval_accuracy_gap (adaptive accuracy - maj@K,
             points) with its 95% paired bootstrap interval over questions, as evaluate's metrics.json has them.
             The setting (Adaptive-Consistency's Beta rule at its paper's threshold 0.95, K = 48, temperature 0.3)
-            was fixed beforehand in a sweep on 400 other fresh problems (--eval-seed 2026): at temperature 0.5 this
-            135M model's answers are spread so thin that a quarter of the questions never settle within K = 32,
+            was fixed beforehand in a sweep on 400 other fresh problems (--sweep-seed 2026): at temperature 0.5 this
+            135M model's answers are spread so thin that 117 of them never settled under Beta 0.95 within K = 32,
             and no rule used <= 0.4 of the samples within a point of maj@K; at 0.3 with K = 48, Beta 0.95 used
             0.312 of them, gap -0.25 points [-1.25, +0.75]. Other settings on the same samples follow, for
             information.
@@ -39,7 +39,7 @@ was drawn in (the script counts the samples that differ: 0 expected), and adapti
 ones. A question adaptive runs to the cap has exactly fixed N's samples, so the filter keeps the same ones. A
 question it closes by target has T rationales reaching the gold, and with max_per_question = T it keeps T >= what
 fixed N keeps, unless the filter drops one of them on other grounds (degenerate, too long, a duplicate): the script
-counts the questions where adaptive kept fewer and says which kind they were.
+counts the questions where adaptive kept fewer, and how many of them it closed by target before the cap.
 
 The last line is one JSON object: token_ratio, questions_served_fixed, questions_served_adaptive,
 questions_served_rationalized, eval_sample_ratio, eval_accuracy_gap, adaptive_gap_ci and the settings.
@@ -101,7 +101,9 @@ def main() -> None:
     parser.add_argument("--rationalize-samples", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--eval-questions", type=int, default=400, help="fresh arithmetic problems")
-    parser.add_argument("--eval-seed", type=int, default=7, help="of those problems (the setting was chosen on 2026)")
+    parser.add_argument("--eval-seed", type=int, default=7, help="of those problems")
+    parser.add_argument("--sweep-seed", type=int, default=2026, help="of the problems the setting was chosen on, "
+                        "left out of the evaluated ones")
     parser.add_argument("--eval-k", type=int, default=48)
     parser.add_argument("--eval-temperature", type=float, default=0.3)
     parser.add_argument("--eval-rule", default="beta")
@@ -169,6 +171,8 @@ def main() -> None:
         exclude = {json.loads(line)["question"] for name in ("arithmetic/train.jsonl", "arithmetic/test.jsonl",
                                                               "fewshot/arithmetic.jsonl")
                    for line in (REPO / "data" / name).read_text().splitlines()}
+        # Not the problems the setting was chosen on either (--sweep-seed): the figures are on unseen ones.
+        exclude |= {p["question"] for p in fresh_problems(args.eval_questions, args.sweep_seed, exclude)}
         eval_path = output / "eval_questions.jsonl"
         eval_path.write_text("".join(json.dumps(p) + "\n" for p in fresh_problems(args.eval_questions,
                                                                                   args.eval_seed, exclude)))

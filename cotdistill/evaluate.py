@@ -247,8 +247,9 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat,
     """Score Sample shards someone already generated: the same rows, with no greedy completion.
 
     Rationalized rows (generate.rationalize) are left out, with a count in the log: they were sampled with the
-    gold answer given as a hint, not from the question. Shards of generate.adaptive hold a different number of
-    samples per question, which maj@k cannot compare: they are refused, saying so."""
+    gold answer given as a hint, not from the question. Shards of generate.adaptive are refused, saying so: a
+    question's sampling stopped on its answers (at target_correct, the last sample is correct by construction),
+    so maj@k over them would be biased, and their numbers of samples differ."""
     import pyarrow.parquet as pq
 
     shards = list_shards(path)
@@ -280,10 +281,11 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat,
         rows.append(score_row(row, q, [r["rationale"] or "" for r in samples],
                               sum(r["completion_tokens"] for r in samples), fmt, adaptive))
     sizes = {len(r["samples"]) for r in rows}
-    if len(sizes) > 1 and adaptive_rows:
-        raise RuntimeError(f"evaluate.stored.{name}: {path} was generated with generate.adaptive, so its questions "
-                           f"hold {min(sizes)} to {max(sizes)} samples and maj@k cannot compare them; evaluate "
-                           "the teacher live (evaluate.models, with evaluate.adaptive for adaptive self-consistency)")
+    if adaptive_rows:
+        raise RuntimeError(f"evaluate.stored.{name}: {path} was generated with generate.adaptive: each question's "
+                           f"sampling stopped on its answers ({min(sizes)} to {max(sizes)} samples), which would "
+                           "bias maj@k; evaluate the teacher live (evaluate.models, with evaluate.adaptive for "
+                           "adaptive self-consistency)")
     if len(sizes) > 1:
         raise RuntimeError(f"evaluate.stored.{name}: questions have different sample counts {sorted(sizes)}")
     return rows, {"greedy_seconds": None, "sampled_seconds": None, "greedy_tokens": 0,

@@ -232,6 +232,10 @@ def test_stored_adaptive_shards_are_refused_naming_why(tmp_path):
 
     stored_shard(tmp_path, [("q1", 0, "The answer is 7", 1, None),
                             ("q2", 0, "The answer is 5", 1, None), ("q2", 1, "The answer is 7", 2, None)])
-    with pytest.raises(RuntimeError, match=r"evaluate.stored.teacher: .* generate.adaptive, so its questions hold "
-                                           r"1 to 2 samples"):
+    with pytest.raises(RuntimeError, match=r"evaluate.stored.teacher: .* generate.adaptive: each question's "
+                                           r"sampling stopped on its answers \(1 to 2 samples\)"):
+        stored_rows(tmp_path, "teacher", get_answer_format("number"))
+    # Even when every question stopped after as many samples (here both at their first, correct one).
+    stored_shard(tmp_path, [("q1", 0, "The answer is 7", 1, None), ("q2", 0, "The answer is 7", 1, None)])
+    with pytest.raises(RuntimeError, match=r"generate.adaptive: .* \(1 to 1 samples\)"):
         stored_rows(tmp_path, "teacher", get_answer_format("number"))
