@@ -4,7 +4,7 @@
         [--target-correct 1] [--max-tokens 64] [--eval-questions 400] [--eval-seed 7] [--eval-k 48]
         [--eval-temperature 0.3] [--eval-rule beta] [--eval-confidence 0.95] [--output DIR]
 
-About 12 minutes on this project's 2-core machines, 10 of them evaluate's 400 x 48 samples; never beside another
+About 11 minutes on this project's 2-core machines, 10 of them evaluate's 400 x 48 samples; never beside another
 heavy run (two CPU engines at once slow each other several-fold). Generate uses per-request seeds; evaluate sends
 none, and repeats because the engine is seeded and the requests go in a fixed order.
 
