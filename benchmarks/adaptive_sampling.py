@@ -68,7 +68,7 @@ from cotdistill import filter as filter_stage  # noqa: E402
 from cotdistill import generate  # noqa: E402
 from cotdistill.config import AdaptiveEvalConfig, load_config  # noqa: E402
 from cotdistill.demo_data import fresh_problems  # noqa: E402
-from cotdistill.evaluate import adaptive_stop, evaluate_model, summarize_model  # noqa: E402
+from cotdistill.evaluate import adaptive_metrics, adaptive_stop, evaluate_model, summarize_model  # noqa: E402
 from cotdistill.metrics import bootstrap_ci, expected_maj_at_k, question_seed  # noqa: E402
 from cotdistill.prompts import PromptTemplate  # noqa: E402
 from cotdistill.shards import read_shards  # noqa: E402
@@ -207,19 +207,19 @@ def main() -> None:
         settings = [AdaptiveEvalConfig(rule="beta", confidence=c, window=4, round_size=1)
                     for c in (0.99, 0.95, 0.9, 0.8)]
         settings += [AdaptiveEvalConfig(rule="window", confidence=0.95, window=w, round_size=1) for w in (2, 3, 4)]
+        maj = [expected_maj_at_k(r["sample_answers"], r["sample_correct"], K,  # the same for every setting
+                                 seed=question_seed(config.seed, r["question_id"], K)) for r in rows]
         print(f"other settings on the same samples:  samples/K  gap to maj@{K} (points, 95% CI)")
         for other in settings:
-            used, gap = [], []
-            for r in rows:
-                n, answer = adaptive_stop(r["sample_answers"], other)
-                used.append(n)
-                maj = expected_maj_at_k(r["sample_answers"], r["sample_correct"], K,
-                                        seed=question_seed(config.seed, r["question_id"], K))
-                gap.append(float(fmt.is_correct(answer, r["gold_answer"])) - maj)
-            low, high = bootstrap_ci(gap, seed=0, resamples=2000)
+            scored = []
+            for r in rows:  # the columns score_row writes for evaluate.adaptive, under this setting
+                used, answer = adaptive_stop(r["sample_answers"], other)
+                scored.append({**r, "adaptive_samples": used,
+                               "adaptive_correct": fmt.is_correct(answer, r["gold_answer"])})
+            m = adaptive_metrics(scored, maj, K, lambda v: bootstrap_ci(v, seed=config.seed, resamples=2000))
             name = f"beta {other.confidence}" if other.rule == "beta" else f"window {other.window}"
-            print(f"  {name:<34} {sum(used) / len(used) / K:9.3f}  {100 * sum(gap) / len(gap):+.2f} "
-                  f"[{100 * low:+.2f}, {100 * high:+.2f}]")
+            print(f"  {name:<34} {m['adaptive_sample_ratio']:9.3f}  {100 * m['adaptive_gap_to_maj_at_K']:+.2f} "
+                  f"[{100 * m['adaptive_gap_ci'][0]:+.2f}, {100 * m['adaptive_gap_ci'][1]:+.2f}]")
     finally:
         teacher.close()
         if args.output is None:

@@ -16,8 +16,8 @@ samples are i.i.d., so stopping partway through them is exactly what drawing one
 would have given; one pass of K per question thus serves the fixed-K figures and the adaptive ones alike.
 
 Outputs in runs/<run>/evaluate/: <model>.parquet (every completion, its parsed answer, the votes),
-<model>.cost.json, metrics.json, and (cotdistill/report.py) report.md, accuracy_vs_k.png and accuracy_vs_tokens.png. A rerun skips the
-models already done.
+<model>.cost.json, metrics.json, and (cotdistill/report.py) report.md, accuracy_vs_k.png and
+accuracy_vs_tokens.png. A rerun skips the models already done.
 """
 
 from __future__ import annotations

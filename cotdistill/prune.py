@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from cotdistill.config import ConfigError, RunConfig
 from cotdistill.fingerprints import (
-    FINGERPRINT_FILE, file_digest, make_fingerprint, matches, model_fingerprint, upstream, write_fingerprint,
+    FINGERPRINT_FILE, file_digest, finished_stats, make_fingerprint, matches, model_fingerprint, upstream,
+    write_fingerprint,
 )
 from cotdistill.models import resolve_model
-from cotdistill.shards import list_shards, read_json, read_json_or_none, replace_dir_atomic, write_json_atomic
+from cotdistill.shards import list_shards, read_json, replace_dir_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -357,8 +358,9 @@ def run(config: RunConfig) -> dict[str, Any]:
     if prune is None:
         raise ConfigError("student.prune is not set: there is nothing to prune")
     out_dir, gen_dir = config.run_dir / "prune", config.run_dir / "generate"
-    if not list_shards(gen_dir / "samples") or read_json_or_none(gen_dir / "stats.json") is None:
-        raise RuntimeError(f"{gen_dir}: no finished generate output to calibrate on; run `cotdistill generate` first")
+    finished_stats(gen_dir, "generate")
+    if not list_shards(gen_dir / "samples"):
+        raise RuntimeError(f"{gen_dir}: generate wrote no sample shards; there is nothing to calibrate on")
     record = fingerprint(config)
     if is_complete(config, record):
         logger.info("prune: %s is up to date, skipping", out_dir / "model")

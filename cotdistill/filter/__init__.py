@@ -58,8 +58,8 @@ from cotdistill.filter.judge import (
     REASONS, SAMPLE_COLUMNS, FilterContext, QuestionRows, Verdicts, filter_samples, judge_question, judge_table,
 )
 from cotdistill.fingerprints import (
-    data_fingerprint, digest, file_digest, make_fingerprint, matches, model_fingerprint, template_fingerprint,
-    upstream, write_fingerprint,
+    data_fingerprint, digest, file_digest, finished_stats, make_fingerprint, matches, model_fingerprint,
+    template_fingerprint, upstream, write_fingerprint,
 )
 from cotdistill.shards import (
     list_shards, read_json_or_none, remove_stale_tmp, write_json_atomic, write_parquet_atomic, write_text_atomic,
@@ -266,9 +266,10 @@ def _filter_shard_job(job: tuple[Path, Path, str]) -> dict[str, Any]:
 
 def run(config: RunConfig) -> dict[str, Any]:
     gen_dir, out_dir = config.run_dir / "generate", config.run_dir / "filter"
+    finished_stats(gen_dir, "generate")
     shards = list_shards(gen_dir / "samples")
-    if not shards or not (gen_dir / "stats.json").exists() or upstream(gen_dir) is None:
-        raise RuntimeError(f"{gen_dir}: no finished generate output; run `cotdistill generate` first")
+    if not shards:
+        raise RuntimeError(f"{gen_dir}: generate wrote no sample shards; there is nothing to filter")
     record, keys = fingerprint(config, shards)
     for sub in ("accepted", "rejected", "meta"):
         remove_stale_tmp(out_dir / sub)

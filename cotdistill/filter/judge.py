@@ -42,6 +42,16 @@ def rationale_reaches_gold(rationale: str | None, finish_reason: str, gold: str 
     return reaches_gold(fmt.is_correct(fmt.extract(text, choices).answer, gold), finish_reason)
 
 
+def rationale_vote(rationale: str | None, finish_reason: str, choices: list[str] | None,
+                   fmt: AnswerFormat) -> str | None:
+    """One rationale's vote in the filter's majority (label majority): a finished, non-empty rationale's answer;
+    None (no vote) otherwise, or when it has no answer. generate.adaptive's stopping rule counts these."""
+    text = rationale or ""
+    if finish_reason == "length" or not text.strip():
+        return None
+    return fmt.extract(text, choices).answer
+
+
 # --- judging one question -------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from cotdistill.answers import get_answer_format, group_equivalent
 from cotdistill.config import RunConfig
-from cotdistill.filter.judge import rationale_reaches_gold
+from cotdistill.filter.judge import rationale_reaches_gold, rationale_vote
 from cotdistill.records import Question
 from cotdistill.shards import Journal
 from cotdistill.stopping import should_stop
@@ -62,10 +62,7 @@ class Policy:
                 p.correct += rationale_reaches_gold(row["rationale"], row["finish_reason"], q.gold_answer,
                                                     q.choices, self.fmt)
             elif self.fmt is not None and self.label == "majority":
-                # A vote as the filter's majority counts it: a finished rationale's answer; else no vote.
-                text = row["rationale"] or ""
-                finished = row["finish_reason"] != "length" and text.strip()
-                p.answers.append(self.fmt.extract(text, q.choices).answer if finished else None)
+                p.answers.append(rationale_vote(row["rationale"], row["finish_reason"], q.choices, self.fmt))
         p.closed = self.close_reason(p)
         return True
 

@@ -27,7 +27,6 @@ def build_llm(model_cfg: ModelConfig, seed: int, model_path: str | None = None) 
     # and the engine's memory is freed when the object goes. Set the variable to 1 to get vLLM's default.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
-
     from vllm.platforms import current_platform
 
     model = model_path or resolve_model(model_cfg.model)
