@@ -1,6 +1,9 @@
 """Answer formats by name: how to read a gold label, how to find the final answer in a rationale, and when two
 answers are equal. Pure functions, no I/O; the filter and evaluate stages both score through this registry.
 
+    fmt = get_answer_format(config.filter.answer_format)
+    answer = fmt.extract(rationale, choices).answer; fmt.is_correct(answer, gold)
+
 An extraction returns the canonical answer or None with a reason: `unparseable` (no answer found) or `ambiguous`
 (two different marked final answers) or `timeout` (math-verify gave up). Marked answers ("The answer is ...", "#### ...", \\boxed{...}) beat the
 fallback (the last number in the text; for `math`, the last number or formula). group_equivalent maps the answers

@@ -4,8 +4,10 @@
     cotdistill generate pipelines/demo.yaml generate.num_samples=4
     cotdistill filter|prune|score|train|evaluate CONFIG [key=value ...]
 
-Each stage reads only what the previous stage wrote under runs/<run_name>/, and writes the resolved
-configuration to runs/<run_name>/config.yaml.
+Every command goes through the same stage contract (cotdistill/stages.py): a stage is skipped when its outputs are
+complete and made with today's settings, redone otherwise, and generate's outputs made with other settings are
+refused unless --force. Each stage reads only what earlier stages wrote under runs/<run_name>/, and the resolved
+configuration is written to runs/<run_name>/config.yaml.
 """
 
 from __future__ import annotations
@@ -19,23 +21,21 @@ from cotdistill.config import ConfigError, RunConfig, dump_config, load_config
 from cotdistill.prompts import PromptError
 from cotdistill.shards import write_text_atomic
 from cotdistill.sources import SourceError
+from cotdistill.stages import Stage
 
 logger = logging.getLogger("cotdistill")
 
-STAGES = {
-    "generate": "teacher rationales with vLLM -> runs/<run>/generate/*.parquet",
-    "filter": "check answers, drop bad and duplicate rationales -> runs/<run>/filter/{accepted,rejected}/",
-    "prune": "cut the student from student.model (depth, width) -> runs/<run>/prune/model/ (with student.prune)",
-    "score": "the teacher's top-k logprobs for the accepted rationales -> runs/<run>/score/ (with score:)",
-    "train": "fine-tune the student with TRL's SFTTrainer (sft or kd loss) -> runs/<run>/train/model/",
-    "evaluate": "greedy and self-consistency accuracy per model -> runs/<run>/evaluate/metrics.json",
-}
+STAGES = ("generate", "filter", "prune", "score", "train", "evaluate")  # the order of a run
+
+
+def stage(name: str) -> Stage:
+    """A stage by name: the STAGE of module cotdistill.<name>, imported when asked for."""
+    return importlib.import_module(f"cotdistill.{name}").STAGE
 
 
 def pipeline_stages(config: RunConfig) -> list[str]:
     """The stages `cotdistill run` runs, in order: prune and score only when configured."""
-    optional = {"prune": config.student.prune is not None, "score": config.score is not None}
-    return [stage for stage in STAGES if optional.get(stage, True)]
+    return [name for name in STAGES if stage(name).wanted(config)]
 
 
 def preflight(config: RunConfig, stages: list[str]) -> None:
@@ -64,33 +64,14 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
         QuestionSource(config.evaluate.data)
 
 
-def run_stage(stage: str, config: RunConfig, force: bool = False) -> dict:
-    module = importlib.import_module(f"cotdistill.{stage}")
-    return module.run(config, force=force) if stage == "generate" else module.run(config)
-
-
-def run_all(config: RunConfig, force: bool = False) -> None:
-    """Each stage in order; a stage whose outputs are complete and whose fingerprint matches is skipped."""
-    for stage in pipeline_stages(config):
-        module = importlib.import_module(f"cotdistill.{stage}")
-        if module.is_complete(config):
-            logger.info("%s: up to date, skipping", stage)
-            continue
-        logger.info("%s: starting", stage)
-        result = run_stage(stage, config, force)
-        if stage == "evaluate":
-            print(result["table"])
-    if (config.run_dir / "evaluate" / "metrics.json").exists():
-        logger.info("done: %s", config.run_dir / "evaluate" / "metrics.json")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cotdistill", description=__doc__.split("\n\n")[0].strip() +
                                      ": offline chain-of-thought distillation.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = {**STAGES, "run": "every stage in order (prune and score when configured), skipping stages that "
-                                 "are complete and made with today's settings (their fingerprint matches)"}
+    commands = {name: stage(name).help for name in STAGES}
+    commands["run"] = ("every stage in order (prune and score when configured), skipping stages that are complete "
+                       "and made with today's settings (their fingerprint matches)")
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", help="a pipeline YAML, e.g. pipelines/demo.yaml")
@@ -118,7 +99,6 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         config = load_config(args.config, args.overrides)
-        force = getattr(args, "force", False)
         if getattr(args, "dry_run", False):
             from cotdistill.generate import dry_run
 
@@ -126,15 +106,17 @@ def main(argv: list[str] | None = None) -> None:
             plan = dry_run(config)
             print("generate --dry-run (nothing sent): " + ", ".join(f"{k} {v:,}" for k, v in plan.items()))
             return
-        config.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(dump_config(config), config.run_dir / "config.yaml")
-        preflight(config, pipeline_stages(config) if args.command == "run" else [args.command])
+        write_text_atomic(dump_config(config), config.paths.config)
+        names = pipeline_stages(config) if args.command == "run" else [args.command]
+        preflight(config, names)
+        for name in names:
+            result = stage(name).run(config, force=getattr(args, "force", False))
+            if name == "evaluate":
+                from cotdistill.report import format_table
+
+                print(format_table(result["models"]))
         if args.command == "run":
-            run_all(config, force)
-        else:
-            result = run_stage(args.command, config, force)
-            if args.command == "evaluate":
-                print(result["table"])
+            logger.info("done: %s", config.paths.metrics)
     except (ConfigError, SourceError, PromptError, ValueError, RuntimeError, FileNotFoundError) as e:
         logger.error("%s", e)
         sys.exit(2)

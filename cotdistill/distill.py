@@ -1,5 +1,7 @@
 """train.loss: kd. The teacher's top-k logprobs, per token, fed to TRL's SFTTrainer with a KD loss.
 
+    dataset, dropped = build_kd_dataset(shards, template, tokenizer, args)     # train.build_trainer, loss kd
+
 Each accepted rationale becomes one tokenized example: the student's prompt (train.prompt in the student's chat
 template), then the teacher's own completion tokens (completion_token_ids: the ids its logprobs were computed
 at, so no re-tokenization can misalign them), then the end-of-sequence token if the teacher's ids lack one.

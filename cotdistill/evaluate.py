@@ -30,20 +30,20 @@ from typing import Any
 
 from cotdistill.answers import AnswerFormat, get_answer_format, group_equivalent
 from cotdistill.config import AdaptiveEvalConfig, ModelConfig, RunConfig
-from cotdistill.fingerprints import (
-    data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, matches, upstream,
-    write_fingerprint,
-)
+from cotdistill.fingerprints import data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, upstream
 from cotdistill.metrics import (
     accuracy, agreement, bootstrap_ci, expected_maj_at_k, majority_vote, pass_at_k, question_seed,
 )
+from cotdistill.models import is_adapter, merge_adapter, model_footprint
+from cotdistill.paths import RunPaths
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import EVAL_SCHEMA, Question, rows_to_table
-from cotdistill.report import format_table, report_markdown, write_plots
+from cotdistill.report import report_markdown, write_plots
 from cotdistill.shards import (
     list_shards, read_json, read_json_or_none, write_json_atomic, write_parquet_atomic, write_text_atomic,
 )
 from cotdistill.sources import QuestionSource
+from cotdistill.stages import Stage
 from cotdistill.stopping import should_stop
 from cotdistill.teachers import (
     Finished, Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
@@ -62,44 +62,29 @@ class EvalModel:
 
 
 def eval_models(config: RunConfig) -> list[EvalModel]:
+    paths, pruned = config.paths, config.student.prune is not None
     known = {
         "teacher": lambda: EvalModel("teacher", config.teacher, None,
                                      PromptTemplate(config.generate.prompt, config.generate.examples)),
         # With student.prune, the base student is the pruned model, untrained.
         "base_student": lambda: EvalModel(
-            "base_student", config.student,
-            str(config.run_dir / "prune" / "model") if config.student.prune is not None else None,
-            PromptTemplate(config.train.prompt), "prune" if config.student.prune is not None else None),
-        "student": lambda: EvalModel("student", config.student, str(config.run_dir / "train" / "model"),
+            "base_student", config.student, str(paths.pruned_model) if pruned else None,
+            PromptTemplate(config.train.prompt), "prune" if pruned else None),
+        "student": lambda: EvalModel("student", config.student, str(paths.trained_model),
                                      PromptTemplate(config.train.prompt), "train"),
     }
     return [known[m]() for m in config.evaluate.models]  # names checked at load (config.EVAL_MODELS)
 
 
-def servable(m: EvalModel, out_dir: Path) -> str | None:
+def servable(m: EvalModel, paths: RunPaths) -> str | None:
     """The folder to serve for `m`: its model_path, or for a LoRA adapter (train.merge_adapter: false) the
     adapter merged into its base model, once, under evaluate/<name>.merged/ (vLLM then serves an ordinary model)."""
     if m.model_path is None:
         return None
     path = Path(m.model_path)
-    if (path / "adapter_config.json").exists():
-        from cotdistill.shards import replace_dir_atomic
-
-        merged = out_dir / f"{m.name}.merged"
+    if is_adapter(path):
         source = file_digest(path / "adapter_config.json") + folder_digest(path, "adapter_model*")
-        if read_json_or_none(merged / "merged_from.json") != {"adapter": source}:
-            from peft import AutoPeftModelForCausalLM
-
-            logger.info("evaluate: merging the LoRA adapter in %s into its base model", path)
-            model = AutoPeftModelForCausalLM.from_pretrained(str(path)).merge_and_unload()
-            tmp = out_dir / f".{m.name}.merged.tmp"
-            model.save_pretrained(str(tmp))
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(tmp))
-            write_json_atomic({"adapter": source}, tmp / "merged_from.json")
-            replace_dir_atomic(tmp, merged)
-        return str(merged)
+        return merge_adapter(path, paths.merged_adapter(m.name), source)
     if not (path / "config.json").exists():
         stage = m.stage or "train"
         raise RuntimeError(f"evaluate: no model in {path}; run `cotdistill {stage}` first")
@@ -111,7 +96,7 @@ def model_key(config: RunConfig, m: EvalModel, fmt: AnswerFormat) -> str:
     engine, prompt, sampling, answer format, the test questions, and evaluate.adaptive when set (the rows hold
     its columns; left out when off, so the keys of runs from before it stay the same)."""
     ev = config.evaluate
-    weights = upstream(config.run_dir / m.stage) if m.stage else None
+    weights = upstream(config.paths.stage(m.stage)) if m.stage else None
     return digest({
         "model": teacher_settings(m.model, weights),
         "prompt": file_digest(m.template.path), "examples": digest(m.template.examples),
@@ -127,22 +112,28 @@ def stored_key(path: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None
                    **({"adaptive": vars(adaptive)} if adaptive is not None else {})})
 
 
-def fingerprint(config: RunConfig, keys: dict[str, str]) -> dict[str, Any]:
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    """Every model's key (model_key, stored_key) under `models`, and the settings of the metrics."""
     ev = config.evaluate
-    return make_fingerprint({"models": keys, "maj_draws": ev.maj_draws,
+    return make_fingerprint({"models": current_keys(config), "maj_draws": ev.maj_draws,
                              "bootstrap_resamples": ev.bootstrap_resamples, "seed": config.seed})
 
 
-def current_keys(config: RunConfig, models: list[EvalModel], fmt: AnswerFormat) -> dict[str, str]:
-    keys = {m.name: model_key(config, m, fmt) for m in models}
+def current_keys(config: RunConfig) -> dict[str, str]:
+    fmt = answer_format(config)
+    keys = {m.name: model_key(config, m, fmt) for m in eval_models(config)}
     keys.update({name: stored_key(path, fmt, config.evaluate.adaptive)
                  for name, path in config.evaluate.stored.items()})
     return keys
 
 
-def _is_done(out_dir: Path, name: str, key: str) -> bool:
-    cost = read_json_or_none(out_dir / f"{name}.cost.json")
-    return (out_dir / f"{name}.parquet").exists() and cost is not None and cost.get("fingerprint") == key
+def answer_format(config: RunConfig) -> AnswerFormat:
+    return get_answer_format(config.evaluate.answer_format or config.filter.answer_format)
+
+
+def _is_done(paths: RunPaths, name: str, key: str) -> bool:
+    cost = read_json_or_none(paths.eval_cost(name))
+    return paths.eval_rows(name).exists() and cost is not None and cost.get("fingerprint") == key
 
 
 def adaptive_stop(answers: list[str | None], adaptive: AdaptiveEvalConfig) -> tuple[int, str | None]:
@@ -292,34 +283,6 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat,
                   "sampled_tokens": sum(r["sample_tokens"] for r in rows)}
 
 
-def model_footprint(model: str) -> dict[str, Any]:
-    """Parameter count (from safetensors headers, without loading) and weights size on disk."""
-    from cotdistill.models import resolve_model
-
-    folder = Path(resolve_model(model))
-    if not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(model, local_files_only=True))
-        except Exception:  # not downloaded, or not a hub id: the size is unknown, not an error
-            return {"parameters": None, "weights_mb": None}
-    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
-    parameters = 0
-    for f in folder.glob("*.safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(str(f), "np") as tensors:
-            for key in tensors.keys():
-                shape = tensors.get_slice(key).get_shape()
-                count = 1
-                for dim in shape:
-                    count *= dim
-                parameters += count
-    return {"parameters": parameters or None,
-            "weights_mb": round(sum(f.stat().st_size for f in weights) / 2**20, 1) if weights else None}
-
-
 def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: RunConfig) -> dict[str, Any]:
     """Every figure of one model, with 95% bootstrap intervals over questions for the headline ones."""
     ev = config.evaluate
@@ -383,28 +346,27 @@ def adaptive_metrics(rows: list[dict[str, Any]], maj_at_K: list[float], k_max: i
     }
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+def evaluate_models(config: RunConfig) -> dict[str, Any]:
+    """The stage's work: every model not yet scored under its key, then metrics.json, report.md and the plots."""
     import pyarrow.parquet as pq
 
-    ev = config.evaluate
+    ev, paths = config.evaluate, config.paths
     models = eval_models(config)
-    fmt = get_answer_format(ev.answer_format or config.filter.answer_format)
-    out_dir = config.run_dir / "evaluate"
+    fmt = answer_format(config)
     names = [m.name for m in models] + list(ev.stored)
     if not names:
         raise ValueError("evaluate: no models and no stored generations to evaluate")
-    keys = current_keys(config, models, fmt)
+    keys = current_keys(config)
     questions: list[Question] | None = None
     for m in models:
-        shard, cost_path = out_dir / f"{m.name}.parquet", out_dir / f"{m.name}.cost.json"
-        if _is_done(out_dir, m.name, keys[m.name]):
+        if _is_done(paths, m.name, keys[m.name]):
             logger.info("evaluate: %s is up to date, skipping", m.name)
             continue
-        if cost_path.exists():
+        if paths.eval_cost(m.name).exists():
             logger.info("evaluate: %s changed (model, settings or test data): evaluating it again", m.name)
         if ev.data is None:
             raise ValueError("evaluate.data is not set: name the test questions to evaluate on")
-        model_path = servable(m, out_dir)
+        model_path = servable(m, paths)
         questions = questions or list(QuestionSource(ev.data).questions())
         teacher = build_teacher(m.model, config.seed, model_path)
         try:
@@ -412,28 +374,27 @@ def run(config: RunConfig) -> dict[str, Any]:
         finally:
             teacher.close()
         cost.update(model_footprint(model_path or m.model.model), fingerprint=keys[m.name])
-        write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), shard)
-        write_json_atomic(cost, cost_path)  # last: marks the model done
+        write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), paths.eval_rows(m.name))
+        write_json_atomic(cost, paths.eval_cost(m.name))  # last: marks the model done
     for name, path in ev.stored.items():
-        if not _is_done(out_dir, name, keys[name]):
+        if not _is_done(paths, name, keys[name]):
             rows, cost = stored_rows(Path(path), name, fmt, ev.adaptive)
-            write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), out_dir / f"{name}.parquet")
+            write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), paths.eval_rows(name))
             write_json_atomic({**cost, "parameters": None, "weights_mb": None, "fingerprint": keys[name]},
-                              out_dir / f"{name}.cost.json")
+                              paths.eval_cost(name))
 
-    all_rows = {name: pq.read_table(out_dir / f"{name}.parquet").to_pylist() for name in names}
-    metrics = {name: summarize_model(rows, read_json(out_dir / f"{name}.cost.json"), config)
+    all_rows = {name: pq.read_table(paths.eval_rows(name)).to_pylist() for name in names}
+    metrics = {name: summarize_model(rows, read_json(paths.eval_cost(name)), config)
                for name, rows in all_rows.items()}
     add_comparisons(metrics, all_rows, fmt)
     result = {"temperature": ev.temperature, "answer_format": fmt.name,
               "tie_rule": "a tie among t answers scores 1/t when the gold is among them",
               "adaptive": vars(ev.adaptive) if ev.adaptive is not None else None, "models": metrics}
-    write_json_atomic(result, out_dir / "metrics.json")
-    write_text_atomic(report_markdown(config, metrics), out_dir / "report.md")
-    write_plots(metrics, out_dir)
-    write_fingerprint(out_dir, fingerprint(config, keys))  # last: the stage is done
-    logger.info("evaluate: wrote %s and report.md", out_dir / "metrics.json")
-    return {**result, "table": format_table(metrics)}
+    write_text_atomic(report_markdown(config, metrics), paths.evaluate / "report.md")
+    write_plots(metrics, paths.evaluate)
+    write_json_atomic(result, paths.metrics)  # last: the stage is done
+    logger.info("evaluate: wrote %s and report.md", paths.metrics)
+    return result
 
 
 def add_comparisons(metrics: dict[str, dict[str, Any]], all_rows: dict[str, list[dict[str, Any]]],
@@ -460,11 +421,15 @@ def add_comparisons(metrics: dict[str, dict[str, Any]], all_rows: dict[str, list
             m["size_vs_teacher"] = round(t["parameters"] / m["parameters"], 2)
 
 
-def is_complete(config: RunConfig) -> bool:
+def models_scored(config: RunConfig) -> bool:
     """Every model scored with today's settings and weights (a retrained student is evaluated again)."""
-    out_dir = config.run_dir / "evaluate"
-    if not (out_dir / "metrics.json").exists():
-        return False
-    fmt = get_answer_format(config.evaluate.answer_format or config.filter.answer_format)
-    keys = current_keys(config, eval_models(config), fmt)
-    return matches(out_dir, fingerprint(config, keys)) and all(_is_done(out_dir, n, k) for n, k in keys.items())
+    paths = config.paths
+    return all(_is_done(paths, name, key) for name, key in current_keys(config).items())
+
+
+STAGE = Stage(
+    name="evaluate", help="greedy and self-consistency accuracy per model -> runs/<run>/evaluate/metrics.json",
+    fingerprint=fingerprint, outputs_complete=models_scored, work=evaluate_models, summary_file="metrics.json",
+    on_change="keep",  # each model's cost file holds its key: only the models that changed are scored again
+)
+run, is_complete = STAGE.run, STAGE.is_complete

@@ -1,9 +1,11 @@
 """Fingerprints: is a stage's output still the output of today's settings?
 
+    record = make_fingerprint({"generate": upstream(paths.generate), "data": data_fingerprint(path), ...})
+
 A stage's fingerprint is a hash of the settings that change its output plus the fingerprints of what it read
 (models, data files, templates, the upstream stage's fingerprint). It is stored beside the outputs as
 `fingerprint.json`, with the settings themselves, so that a mismatch can name the keys that changed.
-Done = outputs complete and fingerprint equal. Pure and cheap: no model is loaded, big weight files are
+Done = outputs complete and fingerprint equal (stages.py decides). Pure and cheap: no model is loaded, big weight files are
 sampled rather than read whole.
 """
 
@@ -12,15 +14,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
-logger = logging.getLogger(__name__)
 FINGERPRINT_FILE = "fingerprint.json"
 _WHOLE_FILE_LIMIT = 64 << 20  # files up to this size are hashed whole; larger ones (weights) are sampled
 _SAMPLE_BLOCKS, _BLOCK = 64, 1 << 16
@@ -85,7 +84,7 @@ def model_fingerprint(name: str) -> str:
 
 def data_fingerprint(path: str) -> str:
     """Local data files by their contents, a hub dataset by its id."""
-    from cotdistill.sources import local_files
+    from cotdistill.paths import local_files
 
     files = local_files(path)
     if files is None:
@@ -136,38 +135,7 @@ def write_fingerprint(directory: str | Path, record: dict[str, Any]) -> None:
     write_json_atomic(record, Path(directory) / FINGERPRINT_FILE)
 
 
-def matches(directory: str | Path, record: dict[str, Any]) -> bool:
-    stored = read_fingerprint(directory)
-    return stored is not None and stored.get("fingerprint") == record["fingerprint"]
-
-
 def upstream(directory: str | Path) -> str | None:
     """The fingerprint value a finished upstream stage stored, or None."""
     stored = read_fingerprint(directory)
     return stored.get("fingerprint") if stored else None
-
-
-def finished_stats(directory: str | Path, command: str) -> dict[str, Any]:
-    """An upstream stage's stats.json, refusing an unfinished stage (no stats, or no fingerprint)."""
-    from cotdistill.shards import read_json_or_none
-
-    stats = read_json_or_none(Path(directory) / "stats.json")
-    if stats is None or upstream(directory) is None:
-        raise RuntimeError(f"{directory}: no finished {command} output; run `cotdistill {command}` first")
-    return stats
-
-
-def claim(directory: str | Path, record: dict[str, Any], stage: str) -> None:
-    """Make `directory` hold the work of these settings only, before the stage writes anything: work made with
-    other settings (or with no fingerprint at all) is discarded, naming what changed; work of the same settings
-    stays, to be resumed. The fingerprint goes first, so everything written from now on belongs to it."""
-    directory = Path(directory)
-    stored = read_fingerprint(directory)
-    if stored is not None and stored.get("fingerprint") != record["fingerprint"]:
-        logger.warning("%s: settings or inputs changed (%s): discarding %s and starting again", stage,
-                       ", ".join(changed_keys(stored.get("settings", {}), record["settings"])), directory)
-        shutil.rmtree(directory)
-    elif stored is None and directory.exists() and any(directory.iterdir()):
-        logger.warning("%s: %s was made without a fingerprint: discarding it and starting again", stage, directory)
-        shutil.rmtree(directory)
-    write_fingerprint(directory, record)

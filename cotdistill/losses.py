@@ -1,5 +1,7 @@
 """Losses: pure tensor functions, no trainer, no I/O (train.loss: sft | kd).
 
+    loss = kd_loss(logits, labels, teacher_ids, teacher_logprobs, teacher_mask, alpha=0.5, temperature=1.0)
+
 `kd_loss` is α·CE + (1−α)·T²·KL(teacher ‖ student) per completion token (Hinton et al. 2015), from the teacher's
 stored top-k logprobs. The teacher's leftover mass (1 − the k probabilities) is a tail bucket: both
 distributions are coarsened to k + 1 outcomes, the teacher's k tokens and "anything else", and the KL is taken

@@ -1,5 +1,7 @@
 """Accuracy, self-consistency (maj@k), pass@k and bootstrap intervals: pure functions, no I/O.
 
+    expected_maj_at_k(answers, correct, k)     # evaluate: maj@k for every k <= K from one pass of K samples
+
 maj@k is the expected accuracy of a majority vote over a random k-subset of a question's K samples, not the
 vote of the first k samples. Unparseable answers (None) do not vote; a subset with no votes scores 0. A tie
 between t answers scores 1/t when the gold is among them (the expected value of a random tie-break).

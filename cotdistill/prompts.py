@@ -1,5 +1,7 @@
 """jinja2 templates in prompts/ -> chat messages.
 
+    messages = PromptTemplate("math_few_shot_cot.jinja", examples).render(question=q, choices=None)
+
 A template writes its turns with call blocks, so a prompt reads like the conversation it produces:
 
     {% call message("system") %}You are a careful math tutor.{% endcall %}

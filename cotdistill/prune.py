@@ -12,7 +12,7 @@ Importance is measured in one pass over the teacher's own rationales (generate's
 the same counts (vLLM and `from_pretrained` build all layers alike); which channels and heads differ per block.
 
 Outputs: prune/model/ (weights, tokenizer, a card saying what was removed), prune/stats.json and
-prune/fingerprint.json. train and evaluate start the student from `student_base(config)`.
+prune/fingerprint.json. train and evaluate start the student from `config.student_base()`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cotdistill.config import ConfigError, RunConfig
-from cotdistill.fingerprints import (
-    FINGERPRINT_FILE, file_digest, finished_stats, make_fingerprint, matches, model_fingerprint, upstream,
-    write_fingerprint,
-)
-from cotdistill.models import resolve_model
-from cotdistill.shards import list_shards, read_json, replace_dir_atomic, write_json_atomic
+from cotdistill.fingerprints import file_digest, make_fingerprint, model_fingerprint, upstream
+from cotdistill.models import count_parameters, resolve_model
+from cotdistill.shards import list_shards, replace_dir_atomic, write_json_atomic
+from cotdistill.stages import Stage, finished_summary
 
 if TYPE_CHECKING:
     import torch
@@ -237,11 +235,6 @@ def prune_model(model: Any, keep_layers: list[int], mlp_keep: list[torch.Tensor]
     return model
 
 
-def count_parameters(model: Any) -> int:
-    """Parameters, a tied embedding counted once (parameters() yields a shared tensor once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def sizes(model: Any) -> dict[str, int]:
     """What pruning changes, as the stats and the card report it."""
     cfg = model.config
@@ -265,13 +258,6 @@ def plan_from_budget(importance: list[float], fixed_params: int, params_per_laye
 
 
 # --- the stage ----------------------------------------------------------------------------------------------------
-
-def student_base(config: RunConfig) -> str:
-    """The folder (or hub id) the student trains from: the pruned model when student.prune is set."""
-    if config.student.prune is not None:
-        return str(config.run_dir / "prune" / "model")
-    return resolve_model(config.student.model)
-
 
 def calibration_texts(samples_dir: Path, n: int) -> list[str]:
     """prompt_text + rationale of the first n finished rationales (finish_reason stop), topped up with others."""
@@ -310,21 +296,15 @@ def calibration_batches(tokenizer: Any, texts: list[str], max_tokens: int) -> li
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """The prune settings, the model's weights, and the generate output the calibration texts come from."""
-    gen_dir = config.run_dir / "generate"
+    paths = config.paths
+    if config.student.prune is None:
+        raise ConfigError("student.prune is not set: there is nothing to prune")
     return make_fingerprint({
-        "prune": dataclasses.asdict(config.student.prune) if config.student.prune else None,
+        "prune": dataclasses.asdict(config.student.prune),
         "student": {"model": config.student.model, "weights": model_fingerprint(config.student.model)},
-        "generate": upstream(gen_dir),
-        "calibration": {s.name: file_digest(s) for s in list_shards(gen_dir / "samples")},
+        "generate": upstream(paths.generate),
+        "calibration": {s.name: file_digest(s) for s in list_shards(paths.samples)},
     })
-
-
-def is_complete(config: RunConfig, record: dict[str, Any] | None = None) -> bool:
-    """The pruned model and its stats are written, from today's settings, model and rationales."""
-    out_dir = config.run_dir / "prune"
-    if not ((out_dir / "model" / "config.json").is_file() and (out_dir / "stats.json").is_file()):
-        return False
-    return matches(out_dir, record or fingerprint(config))
 
 
 def _checked_targets(prune: Any, model: Any) -> None:
@@ -350,30 +330,23 @@ def _checked_targets(prune: Any, model: Any) -> None:
             f"so choose one of {[group * k for k in range(1, n_kv + 1)]}")
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+def prune_student(config: RunConfig) -> dict[str, Any]:
+    """The stage's work: measure importance on the teacher's rationales, cut, save prune/model/."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    prune = config.student.prune
-    if prune is None:
-        raise ConfigError("student.prune is not set: there is nothing to prune")
-    out_dir, gen_dir = config.run_dir / "prune", config.run_dir / "generate"
-    finished_stats(gen_dir, "generate")
-    if not list_shards(gen_dir / "samples"):
-        raise RuntimeError(f"{gen_dir}: generate wrote no sample shards; there is nothing to calibrate on")
-    record = fingerprint(config)
-    if is_complete(config, record):
-        logger.info("prune: %s is up to date, skipping", out_dir / "model")
-        return read_json(out_dir / "stats.json")
-    (out_dir / FINGERPRINT_FILE).unlink(missing_ok=True)  # from here on, the folder is not of any settings
+    prune, paths = config.student.prune, config.paths
+    finished_summary(config, "generate")
+    if not list_shards(paths.samples):
+        raise RuntimeError(f"{paths.generate}: generate wrote no sample shards; there is nothing to calibrate on")
     started = time.monotonic()
 
     base = resolve_model(config.student.model)
-    texts = calibration_texts(gen_dir / "samples", prune.calibration_samples)
+    texts = calibration_texts(paths.samples, prune.calibration_samples)
     tokenizer = AutoTokenizer.from_pretrained(base)
     batches = calibration_batches(tokenizer, texts, prune.calibration_max_tokens)
     if not batches:
-        raise RuntimeError(f"{gen_dir / 'samples'}: no rationale text to calibrate on")
+        raise RuntimeError(f"{paths.samples}: no rationale text to calibrate on")
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     cfg = model.config
@@ -414,15 +387,14 @@ def run(config: RunConfig) -> dict[str, Any]:
         "calibration_tokens": tokens,
         "seconds": round(time.monotonic() - started, 2),
     }
-    tmp_dir = out_dir / ".model.tmp"
+    tmp_dir = paths.prune / ".model.tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     model.save_pretrained(tmp_dir)
     tokenizer.save_pretrained(tmp_dir)
     (tmp_dir / "README.md").write_text(model_card(config, stats))
-    replace_dir_atomic(tmp_dir, out_dir / "model")
-    write_json_atomic(stats, out_dir / "stats.json")
-    write_fingerprint(out_dir, record)  # last: the stage is done
-    logger.info("prune: saved %s (%s; removed blocks %s) in %.1f s", out_dir / "model", after,
+    replace_dir_atomic(tmp_dir, paths.pruned_model)
+    write_json_atomic(stats, paths.prune / "stats.json")  # last: the stage is done
+    logger.info("prune: saved %s (%s; removed blocks %s) in %.1f s", paths.pruned_model, after,
                 stats["removed_layers"], stats["seconds"])
     return stats
 
@@ -446,9 +418,17 @@ tags: [cotdistill, pruning, minitron, shortgpt]
   (key/value heads {stats['num_key_value_heads_before']} -> {stats['num_key_value_heads_after']}), whole
   key/value groups kept per block by the L2 norm of their heads' outputs
 - Calibration: {stats['calibration_texts']} teacher rationales (prompt + rationale, finished ones first) from
-  `{config.run_dir / 'generate' / 'samples'}`, {stats['calibration_tokens']:,} tokens, at most
+  `{config.paths.samples}`, {stats['calibration_tokens']:,} tokens, at most
   {config.student.prune.calibration_max_tokens if config.student.prune else '?'} each
 - Settings: `{dataclasses.asdict(config.student.prune) if config.student.prune else {}}`
 
 Not yet trained: distillation on the teacher's rationales recovers what pruning lost.
 """
+
+
+STAGE = Stage(
+    name="prune", help="cut the student from student.model (depth, width) -> runs/<run>/prune/model/ (with student.prune)",
+    fingerprint=fingerprint, outputs_complete=lambda config: (config.paths.pruned_model / "config.json").is_file(),
+    work=prune_student, wanted=lambda config: config.student.prune is not None,
+)
+run, is_complete = STAGE.run, STAGE.is_complete

@@ -1,5 +1,7 @@
 """The records that flow between stages and their explicit pyarrow schemas: the contract between stages.
 
+    write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), path)     # generate; the filter appends its columns
+
 generate writes SAMPLE_SCHEMA (one row per rationale); filter writes FILTERED_SCHEMA (the same plus its verdict);
 evaluate writes EVAL_SCHEMA (one row per question and model). Every shard is written with one of these schemas,
 so a reader never has to guess a type.

@@ -1,5 +1,7 @@
 """report: evaluate's metrics presented: the side-by-side table, report.md and the plots.
 
+    write_text_atomic(report_markdown(config, metrics), paths.evaluate / "report.md")    # evaluate, at its end
+
 evaluate computes (cotdistill/evaluate.py writes metrics.json); this module only presents what it computed.
 """
 

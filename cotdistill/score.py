@@ -23,12 +23,11 @@ import time
 from typing import Any
 
 from cotdistill.config import ConfigError, RunConfig
-from cotdistill.fingerprints import (
-    claim, finished_stats, make_fingerprint, matches, template_fingerprint, upstream,
-)
+from cotdistill.fingerprints import make_fingerprint, template_fingerprint, upstream
 from cotdistill.prompts import PromptTemplate
-from cotdistill.records import FILTERED_SCHEMA, student_text
-from cotdistill.shards import read_json, remove_stale_tmp, write_json_atomic, write_parquet_atomic
+from cotdistill.records import FILTERED_SCHEMA, LOGPROB_COLUMNS, student_text
+from cotdistill.shards import column_bytes, remove_stale_tmp, write_json_atomic, write_parquet_atomic
+from cotdistill.stages import Stage, finished_summary
 from cotdistill.teachers import render_prompt, teacher_settings
 
 logger = logging.getLogger(__name__)
@@ -42,8 +41,11 @@ def scorer_model(config: RunConfig) -> Any:
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     sc = config.score
+    if sc is None:
+        raise ConfigError("score: is not set: add a score section (e.g. score: {context: student}) to score the "
+                          "accepted rationales")
     return make_fingerprint({
-        "filter": upstream(config.run_dir / "filter"),
+        "filter": upstream(config.paths.filter),
         "teacher": teacher_settings(scorer_model(config)),
         "score": {"logprobs": sc.logprobs, "context": sc.context},
         "student_prompt": template_fingerprint(config.train.prompt) if sc.context == "student" else None,
@@ -87,60 +89,49 @@ def score_rows(llm: Any, rows: list[dict[str, Any]], k: int, template: PromptTem
     return scored
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+def score_corpus(config: RunConfig) -> dict[str, Any]:
+    """The stage's work: every accepted shard not yet scored, then the summary."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from cotdistill.generate import logprob_bytes
     from cotdistill.teachers.vllm_local import build_llm, release_llm
 
-    sc = config.score
-    if sc is None:
-        raise ConfigError("score: is not set: add a score section (e.g. score: {context: student}) to score the "
-                          "accepted rationales")
-    filter_dir, out_dir = config.run_dir / "filter", config.run_dir / "score"
-    filter_stats = finished_stats(filter_dir, "filter")
-    record = fingerprint(config)
-    if is_complete(config, record):
-        logger.info("score: %s is up to date, skipping", out_dir)
-        return read_json(out_dir / "stats.json")
-    claim(out_dir, record, "score")
-    (out_dir / "accepted").mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out_dir / "accepted")
-    (out_dir / "stats.json").unlink(missing_ok=True)
-
-    files = filter_stats["accepted_files"]
-    todo = [name for name in files if not (out_dir / "accepted" / name).exists()]  # each written atomically
+    sc, paths = config.score, config.paths
+    files = finished_summary(config, "filter")["accepted_files"]
+    paths.scored.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(paths.scored)
+    todo = [name for name in files if not (paths.scored / name).exists()]  # each written atomically
     template = PromptTemplate(config.train.prompt) if sc.context == "student" else None
     started = time.perf_counter()
     if todo:
         llm = build_llm(scorer_model(config), config.seed)
         try:
             for name in tqdm(todo, desc="score shards", unit="shard"):
-                rows = pq.read_table(filter_dir / "accepted" / name).to_pylist()
+                rows = pq.read_table(paths.accepted / name).to_pylist()
                 scored = []
                 for i in range(0, len(rows), sc.batch_size):
                     scored += score_rows(llm, rows[i:i + sc.batch_size], sc.logprobs, template,
                                          config.train.reasoning_format, sc.context)
-                write_parquet_atomic(pa.Table.from_pylist(scored, schema=FILTERED_SCHEMA), out_dir / "accepted" / name)
+                write_parquet_atomic(pa.Table.from_pylist(scored, schema=FILTERED_SCHEMA), paths.scored / name)
         finally:
             release_llm(llm)
-    lengths = [pq.read_table(out_dir / "accepted" / n, columns=["completion_token_ids"]).column(0) for n in files]
+    lengths = [pq.read_table(paths.scored / n, columns=["completion_token_ids"]).column(0) for n in files]
     tokens = sum(int(pc.sum(pc.list_value_length(c)).as_py() or 0) for c in lengths)
-    stored_bytes = sum(logprob_bytes(out_dir / "accepted" / n) for n in files)
+    stored_bytes = sum(column_bytes(paths.scored / n, LOGPROB_COLUMNS) for n in files)
     stats = {"rationales": sum(len(c) for c in lengths),
              "completion_tokens": tokens, "logprobs_k": sc.logprobs, "context": sc.context,
              "logprob_bytes_per_token": round(stored_bytes / tokens, 2) if tokens else None,
              "accepted_files": files, "seconds_this_run": round(time.perf_counter() - started, 2)}
-    write_json_atomic(stats, out_dir / "stats.json")
+    write_json_atomic(stats, paths.score / "stats.json")  # last: the stage is done
     logger.info("score: %s", {k: v for k, v in stats.items() if k != "accepted_files"})
     return stats
 
 
-def is_complete(config: RunConfig, record: dict[str, Any] | None = None) -> bool:
-    out_dir = config.run_dir / "score"
-    if config.score is None or not (out_dir / "stats.json").exists():
-        return False
-    return matches(out_dir, record or fingerprint(config))
+STAGE = Stage(
+    name="score", help="the teacher's top-k logprobs for the accepted rationales -> runs/<run>/score/ (with score:)",
+    fingerprint=fingerprint, outputs_complete=lambda config: True, work=score_corpus,
+    wanted=lambda config: config.score is not None,
+)
+run, is_complete = STAGE.run, STAGE.is_complete

@@ -1,5 +1,7 @@
 """Durable atomic writes, shard names and stats files.
 
+    write_parquet_atomic(table, paths.samples / shard_name(3))     # every file a stage writes goes this way
+
 Every file a stage produces is written to a temporary name beside its target, flushed and fsynced, renamed
 into place, and its folder fsynced: a killed run (or a lost machine) leaves either the whole file or nothing,
 never a name pointing at half-written bytes. A shard's Parquet file is its own completion marker.
@@ -11,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -110,6 +112,20 @@ def remove_stale_tmp(directory: str | Path) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
+
+
+def column_bytes(path: str | Path, columns: Iterable[str]) -> int:
+    """Bytes on disk of these columns of a Parquet file (their compressed column chunks, from its footer)."""
+    names = set(columns)
+    meta = pq.ParquetFile(path).metadata
+    total = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            if column.path_in_schema.split(".")[0] in names:
+                total += column.total_compressed_size
+    return total
 
 
 def read_shards(directory: str | Path, schema: pa.Schema | None = None) -> pa.Table:

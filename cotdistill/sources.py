@@ -1,5 +1,8 @@
 """Questions from a Hugging Face dataset id or local JSON, JSONL, Parquet or CSV files, loaded with `datasets`.
 
+    source = QuestionSource(config.data)          # checks every row now: a bad one fails before any engine starts
+    for q in source.questions(start, stop): ...   # Question records, a slice at a time
+
 Each question gets a stable id: the configured id field, else a hash of the question text (so ids survive
 re-ordering and re-running). Every problem with the input is a SourceError naming the file, row and field.
 Rows are numbered from 1, in the order the file holds them.
@@ -7,7 +10,6 @@ Rows are numbered from 1, in the order the file holds them.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -16,32 +18,14 @@ from typing import Iterator
 
 from cotdistill.answers import GOLD_PARSERS, GoldParseError
 from cotdistill.config import DataConfig
+from cotdistill.paths import DATA_SUFFIXES, local_files, looks_local
 from cotdistill.records import Question
 
 logger = logging.getLogger(__name__)
 
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
 
 class SourceError(ValueError):
     pass
-
-
-def looks_local(path: str) -> bool:
-    """A path the user meant as a local file or folder, not a hub dataset or model id ("org/name")."""
-    return (path.startswith(("/", ".", "~")) or Path(path).suffix in BUILDERS or path.count("/") > 1
-            or any(c in path for c in "*?["))
-
-
-def local_files(path: str) -> list[str] | None:
-    """The local files a path names (file, folder or glob), or None if it is not local (a hub id)."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return [str(p)]
-    if p.is_dir():
-        return sorted(str(f) for f in p.iterdir() if f.suffix in BUILDERS)
-    matches = sorted(glob.glob(path))
-    return matches or None
 
 
 def first_non_utf8_line(path: str) -> str | None:
@@ -84,12 +68,12 @@ def load_rows(cfg: DataConfig):
     if not files:
         raise SourceError(f"{cfg.path}: no .jsonl, .json, .parquet or .csv files there")
     suffixes = {Path(f).suffix for f in files}
-    if len(suffixes) != 1 or next(iter(suffixes)) not in BUILDERS:
-        raise SourceError(f"{cfg.path}: expected files of one type among {', '.join(BUILDERS)}, got {suffixes}")
+    if len(suffixes) != 1 or next(iter(suffixes)) not in DATA_SUFFIXES:
+        raise SourceError(f"{cfg.path}: expected files of one type among {', '.join(DATA_SUFFIXES)}, got {suffixes}")
     for f in files:
         if Path(f).stat().st_size == 0:
             raise SourceError(f"{f}: the file is empty")
-    builder = BUILDERS[suffixes.pop()]
+    builder = DATA_SUFFIXES[suffixes.pop()]
     for f in files:  # name the bad line; datasets' own errors do not
         problem = (first_non_utf8_line(f) if builder in ("json", "csv") else None) or (
             _first_bad_json_line(f) if builder == "json" else None)

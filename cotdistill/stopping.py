@@ -1,5 +1,7 @@
 """Stopping rules for adaptive sampling: is the majority answer settled, or is one more sample worth it?
 
+    should_stop(answers_so_far, rule="beta", confidence=0.95)     # generate.adaptive and evaluate.adaptive
+
 Both generate (`generate.adaptive`, questions without gold) and evaluate (`evaluate.adaptive`) ask the same
 question after each round of samples: given the votes so far, stop? Pure functions over the answer counts.
 

@@ -11,28 +11,26 @@ completion only. `train.sft` holds `trl.SFTConfig` fields, passed through as the
 cotdistill/losses.py); `train.peft` adds a LoRA adapter; with `student.prune` the student starts from the pruned
 model (cotdistill/prune.py).
 
-Checkpoints go to `train/checkpoints/` and a rerun resumes from the last one; the final model, its tokenizer and
-a card naming the corpus are written to a temporary folder and renamed to `train/model/` when complete.
+Checkpoints go to `train/checkpoints/` and a rerun resumes from the last complete one; the final model, its
+tokenizer and a card naming the corpus are written to a temporary folder and moved to `train/model/` when complete.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from cotdistill.config import RunConfig
+from cotdistill.fingerprints import make_fingerprint, model_fingerprint, template_fingerprint, upstream
 from cotdistill.models import resolve_model
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import student_text
-from cotdistill.fingerprints import (
-    claim, finished_stats, make_fingerprint, matches, model_fingerprint, template_fingerprint, upstream,
-)
-from cotdistill.shards import list_shards, read_json, write_text_atomic
+from cotdistill.shards import list_shards, read_json, read_json_or_none, replace_dir_atomic, write_text_atomic
+from cotdistill.stages import Stage, finished_summary
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +39,11 @@ SFT_BOOKKEEPING = frozenset({
     "logging_steps", "logging_strategy", "logging_dir", "logging_first_step", "report_to", "run_name",
     "save_steps", "save_strategy", "save_total_limit", "dataloader_num_workers", "disable_tqdm",
 })
+
+
+def nothing_to_train(accepted_dir: Path) -> RuntimeError:
+    return RuntimeError(f"{accepted_dir}: the filter accepted no rationales, so there is nothing to train on; "
+                        f"see {accepted_dir.parent / 'stats.json'} for why they were rejected")
 
 
 def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files: list[str] | None = None,
@@ -54,16 +57,10 @@ def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files:
     else:
         shards = [str(accepted_dir / name) for name in shard_files]
     if not shards:
-        raise RuntimeError(
-            f"{accepted_dir}: the filter accepted no rationales, so there is nothing to train on; "
-            f"see {accepted_dir.parent / 'stats.json'} for why they were rejected"
-        )
+        raise nothing_to_train(accepted_dir)
     corpus = datasets.load_dataset("parquet", data_files=shards, split="train")
     if len(corpus) == 0:
-        raise RuntimeError(
-            f"{accepted_dir}: the filter accepted no rationales, so there is nothing to train on; "
-            f"see {accepted_dir.parent / 'stats.json'} for why they were rejected"
-        )
+        raise nothing_to_train(accepted_dir)
 
     def to_pair(row: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -88,18 +85,6 @@ def sft_config(config: RunConfig, output_dir: Path) -> Any:
         return SFTConfig(**fields)
     except TypeError as e:
         raise ValueError(f"train.sft: {e}") from None
-
-
-def student_base(config: RunConfig) -> str:
-    """The folder the student starts from: the pruned model when student.prune is set, else student.model."""
-    from cotdistill.prune import student_base as pruned_or_base
-
-    return pruned_or_base(config)
-
-
-def logprob_source(config: RunConfig) -> Path:
-    """Where train reads the accepted rationales: the score step's copy (with logprobs) when there is one."""
-    return config.run_dir / ("score" if config.score is not None and config.train.loss == "kd" else "filter")
 
 
 def logprob_tokenizer_model(config: RunConfig) -> str:
@@ -133,13 +118,13 @@ def build_trainer(config: RunConfig, dataset: Any = None, shards: list[Path] | N
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    base = student_base(config)
+    base = config.student_base()
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.chat_template is None:
         raise ValueError(f"student {config.student.model}: its tokenizer has no chat template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    args = sft_config(config, config.run_dir / "train" / "checkpoints")
+    args = sft_config(config, config.paths.checkpoints)
     dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     peft_config = None
@@ -272,39 +257,35 @@ def step_counter() -> Any:
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """What the trained student depends on: the filtered corpus, the base model, the prompt, SFTConfig, seed."""
     return make_fingerprint({
-        "filter": upstream(config.run_dir / "filter"),
+        "filter": upstream(config.paths.filter),
         "student": {"model": config.student.model, "weights": model_fingerprint(config.student.model)},
         "prompt_template": template_fingerprint(config.train.prompt),
         "sft": {k: v for k, v in config.train.sft.items() if k not in SFT_BOOKKEEPING},
         "loss": config.train.loss,
         "kd": vars(config.train.kd) if config.train.loss == "kd" else None,
-        "score": upstream(config.run_dir / "score") if config.score is not None and config.train.loss == "kd" else None,
-        "prune": upstream(config.run_dir / "prune") if config.student.prune is not None else None,
+        "score": upstream(config.paths.score) if config.score is not None and config.train.loss == "kd" else None,
+        "prune": upstream(config.paths.prune) if config.student.prune is not None else None,
         "peft": config.train.peft, "merge_adapter": config.train.merge_adapter if config.train.peft else None,
         "reasoning_format": config.train.reasoning_format,
         "seed": config.seed,
     })
 
 
-def run(config: RunConfig) -> dict[str, Any]:
-    train_dir = config.run_dir / "train"
-    final_dir = train_dir / "model"
-    filter_dir = config.run_dir / "filter"
-    filter_stats = finished_stats(filter_dir, "filter")
-    record = fingerprint(config)
-    if is_complete(config, record):
-        logger.info("train: %s is up to date, skipping", final_dir)
-        return read_json(train_dir / "stats.json")
-    claim(train_dir, record, "train")  # checkpoints of other settings or another corpus are never resumed
+def train_student(config: RunConfig) -> dict[str, Any]:
+    """The stage's work: train on the accepted rationales (resuming the newest complete checkpoint), then move the
+    final model into place."""
+    paths = config.paths
+    filter_stats = finished_summary(config, "filter")
 
-    if config.train.loss == "kd":
-        source = logprob_source(config)
-        files = read_json(source / "stats.json")["accepted_files"] if source != filter_dir else filter_stats[
-            "accepted_files"]
-        trainer = build_trainer(config, shards=[source / "accepted" / name for name in files])
+    if config.train.loss == "kd":  # the score step's copy of the accepted rows (with logprobs) when there is one
+        folder, files = ((paths.scored, finished_summary(config, "score")["accepted_files"]) if config.score
+                         else (paths.accepted, filter_stats["accepted_files"]))
+        if not files:
+            raise nothing_to_train(paths.accepted)
+        trainer = build_trainer(config, shards=[folder / name for name in files])
         corpus_size = len(trainer.train_dataset)
     else:
-        dataset = build_sft_dataset(filter_dir / "accepted", PromptTemplate(config.train.prompt),
+        dataset = build_sft_dataset(paths.accepted, PromptTemplate(config.train.prompt),
                                     filter_stats["accepted_files"], config.train.reasoning_format)
         trainer = build_trainer(config, dataset)
         corpus_size = len(dataset)
@@ -324,7 +305,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
 
     # Every rank calls save_model (a collective under FSDP/DeepSpeed); only rank 0 writes files.
-    tmp_dir = train_dir / ".model.tmp"
+    tmp_dir = paths.train / ".model.tmp"
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if config.train.peft is not None and config.train.merge_adapter:
@@ -352,16 +333,14 @@ def run(config: RunConfig) -> dict[str, Any]:
         "train_runtime_s": result.metrics.get("train_runtime"),
     }
     (tmp_dir / "README.md").write_text(model_card(config, stats))
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp_dir, final_dir)
-    write_text_atomic(json.dumps(stats, indent=2) + "\n", train_dir / "stats.json")
-    logger.info("train: saved %s (%s)", final_dir, stats)
+    replace_dir_atomic(tmp_dir, paths.trained_model)
+    write_text_atomic(json.dumps(stats, indent=2) + "\n", paths.train / "stats.json")  # last: the stage is done
+    logger.info("train: saved %s (%s)", paths.trained_model, stats)
     return stats
 
 
 def model_card(config: RunConfig, stats: dict[str, Any]) -> str:
-    filter_stats_path = config.run_dir / "filter" / "stats.json"
-    filter_stats = read_json(filter_stats_path) if filter_stats_path.exists() else {}
+    filter_stats = read_json_or_none(config.paths.filter / "stats.json") or {}
     gen = config.generate
     return f"""---
 base_model: {config.student.model}
@@ -372,7 +351,7 @@ tags: [cotdistill, distillation, chain-of-thought, trl, sft]
 
 - Base model: `{config.student.model}`
 - Teacher: `{config.teacher.model}`
-- Corpus: `{config.run_dir / 'filter' / 'accepted'}`, {stats['examples']} accepted rationales
+- Corpus: `{config.paths.accepted}`, {stats['examples']} accepted rationales
   ({filter_stats.get('rationales', '?')} generated, filter answer format `{config.filter.answer_format}`)
 - Questions: `{config.data.path}` (split `{config.data.split}`)
 - Teacher prompt: `{gen.prompt}`; sampling: n={gen.num_samples}, temperature={gen.temperature},
@@ -381,7 +360,7 @@ tags: [cotdistill, distillation, chain-of-thought, trl, sft]
 - Loss: {"sft (cross-entropy on the teacher's text)" if config.train.loss == "sft" else
          f"kd: {config.train.kd.alpha} x CE + {1 - config.train.kd.alpha:g} x T^2 x KL to the teacher's top-k "
          f"logprobs (T = {config.train.kd.temperature}, interpolation {config.train.kd.interpolation})"}
-- Started from: `{student_base(config)}`{" (pruned from " + config.student.model + ", see its card)"
+- Started from: `{config.student_base()}`{" (pruned from " + config.student.model + ", see its card)"
                                           if config.student.prune is not None else ""}
 - LoRA: {json.dumps(config.train.peft) + (", merged" if config.train.merge_adapter else ", saved as an adapter")
          if config.train.peft is not None else "no (full fine-tuning)"}
@@ -390,9 +369,9 @@ tags: [cotdistill, distillation, chain-of-thought, trl, sft]
 """
 
 
-def is_complete(config: RunConfig, record: dict[str, Any] | None = None) -> bool:
-    """The model and its stats are written, from today's corpus and settings."""
-    train_dir = config.run_dir / "train"
-    if not ((train_dir / "model" / "config.json").exists() and (train_dir / "stats.json").exists()):
-        return False
-    return matches(train_dir, record or fingerprint(config))
+STAGE = Stage(
+    name="train", help="fine-tune the student with TRL's SFTTrainer (sft or kd loss) -> runs/<run>/train/model/",
+    fingerprint=fingerprint, outputs_complete=lambda config: (config.paths.trained_model / "config.json").is_file()
+    or (config.paths.trained_model / "adapter_config.json").is_file(), work=train_student,
+)
+run, is_complete = STAGE.run, STAGE.is_complete

@@ -12,6 +12,7 @@ import yaml
 
 from cotdistill.config import AdaptiveEvalConfig, ConfigError, load_config
 from cotdistill.evaluate import adaptive_stop, score_row
+from cotdistill.report import format_table
 from cotdistill.stopping import (
     beta_should_stop, leader_beats_runner_up, should_stop, window_should_stop,
 )
@@ -191,7 +192,7 @@ def test_evaluate_reports_adaptive_self_consistency(tmp_path, parrot_model, gsm8
 
     report = (out / "report.md").read_text()
     assert "## Adaptive self-consistency" in report and "| hand |" in report
-    assert "adapt" in result["table"]
+    assert "adapt" in format_table(result["models"])
     assert evaluate.is_complete(config)
     # The adaptive settings key the stored rows: another confidence is scored again, and only then complete.
     changed = load_config(path, ["evaluate.adaptive.confidence=0.9"])

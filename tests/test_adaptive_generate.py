@@ -20,6 +20,7 @@ from cotdistill.config import ConfigError, FilterConfig, load_config
 from cotdistill.filter import FilterContext, judge_table
 from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
 from cotdistill.shards import read_json, read_shards
+from cotdistill.stages import SettingsChanged
 from cotdistill.teachers import Completion, Finished
 from tests.conftest import REPO, tiny_config_dict
 
@@ -300,7 +301,7 @@ def test_fixed_n_fingerprint_is_unchanged_and_adaptive_keys_are_named(tmp_path):
     assert not {"adaptive", "rationalize", "rationalize_prompt", "rationalize_samples", "answer_check"} & set(settings)
     adaptive = scripted_config(tmp_path, {"A": "7"}, ["generate.adaptive.round_size=2"])
     generate.run(fixed, teacher=ScriptedTeacher({"A": [RIGHT] * 8}))
-    with pytest.raises(generate.SettingsChanged, match="generate.adaptive.confidence, generate.adaptive.round_size"):
+    with pytest.raises(SettingsChanged, match="generate.adaptive.confidence, generate.adaptive.round_size"):
         generate.run(adaptive, teacher=ScriptedTeacher({"A": [RIGHT] * 8}))
 
 

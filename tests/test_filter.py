@@ -6,10 +6,10 @@ import pytest
 from cotdistill.answers import get_answer_format
 from cotdistill.config import FilterConfig
 from cotdistill.filter import (
-    FilterContext, build_contamination_index, filter_samples, is_degenerate, near_duplicate_flags,
-    repeated_ngram_share,
+    FilterContext, build_contamination_index, is_degenerate, judge_table, near_duplicate_flags, repeated_ngram_share,
 )
-from cotdistill.records import Sample
+from cotdistill.paths import RunPaths
+from cotdistill.records import SAMPLE_SCHEMA, Sample, samples_to_table
 
 
 def sample(qid, index, rationale, finish="stop", gold="12", question="What is 3 times 4?"):
@@ -23,8 +23,13 @@ def context(**settings):
     return FilterContext(cfg=cfg, fmt=get_answer_format(cfg.answer_format), seed=0)
 
 
+def judge(samples, ctx):
+    """Judged as the stage judges a shard (judge_table over its table), back as Sample records."""
+    return [Sample(**row) for row in judge_table(samples_to_table(samples, SAMPLE_SCHEMA), ctx).to_pylist()]
+
+
 def verdicts(samples, ctx):
-    return [(s.sample_index, s.filter_reason) for s in filter_samples(samples, ctx)]
+    return [(s.sample_index, s.filter_reason) for s in judge(samples, ctx)]
 
 
 LOOP = "then I add 4 again and " * 30
@@ -42,7 +47,7 @@ def test_each_reason_in_gold_mode():
         sample("a", 7, "Four threes make twelve, so the answer is 12"),
         sample("a", 8, LOOP + "The answer is 12"),
     ]
-    judged = list(filter_samples(samples, context()))
+    judged = judge(samples, context())
     assert [(s.sample_index, s.filter_reason) for s in judged] == [
         (0, None), (1, "duplicate"), (2, "wrong"), (3, "unparseable"), (4, "truncated"), (5, "empty"),
         (6, "ambiguous"), (7, None), (8, "degenerate")]
@@ -102,7 +107,7 @@ def test_majority_mode_uses_the_teachers_majority_as_label():
     samples = [sample("a", 0, "The answer is 12", gold=None), sample("a", 1, "So, the answer is 12", gold=None),
                sample("a", 2, "The answer is 15", gold=None), sample("a", 3, "Thus the answer is 12", gold=None),
                sample("a", 4, "no idea", gold=None)]
-    judged = list(filter_samples(samples, context(label="majority")))
+    judged = judge(samples, context(label="majority"))
     assert [(s.sample_index, s.filter_reason) for s in judged] == [
         (0, None), (1, None), (2, "wrong"), (3, None), (4, "unparseable")]
     assert judged[0].is_correct is None  # no gold to compare with
@@ -160,7 +165,7 @@ def test_decontamination_hashes_are_64_bit():
 
 def test_gold_mode_without_gold_is_an_error():
     with pytest.raises(ValueError, match="no gold answer; use filter.label: majority"):
-        list(filter_samples([sample("a", 0, "The answer is 1", gold=None)], context()))
+        judge([sample("a", 0, "The answer is 1", gold=None)], context())
 
 
 def test_decontamination_drops_questions_sharing_a_13_gram():
@@ -206,7 +211,7 @@ def test_every_reason_gets_examples_however_late_in_the_shard(tmp_path):
     samples.append(sample("last", 0, "no number at all"))  # the only unparseable one, at row 2501
     shard = tmp_path / "generate" / "00000.parquet"
     write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), shard)
-    meta = filter_shard(shard, tmp_path / "filter", "key", context())
+    meta = filter_shard(shard, RunPaths(tmp_path), "key", context())
     assert meta["rejected"] == {"wrong": 2500, "unparseable": 1}
     assert [e["question_id"] for e in meta["examples"]["unparseable"]] == ["last"]
     assert len(meta["examples"]["wrong"]) == 3
@@ -261,7 +266,7 @@ def test_label_none_keeps_wrong_answers_but_drops_truncated_degenerate_and_dupli
         sample("a", 7, "The answer   is 13"),  # the same text as sample 1 after whitespace normalisation
         sample("b", 0, "Unlabelled: the answer is 5", gold=None),  # no gold needed either
     ]
-    judged = list(filter_samples(samples, context(label="none")))
+    judged = judge(samples, context(label="none"))
     assert [(s.sample_index, s.filter_reason) for s in judged] == [
         (0, None), (1, None), (2, None), (3, None), (4, "truncated"), (5, "empty"), (6, "degenerate"),
         (7, "duplicate"), (0, None)]
@@ -300,11 +305,11 @@ def test_pass_rate_counts_finished_rationales_reaching_the_label():
     tied = ["The answer is 1", "The answer is 2"]
     rows = [sample("m", i, t, gold=None) for i, t in enumerate(texts)]
     rows += [sample("t", i, t, gold=None) for i, t in enumerate(tied)]
-    judged = list(filter_samples(rows, context(label="majority", near_duplicates=False)))
+    judged = judge(rows, context(label="majority", near_duplicates=False))
     assert [s.pass_rate for s in judged] == [0.6] * 5 + [None] * 2
     ctx = context()
     ctx.contamination = build_contamination_index(["What is 3 times 4?"], 13)
-    assert [s.pass_rate for s in filter_samples(question_with("x", 2, 0), ctx)] == [None, None]
+    assert [s.pass_rate for s in judge(question_with("x", 2, 0), ctx)] == [None, None]
 
 
 def test_difficulty_band_drops_too_easy_and_too_hard_questions_whole():
@@ -312,7 +317,7 @@ def test_difficulty_band_drops_too_easy_and_too_hard_questions_whole():
                + question_with("hard", 1, 4, truncated_right=1)  # 1 of 6
                + question_with("mid", 2, 2)  # 0.5
                + question_with("edge", 3, 1))  # 0.75, exactly the upper bound: kept
-    judged = list(filter_samples(samples, difficulty_context(min_pass_rate=0.25, max_pass_rate=0.75)))
+    judged = judge(samples, difficulty_context(min_pass_rate=0.25, max_pass_rate=0.75))
     by_question: dict = {}
     for s in judged:
         by_question.setdefault(s.question_id, []).append(s.filter_reason)
@@ -351,7 +356,7 @@ def test_harder_more_gives_hard_questions_more_of_the_cap():
     ctx.cfg.max_per_question = 4
     kept: dict = {}
     reasons: dict = {}
-    for s in filter_samples(samples, ctx):
+    for s in judge(samples, ctx):
         kept[s.question_id] = kept.get(s.question_id, 0) + (s.filter_reason is None)
         reasons.setdefault(s.question_id, set()).add(s.filter_reason)
     assert kept == {"p100": 1, "p75": 1, "p50": 2, "p25": 2, "p10": 1}
@@ -359,7 +364,7 @@ def test_harder_more_gives_hard_questions_more_of_the_cap():
     # weight none: every question keeps up to max_per_question.
     ctx.cfg.difficulty.weight = "none"
     flat: dict = {}
-    for s in filter_samples(samples, ctx):
+    for s in judge(samples, ctx):
         flat[s.question_id] = flat.get(s.question_id, 0) + (s.filter_reason is None)
     assert flat == {"p100": 4, "p75": 4, "p50": 4, "p25": 2, "p10": 1}
     # min_per_question is a floor; the ceiling is exact (3 of 10 passing: ceil(10 * 0.7) = 7, not float's 8).
@@ -379,15 +384,15 @@ def test_pass_rates_and_out_of_band_questions_in_stats_and_audit(tmp_path):
     for i, part in enumerate((samples[:8], samples[8:])):  # two shards, merged by summarize
         shards.append(tmp_path / "generate" / f"0000{i}.parquet")
         write_parquet_atomic(samples_to_table(part, SAMPLE_SCHEMA), shards[-1])
-        filter_shard(shards[-1], tmp_path / "filter", "key", difficulty_context(min_pass_rate=0.1,
+        filter_shard(shards[-1], RunPaths(tmp_path), "key", difficulty_context(min_pass_rate=0.1,
                                                                                 max_pass_rate=0.9))
-    stats = summarize(tmp_path / "filter", shards)
+    stats = summarize(RunPaths(tmp_path), shards)
     assert stats["rejected"]["too_easy"] == 4 and stats["rejected"]["too_hard"] == 4
     assert stats["questions_too_easy"] == 1 and stats["questions_too_hard"] == 1
     assert stats["pass_rate"]["questions"] == 3 and stats["pass_rate"]["mean"] == round((1 + 0 + 0.25) / 3, 4)
     assert stats["pass_rate"]["histogram"] == {"0.0": 1, "0.1": 0, "0.2": 1, "0.3": 0, "0.4": 0, "0.5": 0,
                                                "0.6": 0, "0.7": 0, "0.8": 0, "0.9": 1}
-    audit = audit_markdown(stats, tmp_path / "filter", shards)
+    audit = audit_markdown(stats, RunPaths(tmp_path), shards)
     assert "## too_easy" in audit and "## too_hard" in audit and "pass rate 1.00" in audit
     assert "1 too easy, 1 too hard" in audit
 

@@ -15,8 +15,10 @@ import yaml
 from cotdistill import evaluate, filter as filter_stage, generate, train
 from cotdistill.config import load_config
 from cotdistill.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA
-from cotdistill.shards import list_shards, read_json, read_shards, write_parquet_atomic
 from cotdistill.prompts import PromptTemplate
+from cotdistill.report import format_table
+from cotdistill.shards import list_shards, read_json, read_shards, write_parquet_atomic
+from cotdistill.stages import SettingsChanged
 from tests.conftest import tiny_config_dict, write_finished_filter
 
 LONG_QUESTION = "How many apples are there? " + "The farmer counts apples in the orchard again. " * 60
@@ -118,7 +120,7 @@ def test_rerun_of_a_finished_stage_starts_no_engine(pipeline, monkeypatch):
 def test_changed_settings_are_refused_on_rerun(pipeline):
     _, config_path, _ = pipeline
     changed = load_config(config_path, ["generate.num_samples=5", "generate.top_p=0.9"])
-    with pytest.raises(generate.SettingsChanged, match=r"changed: generate.num_samples, generate.top_p\); use a "
+    with pytest.raises(SettingsChanged, match=r"changed: generate.num_samples, generate.top_p\); use a "
                        r"new run_name, or add --force"):
         generate.run(changed)
     assert not generate.is_complete(changed)  # so `cotdistill run` does not skip it either
@@ -128,7 +130,7 @@ def test_force_discards_shards_of_other_settings_and_generates_again(pipeline):
     config, config_path, _ = pipeline
     forced = load_config(config_path, ["run_name=tiny-forced", "generate.num_samples=2"])
     shutil.copytree(config.run_dir / "generate", forced.run_dir / "generate")
-    with pytest.raises(generate.SettingsChanged, match="changed: generate.num_samples"):
+    with pytest.raises(SettingsChanged, match="changed: generate.num_samples"):
         generate.run(forced)
     stats = generate.run(forced, force=True)
     table = read_shards(forced.run_dir / "generate" / "samples")
@@ -342,7 +344,7 @@ def test_evaluate_writes_every_output(trained, pipeline):
     assert "| student |" in report and "1/t" in report and "teacher's maj@3" in report
     for plot in ("accuracy_vs_k.png", "accuracy_vs_tokens.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "student" in result["table"] and "maj@K" in result["table"]
+    assert "student" in format_table(result["models"]) and "maj@K" in format_table(result["models"])
     assert evaluate.is_complete(config)
 
 

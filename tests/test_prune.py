@@ -13,6 +13,7 @@ import yaml
 from cotdistill import prune
 from cotdistill.config import ConfigError, PruneConfig, load_config
 from cotdistill.fingerprints import make_fingerprint, write_fingerprint
+from cotdistill.models import count_parameters
 from cotdistill.shards import read_json, write_json_atomic, write_parquet_atomic
 from tests.conftest import REPO, TINY_ENGINE, tiny_config_dict
 
@@ -76,7 +77,7 @@ def test_keeping_everything_reproduces_the_logits(small_llama, batches):
     model = load(small_llama)
     same = prune.prune_model(copy.deepcopy(model), list(range(LAYERS)), [torch.arange(WIDTH)] * LAYERS,
                              [torch.arange(KV_HEADS)] * LAYERS)
-    assert prune.count_parameters(same) == prune.count_parameters(model)
+    assert count_parameters(same) == count_parameters(model)
     for batch in batches[:2]:  # the second has padding
         assert torch.allclose(logits(same, batch), logits(model, batch), atol=1e-5)
 
@@ -108,7 +109,7 @@ def test_cut_model_equals_the_original_with_the_cut_parts_switched_off(pruned, b
     cfg = reloaded.config
     assert (cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads,
             cfg.head_dim) == (3, 160, 2, 1, HEAD_DIM)
-    assert prune.count_parameters(reloaded) == expected_parameters(cfg.vocab_size, 3, 2, 1, 160)
+    assert count_parameters(reloaded) == expected_parameters(cfg.vocab_size, 3, 2, 1, 160)
     assert [layer.self_attn.layer_idx for layer in reloaded.model.layers] == [0, 1, 2]
     # The model cut in memory, as train would get it: its KV cache is indexed by the renumbered blocks.
     assert [layer.self_attn.layer_idx for layer in cut.model.layers] == [0, 1, 2]
@@ -149,7 +150,7 @@ def test_block_influence_finds_a_block_that_does_nothing(small_llama, batches):
     assert len(influence) == LAYERS
     assert abs(influence[2]) < 1e-6 and min(influence[i] for i in range(LAYERS) if i != 2) > 1e-3
     per_layer = sum(p.numel() for p in model.model.layers[0].parameters())
-    total = prune.count_parameters(model)
+    total = count_parameters(model)
     assert prune.plan_from_budget(influence, total - LAYERS * per_layer, per_layer, total - 1) == [0, 1, 3, 4]
 
 
@@ -216,7 +217,7 @@ def test_run_prunes_skips_when_done_and_redoes_on_new_settings(tmp_path, small_l
     texts = prune.calibration_texts(config.run_dir / "generate" / "samples", 9)
     as_text = [r["prompt_text"] + r["rationale"] for r in rows]
     assert texts == as_text[2:] + as_text[:1]  # the finished ones first, then topped up with truncated ones
-    assert prune.student_base(config) == str(config.run_dir / "prune" / "model")
+    assert config.student_base() == str(config.run_dir / "prune" / "model")
 
     stats = prune.run(config)
     out = config.run_dir / "prune"
@@ -227,9 +228,9 @@ def test_run_prunes_skips_when_done_and_redoes_on_new_settings(tmp_path, small_l
     assert sorted(stats["removed_layers"] + stats["kept_layers"]) == list(range(LAYERS))
     lowest = sorted(range(LAYERS), key=lambda i: stats["block_importance"][i])[:2]
     assert sorted(lowest) == stats["removed_layers"]
-    assert stats["calibration_texts"] == 6 and stats["parameters_before"] == prune.count_parameters(load(small_llama))
+    assert stats["calibration_texts"] == 6 and stats["parameters_before"] == count_parameters(load(small_llama))
     model = load(out / "model")
-    assert stats["parameters_after"] == prune.count_parameters(model) == expected_parameters(
+    assert stats["parameters_after"] == count_parameters(model) == expected_parameters(
         model.config.vocab_size, 3, 2, 1, 128)
     card = (out / "model" / "README.md").read_text()
     assert str(stats["removed_layers"]) in card and "256 -> 128" in card and "6 teacher rationales" in card
@@ -317,7 +318,6 @@ BAD_PRUNE = [
     ("student.prune.calibration_max_tokens=0", "student.prune.calibration_max_tokens", "at least 1"),
     ("student.prune.parameter_budget=1000000", "student.prune.parameter_budget", "not both"),
     ("student.prune={}", "student.prune", "prunes nothing"),
-    ("teacher.prune={num_layers: 2}", "teacher.prune", "only the student"),
 ]
 
 
@@ -328,6 +328,14 @@ def test_bad_prune_values_are_refused_at_load(tmp_path, override, key, phrase):
     with pytest.raises(ConfigError) as caught:
         load_config(path, [override])
     assert str(caught.value).startswith(f"{path}: {key}:") and phrase in str(caught.value), str(caught.value)
+
+
+def test_prune_is_a_student_key_only(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(base_config()))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["teacher.prune={num_layers: 2}"])
+    assert str(caught.value).startswith(f"{path}: unknown key 'teacher.prune'"), str(caught.value)
 
 
 def test_prune_settings_load(tmp_path):

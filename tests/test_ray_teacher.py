@@ -18,7 +18,8 @@ import ray
 
 from cotdistill.config import ModelConfig, RayConfig
 from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest
-from cotdistill.teachers.ray_pool import EngineActor, RayPoolTeacher
+from cotdistill.teachers.ray_actor import EngineActor
+from cotdistill.teachers.ray_pool import RayPoolTeacher
 from tests.conftest import PARROT_ANSWER, TINY_ENGINE
 from tests.teacher_requests import zero_shot_requests
 

@@ -18,6 +18,7 @@ import yaml
 from cotdistill import evaluate, generate
 from cotdistill.config import load_config
 from cotdistill.records import SAMPLE_SCHEMA
+from cotdistill.report import format_table
 from cotdistill.shards import Journal, read_json, read_shards
 from tests.conftest import REPO, tiny_config_dict
 from tests.servers import FaultProxy
@@ -72,7 +73,7 @@ def test_served_teacher_writes_what_the_local_engine_writes(runs, served_parrot)
     result = evaluate.run(remote)  # evaluate scores a served model through the same backend
     metrics = read_json(remote.run_dir / "evaluate" / "metrics.json")["models"]["teacher"]
     assert metrics["questions"] == NUM_QUESTIONS and metrics["k"] == 3 and metrics["sampled_tokens"] > 0
-    assert "teacher" in result["table"]
+    assert "teacher" in format_table(result["models"])
 
 
 def test_faults_are_retried_and_counted_and_every_sample_lands_once(runs, served_parrot):

@@ -2,37 +2,20 @@
 
     cotdistill filter pipelines/demo.yaml
 
-The checks, in the order they are applied (the first that fails names the reason):
-
-  contaminated            the question shares a word n-gram with a question of an evaluation set
-  too_easy/too_hard       (filter.difficulty) the question's pass rate is above / below the band: every one of
-                          its rationales, whatever else it fails (decided once the label is known)
-  truncated               finish reason "length"
-  empty                   no text
-  degenerate              too large a share of repeated word n-grams (a looping rationale)
-  too_long                over the student's max_length, counted with the student's tokenizer
-  unparseable/ambiguous/timeout   no final answer / two different marked answers / math-verify gave up
-  no_majority             (label: majority) no answer won majority_min_share of the question's votes
-  wrong                   the answer is not the label (the gold, or in majority mode the teacher's majority)
-  quotes_hint             (generate.rationalize) a rationalized rationale that names its hint ("hint", "given
-                          answer", ...) or states the gold number before its first calculation (checks.quotes_hint)
-  duplicate               the same text as a lower sample index, after whitespace normalisation
-  near_duplicate          MinHash Jaccard >= near_duplicate_threshold with a kept lower sample index
-  over_max_per_question   not drawn by the seeded uniform draw of max_per_question survivors (SCoTD's balance;
-                          with difficulty weight harder_more, the question's own, smaller cap)
-  under_min_per_question  the question kept fewer than min_per_question rationales
-
-With `label: none` no answer is checked (unparseable, ambiguous, timeout, no_majority and wrong never apply).
-Every row carries its question's pass rate: finished rationales reaching the label over all its rationales
-(rationalized ones, written with the gold as a hint, left out: the pass rate is the teacher's own).
+Each rationale is judged in phases (judge.py: per-rationale checks, the label's verdicts, the selection), and the
+first reason it fails is recorded; judge.PHASES lists every reason with what it means, in order of precedence.
+With `label: none` no answer is checked. Every row carries its question's pass rate: finished rationales
+reaching the label over all its rationales (rationalized ones, written with the gold as a hint, left out: the
+pass rate is the teacher's own).
 
 generate writes all of a question's rationales into one shard, so each shard is filtered on its own, in
-`num_workers` worker processes: memory is one shard per worker, and a rerun skips the shards already filtered.
+`num_workers` worker processes: memory is one shard per worker. Each shard's meta records the key it was judged
+under (the settings and the generate shard's bytes), so a rerun judges only the shards whose key changed.
 Outputs: filter/accepted/ (with a dataset card README.md), filter/rejected/, stats.json and audit.md.
 
 The package: checks.py (per-text checks, decontamination), dedup.py (near duplicates), difficulty.py (pass
-rates, the band, harder_more caps), judge.py (one question's verdicts, one shard's table), audit.py (stats.json,
-audit.md, the dataset card); here, the stage: workers over shards, fingerprints, run and is_complete.
+rates, the band, harder_more caps), judge.py (the phases; one shard's table), audit.py (stats.json, audit.md,
+the dataset card); here, the stage: workers over shards, the fingerprint, the work.
 """
 
 from __future__ import annotations
@@ -55,19 +38,20 @@ from cotdistill.filter.checks import (
 )
 from cotdistill.filter.dedup import near_duplicate_flags
 from cotdistill.filter.judge import (
-    REASONS, SAMPLE_COLUMNS, FilterContext, QuestionRows, Verdicts, filter_samples, judge_question, judge_table,
+    PHASES, REASONS, SAMPLE_COLUMNS, FilterContext, QuestionRows, Verdicts, judge_question, judge_table,
 )
+from cotdistill.paths import RunPaths
 from cotdistill.fingerprints import (
-    data_fingerprint, digest, file_digest, finished_stats, make_fingerprint, matches, model_fingerprint,
-    template_fingerprint, upstream, write_fingerprint,
+    data_fingerprint, digest, file_digest, make_fingerprint, model_fingerprint, template_fingerprint, upstream,
 )
 from cotdistill.shards import (
     list_shards, read_json_or_none, remove_stale_tmp, write_json_atomic, write_parquet_atomic, write_text_atomic,
 )
+from cotdistill.stages import Stage, finished_summary
 
 __all__ = [
-    "EXAMPLES_PER_REASON", "REASONS", "SAMPLE_COLUMNS", "FilterContext", "QuestionRows", "Verdicts",
-    "audit_markdown", "build_contamination_index", "contamination_index", "dataset_card", "filter_samples",
+    "EXAMPLES_PER_REASON", "PHASES", "REASONS", "SAMPLE_COLUMNS", "STAGE", "FilterContext", "QuestionRows",
+    "Verdicts", "audit_markdown", "build_contamination_index", "contamination_index", "dataset_card",
     "filter_shard", "fingerprint", "is_complete", "is_degenerate", "judge_question", "judge_table", "make_context",
     "near_duplicate_flags", "normalize_whitespace", "question_ngrams", "repeated_ngram_share", "run",
     "student_max_tokens", "summarize",
@@ -135,7 +119,7 @@ def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
     _worker_ctx = make_context(config, contamination)
 
 
-def filter_shard(shard: Path, out_dir: Path, shard_key: str, ctx: FilterContext | None = None) -> dict[str, Any]:
+def filter_shard(shard: Path, paths: RunPaths, shard_key: str, ctx: FilterContext | None = None) -> dict[str, Any]:
     """Judge one generate shard and write its accepted, rejected and meta files (`shard_key`: the settings and
     input it was judged with, so a rerun knows whether it still holds)."""
     ctx = ctx or _worker_ctx
@@ -186,26 +170,32 @@ def filter_shard(shard: Path, out_dir: Path, shard_key: str, ctx: FilterContext 
         }
     # Only non-empty shards are written (`datasets` refuses a folder holding a Parquet file of zero rows); the
     # meta, with the key it was judged under, is written last and marks the shard as filtered.
-    for sub, table in (("accepted", accepted), ("rejected", rejected)):
+    for folder, table in ((paths.accepted, accepted), (paths.rejected, rejected)):
         if len(table):
-            write_parquet_atomic(table, out_dir / sub / shard.name)
+            write_parquet_atomic(table, folder / shard.name)
         else:
-            (out_dir / sub / shard.name).unlink(missing_ok=True)
-    write_json_atomic(meta, out_dir / "meta" / shard.with_suffix(".json").name)
+            (folder / shard.name).unlink(missing_ok=True)
+    write_json_atomic(meta, shard_meta(paths, shard))
     return meta
 
 
-def _is_filtered(shard: Path, out_dir: Path, shard_key: str) -> bool:
+def shard_meta(paths: RunPaths, shard: Path) -> Path:
+    """The filter's meta for a generate shard: its counts, examples and the key it was judged under."""
+    return paths.filter_meta / shard.with_suffix(".json").name
+
+
+def _is_filtered(shard: Path, paths: RunPaths, shard_key: str) -> bool:
     """Filtered with today's settings from today's generate shard (a regenerated shard is filtered again)."""
-    meta = read_json_or_none(out_dir / "meta" / shard.with_suffix(".json").name)
+    meta = read_json_or_none(shard_meta(paths, shard))
     return meta is not None and meta.get("fingerprint") == shard_key
 
 
-def fingerprint(config: RunConfig, shards: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The stage's fingerprint (settings, upstream, every input shard's bytes) and each shard's own key."""
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    """The stage's fingerprint: the settings, the upstream stage, and under `inputs` each generate shard's own
+    key (the settings and the shard's bytes), which its meta records once it is judged."""
     cfg = config.filter
     settings: dict[str, Any] = {
-        "generate": upstream(config.run_dir / "generate"),
+        "generate": upstream(config.paths.generate),
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
         "filter": {k: v for k, v in vars(cfg).items() if k not in ("num_workers", "decontaminate", "difficulty")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
@@ -218,18 +208,16 @@ def fingerprint(config: RunConfig, shards: list[Path]) -> tuple[dict[str, Any], 
                                 "student_prompt": template_fingerprint(config.train.prompt),
                                 "reasoning_format": config.train.reasoning_format}
     base = digest(settings)
-    keys = {s.name: digest([base, file_digest(s)]) for s in shards}
-    return make_fingerprint({**settings, "inputs": keys}), keys
+    keys = {s.name: digest([base, file_digest(s)]) for s in list_shards(config.paths.samples)}
+    return make_fingerprint({**settings, "inputs": keys})
 
 
-def remove_leftovers(out_dir: Path, shards: list[Path]) -> None:
+def leftovers(paths: RunPaths, shards: list[Path]) -> list[Path]:
     """Outputs of generate shards that no longer exist (an earlier, larger run): never part of the corpus."""
     names = {s.stem for s in shards}
-    for sub, suffix in (("accepted", ".parquet"), ("rejected", ".parquet"), ("meta", ".json")):
-        for path in sorted((out_dir / sub).glob(f"[0-9]*{suffix}")):
-            if path.stem not in names:
-                logger.warning("filter: removing %s, left by an earlier run (no such generate shard now)", path)
-                path.unlink()
+    return [path for folder, suffix in ((paths.accepted, ".parquet"), (paths.rejected, ".parquet"),
+                                        (paths.filter_meta, ".json"))
+            for path in sorted(folder.glob(f"[0-9]*{suffix}")) if path.stem not in names]
 
 
 def contamination_index(config: RunConfig) -> frozenset[int]:
@@ -241,7 +229,7 @@ def contamination_index(config: RunConfig) -> frozenset[int]:
     return build_contamination_index(texts, config.filter.decontamination_ngram)
 
 
-def filter_shards(config: RunConfig, shards: list[Path], out_dir: Path, keys: dict[str, str]) -> None:
+def filter_shards(config: RunConfig, shards: list[Path], keys: dict[str, str]) -> None:
     """Filter the shards in worker processes (or in this one for num_workers <= 1), with a progress bar."""
     from tqdm import tqdm
 
@@ -250,48 +238,57 @@ def filter_shards(config: RunConfig, shards: list[Path], out_dir: Path, keys: di
     if workers <= 1:
         ctx = make_context(config, contamination)
         for shard in tqdm(shards, desc="filter shards", unit="shard"):
-            filter_shard(shard, out_dir, keys[shard.name], ctx)
+            filter_shard(shard, config.paths, keys[shard.name], ctx)
         return
     # spawn, not fork: the parent may hold a vLLM engine's threads (cotdistill run).
     with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config, contamination)) as pool:
-        jobs = [(shard, out_dir, keys[shard.name]) for shard in shards]
+        jobs = [(shard, config.paths, keys[shard.name]) for shard in shards]
         for _ in tqdm(pool.imap_unordered(_filter_shard_job, jobs), total=len(jobs), desc="filter shards",
                       unit="shard"):
             pass
 
 
-def _filter_shard_job(job: tuple[Path, Path, str]) -> dict[str, Any]:
+def _filter_shard_job(job: tuple[Path, RunPaths, str]) -> dict[str, Any]:
     return filter_shard(*job)
 
 
-def run(config: RunConfig) -> dict[str, Any]:
-    gen_dir, out_dir = config.run_dir / "generate", config.run_dir / "filter"
-    finished_stats(gen_dir, "generate")
-    shards = list_shards(gen_dir / "samples")
+def filter_corpus(config: RunConfig) -> dict[str, Any]:
+    """The stage's work: judge every generate shard not yet judged under its key, then the summary."""
+    paths = config.paths
+    finished_summary(config, "generate")
+    shards = list_shards(paths.samples)
     if not shards:
-        raise RuntimeError(f"{gen_dir}: generate wrote no sample shards; there is nothing to filter")
-    record, keys = fingerprint(config, shards)
-    for sub in ("accepted", "rejected", "meta"):
-        remove_stale_tmp(out_dir / sub)
-    remove_leftovers(out_dir, shards)
-    todo = [s for s in shards if not _is_filtered(s, out_dir, keys[s.name])]
+        raise RuntimeError(f"{paths.generate}: generate wrote no sample shards; there is nothing to filter")
+    keys = fingerprint(config)["settings"]["inputs"]
+    for folder in (paths.accepted, paths.rejected, paths.filter_meta):
+        remove_stale_tmp(folder)
+    for path in leftovers(paths, shards):
+        logger.warning("filter: removing %s, left by an earlier run (no such generate shard now)", path)
+        path.unlink()
+    todo = [s for s in shards if not _is_filtered(s, paths, keys[s.name])]
     if todo:
         logger.info("filter: %d of %d shards to judge", len(todo), len(shards))
-        filter_shards(config, todo, out_dir, keys)
-    stats = summarize(out_dir, shards)
-    write_json_atomic(stats, out_dir / "stats.json")
-    write_text_atomic(audit_markdown(stats, out_dir, shards), out_dir / "audit.md")
-    write_text_atomic(dataset_card(config, stats), out_dir / "accepted" / "README.md")
-    write_fingerprint(out_dir, record)  # last: the stage is done
+        filter_shards(config, todo, keys)
+    stats = summarize(paths, shards)
+    write_text_atomic(audit_markdown(stats, paths, shards), paths.audit)
+    write_text_atomic(dataset_card(config, stats), paths.accepted / "README.md")
+    write_json_atomic(stats, paths.filter / "stats.json")  # last: the stage is done
     logger.info("filter: %d of %d rationales accepted; rejected: %s",
                 stats["accepted"], stats["rationales"], {k: v for k, v in stats["rejected"].items() if v})
     return stats
 
 
-def is_complete(config: RunConfig) -> bool:
-    out_dir = config.run_dir / "filter"
-    shards = list_shards(config.run_dir / "generate" / "samples")
-    if not shards or not (out_dir / "stats.json").exists():
-        return False
-    record, keys = fingerprint(config, shards)
-    return matches(out_dir, record) and all(_is_filtered(s, out_dir, keys[s.name]) for s in shards)
+def shards_judged(config: RunConfig) -> bool:
+    """Every generate shard judged under its key, and nothing else in the corpus."""
+    shards = list_shards(config.paths.samples)
+    keys = fingerprint(config)["settings"]["inputs"]
+    return (bool(shards) and all(_is_filtered(s, config.paths, keys[s.name]) for s in shards)
+            and not leftovers(config.paths, shards))
+
+
+STAGE = Stage(
+    name="filter", help="check answers, drop bad and duplicate rationales -> runs/<run>/filter/{accepted,rejected}/",
+    fingerprint=fingerprint, outputs_complete=shards_judged, work=filter_corpus,
+    on_change="keep",  # each shard's meta holds the key it was judged under: only changed shards are judged again
+)
+run, is_complete = STAGE.run, STAGE.is_complete

@@ -1,5 +1,8 @@
 """What the filter reports: stats.json (counts per reason, questions by number kept), audit.md (examples of
-every reason) and the accepted folder's dataset card."""
+every reason) and the accepted folder's dataset card.
+
+    stats = summarize(paths.filter, shards)      # the filter stage, after every shard is judged
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ from typing import Any
 from cotdistill.config import RunConfig
 from cotdistill.filter.difficulty import pass_rate_summary
 from cotdistill.filter.judge import REASONS
+from cotdistill.paths import RunPaths
 from cotdistill.shards import read_json
 
 EXAMPLES_PER_REASON = 3
 
 
-def summarize(out_dir: Path, shards: list[Path]) -> dict[str, Any]:
-    metas = [read_json(out_dir / "meta" / s.with_suffix(".json").name) for s in shards]
+def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
+    metas = [read_json(paths.filter_meta / s.with_suffix(".json").name) for s in shards]
     rejected: Counter = Counter()
     per_question: Counter = Counter()
     out_of_band: Counter = Counter()
@@ -46,7 +50,7 @@ def summarize(out_dir: Path, shards: list[Path]) -> dict[str, Any]:
     return stats
 
 
-def audit_markdown(stats: dict[str, Any], out_dir: Path, shards: list[Path]) -> str:
+def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path]) -> str:
     lines = [
         "# Filter audit", "",
         f"{stats['accepted']:,} of {stats['rationales']:,} rationales accepted "
@@ -72,7 +76,7 @@ def audit_markdown(stats: dict[str, Any], out_dir: Path, shards: list[Path]) -> 
                   f"{hinted['quotes_hint']:,} dropped as quotes_hint.", ""]
     examples: dict[str, list[dict[str, Any]]] = {}
     for shard in shards:
-        for reason, rows in read_json(out_dir / "meta" / shard.with_suffix(".json").name)["examples"].items():
+        for reason, rows in read_json(paths.filter_meta / shard.with_suffix(".json").name)["examples"].items():
             bucket = examples.setdefault(reason, [])
             bucket.extend(rows[: EXAMPLES_PER_REASON - len(bucket)])
     for reason in REASONS:
@@ -125,5 +129,5 @@ Chain-of-thought rationales sampled from a teacher and filtered by cotdistill, o
 - Counts: {stats["accepted"]:,} accepted of {stats["rationales"]:,} generated; rejected by reason:
   {", ".join(f"{k} {v:,}" for k, v in stats["rejected"].items() if v) or "none"}
 
-Load it with `datasets.load_dataset("parquet", data_dir="{config.run_dir / 'filter' / 'accepted'}")`.
+Load it with `datasets.load_dataset("parquet", data_dir="{config.paths.accepted}")`.
 """

@@ -1,5 +1,8 @@
 """The filter's per-text checks: whitespace normalisation, degenerate (looping) text, and decontamination by
-hashed word n-grams of the questions. Pure functions."""
+hashed word n-grams of the questions. Pure functions.
+
+    is_degenerate(text, n=4, max_share=0.5)      # judge.py, per rationale
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Near duplicates within a question: MinHash signatures (datasketch) compared with the kept ones."""
+"""Near duplicates within a question: MinHash signatures (datasketch) compared with the kept ones.
+
+    flags = near_duplicate_flags(texts, threshold=0.8, ngram=3, num_perm=64)     # judge.py, per question
+"""
 
 from __future__ import annotations
 

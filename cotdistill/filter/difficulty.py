@@ -1,6 +1,8 @@
 """Difficulty-aware selection (filter.difficulty) by a question's pass rate: the share of its rationales that
 reach its label. Pure functions over counts.
 
+    cap = question_cap(max_per_question, min_per_question, difficulty, passed, total)     # judge.py
+
   band     a question whose pass rate is above max_pass_rate is too_easy, below min_pass_rate too_hard
   weight   harder_more: a question keeps up to max(min_per_question, ceil(max_per_question * (1 - pass rate)))
            rationales, so the hard questions get the most of the corpus (OpenThoughts, Light-R1)

@@ -1,12 +1,19 @@
-"""Judging one question's rationales: every check in order, the label (gold or the teacher's majority), and the
-per-question selection (duplicates, near duplicates, the per-question cap). Pure: rows in, verdicts out."""
+"""Judging one question's rationales, in phases: per-rationale checks, the label's verdicts, the selection. Each
+phase declares the reasons it can give, in the order it applies them; REASONS, the order of stats.json and the
+audit, is derived from them. Pure: rows in, verdicts out.
+
+    judged = judge_table(pq.read_table(shard), ctx)     # a generate shard -> the same rows with their verdicts
+
+A question-level verdict (contaminated, too_easy, too_hard) names every rationale of the question, whatever else
+it fails; contamination is checked first, the difficulty band once the label's pass rate is known.
+"""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable
 
 import pyarrow as pa
 
@@ -15,44 +22,45 @@ from cotdistill.config import FilterConfig, TrainConfig
 from cotdistill.filter.checks import is_degenerate, normalize_whitespace, question_ngrams, quotes_hint
 from cotdistill.filter.dedup import near_duplicate_flags
 from cotdistill.filter.difficulty import band_reason, pass_rate, question_cap
-from cotdistill.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, Sample, student_text
-
-REASONS = (  # in the order they are applied; too_easy and too_hard (filter.difficulty) name whole questions
-    "contaminated", "too_easy", "too_hard", "truncated", "empty", "degenerate", "too_long", "unparseable",
-    "ambiguous", "timeout", "no_majority", "wrong", "quotes_hint", "duplicate", "near_duplicate",
-    "over_max_per_question", "under_min_per_question",
-)
+from cotdistill.judging import reaches_gold
+from cotdistill.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, student_text
 
 
-def reaches_gold(correct: bool | None, finish_reason: str) -> bool:
-    """Whether a rationale counts as reaching the gold: its answer is the gold and it finished (a truncated one
-    never finished, though its last number may be recorded as correct), as the majority vote counts only
-    finished ones. The pass rate counts these; generate.adaptive closes a question on them."""
-    return bool(correct) and finish_reason != "length"
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    reasons: dict[str, str]  # the reasons it can give, in the order it applies them -> what each means
 
 
-def rationale_reaches_gold(rationale: str | None, finish_reason: str, gold: str | None, choices: list[str] | None,
-                           fmt: AnswerFormat) -> bool:
-    """The filter's verdict on one rationale, alone: does it reach the gold? (judge_question's own steps: an
-    empty text is never checked; the answer is fmt.extract's, compared by fmt.is_correct.) generate.adaptive and
-    generate.rationalize ask this, so their verdict and the filter's cannot disagree."""
-    text = rationale or ""
-    if not text.strip() or gold is None:
-        return False
-    return reaches_gold(fmt.is_correct(fmt.extract(text, choices).answer, gold), finish_reason)
-
-
-def rationale_vote(rationale: str | None, finish_reason: str, choices: list[str] | None,
-                   fmt: AnswerFormat) -> str | None:
-    """One rationale's vote in the filter's majority (label majority): a finished, non-empty rationale's answer;
-    None (no vote) otherwise, or when it has no answer. generate.adaptive's stopping rule counts these."""
-    text = rationale or ""
-    if finish_reason == "length" or not text.strip():
-        return None
-    return fmt.extract(text, choices).answer
-
-
-# --- judging one question -------------------------------------------------------------------------------------
+QUESTION_VERDICTS = Phase("question", {
+    "contaminated": "the question shares a word n-gram with a question of an evaluation set (filter.decontaminate)",
+    "too_easy": "(filter.difficulty) the question's pass rate is above max_pass_rate",
+    "too_hard": "(filter.difficulty) the question's pass rate is below min_pass_rate",
+})
+RATIONALE_CHECKS = Phase("rationale", {
+    "truncated": 'finish reason "length"',
+    "empty": "no text",
+    "degenerate": "too large a share of repeated word n-grams (a looping rationale)",
+    "too_long": "over the student's max_length, counted with the student's tokenizer as training counts",
+    "unparseable": "no final answer",
+    "ambiguous": "two different marked answers",
+    "timeout": "the answer check (math-verify) gave up",
+})
+LABEL_VERDICTS = Phase("label", {
+    "no_majority": "(label majority) no answer won majority_min_share of the question's votes, or a tie",
+    "wrong": "the answer is not the label (the gold, or the teacher's majority answer)",
+    "quotes_hint": "(generate.rationalize) a rationalized rationale that names its hint or states the gold number "
+                   "before its first calculation (checks.quotes_hint)",
+})
+SELECTION = Phase("selection", {
+    "duplicate": "the same text as a lower sample index, after whitespace normalisation",
+    "near_duplicate": "MinHash Jaccard >= near_duplicate_threshold with a kept lower sample index",
+    "over_max_per_question": "not drawn by the seeded uniform draw of max_per_question survivors (SCoTD's balance; "
+                             "with difficulty weight harder_more, the question's own smaller cap)",
+    "under_min_per_question": "the question kept fewer than min_per_question rationales",
+})
+PHASES = (QUESTION_VERDICTS, RATIONALE_CHECKS, LABEL_VERDICTS, SELECTION)  # in order of precedence
+REASONS = tuple(reason for phase in PHASES for reason in phase.reasons)
 
 
 @dataclass
@@ -85,149 +93,161 @@ class QuestionRows:
 
 @dataclass
 class Verdicts:
-    extracted_answer: list[str | None]
-    is_correct: list[bool | None]
-    filter_reason: list[str | None]
-    pass_rate: float | None = None  # the question's (None: no label, or contaminated)
+    """Where one question's rationales stand, phase after phase; filter_reason None means still accepted."""
+
+    rows: QuestionRows
+    pass_rate: float | None = None  # the question's (None: no label, no majority, or contaminated)
+    extracted_answer: list[str | None] = field(init=False)
+    is_correct: list[bool | None] = field(init=False)
+    filter_reason: list[str | None] = field(init=False)
+    order: list[int] = field(init=False)  # by sample index: of two duplicates, the lower index is kept
+    texts: list[str] = field(init=False)
+    hinted: list[bool] = field(init=False)  # rationalized (written with the gold as a hint)
+    ordinary: list[int] = field(init=False)  # the teacher's own rationales: the pass rate counts these
+
+    def __post_init__(self) -> None:
+        n = len(self.rows.rationales)
+        self.extracted_answer, self.is_correct, self.filter_reason = [None] * n, [None] * n, [None] * n
+        self.order = sorted(range(n), key=lambda i: self.rows.sample_indices[i])
+        self.texts = [r or "" for r in self.rows.rationales]
+        self.hinted = [bool(h) for h in self.rows.rationalized] if self.rows.rationalized else [False] * n
+        self.ordinary = [i for i in self.order if not self.hinted[i]]
+
+    def running(self) -> list[int]:
+        """The rationales no phase has rejected yet, by sample index."""
+        return [i for i in self.order if self.filter_reason[i] is None]
+
+    def reject(self, i: int, reason: str, phase: Phase) -> None:
+        if reason not in phase.reasons:
+            raise ValueError(f"the {phase.name} phase declares no reason {reason!r}")
+        self.filter_reason[i] = reason
+
+    def whole_question(self, reason: str) -> Verdicts:
+        """A question-level verdict: every rationale gets it, whatever else it failed."""
+        for i in self.order:
+            self.reject(i, reason, QUESTION_VERDICTS)
+        return self
 
 
 def judge_question(rows: QuestionRows, ctx: FilterContext) -> Verdicts:
     """The verdict on each of one question's rationales; filter_reason None means accepted."""
-    cfg, fmt = ctx.cfg, ctx.fmt
-    n = len(rows.rationales)
-    extracted: list[str | None] = [None] * n
-    correct: list[bool | None] = [None] * n
-    reason: list[str | None] = [None] * n
-    order = sorted(range(n), key=lambda i: rows.sample_indices[i])  # the lowest index is the one kept
-    hinted = [bool(r) for r in rows.rationalized] if rows.rationalized is not None else [False] * n
-    ordinary = [i for i in order if not hinted[i]]
+    v = Verdicts(rows)
+    if ctx.contamination and question_ngrams(rows.question, ctx.cfg.decontamination_ngram) & ctx.contamination:
+        return v.whole_question("contaminated")
+    check_rationales(v, ctx)
+    passed = judge_label(v, ctx)
+    if ctx.cfg.label == "majority" and passed is None:
+        return v  # no majority: no label, so no pass rate and nothing to select among
+    v.pass_rate = pass_rate(passed, len(v.ordinary)) if passed is not None else None
+    if ctx.cfg.difficulty is not None and v.pass_rate is not None:
+        band = band_reason(v.pass_rate, ctx.cfg.difficulty)
+        if band is not None:
+            return v.whole_question(band)
+    select(v, ctx, passed)
+    return v
 
-    if ctx.contamination and question_ngrams(rows.question, cfg.decontamination_ngram) & ctx.contamination:
-        return Verdicts(extracted, correct, ["contaminated"] * n)
 
-    texts = [r or "" for r in rows.rationales]
-    for i in order:
+def check_rationales(v: Verdicts, ctx: FilterContext) -> None:
+    """RATIONALE_CHECKS: each rationale on its own; its answer extracted (and checked against the gold) even when
+    it fails a check, for the audit, but only a rationale still running can be unparseable."""
+    cfg, rows = ctx.cfg, v.rows
+    for i in v.order:
         if rows.finish_reasons[i] == "length":
-            reason[i] = "truncated"
-        elif not texts[i].strip():
-            reason[i] = "empty"
-        elif is_degenerate(texts[i], cfg.repetition_ngram, cfg.max_repeated_ngram_share):
-            reason[i] = "degenerate"
-    candidates = [i for i in order if reason[i] is None]
+            v.reject(i, "truncated", RATIONALE_CHECKS)
+        elif not v.texts[i].strip():
+            v.reject(i, "empty", RATIONALE_CHECKS)
+        elif is_degenerate(v.texts[i], cfg.repetition_ngram, cfg.max_repeated_ngram_share):
+            v.reject(i, "degenerate", RATIONALE_CHECKS)
+    candidates = v.running()
     if candidates and ctx.count_student_tokens is not None and ctx.max_student_tokens is not None:
         # Tokenizing is the costly check: only for the rationales still in the running.
-        trained = rows.student_texts or texts
+        trained = rows.student_texts or v.texts
         lengths = ctx.count_student_tokens([rows.question] * len(candidates), [trained[i] for i in candidates],
                                            [rows.choices] * len(candidates))
         for i, length in zip(candidates, lengths):
             if length > ctx.max_student_tokens:
-                reason[i] = "too_long"
-    for i in order:
-        text = texts[i]
-        if reason[i] in ("truncated", "degenerate", "too_long", None) and text.strip():
-            extraction = fmt.extract(text, rows.choices)
-            extracted[i] = extraction.answer
+                v.reject(i, "too_long", RATIONALE_CHECKS)
+    for i in v.order:
+        if v.filter_reason[i] in ("truncated", "degenerate", "too_long", None) and v.texts[i].strip():
+            extraction = ctx.fmt.extract(v.texts[i], rows.choices)
+            v.extracted_answer[i] = extraction.answer
             if cfg.label == "none":  # recorded, never checked
                 continue
             if rows.gold_answer is not None:
-                correct[i] = fmt.is_correct(extraction.answer, rows.gold_answer)
-            if reason[i] is None and extraction.answer is None:
-                reason[i] = extraction.reason or "unparseable"
+                v.is_correct[i] = ctx.fmt.is_correct(extraction.answer, rows.gold_answer)
+            if v.filter_reason[i] is None and extraction.answer is None:
+                v.reject(i, extraction.reason or "unparseable", RATIONALE_CHECKS)
 
+
+def judge_label(v: Verdicts, ctx: FilterContext) -> int | None:
+    """LABEL_VERDICTS against the gold or the teacher's majority; returns how many of the question's own
+    (not rationalized) rationales reach the label: None without a label (label none) or without a majority."""
+    cfg, rows = ctx.cfg, v.rows
     if cfg.label == "majority":
         # The teacher's label: a vote of every finished rationale with an answer, taken before the
         # student-side checks (degenerate, too_long) remove any, so the student's max_length can never change
         # it. Equivalent answers (\frac{1}{2}, 0.5) are one answer. A tie for first place is no majority.
-        voters = [i for i in order if rows.finish_reasons[i] != "length" and extracted[i] is not None]
-        grouped = dict(zip(voters, group_equivalent([extracted[i] for i in voters], fmt)))
+        voters = [i for i in v.order if rows.finish_reasons[i] != "length" and v.extracted_answer[i] is not None]
+        grouped = dict(zip(voters, group_equivalent([v.extracted_answer[i] for i in voters], ctx.fmt)))
         ranked = Counter(grouped.values()).most_common(2)
         top, top_count = ranked[0] if ranked else (None, 0)
         tied = len(ranked) > 1 and ranked[1][1] == top_count
         if not voters or tied or top_count / len(voters) < cfg.majority_min_share:
-            for i in order:
-                if reason[i] is None:
-                    reason[i] = "no_majority"
-            return Verdicts(extracted, correct, reason)
-        passed: int | None = sum(grouped[i] == top for i in voters)
-        for i in order:
-            if reason[i] is None and grouped[i] != top:
-                reason[i] = "wrong"
-    elif cfg.label == "gold":
+            for i in v.running():
+                v.reject(i, "no_majority", LABEL_VERDICTS)
+            return None
+        for i in v.running():
+            if grouped[i] != top:
+                v.reject(i, "wrong", LABEL_VERDICTS)
+        return sum(grouped[i] == top for i in voters)
+    if cfg.label == "gold":
         if rows.gold_answer is None:
             raise ValueError(f"question {rows.question_id} has no gold answer; use filter.label: majority")
+        for i in v.running():
+            if not v.is_correct[i]:
+                v.reject(i, "wrong", LABEL_VERDICTS)
+        for i in v.running():
+            if v.hinted[i] and quotes_hint(v.texts[i], rows.gold_answer, rows.question):
+                v.reject(i, "quotes_hint", LABEL_VERDICTS)
         # Reaching the label: a finished rationale with the gold answer (a truncated one never finished, though
         # its last number may be recorded as correct), as the majority vote counts only finished ones.
-        # The pass rate is the teacher's own: rationalized rationales (written with the gold as a hint) are left out.
-        passed = sum(reaches_gold(correct[i], rows.finish_reasons[i]) for i in ordinary)
-        for i in order:
-            if reason[i] is None and not correct[i]:
-                reason[i] = "wrong"
-        for i in order:
-            if reason[i] is None and hinted[i] and quotes_hint(texts[i], rows.gold_answer, rows.question):
-                reason[i] = "quotes_hint"
-    else:  # label none: no answer is checked, so no pass rate either
-        passed = None
-    rate = pass_rate(passed, len(ordinary)) if passed is not None else None
-    if cfg.difficulty is not None and rate is not None:
-        band = band_reason(rate, cfg.difficulty)
-        if band is not None:  # a question-level verdict, like contaminated: on every rationale
-            return Verdicts(extracted, correct, [band] * n, rate)
+        return sum(reaches_gold(v.is_correct[i], rows.finish_reasons[i]) for i in v.ordinary)
+    return None  # label none: no answer is checked, so no pass rate either
 
-    survivors = [i for i in order if reason[i] is None]
+
+def select(v: Verdicts, ctx: FilterContext, passed: int | None) -> None:
+    """SELECTION among the survivors: exact and near duplicates (the lowest sample index kept), the seeded draw
+    of the question's cap, and the minimum a question must keep."""
+    cfg = ctx.cfg
     if cfg.drop_duplicates:
         seen: set[str] = set()
-        for i in survivors:
-            key = normalize_whitespace(texts[i])
+        for i in v.running():
+            key = normalize_whitespace(v.texts[i])
             if key in seen:
-                reason[i] = "duplicate"
+                v.reject(i, "duplicate", SELECTION)
             seen.add(key)
-        survivors = [i for i in survivors if reason[i] is None]
+    survivors = v.running()
     if cfg.near_duplicates and len(survivors) > 1:
-        flags = near_duplicate_flags([texts[i] for i in survivors], cfg.near_duplicate_threshold,
+        flags = near_duplicate_flags([v.texts[i] for i in survivors], cfg.near_duplicate_threshold,
                                      cfg.near_duplicate_ngram, cfg.minhash_num_perm)
         for i, flag in zip(survivors, flags):
             if flag:
-                reason[i] = "near_duplicate"
-        survivors = [i for i in survivors if reason[i] is None]
-    cap = question_cap(cfg.max_per_question, cfg.min_per_question, cfg.difficulty, passed, len(ordinary))
+                v.reject(i, "near_duplicate", SELECTION)
+    survivors = v.running()
+    cap = question_cap(cfg.max_per_question, cfg.min_per_question, cfg.difficulty, passed, len(v.ordinary))
     if cap is not None and len(survivors) > cap:
         # Seeded by question, so the draw does not depend on shard order or the number of workers.
-        rng = random.Random(f"{ctx.seed}:{rows.question_id}")
-        drawn = set(rng.sample(survivors, cap))
+        drawn = set(random.Random(f"{ctx.seed}:{v.rows.question_id}").sample(survivors, cap))
         for i in survivors:
             if i not in drawn:
-                reason[i] = "over_max_per_question"
-        survivors = sorted(drawn)
+                v.reject(i, "over_max_per_question", SELECTION)
+    survivors = v.running()
     if len(survivors) < cfg.min_per_question:
         for i in survivors:
-            reason[i] = "under_min_per_question"
-    return Verdicts(extracted, correct, reason, rate)
+            v.reject(i, "under_min_per_question", SELECTION)
 
 
-def filter_samples(samples: Iterable[Sample], ctx: FilterContext) -> Iterator[Sample]:
-    """The pure core over records: samples in (a question's rationales together), judged samples out."""
-    group: list[Sample] = []
-
-    def flush() -> Iterator[Sample]:
-        first = group[0]
-        verdicts = judge_question(QuestionRows(
-            first.question_id, first.question, first.gold_answer, first.choices,
-            [s.sample_index for s in group], [s.rationale for s in group], [s.finish_reason for s in group],
-            rationalized=[s.rationalized for s in group],
-        ), ctx)
-        for s, answer, correct, reason in zip(group, verdicts.extracted_answer, verdicts.is_correct,
-                                              verdicts.filter_reason):
-            s.extracted_answer, s.is_correct, s.filter_reason = answer, correct, reason
-            s.pass_rate = verdicts.pass_rate
-            yield s
-
-    for sample in samples:
-        if group and sample.question_id != group[0].question_id:
-            yield from flush()
-            group = []
-        group.append(sample)
-    if group:
-        yield from flush()
+# --- one shard ------------------------------------------------------------------------------------------------
 
 
 SAMPLE_COLUMNS = SAMPLE_SCHEMA.names  # the generate columns, in order; the filter appends its own (FILTERED_SCHEMA)
@@ -237,8 +257,8 @@ def with_sample_columns(table: pa.Table) -> pa.Table:
     """A generate shard written before some (nullable) Sample columns existed, with those columns as nulls."""
     for name in SAMPLE_COLUMNS:
         if name not in table.column_names:
-            field = SAMPLE_SCHEMA.field(name)
-            table = table.append_column(field, pa.nulls(len(table), field.type))
+            column = SAMPLE_SCHEMA.field(name)
+            table = table.append_column(column, pa.nulls(len(table), column.type))
     return table
 
 
@@ -276,6 +296,6 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
     table = table.select(SAMPLE_COLUMNS)
     for name, values in (("extracted_answer", extracted), ("is_correct", correct), ("filter_reason", reasons),
                          ("pass_rate", rates)):
-        field = FILTERED_SCHEMA.field(name)
-        table = table.append_column(field, pa.array(values, field.type))
+        column = FILTERED_SCHEMA.field(name)
+        table = table.append_column(column, pa.array(values, column.type))
     return table

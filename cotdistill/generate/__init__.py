@@ -2,41 +2,22 @@
 
     cotdistill generate pipelines/demo.yaml            [--force] [--dry-run]
 
-Questions are cut into shards of `generate.questions_per_shard`. The questions of every unfinished shard stream
-through the teacher (cotdistill/teachers/: a local vLLM engine, an OpenAI-compatible server, or Ray actors), one
-request of `SamplingParams(n=N)` per question, so the N samples share one prefill; the teacher keeps requests in
-flight across shard boundaries. Each question whose samples are all back is appended at once to its shard's
-journal (`generate/journal/00003.jsonl`, flushed and fsynced); a shard whose questions are all in is written as
-`generate/meta/00003.json` then `generate/samples/00003.parquet`, and its journal removed. A rerun skips finished
-shards, reads the journals and sends only the questions missing: a crash loses at most the requests in flight.
+Questions are cut into shards of `generate.questions_per_shard`, and every unfinished shard's questions stream
+through the teacher (cotdistill/teachers/), one request of n=N per question so the N samples share one prefill;
+the teacher keeps requests in flight across shard boundaries, so the engine never drains between shards. Each
+answered question is journaled at once (generate/journal/, flushed and fsynced) and a shard whose questions are all
+in is compacted into its meta and Parquet file: a crash loses at most the requests in flight, and a rerun sends
+only what its journals lack.
 
-`generate.adaptive` samples in rounds instead: each open question is sent n = round_size (b), its answer journaled
-at once as a round record, and it closes when `target_correct` of its rationales reach the gold (filter.label gold)
-or, without gold (label majority), when the stopping rule (stopping.should_stop: Adaptive-Consistency's `beta` or
-ESC's `window`) says its majority answer is settled, else at N samples. The verdict is the filter's own
-(filter/judge.py rationale_reaches_gold: the answer format's extract and is_correct, a truncated rationale never
-counting), so generate and filter cannot disagree. Sample indices go on across rounds (round 2 holds b..2b-1).
+`generate.adaptive` samples in rounds and closes a question once enough of its rationales reach the gold, or its
+majority is settled (judging.py and stopping.py: the filter's own verdicts, so generate and filter cannot
+disagree); `generate.rationalize` (STaR) asks a question left with none once more with the gold as a hint, and
+keeps its ordinary prompt on the rows. Rounds run as successive passes over the open questions, so the teacher
+interface stays a stream of requests in, answers out; the price is the tail of each pass.
 
-The rounds run as successive passes: pass 1 walks the shards lazily as fixed N does (with fixed N it is the whole
-run); every later pass sends each still-open question of the unfinished shards its next round, the teacher drains
-them, and so on until none is open. This is how Adaptive-Consistency batches its rounds, and it keeps the teacher
-interface as it is (a stream of requests in, finished ones out): feeding follow-up rounds into the one stream
-would need the request iterator to say "nothing now, ask again later", which a generator cannot, and a change to
-all three backends. The cost is the tail of each pass, a few seconds of a partly idle engine per round.
-
-A question's progress (samples, rounds, correct ones, why it closed) is a pure function of its journal records
-(Policy.absorb), rebuilt by a rerun, which then sends only the next round: a kill between or inside rounds loses
-only the requests in flight, and no (question, sample_index) is written twice. Each row records its `round`, and
-every row of a question the question's `rounds`.
-
-`generate.rationalize` (STaR): a question that ends with no rationale reaching the gold is asked once more with
-`rationalize_prompt`, which is given the gold as `hint`. Its rationales are stored with rationalized = true, the
-question's ordinary prompt_messages / prompt_text (train builds the student's prompt from the question alone) and
-the prompt really sent in hint_prompt_text; no logprobs are asked for them (the distribution after the hint would
-pass it on to a KD student). The filter drops those that quote the hint (quotes_hint).
-
-Here: the stage (fingerprint, the request loop generate_shards, run, stats); progress.py where each question
-stands and what it is sent next; compaction.py rows as journaled and the shard written; dry_run.py --dry-run.
+Here: the stage (its fingerprint, the request loop generate_shards, the summary); progress.py where each question
+stands and what it is sent next; compaction.py what is in flight, the journal records and the shard written;
+dry_run.py --dry-run.
 """
 
 from __future__ import annotations
@@ -44,31 +25,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Iterator
 
 from cotdistill.config import RunConfig
-from cotdistill.fingerprints import (
-    changed_keys, data_fingerprint, file_digest, make_fingerprint, matches, read_fingerprint, template_fingerprint,
-    write_fingerprint,
-)
-from cotdistill.generate.compaction import compact, logprob_bytes, sample_rows
+from cotdistill.fingerprints import data_fingerprint, file_digest, make_fingerprint, template_fingerprint
+from cotdistill.generate.compaction import Pending, compact, journal_record
 from cotdistill.generate.dry_run import dry_run
 from cotdistill.generate.progress import Policy, Progress, Shard
+from cotdistill.paths import RunPaths
 from cotdistill.prompts import PromptTemplate
-from cotdistill.records import Question
+from cotdistill.records import LOGPROB_COLUMNS, Question
 from cotdistill.shards import (
-    Journal, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic,
+    Journal, column_bytes, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic,
 )
 from cotdistill.sources import QuestionSource
+from cotdistill.stages import Stage
 from cotdistill.teachers import (
     Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
 )
 
-__all__ = ["Policy", "Progress", "SettingsChanged", "dry_run", "fingerprint", "is_complete", "logprob_bytes", "run"]
+__all__ = ["STAGE", "Policy", "Progress", "dry_run", "fingerprint", "is_complete", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +55,6 @@ def request_seed(base_seed: int, question_id: str) -> int:
     """A per-question seed that does not depend on shard order (used when seed_per_request is on)."""
     digest = hashlib.sha1(f"{base_seed}:{question_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-class SettingsChanged(RuntimeError):
-    """generate's outputs were made with other settings; regenerating is costly, so it is never implicit."""
 
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
@@ -112,42 +86,19 @@ def generate_settings(config: RunConfig) -> dict[str, Any]:
     return settings
 
 
-def check_fingerprint(out_dir: Path, record: dict[str, Any], force: bool) -> None:
-    """Refuse to mix shards of other settings into this run; with `force`, discard them first."""
-    stored = read_fingerprint(out_dir)
-    made = list_shards(out_dir / "samples") + sorted((out_dir / "meta").glob("*.json"))
-    if stored is not None and stored["fingerprint"] == record["fingerprint"]:
-        return
-    if stored is None and not made:
-        write_fingerprint(out_dir, record)
-        return
-    changed = changed_keys(stored["settings"], record["settings"]) if stored else ["(made without a fingerprint)"]
-    if not force:
-        raise SettingsChanged(
-            f"{out_dir} holds {len(list_shards(out_dir / 'samples'))} shards made with other settings (changed: "
-            f"{', '.join(changed)}); use a new run_name, or add --force to discard them and generate again"
-        )
-    logger.warning("generate: --force: discarding %s (changed: %s)", out_dir, ", ".join(changed))
-    for sub in ("samples", "meta", "journal"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-    for name in ("stats.json", "settings.json"):
-        (out_dir / name).unlink(missing_ok=True)
-    write_fingerprint(out_dir, record)
-
-
 def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], template: PromptTemplate,
-                    config: RunConfig, out_dir: Path) -> Iterator[dict[str, Any]]:
+                    config: RunConfig) -> Iterator[dict[str, Any]]:
     """The core: send the `todo` shards' questions through the teacher, journal every request's answer at once,
     and compact each shard as it completes (yielding its meta).
 
     In passes: the first walks the shards lazily (the teacher pulls requests while earlier ones run, across shard
     boundaries) and sends each question its next request: with fixed N the only one, so one pass is the whole
     run. Every later pass sends each question still open its next round (or its rationalization), until none is."""
-    gen, per_shard = config.generate, config.generate.questions_per_shard
+    gen, per_shard, paths = config.generate, config.generate.questions_per_shard, config.paths
     policy = Policy(config)
     tokenizer, context = teacher.tokenizer(), teacher.max_model_len()
     hint_template = PromptTemplate(gen.rationalize_prompt, gen.examples) if gen.rationalize else None
-    waiting: dict[str, tuple[Shard, Question, dict[str, Any]]] = {}  # request key -> what its record needs
+    waiting: dict[str, Pending] = {}  # request key -> the request in flight
     loaded: list[Shard] = []
     finished: list[Shard] = []
     clock = [time.perf_counter()]
@@ -164,31 +115,26 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
         if step is None:
             return None
         kind, n = step
+        rationalize = kind == "hint"
         messages = template.render(question=q.question, choices=q.choices)
         text, ids = render_prompt(tokenizer, messages) if tokenizer is not None else ("", None)
         sent, sent_text, sent_ids, hint_text = messages, text, ids, None
-        if kind == "hint":  # the student's prompt stays the ordinary one; this one is kept for audit only
+        if rationalize:  # the student's prompt stays the ordinary one; this one is kept for audit only
             sent = hint_template.render(question=q.question, choices=q.choices, hint=q.gold_answer)
             sent_text, sent_ids = render_prompt(tokenizer, sent) if tokenizer is not None else ("", None)
             hint_text = sent_text or "\n\n".join(f"{m['role']}: {m['content']}" for m in sent)
         seed = request_seed(config.seed, q.question_id) if gen.seed_per_request else config.seed
-        round_number = p.rounds + 1 if kind == "round" else None
+        round_number = None if rationalize else p.rounds + 1
         too_long = prompt_too_long(len(sent_ids), context) if sent_ids is not None else None
         if too_long:
             logger.warning("skipped question %s (row %d)%s: %s", q.question_id, q.source_row,
-                           " rationalization" if kind == "hint" else "", too_long)
-            shard.record({"question_id": q.question_id, "source_row": q.source_row, "samples": [],
-                          "prompt_tokens": 0, "seconds": 0.0, "retries": 0, "skipped": too_long, "error": None,
-                          "round": round_number, "rationalize": kind == "hint"})
+                           " rationalization" if rationalize else "", too_long)
+            shard.record(journal_record(q, round=round_number, rationalize=rationalize, skipped=too_long))
             return None
         max_tokens = (min(gen.max_tokens, context - len(sent_ids)) if context and sent_ids is not None
                       else gen.max_tokens)
-        waiting[q.question_id] = (shard, q, {
-            "messages": messages, "text": text, "seed": seed, "start": p.sampled, "hint_text": hint_text,
-            "round": round_number,
-            "row_round": round_number if policy.adaptive is not None else None,
-            "rationalized": (kind == "hint") if gen.rationalize else None,
-        })
+        waiting[q.question_id] = Pending(shard, q, round_number, rationalize, messages, text, seed, p.sampled,
+                                         hint_text)
         return TeacherRequest(
             key=q.question_id, messages=sent, prompt_text=sent_text, prompt_token_ids=sent_ids,
             # A per-request seed goes on from the samples already drawn: vLLM seeds sample i of a request with
@@ -197,12 +143,12 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
                               max_tokens=max_tokens, stop=list(gen.stop),
                               seed=seed + p.sampled if gen.seed_per_request else None,
                               # a distribution after the hint prompt would pass the hint on to a KD student
-                              logprobs=gen.logprobs if kind == "round" else None),
+                              logprobs=None if rationalize else gen.logprobs),
         )
 
     def first_pass() -> Iterator[TeacherRequest]:
         for index in todo:
-            journal = Journal(out_dir / "journal" / shard_name(index, ".jsonl"))
+            journal = Journal(paths.journals / shard_name(index, ".jsonl"))
             shard = Shard(index, list(source.questions(index * per_shard, (index + 1) * per_shard)), journal,
                           policy)
             if shard.replay():
@@ -230,24 +176,19 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
         passes += 1
         answered = 0
         for done in teacher.generate(requests):
-            shard, q, sent = waiting.pop(done.key)
+            pending = waiting.pop(done.key)
             answered += 1
             if done.error:
-                logger.warning("question %s (row %d) failed: %s", q.question_id, q.source_row, done.error)
-            shard.record({"question_id": q.question_id, "source_row": q.source_row,
-                          "samples": sample_rows(done, q, sent["messages"], sent["text"], config, sent["seed"],
-                                                 sent["start"], sent["row_round"], sent["rationalized"],
-                                                 sent["hint_text"]),
-                          "prompt_tokens": done.prompt_tokens, "seconds": seconds(), "retries": done.retries,
-                          "skipped": None, "error": done.error, "round": sent["round"],
-                          "rationalize": sent["round"] is None})
-            if shard.done and shard not in finished:
-                finished.append(shard)
+                logger.warning("question %s (row %d) failed: %s", pending.question.question_id,
+                               pending.question.source_row, done.error)
+            pending.shard.record(pending.answered(done, config, seconds()))
+            if pending.shard.done and pending.shard not in finished:
+                finished.append(pending.shard)
             while finished:
-                yield compact(finished.pop(), out_dir)
+                yield compact(finished.pop(), paths)
         finished.extend(s for s in loaded if s.done and s not in finished)  # closed by a skipped request
         while finished:
-            yield compact(finished.pop(), out_dir)
+            yield compact(finished.pop(), paths)
         if all(s.compacted for s in loaded):
             return
         if not answered:  # cannot happen: every pass moves every open question on
@@ -257,24 +198,22 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
         requests = next_pass()
 
 
-def run(config: RunConfig, teacher: Teacher | None = None, force: bool = False) -> dict[str, Any]:
-    """The stage with its I/O. `teacher`: one already built (benchmarks, notebooks); else the configured backend
-    is started. `force`: discard outputs made with other settings instead of refusing."""
+def generate(config: RunConfig, teacher: Teacher | None = None) -> dict[str, Any]:
+    """The stage's work, in a folder the runner has claimed: every shard not yet written, resuming its journal.
+    `teacher`: one already built (benchmarks, notebooks); else the configured backend is started."""
     from tqdm import tqdm
 
-    out_dir = config.run_dir / "generate"
+    paths = config.paths
     source = QuestionSource(config.data)
     per_shard = config.generate.questions_per_shard
     num_shards = math.ceil(len(source) / per_shard)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_fingerprint(out_dir, fingerprint(config), force)
-    remove_stale_tmp(out_dir / "samples")
-    remove_stale_tmp(out_dir / "meta")
+    remove_stale_tmp(paths.samples)
+    remove_stale_tmp(paths.generate_meta)
 
     todo = []
     for i in range(num_shards):
-        if (out_dir / "samples" / shard_name(i)).exists() and (out_dir / "meta" / shard_name(i, ".json")).exists():
-            (out_dir / "journal" / shard_name(i, ".jsonl")).unlink(missing_ok=True)  # compacted, then killed
+        if (paths.samples / shard_name(i)).exists() and (paths.generate_meta / shard_name(i, ".json")).exists():
+            (paths.journals / shard_name(i, ".jsonl")).unlink(missing_ok=True)  # compacted, then killed
         else:
             todo.append(i)
     logger.info("generate: %d questions in %d shards, %d to do", len(source), num_shards, len(todo))
@@ -283,21 +222,21 @@ def run(config: RunConfig, teacher: Teacher | None = None, force: bool = False) 
         own_teacher = teacher is None
         teacher = teacher or build_teacher(config.teacher, config.seed)
         try:
-            for _ in tqdm(generate_shards(teacher, source, todo, template, config, out_dir), total=len(todo),
+            for _ in tqdm(generate_shards(teacher, source, todo, template, config), total=len(todo),
                           desc="generate shards", unit="shard"):
                 pass
         finally:
             if own_teacher:
                 teacher.close()
 
-    stats = summarize(out_dir, num_shards, config)
-    write_json_atomic(stats, out_dir / "stats.json")
+    stats = summarize(paths, num_shards, config)
+    write_json_atomic(stats, paths.generate / "stats.json")
     logger.info("generate: %s", {k: v for k, v in stats.items() if k not in ("skipped", "failed")})
     return stats
 
 
-def summarize(out_dir: Path, num_shards: int, config: RunConfig) -> dict[str, Any]:
-    metas = [read_json(out_dir / "meta" / shard_name(i, ".json")) for i in range(num_shards)]
+def summarize(paths: RunPaths, num_shards: int, config: RunConfig) -> dict[str, Any]:
+    metas = [read_json(paths.generate_meta / shard_name(i, ".json")) for i in range(num_shards)]
     seconds = sum(m["seconds"] for m in metas)
     prompt = sum(m["prompt_tokens"] for m in metas)
     completion = sum(m["completion_tokens"] for m in metas)
@@ -319,7 +258,7 @@ def summarize(out_dir: Path, num_shards: int, config: RunConfig) -> dict[str, An
     stats.update(rounds_stats(metas))
     if config.generate.logprobs:
         # What the logprob columns (token ids, top-k ids and logprobs) add on disk, per completion token.
-        stored = sum(logprob_bytes(out_dir / "samples" / shard_name(i)) for i in range(num_shards))
+        stored = sum(column_bytes(paths.samples / shard_name(i), LOGPROB_COLUMNS) for i in range(num_shards))
         stats["logprobs_k"] = config.generate.logprobs
         stats["logprob_bytes"] = stored
         stats["logprob_bytes_per_token"] = round(stored / completion, 2) if completion else None
@@ -352,10 +291,16 @@ def rounds_stats(metas: list[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
-def is_complete(config: RunConfig) -> bool:
-    """Every shard written, and made with today's settings."""
-    out_dir = config.run_dir / "generate"
-    stats = read_json_or_none(out_dir / "stats.json")
-    if stats is None or not matches(out_dir, fingerprint(config)):
-        return False
-    return len(list_shards(out_dir / "samples")) == stats["shards"]
+def shards_written(config: RunConfig) -> bool:
+    """Every shard the summary counts is on disk."""
+    stats = read_json_or_none(config.paths.generate / "stats.json")
+    return stats is not None and len(list_shards(config.paths.samples)) == stats["shards"]
+
+
+STAGE = Stage(
+    name="generate", help="teacher rationales with vLLM -> runs/<run>/generate/samples/*.parquet",
+    fingerprint=fingerprint, outputs_complete=shards_written, work=generate,
+    # Remaking teacher rationales costs hours or money: settings changed under finished shards stop the run.
+    on_change="refuse",
+)
+run, is_complete = STAGE.run, STAGE.is_complete

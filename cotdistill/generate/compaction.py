@@ -1,46 +1,77 @@
-"""From the teacher's answers to the shard on disk: Sample rows as journaled, and a complete shard's journal
-compacted into its meta and Parquet file (the shard's completion marker).
+"""From the teacher's answers to the shard on disk: a request in flight (Pending), the journal record of its
+answer, and a complete shard's journal compacted into its meta and Parquet file (the shard's completion marker).
+
+    shard.record(pending.answered(done, config, seconds))     # generate_shards, as each answer comes back
+    compact(shard, config.paths)                               # once every question of the shard is in
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cotdistill.config import RunConfig
-from cotdistill.filter.judge import rationale_reaches_gold
 from cotdistill.generate.progress import Shard, record_key
-from cotdistill.records import LOGPROB_COLUMNS, SAMPLE_SCHEMA, Question, Sample, decode_topk, encode_topk, samples_to_table
+from cotdistill.judging import rationale_reaches_gold
+from cotdistill.paths import RunPaths
+from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, decode_topk, encode_topk, samples_to_table
 from cotdistill.shards import shard_name, write_json_atomic, write_parquet_atomic
 from cotdistill.teachers import Finished
 
 
-def sample_rows(done: Finished, q: Question, messages: list[dict[str, str]], text: str, config: RunConfig,
-                seed: int, start: int = 0, round: int | None = None, rationalized: bool | None = None,
-                hint_prompt_text: str | None = None) -> list[dict[str, Any]]:
-    """The teacher's answer to one request as Sample records (dicts, as journaled): sample indices from `start`
-    (adaptive rounds go on where the last stopped); `messages` and `text` are the question's ordinary prompt, also
-    for a rationalization, whose real prompt is kept in hint_prompt_text."""
-    gen = config.generate
-    sampling = {"n": gen.rationalize_samples if hint_prompt_text is not None else gen.num_samples,
-                "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
-                "max_tokens": gen.max_tokens, "stop": list(gen.stop)}
-    rows = []
-    for i, c in enumerate(done.completions):
-        row = asdict(Sample(
-            question_id=q.question_id, sample_index=start + i, question=q.question, gold_answer=q.gold_answer,
-            choices=q.choices, prompt_messages=messages, prompt_text=text, rationale=c.text,
-            finish_reason=c.finish_reason, prompt_tokens=done.prompt_tokens, completion_tokens=c.completion_tokens,
-            teacher=config.teacher.model, sampling=sampling, seed=seed, run_id=config.run_name,
-            reasoning=c.reasoning, round=round, rationalized=rationalized, hint_prompt_text=hint_prompt_text,
-        ))
-        if c.topk_ids is not None:  # journaled compactly; compact() turns them into the Parquet columns
-            row.update(completion_token_ids=c.token_ids, logprobs_context="teacher",
-                       teacher_topk_ids=encode_topk(c.topk_ids, c.topk_logprobs), teacher_topk_logprobs=None)
-        rows.append(row)
-    return rows
+def journal_record(q: Question, *, round: int | None, rationalize: bool, samples: list[dict[str, Any]] = (),
+                   prompt_tokens: int = 0, seconds: float = 0.0, retries: int = 0, skipped: str | None = None,
+                   error: str | None = None) -> dict[str, Any]:
+    """One line of a shard's journal: a request's answer (its Sample rows) or why it was never sent. `round` is
+    the ordinary request's round (1, 2, ...; 1 with fixed N), None for the question's rationalization."""
+    return {"question_id": q.question_id, "source_row": q.source_row, "samples": list(samples),
+            "prompt_tokens": prompt_tokens, "seconds": seconds, "retries": retries, "skipped": skipped,
+            "error": error, "round": round, "rationalize": rationalize}
+
+
+@dataclass
+class Pending:
+    """A request in flight, and what its answer's rows and journal record need."""
+
+    shard: Shard
+    question: Question
+    round: int | None  # the ordinary request's round; None for a rationalization (STaR's hint request)
+    rationalize: bool
+    messages: list[dict[str, str]]  # the question's ordinary prompt: what the rows keep, also for a rationalization
+    prompt_text: str
+    seed: int
+    start: int  # the sample_index of its first sample (rounds go on where the last one stopped)
+    hint_prompt_text: str | None  # the prompt a rationalization really sent, kept for audit
+
+    def answered(self, done: Finished, config: RunConfig, seconds: float) -> dict[str, Any]:
+        return journal_record(self.question, round=self.round, rationalize=self.rationalize,
+                              samples=self.sample_rows(done, config), prompt_tokens=done.prompt_tokens,
+                              seconds=seconds, retries=done.retries, error=done.error)
+
+    def sample_rows(self, done: Finished, config: RunConfig) -> list[dict[str, Any]]:
+        """The teacher's answer as Sample records (dicts, as journaled). A row holds its round only under
+        generate.adaptive, and whether it was rationalized only under generate.rationalize (null otherwise)."""
+        gen, q = config.generate, self.question
+        sampling = {"n": gen.rationalize_samples if self.rationalize else gen.num_samples,
+                    "temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
+                    "max_tokens": gen.max_tokens, "stop": list(gen.stop)}
+        rows = []
+        for i, c in enumerate(done.completions):
+            row = asdict(Sample(
+                question_id=q.question_id, sample_index=self.start + i, question=q.question,
+                gold_answer=q.gold_answer, choices=q.choices, prompt_messages=self.messages,
+                prompt_text=self.prompt_text, rationale=c.text, finish_reason=c.finish_reason,
+                prompt_tokens=done.prompt_tokens, completion_tokens=c.completion_tokens, teacher=config.teacher.model,
+                sampling=sampling, seed=self.seed, run_id=config.run_name, reasoning=c.reasoning,
+                round=self.round if gen.adaptive is not None else None,
+                rationalized=self.rationalize if gen.rationalize else None, hint_prompt_text=self.hint_prompt_text,
+            ))
+            if c.topk_ids is not None:  # journaled compactly; compact() turns them into the Parquet columns
+                row.update(completion_token_ids=c.token_ids, logprobs_context="teacher",
+                           teacher_topk_ids=encode_topk(c.topk_ids, c.topk_logprobs), teacher_topk_logprobs=None)
+            rows.append(row)
+        return rows
 
 
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -49,21 +80,6 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
         row = dict(row)
         row["teacher_topk_ids"], row["teacher_topk_logprobs"] = decode_topk(row["teacher_topk_ids"])
     return row
-
-
-def logprob_bytes(path: Path) -> int:
-    """Bytes on disk of a Parquet shard's logprob columns (compressed column chunks, from its footer)."""
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    total = 0
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        for c in range(group.num_columns):
-            column = group.column(c)
-            if column.path_in_schema.split(".")[0] in LOGPROB_COLUMNS:
-                total += column.total_compressed_size
-    return total
 
 
 def journaled_records(shard: Shard) -> dict[str, list[dict[str, Any]]]:
@@ -79,7 +95,7 @@ def journaled_records(shard: Shard) -> dict[str, list[dict[str, Any]]]:
     return records
 
 
-def compact(shard: Shard, out_dir: Path) -> dict[str, Any]:
+def compact(shard: Shard, paths: RunPaths) -> dict[str, Any]:
     """A complete shard's journal -> meta, then the Parquet shard (its completion marker), then no journal."""
     policy = shard.policy
     by_question = journaled_records(shard)
@@ -105,9 +121,9 @@ def compact(shard: Shard, out_dir: Path) -> dict[str, Any]:
                    for r in records if r["error"]],
     }
     meta.update(rounds_meta(shard, rows))
-    write_json_atomic(meta, out_dir / "meta" / shard_name(shard.index, ".json"))
+    write_json_atomic(meta, paths.generate_meta / shard_name(shard.index, ".json"))
     write_parquet_atomic(samples_to_table([Sample(**row) for row in rows], SAMPLE_SCHEMA),
-                         out_dir / "samples" / shard_name(shard.index))
+                         paths.samples / shard_name(shard.index))
     shard.journal.remove()
     shard.compacted = True
     return meta

@@ -22,7 +22,6 @@ def dry_run(config: RunConfig) -> dict[str, Any]:
     from cotdistill.models import resolve_model
 
     gen, teacher = config.generate, config.teacher
-    out_dir = config.run_dir / "generate"
     source = QuestionSource(config.data)
     template = PromptTemplate(gen.prompt, gen.examples)
     name = (teacher.openai.tokenizer or teacher.model) if teacher.backend == "openai" else teacher.model
@@ -34,9 +33,9 @@ def dry_run(config: RunConfig) -> dict[str, Any]:
     per_shard = gen.questions_per_shard
     questions = prompt_tokens = 0
     for index in range(math.ceil(len(source) / per_shard)):
-        if (out_dir / "samples" / shard_name(index)).exists():
+        if (config.paths.samples / shard_name(index)).exists():
             continue
-        journaled = {r["question_id"] for r in Journal(out_dir / "journal" / shard_name(index, ".jsonl")).read()}
+        journaled = {r["question_id"] for r in Journal(config.paths.journals / shard_name(index, ".jsonl")).read()}
         for q in source.questions(index * per_shard, (index + 1) * per_shard):
             if q.question_id not in journaled:
                 questions += 1

@@ -1,6 +1,8 @@
 """Where each question of a generate run stands, and what it is sent next: fixed N, adaptive rounds, STaR's
 rationalization. A question's Progress is a pure function of its journal records (Policy.absorb), built the same
 way live and when a rerun replays the journal.
+
+    step = Policy(config).next(shard.progress[question_id])     # ("round", n), ("hint", n) or None: done
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 from cotdistill.answers import get_answer_format, group_equivalent
 from cotdistill.config import RunConfig
-from cotdistill.filter.judge import rationale_reaches_gold, rationale_vote
+from cotdistill.judging import rationale_reaches_gold, rationale_vote
 from cotdistill.records import Question
 from cotdistill.shards import Journal
 from cotdistill.stopping import should_stop
@@ -36,7 +38,7 @@ class Policy:
     def __init__(self, config: RunConfig):
         gen = config.generate
         self.gen, self.adaptive, self.label = gen, gen.adaptive, config.filter.label
-        # The filter's own answer check (filter/judge.py), only when a verdict is needed here.
+        # The filter's own answer check (cotdistill/judging.py), only when a verdict is needed here.
         self.fmt = get_answer_format(config.filter.answer_format) if gen.adaptive or gen.rationalize else None
 
     def absorb(self, p: Progress, record: dict[str, Any], q: Question) -> bool:

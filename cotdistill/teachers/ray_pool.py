@@ -1,63 +1,24 @@
-"""teacher.backend: ray. `teacher.ray.replicas` Ray actors, each holding one vLLM engine (a `VLLMTeacher` of
-teachers/vllm_local.py, built inside the actor with the model's `engine` args, the run's seed and `model_path`).
+"""teacher.backend: ray. `teacher.ray.replicas` Ray actors (ray_actor.py), each holding one vLLM engine with the
+model's `engine` args; this driver keeps every actor fed and re-sends what a dead actor held.
 
-    teacher:
-      model: Qwen/Qwen2.5-7B-Instruct
-      backend: ray
-      engine: {tensor_parallel_size: 1, max_model_len: 4096}
-      ray: {replicas: 8, num_gpus: 1, num_cpus: 4}          # address: auto, to join a running cluster
+    teacher = build(config.teacher, seed=config.seed)      # starts (or joins, with ray.address) Ray and the actors
+    for done in teacher.generate(requests): ...             # each Finished as soon as its chunk is back
+    teacher.close()
 
-How requests flow. `generate(requests)` pulls requests from the caller's iterator in the caller's thread only,
-groups them into chunks of `chunk_size` (default 32) and keeps up to `chunks_per_actor` (default 4) chunks
-outstanding on every live actor, handing each new chunk to the least loaded one; it yields a chunk's `Finished`
-results as soon as the whole chunk is back (`ray.wait`), in any order. Inside an actor every chunk it holds is fed
-into the one engine at once, and chunks that arrive later join the requests already running (one long
-`VLLMTeacher.generate` over a queue), so the engine does not drain at the end of each chunk while the driver keeps
-chunks queued. Results are the `Finished` objects the single-engine backend yields, keys and all.
+Why chunks: `generate` pulls requests from the caller's iterator in the caller's thread only, in chunks of
+`chunk_size`, and keeps `chunks_per_actor` chunks outstanding on every live actor (the least loaded gets the next),
+so an engine always has the next requests queued behind the running ones, and only token ids and finished text
+cross Ray's object store.
 
-Actor deaths. When an actor dies (`RayActorError`: killed, out of memory, node lost) each of its unfinished chunks
-is handed to another actor, and a replacement actor is started, `max_actor_restarts` in all per pool. A chunk is
-re-sent at most `max_actor_restarts` times; after that its requests come back as `Finished` with `error` set (and
-`retries`, like a re-sent chunk's results, counting the re-sends). Every request comes back exactly once. With no
-live actor left and none to start, `generate` raises. `chunk_timeout_s` (off by default) kills an actor whose
-chunk has run that long (counted from when it was sent, or from when a starting replacement came up), which then
-counts as a death: a hung engine does not hang the run.
-An exception raised by an engine itself (a bad request, say) is not a death: it reaches the caller, as it would
-from the single-engine backend.
+Deaths (`RayActorError`: killed, out of memory, node lost): each unfinished chunk of the dead actor is handed to
+another, and a replacement is started, `max_actor_restarts` in all; a chunk re-sent that many times comes back as
+`Finished` with `error` set. Every request comes back exactly once. `chunk_timeout_s` (off by default) kills an
+actor whose chunk has run that long, which then counts as a death. An exception raised by an engine itself (a bad
+request, say) is not a death: it reaches the caller, as from the single-engine backend.
 
-Ray. With `ray.address` set ("auto", "ray://head:10001") the pool joins that cluster; there, every node needs the
-same Python environment as the driver (cotdistill, vllm), and a hub model id is fetched by each node itself.
-Without it, a local Ray is started (`ray.init(num_cpus=..., include_dashboard=False)`), unless this process has
-already initialised Ray, which is then used as it is. `close()` kills the actors (and their placement groups) and
-shuts Ray down only if this object started it. Each actor runs with `VLLM_ENABLE_V1_MULTIPROCESSING=0` in its
-runtime env: the engine core runs inside the actor's own process (its memory is the actor's, and a killed actor
-takes its engine with it).
-
-Resources per actor: `ray.num_cpus` and `ray.num_gpus`. With `tensor_parallel_size` x `pipeline_parallel_size` = 1
-the actor simply asks for `num_gpus` (1 on a GPU node; a fraction such as 0.5 packs two engines on one GPU, with
-`gpu_memory_utilization` set to fit). With a larger world size the actor itself takes no GPU: it is scheduled in
-bundle 0 of a placement group of one `{"GPU": 1}` bundle per GPU (bundle 0 also holds the actor's CPUs;
-STRICT_PACK, one node, unless pipeline parallelism spans nodes) with `placement_group_capture_child_tasks=True`,
-and the engine gets `distributed_executor_backend: ray`, so vLLM starts its tensor-parallel workers inside that
-group, as vLLM's Ray examples (examples/offline_inference/rlhf.py) and `initialize_ray_cluster` in
-vllm/v1/executor/ray_utils.py expect. That path needs GPUs and has not been run here (this project's machines have
-none); only the CPU path, `num_gpus: 0`, is tested.
-
-What to expect on a GPU cluster: about replicas x the throughput of one engine on its GPU (or TP group), as long as
-the driver keeps chunks queued on every actor. The engines share nothing, and all that crosses Ray's object store
-is the request chunks going out (token ids) and the `Finished` results coming back (text and counts, kilobytes per
-question), never weights, activations or KV cache; so the driver, one Python thread doing a little work per
-chunk, is far from a bottleneck at GPU speeds (raise `chunk_size` if thousands of questions a second go through).
-Run one engine per GPU for a model that fits on one, one per TP group otherwise. Keep every engine's running batch
-full: `chunks_per_actor` x `chunk_size` x n sequences per engine should exceed vLLM's `max_num_seqs` (256 by
-default, 1024 on H100-class GPUs); the defaults, 4 chunks of 32 questions, do that from n = 2 (from n = 8 for 1024).
-They are constructor arguments: RayConfig has no field for them. Scaling is lost in two places: engine start (each
-replica loads the model; they start in parallel) and the tail of a run, when the last chunks run on some engines
-and the others have nothing left; a run much larger than replicas x chunks_per_actor x chunk_size questions makes
-both small. Measured here on CPU (benchmarks/scale_out.py: SmolLM2-135M-Instruct, 48 GSM8K questions x 4 samples
-of up to 128 tokens, 3 chunks of 8 questions held per engine): 2 replicas generated 1.83x the tokens/s of 1 (571
-against 312). Each engine had its core to itself (0.98 cores busy each, the driver about none); what is missing
-from 2x is what two cores share on this machine (memory bandwidth, L3), not the pool.
+Resources: with `tensor_parallel_size` x `pipeline_parallel_size` = 1 an actor asks for `ray.num_gpus`; with more,
+it takes bundle 0 of a placement group of one GPU bundle per GPU and vLLM starts its workers inside that group (as
+vLLM's Ray examples do). That path needs GPUs and is not run by this project's tests, which run `num_gpus: 0`.
 """
 
 from __future__ import annotations
@@ -67,159 +28,17 @@ import itertools
 import logging
 import math
 import os
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from cotdistill.config import ModelConfig
 from cotdistill.models import resolve_model
 from cotdistill.teachers import Finished, TeacherRequest
+from cotdistill.teachers.ray_actor import ACTOR_ENV, EngineActor
 
 logger = logging.getLogger(__name__)
-
-ACTOR_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-
-
-# --- inside an actor ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _ChunkState:
-    keys: list[str]  # the callers' keys, by position in the chunk
-    results: list[Finished | None]
-    remaining: int
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-
-
-class EngineActor:
-    """One vLLM engine in a Ray actor. `generate(chunk_id, requests)` may be called from several Ray threads at
-    once (a threaded actor): every call's requests go into one queue that a single engine thread feeds to one
-    long-running `VLLMTeacher.generate`, so chunks share the engine's running batch instead of taking turns.
-    All vLLM calls happen in that engine thread."""
-
-    def __init__(self, model: ModelConfig, seed: int, model_path: str | None, max_in_flight: int = 512):
-        self._cap = max_in_flight
-        self._cond = threading.Condition()
-        self._queue: deque[TeacherRequest] = deque()
-        self._chunks: dict[int, _ChunkState] = {}
-        self._failure: BaseException | None = None
-        self._teacher: Any = None
-        started = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(model, seed, model_path, started),
-                                        name="vllm-engine", daemon=True)
-        self._thread.start()
-        started.wait()
-        if self._failure is not None:
-            raise self._failure
-
-    # engine thread
-
-    def _build_teacher(self, model: ModelConfig, seed: int, model_path: str | None) -> Any:
-        from cotdistill.teachers.vllm_local import build
-
-        return build(model, seed, model_path)
-
-    def _run(self, model: ModelConfig, seed: int, model_path: str | None, started: threading.Event) -> None:
-        try:
-            self._teacher = self._build_teacher(model, seed, model_path)
-            self._teacher.max_in_flight = self._cap
-        except BaseException as e:  # reported by the constructor: the actor fails to start, with this cause
-            self._failure = e
-            started.set()
-            return
-        started.set()
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                self._teacher.max_in_flight = self._cap
-            try:
-                for done in self._teacher.generate(self._feed()):
-                    self._deliver(done)
-            except Exception as e:
-                # The engine raised (VLLMTeacher aborted what it held): every chunk in it fails with this error,
-                # as the single-engine backend's generate call would; later chunks get a fresh start.
-                logger.exception("the engine failed; failing the %d chunks it held", len(self._chunks))
-                with self._cond:
-                    self._queue.clear()
-                    for state in self._chunks.values():
-                        state.error = e
-                        state.done.set()
-                    self._chunks.clear()
-            except BaseException:  # not an error the engine reports: end the process, the pool sees a death
-                logger.exception("the engine thread stopped; ending this actor")
-                os._exit(1)
-
-    def _feed(self) -> Iterator[TeacherRequest]:
-        """The queued requests, to VLLMTeacher.generate. When the queue runs dry, its top-up is paused
-        (max_in_flight 0) instead of this iterator ending or blocking: the engine goes on stepping what it holds,
-        and the next chunk to arrive lifts the pause. If the iterator is asked anyway with nothing queued, it ends:
-        VLLMTeacher then finishes what it holds and the engine thread starts it again for the next chunk."""
-        while True:
-            with self._cond:
-                if not self._queue:
-                    return
-                request = self._queue.popleft()
-                if not self._queue:
-                    self._teacher.max_in_flight = 0
-            yield request
-
-    def _deliver(self, done: Finished) -> None:
-        chunk_id, index = done.key.rsplit("/", 1)
-        with self._cond:
-            state = self._chunks.get(int(chunk_id))
-            if state is None:  # an aborted chunk
-                return
-            state.results[int(index)] = dataclasses.replace(done, key=state.keys[int(index)])
-            state.remaining -= 1
-            if state.remaining == 0:
-                state.done.set()
-
-    # Ray calls (any thread)
-
-    def ready(self) -> str:
-        return f"{os.getpid()}"
-
-    def max_model_len(self) -> int:
-        return self._teacher.max_model_len()
-
-    def generate(self, chunk_id: int, requests: list[TeacherRequest]) -> list[Finished]:
-        if not requests:
-            return []
-        state = _ChunkState(keys=[r.key for r in requests], results=[None] * len(requests), remaining=len(requests))
-        with self._cond:
-            self._chunks[chunk_id] = state
-            # Internal keys name the chunk and the position: a key reused in another chunk cannot mix results up.
-            self._queue.extend(dataclasses.replace(r, key=f"{chunk_id}/{i}") for i, r in enumerate(requests))
-            self._teacher.max_in_flight = self._cap
-            self._cond.notify_all()
-        state.done.wait()
-        with self._cond:
-            self._chunks.pop(chunk_id, None)
-        if state.error is not None:
-            raise state.error
-        if state.remaining:  # aborted
-            return []
-        return state.results  # type: ignore[return-value]
-
-    def abort(self, chunk_ids: list[int]) -> None:
-        """Forget these chunks (their caller stopped early): queued requests are dropped; requests already in the
-        engine run to their end and their results are discarded."""
-        prefixes = tuple(f"{c}/" for c in chunk_ids)
-        with self._cond:
-            self._queue = deque(r for r in self._queue if not r.key.startswith(prefixes))
-            if not self._queue and self._teacher is not None:
-                self._teacher.max_in_flight = 0
-            for chunk_id in chunk_ids:
-                state = self._chunks.pop(chunk_id, None)
-                if state is not None:
-                    state.done.set()
-
-
-# --- the driver -----------------------------------------------------------------------------------------------
 
 
 @dataclass

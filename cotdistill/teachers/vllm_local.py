@@ -1,5 +1,7 @@
 """teacher.backend: vllm. One local vLLM engine (`vllm.LLM`), kept fed across shard boundaries.
 
+    teacher = build(config.teacher, seed=config.seed)      # teachers.build_teacher, backend vllm
+
 Engine arguments in the YAML (`engine:`) pass straight to `vllm.LLM`: dtype, max_model_len,
 tensor_parallel_size, gpu_memory_utilization, enable_prefix_caching, enforce_eager, and the rest.
 On a GPU machine the defaults of vLLM apply; on CPU, vLLM reads `gpu_memory_utilization` as the share of RAM

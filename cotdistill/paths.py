@@ -1,0 +1,81 @@
+"""Every path cotdistill reads or writes, named once: the folders and files of a run, and what a path written in
+a config names on disk (local data files, or a hub id).
+
+    paths = config.paths                          # RunPaths(runs/<run_name>)
+    paths.samples / "00003.parquet"               # generate's shard 3
+
+Stages find each other's outputs only through these names, so a folder renamed here is renamed everywhere.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+STATS_FILE = "stats.json"  # a stage's summary, written last: with a matching fingerprint, the stage is done
+DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # -> datasets builder
+
+
+class RunPaths:
+    """The folder of one run (runs/<run_name>/) and everything in it; one attribute per path a stage writes."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"  # the resolved configuration, as the run read it
+        # generate: one Parquet shard per questions_per_shard questions, its meta, and its journal until compacted
+        self.generate = self.root / "generate"
+        self.samples = self.generate / "samples"
+        self.generate_meta = self.generate / "meta"
+        self.journals = self.generate / "journal"
+        # filter: the judged rows of every generate shard, split, and each shard's meta (its key, its counts)
+        self.filter = self.root / "filter"
+        self.accepted = self.filter / "accepted"
+        self.rejected = self.filter / "rejected"
+        self.filter_meta = self.filter / "meta"
+        self.audit = self.filter / "audit.md"
+        # prune: the student cut from student.model
+        self.prune = self.root / "prune"
+        self.pruned_model = self.prune / "model"
+        # score: the accepted rows with the teacher's top-k logprobs
+        self.score = self.root / "score"
+        self.scored = self.score / "accepted"
+        # train: the trained student, and the checkpoints a rerun resumes from
+        self.train = self.root / "train"
+        self.trained_model = self.train / "model"
+        self.checkpoints = self.train / "checkpoints"
+        # evaluate: per model <name>.parquet and <name>.cost.json, then metrics.json, report.md and the plots
+        self.evaluate = self.root / "evaluate"
+        self.metrics = self.evaluate / "metrics.json"
+
+    def stage(self, name: str) -> Path:
+        """A stage's folder: runs/<run_name>/<stage>/."""
+        return self.root / name
+
+    def eval_rows(self, model: str) -> Path:
+        return self.evaluate / f"{model}.parquet"
+
+    def eval_cost(self, model: str) -> Path:  # written last for a model: marks it scored, with its key
+        return self.evaluate / f"{model}.cost.json"
+
+    def merged_adapter(self, model: str) -> Path:  # a LoRA adapter merged into its base, for vLLM to serve
+        return self.evaluate / f"{model}.merged"
+
+
+# --- what a path in a config names --------------------------------------------------------------------------------
+
+
+def looks_local(path: str) -> bool:
+    """A path the user meant as a local file or folder, not a hub dataset or model id ("org/name")."""
+    return (path.startswith(("/", ".", "~")) or Path(path).suffix in DATA_SUFFIXES or path.count("/") > 1
+            or any(c in path for c in "*?["))
+
+
+def local_files(path: str) -> list[str] | None:
+    """The local data files a path names (a file, a folder or a glob), or None if it is not local (a hub id)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [str(p)]
+    if p.is_dir():
+        return sorted(str(f) for f in p.iterdir() if f.suffix in DATA_SUFFIXES)
+    matches = sorted(glob.glob(path))
+    return matches or None
