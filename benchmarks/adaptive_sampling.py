@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/adaptive_sampling.py [--questions 40] [--num-samples 16] [--round-size 1]
         [--target-correct 1] [--max-tokens 64] [--eval-questions 400] [--eval-seed 7] [--eval-k 48]
         [--eval-temperature 0.3] [--eval-rule beta] [--eval-confidence 0.95] [--output DIR]
+    .venv/bin/python benchmarks/adaptive_sampling.py --smoke     # 4 questions, N = 4, 32 tokens; evaluate 8 x 4
 
 About 11 minutes on this project's 2-core machines, 10 of them evaluate's 400 x 48 samples; never beside another
 heavy run (two CPU engines at once slow each other several-fold). Generate uses per-request seeds; evaluate sends
@@ -43,6 +44,9 @@ counts the questions where adaptive kept fewer, and how many of them it closed b
 
 The last line is one JSON object: token_ratio, questions_served_fixed, questions_served_adaptive,
 questions_served_rationalized, eval_sample_ratio, eval_accuracy_gap, adaptive_gap_ci and the settings.
+`--smoke` runs the same steps on 4 questions with N = 4, rationalization of 2 samples, 32 tokens a sample, and
+evaluate on 8 fresh problems with K = 4 (tests/test_benchmarks.py), in a temporary folder unless --output names
+one: its figures say only that it runs.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ from cotdistill.prompts import PromptTemplate  # noqa: E402
 from cotdistill.shards import read_shards  # noqa: E402
 from cotdistill.sources import QuestionSource  # noqa: E402
 from cotdistill.teachers import build_teacher  # noqa: E402
+
+
+SMOKE = {"questions": 4, "num_samples": 4, "rationalize_samples": 2, "max_tokens": 32, "eval_questions": 8,
+         "eval_k": 4}  # --smoke
 
 
 def accepted_per_question(run_dir: Path) -> tuple[Counter, Counter, set[str]]:
@@ -110,6 +118,10 @@ def main() -> None:
     parser.add_argument("--eval-confidence", type=float, default=0.95)
     parser.add_argument("--eval-window", type=int, default=4)
     parser.add_argument("--output", default=None, help="runs folder (default: a temporary one, removed after)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny size (4 questions, N = 4, 32 tokens; evaluate "
+                        "8 x K = 4): the same steps, in seconds; explicit options still apply")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

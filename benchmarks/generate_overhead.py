@@ -2,6 +2,7 @@
 its shard boundaries.
 
     .venv/bin/python benchmarks/generate_overhead.py [--questions 48] [--num-samples 8] [--max-tokens 96]
+    .venv/bin/python benchmarks/generate_overhead.py --smoke     # 4 questions, 2 samples, 16 tokens, 1 round
 
 On one vLLM engine (SmolLM2-135M-Instruct, the demo's teacher) and the same prompts and sampling parameters,
 it times raw `LLM.generate` over all the prompts at once, the generate stage in one shard, and the generate stage
@@ -11,6 +12,8 @@ same tokens; `--top-k -1` measures free sampling instead, where the luck of the 
 Prints the tokens/s of each and, last, a JSON line with raw_tokens_per_s, stage_tokens_per_s, ratio (target
 >= 0.95), multi_shard_tokens_per_s and multi_shard_ratio (target >= 0.97: the engine is kept fed across shard
 boundaries, so many shards cost what one does).
+`--smoke` runs the same steps (raw, one shard, 2 shards; one round) on 4 questions, 2 samples of 16 tokens
+(tests/test_benchmarks.py): its figures say only that it runs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from cotdistill.shards import read_json  # noqa: E402
 from cotdistill.sources import QuestionSource  # noqa: E402
 from cotdistill.teachers import render_prompt  # noqa: E402
 from cotdistill.teachers.vllm_local import VLLMTeacher, build_llm  # noqa: E402
+
+SMOKE = {"questions": 4, "num_samples": 2, "max_tokens": 16, "rounds": 1, "shards": 2}  # --smoke
 
 
 def raw_generate(llm, config) -> tuple[int, float]:
@@ -73,6 +78,10 @@ def main() -> None:
     # vLLM refuses temperature 0 with n > 1, hence sampling at temperature 1 with top_k 1.
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="a tiny size (4 questions, 2 samples, 16 tokens, "
+                        "1 round, 2 shards): the same steps, in seconds; explicit options still apply")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

@@ -1,6 +1,7 @@
 """Does it distill? A student pruned from the teacher, trained by SFT and by KD, against the teacher, on CPU.
 
     .venv/bin/python benchmarks/prune_distill.py [--train-questions 64] [--test-questions 50] [--output runs]
+    .venv/bin/python benchmarks/prune_distill.py --smoke     # every step at a tiny size, in a temporary folder
 
 pipelines/prune_distill_smollm2_cpu.yaml, run twice on the same corpus:
   1. the KD run (run_name prune-distill-kd): SmolLM2-135M-Instruct samples rationales for GSM8K train questions
@@ -12,7 +13,14 @@ pipelines/prune_distill_smollm2_cpu.yaml, run twice on the same corpus:
 Then the mean KL(teacher || model) per token, full vocabulary, on the teacher's own sampled rationales for the
 held-out questions (evaluate's teacher samples), every model given the same tokens: the student's prompt, then
 the rationale. A smooth measure of how close each model has come to its teacher, which a 50-question accuracy
-cannot resolve. One table; the last line is a JSON object keyed by teacher, pruned, sft and kd.
+cannot resolve. One table; the last line is a JSON object keyed by teacher, pruned, sft and kd (and
+kd_minus_sft_kl, the paired difference of their KL).
+
+`--smoke` runs every step of both runs (generate, filter, prune, train, evaluate; then the KL) at a tiny size
+(SMOKE and SMOKE_OVERRIDES below: 4 train questions x 2 samples, one training step, 2 test questions with K = 2,
+2 KL rationales) in a temporary folder, removed after, unless --output names one (tests/test_benchmarks.py): its
+figures say only that it runs. Generate keeps its 256 tokens: at 128 every rationale ends truncated, the filter
+accepts none, and there is nothing to train on.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +47,15 @@ from cotdistill.shards import read_json  # noqa: E402
 
 PIPELINE = REPO / "pipelines" / "prune_distill_smollm2_cpu.yaml"
 SHARED = ("generate", "filter", "prune")  # what the SFT run takes from the KD run
+# --smoke: the options' values, and the pipeline's settings it shrinks besides (the same stages and code paths).
+SMOKE = {"train_questions": 4, "test_questions": 2, "kl_rationales": 2, "output": None}
+SMOKE_OVERRIDES = ["generate.num_samples=2", "student.prune.calibration_samples=4",
+                   "student.prune.calibration_max_tokens=128",
+                   # One step, without the pipeline's 2 warm-up steps: at warm-up step 0 the learning rate is 0,
+                   # and the trained students would be the pruned one unchanged.
+                   "train.sft.max_steps=1", "train.sft.warmup_steps=0",
+                   "evaluate.num_samples=2", "evaluate.max_tokens=32", "evaluate.bootstrap_resamples=100",
+                   "evaluate.maj_draws=10"]
 
 
 def run_stages(config, stages) -> float:
@@ -100,23 +118,37 @@ def main() -> None:
     parser.add_argument("--test-questions", type=int, default=50)
     parser.add_argument("--kl-rationales", type=int, default=64, help="held-out teacher rationales for the KL")
     parser.add_argument("--output", default=str(REPO / "runs"))
+    parser.add_argument("--smoke", action="store_true", help="every step at a tiny size, in a temporary folder "
+                        "unless --output is given; explicit options still apply")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    common = [f"output_dir={args.output}", f"data.limit={args.train_questions}",
-              f"evaluate.data.limit={args.test_questions}"]
+    temporary = args.output is None  # --smoke without --output: never into the repository
+    output = Path(tempfile.mkdtemp(prefix="prune-distill-bench-")) if temporary else Path(args.output)
+    try:
+        run_benchmark(args, output)
+    finally:
+        if temporary:
+            shutil.rmtree(output, ignore_errors=True)
+
+
+def run_benchmark(args: argparse.Namespace, output: Path) -> None:
+    common = [f"output_dir={output}", f"data.limit={args.train_questions}",
+              f"evaluate.data.limit={args.test_questions}", *(SMOKE_OVERRIDES if args.smoke else [])]
     kd = load_config(PIPELINE, [*common, "run_name=prune-distill-kd", "train.loss=kd"])
     sft = load_config(PIPELINE, [*common, "run_name=prune-distill-sft", "train.loss=sft", "evaluate.models=[student]"])
     os.chdir(REPO)  # the pipeline's data paths are relative to the repository
     started = time.perf_counter()
     kd_seconds = run_stages(kd, pipeline_stages(kd))
     for stage in SHARED:
-        if not (sft.run_dir / stage).exists():
-            shutil.copytree(kd.run_dir / stage, sft.run_dir / stage)
+        if not sft.paths.stage(stage).exists():
+            shutil.copytree(kd.paths.stage(stage), sft.paths.stage(stage))
     sft_seconds = run_stages(sft, pipeline_stages(sft))
 
-    kd_metrics = read_json(kd.run_dir / "evaluate" / "metrics.json")["models"]
-    sft_metrics = read_json(sft.run_dir / "evaluate" / "metrics.json")["models"]
+    kd_metrics = read_json(kd.paths.metrics)["models"]
+    sft_metrics = read_json(sft.paths.metrics)["models"]
     rows = {"teacher": kd_metrics["teacher"], "pruned": kd_metrics["base_student"], "sft": sft_metrics["student"],
             "kd": kd_metrics["student"]}
 
@@ -124,12 +156,12 @@ def main() -> None:
 
     from cotdistill.models import resolve_model
 
-    held_out = pq.read_table(kd.run_dir / "evaluate" / "teacher.parquet", columns=["question", "samples"]).to_pylist()
+    held_out = pq.read_table(kd.paths.eval_rows("teacher"), columns=["question", "samples"]).to_pylist()
     rationales = [(r["question"], s) for r in held_out for s in (r["samples"] or []) if s.strip()]
     rationales = rationales[:args.kl_rationales]
     kl_started = time.perf_counter()
-    kl = kl_to_teacher({"pruned": str(kd.run_dir / "prune" / "model"), "sft": str(sft.run_dir / "train" / "model"),
-                        "kd": str(kd.run_dir / "train" / "model")}, resolve_model(kd.teacher.model),
+    kl = kl_to_teacher({"pruned": str(kd.paths.pruned_model), "sft": str(sft.paths.trained_model),
+                        "kd": str(kd.paths.trained_model)}, resolve_model(kd.teacher.model),
                        rationales, kd.train.prompt)
     kl["teacher"] = [0.0] * len(rationales)
     kl_seconds = time.perf_counter() - kl_started
@@ -160,7 +192,7 @@ def main() -> None:
           f"[{diff_ci[0]:.4f}, {diff_ci[1]:.4f}]")
     result["kd_minus_sft_kl"] = {"mean": round(sum(diff) / len(diff), 4),
                                  "ci": [round(diff_ci[0], 4), round(diff_ci[1], 4)]}
-    train_stats = {name: read_json(c.run_dir / "train" / "stats.json") for name, c in (("sft", sft), ("kd", kd))}
+    train_stats = {name: read_json(c.paths.train / "stats.json") for name, c in (("sft", sft), ("kd", kd))}
     for name, stats in train_stats.items():
         result[name].update(train_examples=stats["examples"], train_steps=stats["global_steps"])
     result["seconds"] = {"kd_run": round(kd_seconds, 1), "sft_run": round(sft_seconds, 1),

@@ -1,6 +1,7 @@
 """How the ray teacher backend scales: 2 replicas against 1 on this machine, same prompts, same sampling.
 
     .venv/bin/python benchmarks/scale_out.py [--questions 48] [--num-samples 4] [--max-tokens 128] [--rounds 2]
+    .venv/bin/python benchmarks/scale_out.py --smoke     # 4 questions, 2 samples, 16 tokens, 1 round
 
 Both pools run SmolLM2-135M-Instruct (the demo's teacher, converted once into ~/.cache/cotdistill/models) with the
 demo's CPU engine arguments, one core per replica (`ray.num_cpus: 1`), on one local Ray. The questions are the
@@ -10,6 +11,8 @@ and every actor has run one tiny request before the clock starts. The pools take
 drift on a noisy machine hits both. Throughput is generated tokens over wall time. By default top_k=1, so both
 pools generate the same tokens (see generate_overhead.py: the luck of sampling moves tokens/s by about 10%).
 Prints the tokens/s of each and their ratio and, last, a JSON line with replicas_2_over_1 (target: >= 1.7).
+`--smoke` runs the same steps (both pools, the same 3 actors) on 4 questions, 2 samples of 16 tokens, one round,
+chunks of 1 question (tests/test_benchmarks.py): its figures say only that it runs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from tests.teacher_requests import zero_shot_requests  # noqa: E402
 GSM8K_TEST = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 CPU_ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True,
               "kv_cache_memory_bytes": 1024 ** 3}  # pipelines/demo.yaml's cpu_engine
+SMOKE = {"questions": 4, "num_samples": 2, "max_tokens": 16, "rounds": 1, "chunk_size": 1,
+         "chunks_per_actor": 1}  # --smoke
 
 
 def make_requests(tokenizer, args) -> list[TeacherRequest]:
@@ -66,6 +71,10 @@ def main() -> None:
     # cache of 1 GiB (23,296 tokens for this model) can run at once.
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--chunks-per-actor", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a tiny size (4 questions, 2 samples, 16 tokens, "
+                        "1 round): the same steps, in seconds; explicit options still apply")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

@@ -1,6 +1,7 @@
 """The cost of self-consistency curves: one pass of K=16 samples against one pass per k.
 
     .venv/bin/python benchmarks/self_consistency_cost.py [--questions 16] [--max-tokens 96]
+    .venv/bin/python benchmarks/self_consistency_cost.py --smoke     # 2 questions, 16 tokens: the same steps
 
 On one vLLM engine (SmolLM2-135M-Instruct) and the same test questions, it times
   - this project's evaluate core: one request of 16 samples per question, then maj@k for k = 1, 2, 4, 8, 16
@@ -8,6 +9,8 @@ On one vLLM engine (SmolLM2-135M-Instruct) and the same test questions, it times
   - the way tools that repeat the request per k do it: one pass of k samples per question for each k
     (1 + 2 + 4 + 8 + 16 = 31 samples per question), voting over each pass.
 Each pass starts with an empty prefix cache. The last line is a JSON object with both times and their ratio.
+`--smoke` runs the same steps on 2 questions with 16 tokens a sample (tests/test_benchmarks.py): its figures say
+only that it runs.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from cotdistill.evaluate import evaluate_model, summarize_model  # noqa: E402
 from cotdistill.metrics import majority_vote  # noqa: E402
 from cotdistill.prompts import PromptTemplate  # noqa: E402
 from cotdistill.sources import QuestionSource  # noqa: E402
-from cotdistill.teachers import render_prompt  # noqa: E402
-from cotdistill.teachers.vllm_local import build_llm  # noqa: E402
+from cotdistill.teachers import build_teacher, render_prompt  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
+SMOKE = {"questions": 2, "max_tokens": 16}  # --smoke
 
 
 def per_k_passes(llm, questions, template, config) -> tuple[dict[int, float], float, int]:
@@ -65,6 +68,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--smoke", action="store_true", help="a tiny size (2 questions, 16 tokens): the same steps, "
+                        "in seconds; explicit options still apply")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -73,16 +80,20 @@ def main() -> None:
         f"evaluate.num_samples={max(KS)}", "evaluate.greedy=false", "evaluate.temperature=0.7"])
     questions = list(QuestionSource(config.evaluate.data).questions())
     template = PromptTemplate(config.train.prompt)  # the student prompt, as for base_student
-    llm = build_llm(config.student, config.seed)
+    # evaluate takes a teacher (any backend); the per-k passes drive the same local engine's vllm.LLM directly.
+    teacher = build_teacher(config.student, config.seed)
+    llm = teacher.llm
+    try:
+        llm.reset_prefix_cache()
+        started = time.perf_counter()
+        rows, cost = evaluate_model(teacher, questions, template, config, "base_student")
+        metrics = summarize_model(rows, cost, config)
+        one_pass_s = time.perf_counter() - started
+        curve = {k: metrics["maj_at_k"][k - 1] for k in KS}
 
-    llm.reset_prefix_cache()
-    started = time.perf_counter()
-    rows, cost = evaluate_model(llm, questions, template, config, "base_student")
-    metrics = summarize_model(rows, cost, config)
-    one_pass_s = time.perf_counter() - started
-    curve = {k: metrics["maj_at_k"][k - 1] for k in KS}
-
-    per_k, per_k_s, per_k_tokens = per_k_passes(llm, questions, template, config)
+        per_k, per_k_s, per_k_tokens = per_k_passes(llm, questions, template, config)
+    finally:
+        teacher.close()
     print(f"one pass of {max(KS)} samples: {one_pass_s:.1f} s, {cost['sampled_tokens']} tokens; "
           f"maj@k {', '.join(f'{k}: {v:.3f}' for k, v in curve.items())}")
     print(f"one pass per k ({sum(KS)} samples per question): {per_k_s:.1f} s, {per_k_tokens} tokens; "

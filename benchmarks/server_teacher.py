@@ -2,12 +2,15 @@
 server on 127.0.0.1, against the `vllm` backend in this process, on the same model, prompts and sampling.
 
     .venv/bin/python benchmarks/server_teacher.py [--questions 48] [--num-samples 4] [--max-tokens 128]
+    .venv/bin/python benchmarks/server_teacher.py --smoke     # 4 questions, 2 samples, 16 tokens
 
 SmolLM2-135M-Instruct (the demo's teacher), GSM8K test questions from ../shared/data with the zero-shot prompt,
 top_k=1 so both sides generate the same tokens. The local engine runs first and is released; then the server is
 started (about 40 s) and the openai backend is timed at each `--concurrency` (requests in flight). Only
 generation is timed, after a warm-up request. Prints tokens/s of each and, last, a JSON line with
 `server_over_local` (at the default max_concurrency, 16) and `by_concurrency`.
+`--smoke` runs the same steps (local engine, then the server) on 4 questions, 2 samples of 16 tokens, at the
+default max_concurrency only (tests/test_benchmarks.py): its figures say only that it runs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from tests.teacher_requests import zero_shot_requests  # noqa: E402
 
 GSM8K_TEST = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30}
+SMOKE = {"questions": 4, "num_samples": 2, "max_tokens": 16,
+         "concurrency": [OpenAIConfig().max_concurrency]}  # --smoke: server_over_local is at the default
 
 
 def timed(teacher, requests: list[TeacherRequest]) -> tuple[int, float]:
@@ -51,6 +56,10 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--smoke", action="store_true", help="a tiny size (4 questions, 2 samples, 16 tokens, "
+                        "the default concurrency): the same steps; explicit options still apply")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

@@ -1,0 +1,89 @@
+"""Benchmarks cannot rot: each one runs end to end at its `--smoke` size and ends with its JSON line.
+
+Every benchmark under benchmarks/ is run as a subprocess, `python benchmarks/X.py --smoke`, from the repository
+root. The test fails if it exits non-zero, if the last line of its stdout is not a JSON object, or if that object
+lacks (or holds null for) a figure the README or the benchmark's docstring names. The smoke figures themselves
+are not checked: at that size they say only that every step ran. About 10 minutes in all on 2 CPU cores, most of
+it in engine starts (one vLLM engine per benchmark, three Ray actors for scale_out, an OpenAI server for
+server_teacher) and in prune_distill's two pipeline runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The keys the README ("## Tests and benchmarks") and each benchmark's docstring name for its last JSON line.
+# A dotted key is a key inside a key (prune_distill's per-model figures).
+EXPECTED_KEYS: dict[str, list[str]] = {
+    "generate_overhead": ["ratio", "multi_shard_ratio", "raw_tokens_per_s", "stage_tokens_per_s",
+                          "multi_shard_tokens_per_s"],
+    "scale_out": ["replicas_2_over_1"],
+    "server_teacher": ["server_over_local", "by_concurrency"],
+    "filter_throughput": ["rationales_per_s_exact", "rationales_per_s_near_dup", "peak_rss_mb"],
+    # maj@k from one pass of 16 samples against one pass per k: both times and their ratio.
+    "self_consistency_cost": ["one_pass_s", "per_k_passes_s", "ratio"],
+    "prune_distill": ["teacher", "pruned", "sft", "kd", "kd_minus_sft_kl", "kd_minus_sft_kl.mean",
+                      *(f"{model}.{figure}" for model in ("teacher", "pruned", "sft", "kd")
+                        for figure in ("parameters", "greedy", "maj_at_1", "maj_at_K", "kl_to_teacher"))],
+    "adaptive_sampling": ["token_ratio", "questions_served_fixed", "questions_served_adaptive",
+                          "questions_served_rationalized", "eval_sample_ratio", "eval_accuracy_gap",
+                          "adaptive_gap_ci"],
+}
+
+# Seconds each may take at smoke size before it counts as hung: several times what it takes on 2 busy cores.
+TIMEOUT_S = {"filter_throughput": 300, "generate_overhead": 600, "self_consistency_cost": 600, "scale_out": 600,
+             "server_teacher": 900, "adaptive_sampling": 900, "prune_distill": 1200}
+
+
+def test_every_benchmark_is_covered():
+    """A benchmark added under benchmarks/ must be added here too (with the keys the README names for it)."""
+    assert sorted(p.stem for p in (REPO / "benchmarks").glob("*.py")) == sorted(EXPECTED_KEYS)
+    assert sorted(TIMEOUT_S) == sorted(EXPECTED_KEYS)
+
+
+MISSING = object()
+
+
+def lookup(result: dict, dotted: str):
+    value = result
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return MISSING
+        value = value[key]
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_KEYS))
+def test_benchmark_smoke(name: str):
+    script = REPO / "benchmarks" / f"{name}.py"
+    assert "--smoke" in script.read_text().split('"""')[1], f"{script.name}: its docstring does not mention --smoke"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    runs = REPO / "runs"  # where a benchmark writes by default at full size; never under --smoke
+    runs_before = sorted(runs.iterdir()) if runs.is_dir() else None
+    done = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S[name])
+    tail = f"\n--- stdout (tail) ---\n{done.stdout[-3000:]}\n--- stderr (tail) ---\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, f"{name} --smoke exited with {done.returncode}{tail}"
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"{name} --smoke printed nothing{tail}"
+    try:
+        result = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        pytest.fail(f"{name} --smoke: the last line of stdout is not JSON: {lines[-1][:300]!r}{tail}")
+    assert isinstance(result, dict), f"{name} --smoke: the last line is not a JSON object: {lines[-1][:300]!r}"
+    missing = [key for key in EXPECTED_KEYS[name] if lookup(result, key) is MISSING]
+    assert not missing, f"{name} --smoke: its JSON line lacks {missing}: {lines[-1][:1000]}"
+    null = [key for key in EXPECTED_KEYS[name] if lookup(result, key) is None]
+    assert not null, f"{name} --smoke: its JSON line has no value for {null}: {lines[-1][:1000]}"
+    assert len(lines) > 1, f"{name} --smoke printed its JSON line but none of its figures before it"
+    runs_after = sorted(runs.iterdir()) if runs.is_dir() else None
+    assert runs_after == runs_before, f"{name} --smoke wrote into {runs}: {runs_after}"
