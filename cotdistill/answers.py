@@ -4,10 +4,13 @@ answers are equal. Pure functions, no I/O; the filter and evaluate stages both s
     fmt = get_answer_format(config.filter.answer_format)
     answer = fmt.extract(rationale, choices).answer; fmt.is_correct(answer, gold)
 
-An extraction returns the canonical answer or None with a reason: `unparseable` (no answer found) or `ambiguous`
-(two different marked final answers) or `timeout` (math-verify gave up). Marked answers ("The answer is ...", "#### ...", \\boxed{...}) beat the
-fallback (the last number in the text; for `math`, the last number or formula). group_equivalent maps the answers
-of several samples to one representative per class of equal answers, for majority votes.
+Every format reads the answer after the reasoning: the text inside a reasoning block (`<think>...</think>` by
+default; a format's `delimiters` say which) is never read, and a text whose reasoning never closes has no answer.
+An extraction returns the canonical answer or None with a reason: `unparseable` (no answer found), `ambiguous`
+(two different marked final answers), `timeout` (math-verify gave up) or `unfinished_reasoning` (the reasoning
+block never closed). Marked answers ("The answer is ...", "#### ...", \\boxed{...}) beat the fallback (the last
+number in the text; for `math`, the last number or formula). group_equivalent maps the answers of several
+samples to one representative per class of equal answers, for majority votes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 import string
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -31,7 +34,34 @@ class GoldParseError(ValueError):
 @dataclass(frozen=True)
 class Extraction:
     answer: str | None
-    reason: str | None = None  # None when an answer was found; else "unparseable", "ambiguous" or "timeout"
+    # None when an answer was found; else "unparseable", "ambiguous", "timeout" or "unfinished_reasoning"
+    reason: str | None = None
+
+
+# What the formats read changes their verdicts on finished corpora: the filter's and evaluate's fingerprints hold
+# this, so a change here judges them again. 2: the answer is read after the reasoning block, never inside it.
+ANSWER_RULES = 2
+THINK_DELIMITERS = ("<think>", "</think>")  # a reasoning block's opening and closing, unless a model says otherwise
+
+
+def after_reasoning(text: str, delimiters: tuple[str, str] = THINK_DELIMITERS) -> str | None:
+    """The text after the reasoning: after the last closing delimiter; all of it when no block was opened; None
+    while a block is open (opened and never closed, or opened again after the last close): no answer yet."""
+    start, end = delimiters
+    close = text.rfind(end)
+    if text.rfind(start) > close:
+        return None
+    return text[close + len(end):] if close >= 0 else text
+
+
+def delimiters_of(reasoning_format: str) -> tuple[str, str] | None:
+    """The delimiters train.reasoning_format writes around the reasoning ("<think>\\n{reasoning}\\n</think>..." ->
+    ("<think>", "</think>")), or None when it writes none."""
+    if "{reasoning}" not in reasoning_format or "{answer}" not in reasoning_format:
+        return None
+    start, rest = reasoning_format.split("{reasoning}", 1)
+    end = rest.split("{answer}", 1)[0]
+    return (start.strip(), end.strip()) if start.strip() and end.strip() else None
 
 
 # --- numbers ----------------------------------------------------------------------------------------------
@@ -465,9 +495,17 @@ def extract_exact(text: str, choices: Sequence[str] | None = None) -> Extraction
 @dataclass(frozen=True)
 class AnswerFormat:
     name: str
-    extract: Callable[[str, Sequence[str] | None], Extraction]
+    find: Callable[[str, Sequence[str] | None], Extraction]  # the final answer in a text without reasoning
     canonical_gold: Callable[[str], str | None]
     equal: Callable[[str, str], bool]
+    delimiters: tuple[str, str] = THINK_DELIMITERS
+
+    def extract(self, text: str, choices: Sequence[str] | None = None) -> Extraction:
+        """The final answer, read after the reasoning block; none while the reasoning is unfinished."""
+        answer_text = after_reasoning(text, self.delimiters)
+        if answer_text is None:
+            return Extraction(None, "unfinished_reasoning")
+        return self.find(answer_text, choices)
 
     def is_correct(self, answer: str | None, gold: str | None) -> bool:
         if answer is None or gold is None:
@@ -516,10 +554,12 @@ def group_equivalent(answers: Sequence[str | None], fmt: AnswerFormat) -> list[s
     return grouped
 
 
-def get_answer_format(name: str) -> AnswerFormat:
+def get_answer_format(name: str, delimiters: tuple[str, str] | list[str] | None = None) -> AnswerFormat:
+    """The format by name, reading answers after `delimiters`' reasoning block (default <think>...</think>)."""
     if name not in ANSWER_FORMATS:
         raise ValueError(f"unknown answer format {name!r}; known: {', '.join(sorted(ANSWER_FORMATS))}")
-    return ANSWER_FORMATS[name]
+    fmt = ANSWER_FORMATS[name]
+    return replace(fmt, delimiters=tuple(delimiters)) if delimiters else fmt
 
 
 # --- gold labels as the source gives them ----------------------------------------------------------------------

@@ -42,6 +42,7 @@ EVAL_MODELS = ("teacher", "base_student", "student")  # evaluate.models: the run
 TRAIN_LOSSES = ("sft", "kd")  # train.loss
 KD_INTERPOLATIONS = ("none", "taid")  # train.kd.interpolation
 SCORE_CONTEXTS = ("student", "teacher")  # score.context
+SELECTIONS = ("random", "shortest", "longest")  # filter.select
 
 
 # --- a field and its check ------------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ class RayConfig:
     replicas: int = setting(2, at_least=1)
     num_gpus: float = setting(0.0, at_least=0)  # per replica: usually engine.tensor_parallel_size (0 on CPU)
     num_cpus: float = setting(1.0, at_least=0)  # per replica
-    max_actor_restarts: int = setting(3, at_least=0)  # a chunk whose actor died is handed to another, this many times at most
+    # a chunk whose actor died is handed to another, this many times at most
+    max_actor_restarts: int = setting(3, at_least=0)
 
 
 @dataclass
@@ -139,7 +141,8 @@ class PruneConfig:
     """student.prune: the student is `student.model` cut smaller (cotdistill/prune.py; Minitron, ShortGPT).
     Importance is measured on the teacher's rationales; every layer keeps the same sizes (vLLM needs them)."""
 
-    num_layers: int | None = setting(None, at_least=1)  # decoder blocks to keep (depth): the lowest Block Influence ones go
+    # decoder blocks to keep (depth): the lowest Block Influence ones go
+    num_layers: int | None = setting(None, at_least=1)
     # MLP channels to keep in every block (width), by activation size
     intermediate_size: int | None = setting(None, at_least=1)
     # Attention heads to keep in every block, whole key/value groups at a time (the query heads per KV head stay
@@ -148,7 +151,8 @@ class PruneConfig:
     # Instead of num_layers: drop the least important blocks one at a time until the total parameter count
     # (after any width and head pruning) is at or below this.
     parameter_budget: int | None = setting(None, at_least=1)
-    calibration_samples: int = setting(64, at_least=1)  # teacher rationales (finish_reason stop first) run to measure importance
+    # teacher rationales (finish_reason stop first) run to measure importance
+    calibration_samples: int = setting(64, at_least=1)
     calibration_max_tokens: int = setting(512, at_least=1)  # each calibration text is cut to this many tokens
 
     def rules(self) -> Iterator[tuple[str, str]]:
@@ -165,16 +169,42 @@ class PruneConfig:
 class ModelConfig:
     """A model served by vLLM (the teacher; evaluate's models), locally, behind a server, or as Ray actors."""
 
-    model: str  # hub id, local folder, or a name from cotdistill.models.EMBEDDED_MODELS
+    model: str  # hub id, local folder, or a model cotdistill names (models.named_model, e.g. tiny-thinker)
     engine: dict[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments, passed through
     # vllm (a local engine) | openai (a served model) | ray (many engines as Ray actors)
     backend: str = setting("vllm", one_of=TEACHER_BACKENDS)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # Passed to the model's chat template wherever it is rendered (generate, evaluate, score, the filter's token
+    # counts, train), and to a served model in the request body: e.g. {enable_thinking: false} for Qwen3, or
+    # {reasoning_effort: high}.
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # A reasoning model on a local engine (backend vllm or ray): one of vLLM's reasoning parsers, by the name
+    # `vllm serve --reasoning-parser` takes (deepseek_r1, qwen3, ...). It splits each completion into its reasoning
+    # and its answer as vLLM's server does, so every backend's shards look the same. A served model is split by its
+    # server.
+    reasoning_parser: str | None = None
+    # [opening, closing] of the reasoning block in the text, for the answer formats (which read only after it) and
+    # for the openai backend's completions endpoint (which splits and budget-forces by them); default
+    # ["<think>", "</think>"].
+    reasoning_delimiters: list[str] | None = None
+
+    def delimiters(self) -> tuple[str, str]:
+        from cotdistill.answers import THINK_DELIMITERS
+
+        return tuple(self.reasoning_delimiters) if self.reasoning_delimiters else THINK_DELIMITERS
 
     def rules(self) -> Iterator[tuple[str, str]]:
         if self.backend == "openai" and not self.openai.base_url.startswith(("http://", "https://")):
             yield "openai.base_url", f"must start with http:// or https://, got {self.openai.base_url!r}"
+        if self.reasoning_delimiters is not None and (len(self.reasoning_delimiters) != 2
+                                                      or not all(d.strip() for d in self.reasoning_delimiters)):
+            yield "reasoning_delimiters", ("must be [opening, closing], two non-empty strings; got "
+                                           f"{self.reasoning_delimiters}")
+        if self.reasoning_parser is not None and self.backend == "openai":
+            yield "reasoning_parser", ("splits a local engine's completions; a served model's reasoning is split by "
+                                       "its server (vllm serve --reasoning-parser), or by reasoning_delimiters with "
+                                       "the completions endpoint")
 
 
 @dataclass
@@ -227,6 +257,10 @@ class GenerateConfig:
     logprobs: int | None = setting(None, at_least=1)
     # Adaptive sampling (AdaptiveGenerateConfig above); null: off, every question gets N samples at once (SCoTD).
     adaptive: AdaptiveGenerateConfig | None = None
+    # Budget forcing (s1): a completion still thinking after this many tokens has its reasoning closed and goes on
+    # to answer, in the same text; rows record whether the budget was hit. Needs to know where the thinking ends:
+    # teacher.reasoning_parser on a local engine, or reasoning_delimiters with the openai completions endpoint.
+    max_reasoning_tokens: int | None = setting(None, at_least=1)
     # STaR rationalization (needs filter.label gold): a question left with no rationale reaching the gold is
     # asked once more, for `rationalize_samples` samples, with `rationalize_prompt` (which receives question,
     # choices and hint = the gold answer). Its rationales are stored with rationalized = true and the question's
@@ -285,6 +319,13 @@ class FilterConfig:
     min_per_question: int = setting(1, at_least=0)  # a question left with fewer is dropped whole
     num_workers: int = setting(2, at_least=1)  # worker processes, one shard each at a time
     difficulty: DifficultyConfig | None = None  # select and weight questions by pass rate (above); null: off
+    # Which survivors a question keeps when it has more than max_per_question: a seeded uniform draw (random,
+    # SCoTD's balance), or by length in tokens of the student's text (reasoning and answer as train joins them):
+    # shortest or longest first.
+    select: str = setting("random", one_of=SELECTIONS)
+    # Drop a rationale longer than this many times the median length (student tokens) of its question's rationales
+    # that reach the label, as overlong: overthinking. Needs a label. null: off.
+    max_length_ratio: float | None = setting(None, at_least=1.0)
 
     def rules(self) -> Iterator[tuple[str, str]]:
         if self.max_per_question is not None and self.max_per_question < self.min_per_question:
@@ -295,15 +336,20 @@ class FilterConfig:
                                  "majority, or remove filter.difficulty")
         if self.difficulty is not None and self.difficulty.weight != "none" and self.max_per_question is None:
             yield "difficulty.weight", f"{self.difficulty.weight} shares out filter.max_per_question, which is not set"
+        if self.max_length_ratio is not None and self.label == "none":
+            yield "max_length_ratio", ("compares a rationale with its question's rationales that reach the label, and "
+                                       "filter.label none checks no answers; use label gold or majority")
 
 
 @dataclass
 class KDConfig:
     """train.kd: the distillation loss when train.loss is kd (cotdistill/losses.py)."""
 
-    alpha: float = setting(0.5, within=(0.0, 1.0))  # weight of CE on the teacher's sampled tokens; 1 - alpha goes to the KL term
+    # weight of CE on the teacher's sampled tokens; 1 - alpha goes to the KL term
+    alpha: float = setting(0.5, within=(0.0, 1.0))
     temperature: float = setting(1.0, above=0)  # T: both distributions softened by T; the KL term is scaled by T^2
-    interpolation: str = setting("none", one_of=KD_INTERPOLATIONS)  # none | taid: the target moves from the student's own to the teacher's
+    # none | taid: the target moves from the student's own to the teacher's
+    interpolation: str = setting("none", one_of=KD_INTERPOLATIONS)
     taid_start: float = setting(0.1, within=(0.0, 1.0))  # TAID's interpolation weight at the first step ...
     taid_end: float = setting(1.0, within=(0.0, 1.0))  # ... and at the last (linear in the step)
 
@@ -378,6 +424,7 @@ class EvaluateConfig:
     # maj@k: exact when there are at most this many k-subsets, else this many draws
     maj_draws: int = setting(1000, at_least=1)
     bootstrap_resamples: int = setting(1000, at_least=1)
+    max_reasoning_tokens: int | None = setting(None, at_least=1)  # budget forcing, as generate.max_reasoning_tokens
     adaptive: AdaptiveEvalConfig | None = None  # adaptive self-consistency beside maj@K (above); null: off
 
     def rules(self) -> Iterator[tuple[str, str]]:
@@ -535,7 +582,7 @@ def check_fields(section: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
 def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
     """(key, problem) for what the config names outside itself: data files, local model folders, templates (which
     must exist and compile), few-shot files, stored shards, LoraConfig fields."""
-    from cotdistill.models import EMBEDDED_MODELS
+    from cotdistill.models import named_model
     from cotdistill.paths import local_files, looks_local
     from cotdistill.prompts import PromptError, PromptTemplate
 
@@ -546,10 +593,19 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
             yield f"{key}.path", f"no such file or folder: {d.path}"
     for key, m in (("teacher", config.teacher), ("student", config.student)):
         name = m.model  # a served model's `model` is the server's name for it, not a local path
-        if m.backend != "openai" and name not in EMBEDDED_MODELS and (name.startswith(("/", ".", "~"))
+        if m.backend != "openai" and not named_model(name) and (name.startswith(("/", ".", "~"))
                                                                      or name.count("/") > 1):
             if not Path(name).expanduser().exists():  # else it would be tried as a hub id, with a puzzling error
                 yield f"{key}.model", f"no such local model folder: {name}"
+    parsers = [(key, m.reasoning_parser) for key, m in (("teacher", config.teacher), ("student", config.student))
+               if m.reasoning_parser is not None]
+    if parsers:  # vLLM's own registry, imported only when a parser is named (seconds)
+        from vllm.reasoning import ReasoningParserManager
+
+        known = ReasoningParserManager.list_registered()
+        for key, name in parsers:
+            if name not in known:
+                yield f"{key}.reasoning_parser", f"unknown value {name!r}; vLLM knows: {', '.join(known)}"
     if config.score is not None and config.score.model is not None and looks_local(config.score.model) \
             and not Path(config.score.model).expanduser().exists():
         yield "score.model", f"no such local model folder: {config.score.model}"
@@ -608,6 +664,27 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
                              "section (the teacher scores the accepted rationales)")
     if sc is not None and sc.model is None and config.teacher.backend == "openai":
         yield "score.model", "a served teacher cannot score text here: name a local copy of it"
+    budgets = [("generate.max_reasoning_tokens", gen.max_reasoning_tokens, "teacher", config.teacher)]
+    budgets += [("evaluate.max_reasoning_tokens", config.evaluate.max_reasoning_tokens, name, model)
+                for name, model in (("teacher", config.teacher), ("student", config.student))
+                if name in config.evaluate.models or (name == "student" and "base_student" in config.evaluate.models)]
+    for key, budget, name, model in budgets:
+        problem = budget_problem(model, name) if budget is not None else None
+        if problem:
+            yield key, problem
+
+
+def budget_problem(model: ModelConfig, key: str) -> str | None:
+    """Why budget forcing cannot work for this model, or None: it must know where the thinking ends."""
+    if model.backend != "openai":
+        return None if model.reasoning_parser else (
+            f"needs to know where the thinking ends: set {key}.reasoning_parser (vLLM's parser for the model)")
+    if model.openai.endpoint == "chat":
+        return (f"cannot continue a chat reply ({key}.openai.endpoint chat returns the reasoning finished or not): "
+                f"use endpoint completions with {key}.reasoning_delimiters")
+    if not model.reasoning_delimiters:
+        return f"needs to know where the thinking ends in the completion text: set {key}.reasoning_delimiters"
+    return None
 
 
 def validate(config: RunConfig, source: str) -> None:

@@ -50,11 +50,13 @@ def check_vocabularies(teacher_tokenizer: Any, student_tokenizer: Any, teacher_n
             f"{student_vocab_size} embedding rows")
 
 
-def kd_example(row: dict[str, Any], template: PromptTemplate, tokenizer: Any) -> dict[str, Any]:
+def kd_example(row: dict[str, Any], template: PromptTemplate, tokenizer: Any,
+               chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One accepted rationale with logprob columns -> input_ids, labels and the per-position teacher columns."""
     from cotdistill.teachers import render_prompt
 
-    prompt_ids = render_prompt(tokenizer, template.render(question=row["question"], choices=row["choices"]))[1]
+    messages = template.render(question=row["question"], choices=row["choices"])
+    prompt_ids = render_prompt(tokenizer, messages, chat_template_kwargs)[1]
     completion = list(row["completion_token_ids"])
     topk_ids, topk_logprobs = row["teacher_topk_ids"], row["teacher_topk_logprobs"]
     k = len(topk_ids[0]) if topk_ids else 1
@@ -72,7 +74,8 @@ def kd_example(row: dict[str, Any], template: PromptTemplate, tokenizer: Any) ->
     }
 
 
-def build_kd_dataset(shards: list[Path], template: PromptTemplate, tokenizer: Any, args: Any) -> tuple[Any, int]:
+def build_kd_dataset(shards: list[Path], template: PromptTemplate, tokenizer: Any, args: Any,
+                     chat_template_kwargs: dict[str, Any] | None = None) -> tuple[Any, int]:
     """Accepted shards with logprob columns -> a tokenized `datasets.Dataset`, truncated and packed as SFTConfig
     says (what SFTTrainer's own preparation would do). Returns it and the number of examples dropped."""
     import datasets
@@ -85,7 +88,8 @@ def build_kd_dataset(shards: list[Path], template: PromptTemplate, tokenizer: An
         raise ValueError(f"train.loss kd: {len(missing)} accepted rationales have no teacher logprobs (first: "
                          f"question {first['question_id']}, sample {first['sample_index']}); set "
                          f"generate.logprobs, or add a score: section")
-    dataset = corpus.map(kd_example, fn_kwargs={"template": template, "tokenizer": tokenizer},
+    dataset = corpus.map(kd_example, fn_kwargs={"template": template, "tokenizer": tokenizer,
+                                                "chat_template_kwargs": chat_template_kwargs},
                          remove_columns=corpus.column_names, desc="KD examples")
     before = len(dataset)
     if args.max_length is not None and not args.packing:

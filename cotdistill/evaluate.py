@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cotdistill.answers import AnswerFormat, get_answer_format, group_equivalent
+from cotdistill.answers import (
+    ANSWER_RULES, THINK_DELIMITERS, AnswerFormat, Extraction, delimiters_of, get_answer_format, group_equivalent,
+)
 from cotdistill.config import AdaptiveEvalConfig, ModelConfig, RunConfig
 from cotdistill.fingerprints import data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, upstream
 from cotdistill.metrics import (
@@ -46,8 +49,10 @@ from cotdistill.sources import QuestionSource
 from cotdistill.stages import Stage
 from cotdistill.stopping import should_stop
 from cotdistill.teachers import (
-    Finished, Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt, teacher_settings,
+    Completion, Finished, Sampling, Teacher, TeacherRequest, build_teacher, prompt_too_long, render_prompt,
+    teacher_settings,
 )
+from cotdistill.teachers.reasoning import split_by_delimiters
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +64,24 @@ class EvalModel:
     model_path: str | None  # a trained or pruned model's folder, in place of model.model
     template: PromptTemplate
     stage: str | None = None  # the stage that wrote model_path ("train", "prune"): its fingerprint keys the weights
+    # Where its reasoning ends in its text: its own reasoning_delimiters, or for the trained student those that
+    # train.reasoning_format wrote around the teacher's reasoning, else <think> and </think>.
+    delimiters: tuple[str, str] = THINK_DELIMITERS
 
 
 def eval_models(config: RunConfig) -> list[EvalModel]:
-    paths, pruned = config.paths, config.student.prune is not None
+    paths, pruned, student = config.paths, config.student.prune is not None, config.student
+    trained = tuple(student.reasoning_delimiters or ()) or delimiters_of(config.train.reasoning_format)
     known = {
         "teacher": lambda: EvalModel("teacher", config.teacher, None,
-                                     PromptTemplate(config.generate.prompt, config.generate.examples)),
+                                     PromptTemplate(config.generate.prompt, config.generate.examples),
+                                     delimiters=config.teacher.delimiters()),
         # With student.prune, the base student is the pruned model, untrained.
         "base_student": lambda: EvalModel(
-            "base_student", config.student, str(paths.pruned_model) if pruned else None,
-            PromptTemplate(config.train.prompt), "prune" if pruned else None),
-        "student": lambda: EvalModel("student", config.student, str(paths.trained_model),
-                                     PromptTemplate(config.train.prompt), "train"),
+            "base_student", student, str(paths.pruned_model) if pruned else None,
+            PromptTemplate(config.train.prompt), "prune" if pruned else None, student.delimiters()),
+        "student": lambda: EvalModel("student", student, str(paths.trained_model), PromptTemplate(config.train.prompt),
+                                     "train", trained or student.delimiters()),
     }
     return [known[m]() for m in config.evaluate.models]  # names checked at load (config.EVAL_MODELS)
 
@@ -101,14 +111,25 @@ def model_key(config: RunConfig, m: EvalModel, fmt: AnswerFormat) -> str:
         "model": teacher_settings(m.model, weights),
         "prompt": file_digest(m.template.path), "examples": digest(m.template.examples),
         "sampling": {k: getattr(ev, k) for k in ("num_samples", "temperature", "top_p", "max_tokens", "greedy")},
-        "answer_format": fmt.name, "seed": config.seed,
+        **answer_settings(fmt.name, m.delimiters), "seed": config.seed,
         "data": {**vars(ev.data), "contents": data_fingerprint(ev.data.path)} if ev.data else None,
         **({"adaptive": vars(ev.adaptive)} if ev.adaptive is not None else {}),
+        **({"max_reasoning_tokens": ev.max_reasoning_tokens} if ev.max_reasoning_tokens is not None else {}),
     })
 
 
+def answer_settings(name: str, delimiters: tuple[str, str]) -> dict[str, Any]:
+    """What reading an answer depends on: the format, the rules (answers.ANSWER_RULES: a change scores every model
+    again) and the reasoning delimiters when not <think>...</think>."""
+    settings: dict[str, Any] = {"answer_format": name, "answer_rules": ANSWER_RULES}
+    if tuple(delimiters) != THINK_DELIMITERS:
+        settings["reasoning_delimiters"] = list(delimiters)
+    return settings
+
+
 def stored_key(path: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None = None) -> str:
-    return digest({"path": path, "contents": folder_digest(path, "*.parquet"), "answer_format": fmt.name,
+    return digest({"path": path, "contents": folder_digest(path, "*.parquet"),
+                   **answer_settings(fmt.name, fmt.delimiters),
                    **({"adaptive": vars(adaptive)} if adaptive is not None else {})})
 
 
@@ -120,15 +141,15 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
 
 
 def current_keys(config: RunConfig) -> dict[str, str]:
-    fmt = answer_format(config)
-    keys = {m.name: model_key(config, m, fmt) for m in eval_models(config)}
+    fmt = answer_format(config, config.teacher.delimiters())
+    keys = {m.name: model_key(config, m, fmt) for m in eval_models(config)}  # each with its own delimiters
     keys.update({name: stored_key(path, fmt, config.evaluate.adaptive)
                  for name, path in config.evaluate.stored.items()})
     return keys
 
 
-def answer_format(config: RunConfig) -> AnswerFormat:
-    return get_answer_format(config.evaluate.answer_format or config.filter.answer_format)
+def answer_format(config: RunConfig, delimiters: tuple[str, str] | None = None) -> AnswerFormat:
+    return get_answer_format(config.evaluate.answer_format or config.filter.answer_format, delimiters)
 
 
 def _is_done(paths: RunPaths, name: str, key: str) -> bool:
@@ -151,19 +172,39 @@ def adaptive_stop(answers: list[str | None], adaptive: AdaptiveEvalConfig) -> tu
     return used, majority_vote(answers[:used])[0]
 
 
-def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, fmt: AnswerFormat,
+def read_answer(c: Completion, q: Question, fmt: AnswerFormat) -> tuple[str | None, str, Extraction]:
+    """One completion's (reasoning, answer text, extraction): a parser's split as it came, else the text split at
+    the format's delimiters. An answer left empty by reasoning that never closed is unfinished_reasoning."""
+    if c.reasoning is None:
+        reasoning, answer = split_by_delimiters(c.text, fmt.delimiters)
+        return reasoning, answer, fmt.extract(c.text, q.choices)
+    if not c.text.strip():
+        why = "unfinished_reasoning" if c.finish_reason == "length" else "unparseable"
+        return c.reasoning, c.text, Extraction(None, why)
+    return c.reasoning, c.text, fmt.extract(c.text, q.choices)
+
+
+def score_row(row: dict[str, Any], q: Question, completions: list[Completion], fmt: AnswerFormat,
               adaptive: AdaptiveEvalConfig | None = None) -> dict[str, Any]:
-    """Parse, vote and check one question's sampled completions (shared by live and stored generations).
+    """Parse, vote and check one question's sampled completions (shared by live and stored generations), and
+    keep per sample what thinking cost: its reasoning and tokens, its finish reason, why it has no answer.
 
     Equivalent answers (\\frac{1}{2}, 0.5) are stored as one answer, the first-seen form, so that the votes
     here and maj@k recomputed from the Parquet both count them together. With `adaptive`, also the adaptive
     self-consistency columns (adaptive_stop)."""
-    answers = group_equivalent([fmt.extract(t, q.choices).answer for t in texts], fmt)
+    read = [read_answer(c, q, fmt) for c in completions]
+    answers = group_equivalent([extraction.answer for _, _, extraction in read], fmt)
     voted, votes = majority_vote(answers)
     row.update(
-        samples=texts, sample_answers=answers,
+        samples=[answer for _, answer, _ in read], sample_answers=answers,
         sample_correct=[fmt.is_correct(a, q.gold_answer) for a in answers],
-        sample_tokens=tokens, votes=[{"answer": a, "count": c} for a, c in votes], voted_answer=voted,
+        sample_tokens=sum(c.completion_tokens for c in completions),
+        sample_reasonings=[reasoning for reasoning, _, _ in read],
+        sample_answer_reasons=[extraction.reason for _, _, extraction in read],
+        sample_finish_reasons=[c.finish_reason for c in completions],
+        sample_completion_tokens=[c.completion_tokens for c in completions],
+        sample_reasoning_tokens=[c.reasoning_tokens for c in completions],
+        votes=[{"answer": a, "count": c} for a, c in votes], voted_answer=voted,
         voted_correct=fmt.is_correct(voted, q.gold_answer),
     )
     if adaptive is not None:
@@ -174,23 +215,27 @@ def score_row(row: dict[str, Any], q: Question, texts: list[str], tokens: int, f
 
 
 def evaluate_model(teacher: Teacher, questions: list[Question], template: PromptTemplate, config: RunConfig,
-                   name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The core: one model (any teacher backend) on the questions -> per-question rows and cost figures."""
+                   name: str, model: ModelConfig | None = None,
+                   delimiters: tuple[str, str] = THINK_DELIMITERS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The core: one model (any teacher backend) on the questions -> per-question rows and cost figures. `model`:
+    its settings (chat_template_kwargs); `delimiters`: where its reasoning ends in its text."""
     ev = config.evaluate
-    fmt = get_answer_format(ev.answer_format or config.filter.answer_format)
+    fmt = answer_format(config, delimiters)
+    kwargs = model.chat_template_kwargs if model is not None else {}
     tokenizer, context = teacher.tokenizer(), teacher.max_model_len()
     greedy_requests, sampled_requests, rows = [], [], []
     for q in questions:
         messages = template.render(question=q.question, choices=q.choices)
-        text, ids = render_prompt(tokenizer, messages) if tokenizer is not None else ("", None)
+        text, ids = render_prompt(tokenizer, messages, kwargs) if tokenizer is not None else ("", None)
         row = {"model": name, "question_id": q.question_id, "question": q.question, "gold_answer": q.gold_answer,
                "skip_reason": prompt_too_long(len(ids), context) if ids is not None else None}
         if row["skip_reason"] is None:
             room = min(ev.max_tokens, context - len(ids)) if context and ids is not None else ev.max_tokens
-            greedy_requests.append(TeacherRequest(q.question_id, messages, text, ids,
-                                                  Sampling(n=1, temperature=0.0, max_tokens=room)))
+            greedy_requests.append(TeacherRequest(q.question_id, messages, text, ids, Sampling(
+                n=1, temperature=0.0, max_tokens=room, max_reasoning_tokens=ev.max_reasoning_tokens)))
             sampled_requests.append(TeacherRequest(q.question_id, messages, text, ids, Sampling(
-                n=ev.num_samples, temperature=ev.temperature, top_p=ev.top_p, max_tokens=room)))
+                n=ev.num_samples, temperature=ev.temperature, top_p=ev.top_p, max_tokens=room,
+                max_reasoning_tokens=ev.max_reasoning_tokens)))
         rows.append(row)
 
     def answers(requests: list[TeacherRequest]) -> tuple[dict[str, Finished], float]:
@@ -210,16 +255,16 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
 
     for q, row in zip(questions, rows):
         if row["skip_reason"] is not None:  # counts as wrong, with its reason in the row
-            score_row(row, q, [], 0, fmt, ev.adaptive).update(greedy_correct=False if ev.greedy else None,
-                                                              greedy_tokens=0)
+            score_row(row, q, [], fmt, ev.adaptive).update(greedy_correct=False if ev.greedy else None,
+                                                           greedy_tokens=0)
             continue
         s = sampled[q.question_id]
-        score_row(row, q, [c.text for c in s.completions], sum(c.completion_tokens for c in s.completions), fmt,
-                  ev.adaptive)
+        count_reasoning(s.completions, fmt.delimiters, tokenizer)
+        score_row(row, q, s.completions, fmt, ev.adaptive)
         g = greedy.get(q.question_id)
         if g is not None:
             greedy_text = g.completions[0].text if g.completions else ""
-            greedy_answer = fmt.extract(greedy_text, q.choices).answer
+            greedy_answer = read_answer(g.completions[0], q, fmt)[2].answer if g.completions else None
             row.update(greedy_completion=greedy_text, greedy_answer=greedy_answer,
                        greedy_correct=fmt.is_correct(greedy_answer, q.gold_answer),
                        greedy_tokens=sum(c.completion_tokens for c in g.completions))
@@ -231,6 +276,15 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
         "failed_requests": sum(bool(f.error) for f in [*greedy.values(), *sampled.values()]),
     }
     return rows, cost
+
+
+def count_reasoning(completions: list[Completion], delimiters: tuple[str, str], tokenizer: Any) -> None:
+    """The reasoning tokens of completions not split by a parser: their reasoning at the delimiters, counted with
+    the model's tokenizer (0 when they wrote none; unknown without a tokenizer)."""
+    for c in completions:
+        if c.reasoning_tokens is None and c.reasoning is None and tokenizer is not None:
+            reasoning = split_by_delimiters(c.text, delimiters)[0]
+            c.reasoning_tokens = len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]) if reasoning else 0
 
 
 def stored_rows(path: Path, name: str, fmt: AnswerFormat,
@@ -252,7 +306,9 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat,
         columns = ["question_id", "question", "gold_answer", "choices", "rationale", "completion_tokens",
                    "sample_index"]
         present = set(pq.read_schema(shard).names)
-        columns += [c for c in ("rationalized", "round") if c in present]  # absent from older shards
+        # absent from older shards
+        columns += [c for c in ("rationalized", "round", "finish_reason", "reasoning", "reasoning_tokens")
+                    if c in present]
         for r in pq.read_table(shard, columns=columns).to_pylist():
             if r.get("rationalized"):
                 hinted += 1
@@ -269,8 +325,10 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat,
         q = Question(qid, first["question"], first["gold_answer"], first["choices"])
         row = {"model": name, "question_id": qid, "question": q.question, "gold_answer": q.gold_answer,
                "skip_reason": None}
-        rows.append(score_row(row, q, [r["rationale"] or "" for r in samples],
-                              sum(r["completion_tokens"] for r in samples), fmt, adaptive))
+        completions = [Completion(text=r["rationale"] or "", finish_reason=r.get("finish_reason") or "stop",
+                                  completion_tokens=r["completion_tokens"], reasoning=r.get("reasoning"),
+                                  reasoning_tokens=r.get("reasoning_tokens")) for r in samples]
+        rows.append(score_row(row, q, completions, fmt, adaptive))
     sizes = {len(r["samples"]) for r in rows}
     if adaptive_rows:
         raise RuntimeError(f"evaluate.stored.{name}: {path} was generated with generate.adaptive: each question's "
@@ -320,6 +378,7 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
         metrics["greedy_tokens_per_question"] = round(cost["greedy_tokens"] / n, 1) if n else 0.0
     if ev.adaptive is not None:
         metrics.update(adaptive_metrics(rows, maj_by_k[-1] if maj_by_k else [0.0] * n, k_max, ci))
+    metrics.update(thinking_metrics(rows, ev.max_reasoning_tokens))
     seconds = [s for s in (cost.get("greedy_seconds"), cost.get("sampled_seconds")) if s is not None]
     if seconds and sum(seconds) > 0:
         total_tokens = cost["greedy_tokens"] + sampled_tokens
@@ -328,6 +387,42 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     else:
         metrics["tokens_per_s"] = metrics["seconds_per_question"] = None
     return metrics
+
+
+def thinking_metrics(rows: list[dict[str, Any]], budget: int | None = None) -> dict[str, Any]:
+    """What thinking costs, over every sampled completion: how many have no answer (and why), how many were cut
+    off by max_tokens and the share of those cut inside their reasoning, the mean reasoning and answer tokens
+    (over completions whose reasoning tokens are known), the share that hit the reasoning budget, and accuracy
+    against completion length (power-of-two bins from 16 tokens), with the lengths of right and wrong ones."""
+    samples = [s for r in rows for s in zip(r.get("sample_answer_reasons") or [], r.get("sample_finish_reasons") or [],
+                                            r.get("sample_completion_tokens") or [],
+                                            r.get("sample_reasoning_tokens") or [], r.get("sample_correct") or [])]
+    n = len(samples)
+    truncated = [s for s in samples if s[1] == "length"]
+    known = [s for s in samples if s[3] is not None]
+    edges = [16]
+    while samples and edges[-1] <= max(s[2] for s in samples):
+        edges.append(edges[-1] * 2)
+    by_bin = [[s for s in samples if (edges[b - 1] if b else 0) <= s[2] < edges[b]] for b in range(len(edges))]
+    mean = lambda values: round(sum(values) / len(values), 2) if values else None  # noqa: E731
+    out: dict[str, Any] = {
+        "no_answer_rate": sum(s[0] is not None for s in samples) / n if n else None,
+        "no_answer_reasons": dict(Counter(s[0] for s in samples if s[0] is not None)),
+        "truncation_rate": len(truncated) / n if n else None,
+        "truncated_in_reasoning": (sum(s[0] == "unfinished_reasoning" for s in truncated) / len(truncated)
+                                   if truncated else None),
+        "reasoning_tokens_mean": mean([s[3] for s in known]),
+        "answer_tokens_mean": mean([s[2] - s[3] for s in known]),
+        "accuracy_by_length": {
+            "edges": edges, "samples": [len(b) for b in by_bin],
+            "accuracy": [sum(bool(s[4]) for s in b) / len(b) if b else None for b in by_bin],
+            "correct": [sum(bool(s[4]) for s in b) for b in by_bin],
+            "wrong": [sum(not s[4] for s in b) for b in by_bin],
+        },
+    }
+    if budget is not None:
+        out["reasoning_budget_hit_rate"] = sum(s[3] >= budget for s in known) / len(known) if known else None
+    return out
 
 
 def adaptive_metrics(rows: list[dict[str, Any]], maj_at_K: list[float], k_max: int,
@@ -352,7 +447,7 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
 
     ev, paths = config.evaluate, config.paths
     models = eval_models(config)
-    fmt = answer_format(config)
+    fmt = answer_format(config, config.teacher.delimiters())  # stored shards are a teacher's generations
     names = [m.name for m in models] + list(ev.stored)
     if not names:
         raise ValueError("evaluate: no models and no stored generations to evaluate")
@@ -370,7 +465,7 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
         questions = questions or list(QuestionSource(ev.data).questions())
         teacher = build_teacher(m.model, config.seed, model_path)
         try:
-            rows, cost = evaluate_model(teacher, questions, m.template, config, m.name)
+            rows, cost = evaluate_model(teacher, questions, m.template, config, m.name, m.model, m.delimiters)
         finally:
             teacher.close()
         cost.update(model_footprint(model_path or m.model.model), fingerprint=keys[m.name])

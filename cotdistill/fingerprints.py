@@ -5,8 +5,8 @@
 A stage's fingerprint is a hash of the settings that change its output plus the fingerprints of what it read
 (models, data files, templates, the upstream stage's fingerprint). It is stored beside the outputs as
 `fingerprint.json`, with the settings themselves, so that a mismatch can name the keys that changed.
-Done = outputs complete and fingerprint equal (stages.py decides). Pure and cheap: no model is loaded, big weight files are
-sampled rather than read whole.
+Done = outputs complete and fingerprint equal (stages.py decides). Pure and cheap: no model is loaded, big weight
+files are sampled rather than read whole.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def folder_digest(path: str | Path, pattern: str = "*") -> str:
 def model_fingerprint(name: str) -> str:
     """A local folder or file by its contents; an embedded model by name; a hub id by its id (and revision,
     when the engine settings pin one: those are part of the stage settings)."""
-    from cotdistill.models import EMBEDDED_MODELS
+    from cotdistill.models import named_model
 
-    if name in EMBEDDED_MODELS:
-        return f"embedded:{name}"
+    if named_model(name):
+        return named_model(name)
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         return "folder:" + folder_digest(path)

@@ -1,13 +1,20 @@
 """One rationale judged alone: does it reach the gold, and what is its vote? The filter's verdicts, asked also by
 generate (adaptive sampling closes a question on them, rationalization opens one), so the two cannot disagree.
 
-    rationale_reaches_gold(row["rationale"], row["finish_reason"], gold, choices, fmt)   # generate.adaptive, label gold
-    rationale_vote(row["rationale"], row["finish_reason"], choices, fmt)                  # its stopping rule, majority
+    rationale_reaches_gold(row["rationale"], row["finish_reason"], gold, choices, fmt)  # adaptive, label gold
+    rationale_vote(row["rationale"], row["finish_reason"], choices, fmt)  # adaptive's stopping rule, majority
 """
 
 from __future__ import annotations
 
-from cotdistill.answers import AnswerFormat
+from cotdistill.answers import AnswerFormat, get_answer_format
+from cotdistill.config import RunConfig
+
+
+def teacher_answer_format(config: RunConfig) -> AnswerFormat:
+    """The format the teacher's rationales are judged with: filter.answer_format, reading after the teacher's
+    reasoning delimiters."""
+    return get_answer_format(config.filter.answer_format, config.teacher.delimiters())
 
 
 def reaches_gold(correct: bool | None, finish_reason: str) -> bool:

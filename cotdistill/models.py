@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COTDISTILL_CACHE", Path.home() / ".cache" / "cotdistill"))
 
 
+def named_model(name: str) -> str | None:
+    """The identity of a model named by cotdistill rather than by a path or hub id: embedded in a PyPI package
+    ("embedded:smollm2-135m-instruct"), or built by cotdistill/demo_models.py, with its recipe's version
+    ("built:tiny-thinker:v1"); None for any other name. Fingerprints use it, never the folder it is made into."""
+    from cotdistill.demo_models import BUILT_MODELS
+
+    if name in EMBEDDED_MODELS:
+        return f"embedded:{name}"
+    if name in BUILT_MODELS:
+        return f"built:{name}:v{BUILT_MODELS[name][0]}"
+    return None
+
+
 def resolve_model(name: str) -> str:
-    """Return something `vllm.LLM(model=...)` and `from_pretrained` accept: a folder or a hub id."""
-    if name not in EMBEDDED_MODELS:
+    """Return something `vllm.LLM(model=...)` and `from_pretrained` accept: a folder or a hub id. A named model
+    is made into a folder in the cache the first time (under a lock: filter workers may ask at once)."""
+    from cotdistill.demo_models import BUILT_MODELS
+
+    if name in EMBEDDED_MODELS:
+        target, make = cache_dir() / "models" / name, lambda path: convert_embedded_model(name, path)
+    elif name in BUILT_MODELS:
+        version, build = BUILT_MODELS[name]
+        target, make = cache_dir() / "models" / f"{name}-v{version}", build
+    else:
         return name
-    target = cache_dir() / "models" / name
-    if (target / "config.json").is_file():
-        return str(target)
-    convert_embedded_model(name, target)
+    if not (target / "config.json").is_file():
+        import fcntl
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / f".{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (target / "config.json").is_file():
+                make(target)
     return str(target)
 
 
@@ -76,13 +100,18 @@ def convert_embedded_model(name: str, target: Path) -> None:
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
 
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    save_pretrained_atomic(target, model, tokenizer)
+
+
+def save_pretrained_atomic(target: str | Path, model: Any, tokenizer: Any) -> None:
+    """A model and its tokenizer saved into `target` whole or not at all (shards.write_dir_atomic)."""
+    from cotdistill.shards import write_dir_atomic
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    write_dir_atomic(target, save)
 
 
 def count_parameters(model: Any) -> int:

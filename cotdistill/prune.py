@@ -427,7 +427,8 @@ Not yet trained: distillation on the teacher's rationales recovers what pruning 
 
 
 STAGE = Stage(
-    name="prune", help="cut the student from student.model (depth, width) -> runs/<run>/prune/model/ (with student.prune)",
+    name="prune",
+    help="cut the student from student.model (depth, width) -> runs/<run>/prune/model/ (with student.prune)",
     fingerprint=fingerprint, outputs_complete=lambda config: (config.paths.pruned_model / "config.json").is_file(),
     work=prune_student, wanted=lambda config: config.student.prune is not None,
 )

@@ -1,6 +1,6 @@
 """The records that flow between stages and their explicit pyarrow schemas: the contract between stages.
 
-    write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), path)     # generate; the filter appends its columns
+    write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), path)  # generate; the filter adds its columns
 
 generate writes SAMPLE_SCHEMA (one row per rationale); filter writes FILTERED_SCHEMA (the same plus its verdict);
 evaluate writes EVAL_SCHEMA (one row per question and model). Every shard is written with one of these schemas,
@@ -64,6 +64,10 @@ class Sample:
     # teacher was really sent is in hint_prompt_text, for audit.
     rationalized: bool | None = None
     hint_prompt_text: str | None = None
+    # Reasoning models: the reasoning's share of completion_tokens (null when the reasoning is not kept apart), and
+    # with generate.max_reasoning_tokens whether the budget closed the reasoning (null without a budget).
+    reasoning_tokens: int | None = None
+    reasoning_budget_hit: bool | None = None
     # Added by the filter stage.
     extracted_answer: str | None = None
     is_correct: bool | None = None
@@ -111,6 +115,8 @@ SAMPLE_SCHEMA = pa.schema(
         ("rounds", pa.int32()),
         ("rationalized", pa.bool_()),
         ("hint_prompt_text", pa.string()),
+        ("reasoning_tokens", pa.int32()),
+        ("reasoning_budget_hit", pa.bool_()),
     ]
 )
 
@@ -137,10 +143,18 @@ EVAL_SCHEMA = pa.schema(
         ("greedy_answer", pa.string()),
         ("greedy_correct", pa.bool_()),
         ("greedy_tokens", pa.int32()),
-        ("samples", pa.list_(pa.string())),
+        ("samples", pa.list_(pa.string())),  # the answers (for a reasoning model, after its reasoning)
         ("sample_answers", pa.list_(pa.string())),
         ("sample_correct", pa.list_(pa.bool_())),
         ("sample_tokens", pa.int32()),
+        # Per sample: its reasoning (null when it wrote none), why it has no answer (null when it has one:
+        # unparseable, ambiguous, timeout, unfinished_reasoning), its finish reason, and its tokens in all and of
+        # reasoning. What thinking costs is read from these.
+        ("sample_reasonings", pa.list_(pa.string())),
+        ("sample_answer_reasons", pa.list_(pa.string())),
+        ("sample_finish_reasons", pa.list_(pa.string())),
+        ("sample_completion_tokens", pa.list_(pa.int32())),
+        ("sample_reasoning_tokens", pa.list_(pa.int32())),
         ("votes", pa.list_(VOTE_TYPE)),
         ("voted_answer", pa.string()),
         ("voted_correct", pa.bool_()),

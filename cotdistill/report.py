@@ -80,9 +80,30 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> st
                          f"accuracy{speed}{size}.")
     if ev.adaptive is not None:
         lines += adaptive_report(ev.adaptive, metrics, pct, interval)
+    lines += thinking_report(metrics, pct, ev.max_reasoning_tokens)
     lines += ["", "![accuracy against k](accuracy_vs_k.png)", "",
-              "![accuracy against generated tokens](accuracy_vs_tokens.png)", ""]
+              "![accuracy against generated tokens](accuracy_vs_tokens.png)", "",
+              "![accuracy against completion length](accuracy_vs_length.png)", ""]
     return "\n".join(lines)
+
+
+def thinking_report(metrics: dict[str, dict[str, Any]], pct: Any, budget: int | None) -> list[str]:
+    """report.md's section on what thinking costs, per model, over its sampled completions."""
+    lines = [
+        "", "## What thinking costs", "",
+        "Over the sampled completions: the share with no answer, the share cut off by max_tokens and, of those, "
+        "the share cut inside the reasoning (it never answered), and the mean tokens of reasoning and of answer."
+        + (f" The reasoning budget is {budget} tokens." if budget else ""), "",
+        "| model | no answer | truncated | of which in reasoning | reasoning tokens | answer tokens |"
+        + (" budget hit |" if budget else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if budget else ""),
+    ]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {pct(m.get('no_answer_rate'))} | {pct(m.get('truncation_rate'))} | "
+                     f"{pct(m.get('truncated_in_reasoning'))} | {m.get('reasoning_tokens_mean') or 0:.1f} | "
+                     f"{m.get('answer_tokens_mean') or 0:.1f} |"
+                     + (f" {pct(m.get('reasoning_budget_hit_rate'))} |" if budget else ""))
+    return lines
 
 
 def adaptive_report(adaptive: AdaptiveEvalConfig, metrics: dict[str, dict[str, Any]], pct: Any,
@@ -149,3 +170,26 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
     ax.set_xscale("log")
     save(fig, ax, "generated tokens per question (k samples)", "maj@k accuracy (%)",
          "Accuracy against generated tokens", "accuracy_vs_tokens.png")
+
+    # Accuracy against completion length, and beside it how long the right and the wrong completions run.
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, m in metrics.items():
+        by_length = m.get("accuracy_by_length")
+        if not by_length:
+            continue
+        edges = by_length["edges"]
+        middles = [((edges[b - 1] if b else 0) + edges[b]) / 2 for b in range(len(edges))]
+        points = [(x, 100 * a) for x, a in zip(middles, by_length["accuracy"]) if a is not None]
+        line, = left.plot([x for x, _ in points], [a for _, a in points], marker="o", label=name)
+        right.plot(middles, by_length["correct"], marker="o", color=line.get_color(), label=f"{name} right")
+        right.plot(middles, by_length["wrong"], marker="x", linestyle="--", color=line.get_color(),
+                   label=f"{name} wrong")
+    for ax in (left, right):
+        ax.set_xscale("log")
+    right.set_xlabel("completion tokens (bin)")
+    right.set_ylabel("completions")
+    right.set_title("Right and wrong completions by length")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    save(fig, left, "completion tokens (bin)", "accuracy (%)", "Accuracy against completion length",
+         "accuracy_vs_length.png")

@@ -53,13 +53,14 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     })
 
 
-def score_tokens(row: dict[str, Any], tokenizer: Any, template: PromptTemplate | None,
-                 reasoning_format: str) -> tuple[list[int], list[int]]:
+def score_tokens(row: dict[str, Any], tokenizer: Any, template: PromptTemplate | None, reasoning_format: str,
+                 chat_template_kwargs: dict[str, Any] | None = None) -> tuple[list[int], list[int]]:
     """One rationale's (prompt ids, completion ids) as the teacher is to score them."""
     if template is None:  # the teacher's own context, as generate sent it
         prompt_ids = tokenizer(row["prompt_text"], add_special_tokens=False)["input_ids"]
     else:
-        prompt_ids = render_prompt(tokenizer, template.render(question=row["question"], choices=row["choices"]))[1]
+        messages = template.render(question=row["question"], choices=row["choices"])
+        prompt_ids = render_prompt(tokenizer, messages, chat_template_kwargs)[1]
     if row.get("completion_token_ids"):
         return prompt_ids, list(row["completion_token_ids"])
     text = student_text(row["rationale"], row.get("reasoning"), reasoning_format)
@@ -70,7 +71,8 @@ def score_tokens(row: dict[str, Any], tokenizer: Any, template: PromptTemplate |
 
 
 def score_rows(llm: Any, rows: list[dict[str, Any]], k: int, template: PromptTemplate | None,
-               reasoning_format: str, context: str) -> list[dict[str, Any]]:
+               reasoning_format: str, context: str,
+               chat_template_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The core: rows with completion_token_ids, teacher_topk_ids, teacher_topk_logprobs and logprobs_context."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -78,7 +80,7 @@ def score_rows(llm: Any, rows: list[dict[str, Any]], k: int, template: PromptTem
     from cotdistill.teachers.vllm_local import topk_arrays
 
     tokenizer = llm.get_tokenizer()
-    pairs = [score_tokens(row, tokenizer, template, reasoning_format) for row in rows]
+    pairs = [score_tokens(row, tokenizer, template, reasoning_format, chat_template_kwargs) for row in rows]
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, flat_logprobs=True, detokenize=False)
     outputs = llm.generate([TokensPrompt(prompt_token_ids=p + c) for p, c in pairs], params, use_tqdm=False)
     scored = []
@@ -113,7 +115,8 @@ def score_corpus(config: RunConfig) -> dict[str, Any]:
                 scored = []
                 for i in range(0, len(rows), sc.batch_size):
                     scored += score_rows(llm, rows[i:i + sc.batch_size], sc.logprobs, template,
-                                         config.train.reasoning_format, sc.context)
+                                         config.train.reasoning_format, sc.context,
+                                         config.teacher.chat_template_kwargs)
                 write_parquet_atomic(pa.Table.from_pylist(scored, schema=FILTERED_SCHEMA), paths.scored / name)
         finally:
             release_llm(llm)

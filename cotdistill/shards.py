@@ -85,6 +85,16 @@ def replace_dir_atomic(tmp_dir: str | Path, final_dir: str | Path) -> None:
     fsync_dir(final_dir.parent)
 
 
+def write_dir_atomic(final_dir: str | Path, write: Callable[[Path], None]) -> None:
+    """A folder written whole or not at all: `write` fills a temporary folder beside it, which then replaces it."""
+    final_dir = Path(final_dir)
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp)
+    replace_dir_atomic(tmp, final_dir)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -43,7 +43,7 @@ class Stage:
     name: str  # the command, the module cotdistill.<name> and the folder runs/<run>/<name>/
     help: str
     fingerprint: Callable[[RunConfig], dict[str, Any]]  # fingerprints.make_fingerprint of what the outputs depend on
-    outputs_complete: Callable[[RunConfig], bool]  # every output is there, besides the summary file (written after them)
+    outputs_complete: Callable[[RunConfig], bool]  # every output is there, besides the summary written after them
     work: Callable[..., dict[str, Any]]  # work(config, **inputs) writes the outputs, the summary file last
     summary_file: str = STATS_FILE  # what work returns, written last; with a matching fingerprint: done
     # Outputs made with other settings: discard them, keep them (each carries its own key and is redone when it no

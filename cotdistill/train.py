@@ -47,9 +47,9 @@ def nothing_to_train(accepted_dir: Path) -> RuntimeError:
 
 
 def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files: list[str] | None = None,
-                      reasoning_format: str = "{answer}") -> Any:
+                      reasoning_format: str = "{answer}", chat_template_kwargs: dict[str, Any] | None = None) -> Any:
     """Accepted shards (all in the folder, or only `shard_files`) -> a `datasets.Dataset` of conversational
-    {prompt, completion} rows."""
+    {prompt, completion} rows, with the student's chat_template_kwargs on each (TRL renders each row with them)."""
     import datasets
 
     if shard_files is None:
@@ -63,11 +63,14 @@ def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files:
         raise nothing_to_train(accepted_dir)
 
     def to_pair(row: dict[str, Any]) -> dict[str, Any]:
-        return {
+        pair = {
             "prompt": template.render(question=row["question"], choices=row["choices"]),
             "completion": [{"role": "assistant", "content": student_text(
                 row["rationale"], row.get("reasoning"), reasoning_format)}],
         }
+        if chat_template_kwargs:
+            pair["chat_template_kwargs"] = dict(chat_template_kwargs)
+        return pair
 
     return corpus.map(to_pair, remove_columns=corpus.column_names, desc="student prompts")
 
@@ -138,7 +141,8 @@ def build_trainer(config: RunConfig, dataset: Any = None, shards: list[Path] | N
     from cotdistill.distill import build_kd_dataset, kd_trainer_class
 
     check_kd_vocabulary(config, tokenizer, model.get_input_embeddings().num_embeddings)
-    dataset, dropped = build_kd_dataset(shards, PromptTemplate(config.train.prompt), tokenizer, args)
+    dataset, dropped = build_kd_dataset(shards, PromptTemplate(config.train.prompt), tokenizer, args,
+                                        config.student.chat_template_kwargs)
     if dropped:
         logger.warning("train: %d KD examples dropped: the prompt fills max_length=%s", dropped, args.max_length)
     args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}  # prepared above
@@ -268,6 +272,9 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "peft": config.train.peft, "merge_adapter": config.train.merge_adapter if config.train.peft else None,
         "reasoning_format": config.train.reasoning_format,
         "seed": config.seed,
+        # only when set: runs without them keep their fingerprints
+        **({"chat_template_kwargs": config.student.chat_template_kwargs}
+           if config.student.chat_template_kwargs else {}),
     })
 
 
@@ -286,7 +293,8 @@ def train_student(config: RunConfig) -> dict[str, Any]:
         corpus_size = len(trainer.train_dataset)
     else:
         dataset = build_sft_dataset(paths.accepted, PromptTemplate(config.train.prompt),
-                                    filter_stats["accepted_files"], config.train.reasoning_format)
+                                    filter_stats["accepted_files"], config.train.reasoning_format,
+                                    config.student.chat_template_kwargs)
         trainer = build_trainer(config, dataset)
         corpus_size = len(dataset)
     args, tokenizer = trainer.args, trainer.processing_class

@@ -100,14 +100,16 @@ def test_adaptive_walk_window(answers, window, round_size, used, answer):
 def test_score_row_stores_the_adaptive_columns_and_groups_equivalent_answers():
     from cotdistill.answers import get_answer_format
     from cotdistill.records import Question
+    from cotdistill.teachers import Completion
 
     fmt = get_answer_format("math")
     # 0.5 and \frac{1}{2} are one answer: four votes after the 4th sample, so the rule stops there.
     texts = ["The answer is $0.5$", "The answer is $\\frac{1}{2}$", "The answer is $\\frac{1}{2}$",
              "The answer is $0.5$", "The answer is $3$", "The answer is $3$"]
-    row = score_row({}, Question("q", "half?", "1/2"), texts, 60, fmt, beta())
+    completions = [Completion(t, "stop", 10) for t in texts]
+    row = score_row({}, Question("q", "half?", "1/2"), completions, fmt, beta())
     assert row["adaptive_samples"] == 4 and row["adaptive_answer"] == "0.5" and row["adaptive_correct"] is True
-    assert "adaptive_samples" not in score_row({}, Question("q", "half?", "1/2"), texts, 60, fmt)
+    assert "adaptive_samples" not in score_row({}, Question("q", "half?", "1/2"), completions, fmt)
 
 
 @pytest.mark.parametrize("settings, key", [

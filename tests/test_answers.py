@@ -261,3 +261,45 @@ def test_gsm8k_gold_with_a_superscript_is_a_gold_parse_error():
 
 def test_numbers_too_long_for_int_are_not_numbers():
     assert extract_number("1" * 5000).reason == "unparseable"  # a degenerate generation, not a crash
+
+
+# --- answers are read after the reasoning -------------------------------------------------------------------
+
+THINK_CASES = {  # format: (a marked answer inside the block, another after it, what the second reads as)
+    "number": ("The answer is 40.", "The answer is 36", "36"),
+    "math": ("The final answer is $\\boxed{40}$.", "The final answer is $\\boxed{36}$.", "36"),
+    "choice": ("It might be (B). The answer is (B).", "The answer is (C).", "C"),
+    "yes_no": ("The answer is yes.", "The answer is no.", "no"),
+    "exact": ("The answer is Paris.", "The answer is Rome.", "rome"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(THINK_CASES))
+def test_every_format_reads_only_after_the_reasoning(name):
+    from cotdistill.answers import get_answer_format
+
+    inside, after, expected = THINK_CASES[name]
+    fmt = get_answer_format(name)
+    choices = ["red", "green", "blue"] if name == "choice" else None
+    assert fmt.extract(f"<think>{inside}</think> {after}", choices).answer == expected
+    assert fmt.extract(f"<think>{inside}</think>", choices).answer is None  # the block's answer never counts
+    unclosed = fmt.extract(f"<think>Let me see. {inside} And then", choices)
+    assert unclosed == Extraction(None, "unfinished_reasoning")  # the reasoning never closed: no answer yet
+    assert fmt.extract(f"<think>{inside}</think> {after} <think>wait", choices).reason == "unfinished_reasoning"
+    assert fmt.extract(after, choices).answer == expected  # no reasoning block: the whole text is the answer
+
+
+def test_the_issues_examples_and_other_delimiters():
+    from cotdistill.answers import delimiters_of, get_answer_format
+
+    number = get_answer_format("number")
+    assert number.extract("<think>The answer is 40.</think> 36").answer == "36"
+    assert number.extract("<think>Let me try 12*3 = 36 and then").answer is None
+    choice = get_answer_format("choice")
+    assert choice.extract("<think>It might be (B). The answer is (B).</think> The answer is (C).",
+                          ["x", "y", "z"]).answer == "C"
+    marked = get_answer_format("number", ["<reasoning>", "</reasoning>"])
+    assert marked.extract("<reasoning>The answer is 1</reasoning> The answer is 2").answer == "2"
+    assert marked.extract("<think>The answer is 1</think> 2").answer == "1"  # not its delimiters: read
+    assert delimiters_of("<think>\n{reasoning}\n</think>\n\n{answer}") == ("<think>", "</think>")
+    assert delimiters_of("{answer}") is None and delimiters_of("{reasoning}\n{answer}") is None

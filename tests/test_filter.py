@@ -404,8 +404,11 @@ def test_pass_rates_and_out_of_band_questions_in_stats_and_audit(tmp_path):
     ({"difficulty": {"weight": "heavier"}}, "filter.difficulty.weight", "harder_more"),
     ({"difficulty": {"weight": "harder_more"}}, "filter.difficulty.weight", "max_per_question"),
     ({"label": "silver"}, "filter.label", "none"),
+    ({"label": "none", "max_length_ratio": 2.0}, "filter.max_length_ratio", "label none"),
+    ({"max_length_ratio": 0.5}, "filter.max_length_ratio", "at least 1.0"),
+    ({"select": "newest"}, "filter.select", "unknown value 'newest'"),
 ])
-def test_difficulty_settings_are_checked_at_load(tmp_path, filter_settings, key, phrase):
+def test_difficulty_and_length_settings_are_checked_at_load(tmp_path, filter_settings, key, phrase):
     import yaml
 
     from cotdistill.config import ConfigError, load_config
@@ -426,3 +429,70 @@ def test_difficulty_and_label_none_load():
         "filter.max_per_question=4"])
     assert config.filter.difficulty == DifficultyConfig(0.1, 0.9, "harder_more")
     assert load_config(REPO / "pipelines" / "demo.yaml", ["filter.label=none"]).filter.label == "none"
+
+
+# --- reasoning models: answers after the thinking, unfinished reasoning, length-aware selection ----------------
+
+
+def thinking(qid, index, rationale, reasoning=None, finish="stop", gold="12", tokens=10):
+    s = sample(qid, index, rationale, finish=finish, gold=gold)
+    s.reasoning, s.completion_tokens = reasoning, tokens
+    return s
+
+
+def test_reasoning_cut_off_or_left_open_is_unfinished_reasoning_not_truncated():
+    samples = [
+        thinking("a", 0, "", reasoning="3 * 4 is", finish="length"),  # cut inside its reasoning
+        thinking("a", 1, "", reasoning="3 * 4 = 12, so", finish="stop"),  # reasoning, and no answer at all
+        thinking("a", 2, "The answer is 1", reasoning="3 * 4 = 12", finish="length"),  # cut in its answer
+        thinking("a", 3, "<think>3 * 4 = 12, and", finish="length"),  # a raw text, cut inside the block
+        thinking("a", 4, "<think>3 * 4 = 12</think> The answer", finish="length"),  # raw, cut after it
+        thinking("a", 5, "<think>3 * 4 = 12 so the answer is 12"),  # raw, finished without closing it
+        thinking("a", 6, "<think>The answer is 12.</think> The answer is 13."),  # only the answer after counts
+        thinking("a", 7, "The answer is 12.", reasoning="3 * 4 = 12"),
+    ]
+    assert verdicts(samples, context(near_duplicates=False)) == [
+        (0, "unfinished_reasoning"), (1, "empty"), (2, "truncated"), (3, "unfinished_reasoning"),
+        (4, "truncated"), (5, "unfinished_reasoning"), (6, "wrong"), (7, None)]
+
+
+def by_length_context(**settings):
+    ctx = context(near_duplicates=False, **settings)
+    ctx.count_text_tokens = lambda texts: [len(t.split()) for t in texts]  # a word a token
+    return ctx
+
+
+def test_select_keeps_the_shortest_or_the_longest_right_rationales():
+    steps = ["3 * 4 = 12.", "Three fours: 4 + 4 + 4 = 12.", "We add 4, then 4, then 4 again: 4 + 4 + 4 = 12 in all."]
+    samples = [sample("a", i, f"{text} The answer is 12") for i, text in enumerate(steps)]
+    samples.append(sample("a", 3, "3 * 4 = 13. The answer is 13"))
+    shortest = verdicts(samples, by_length_context(max_per_question=1, select="shortest"))
+    longest = verdicts(samples, by_length_context(max_per_question=1, select="longest"))
+    assert [i for i, why in shortest if why is None] == [0] and [i for i, why in longest if why is None] == [2]
+    assert dict(shortest)[1] == "over_max_per_question" and dict(shortest)[3] == "wrong"
+
+
+def test_max_length_ratio_drops_overthinking_as_overlong():
+    texts = ["3 * 4 = 12.", "Three fours make 12.", "4 + 4 + 4 = 12.",
+             "Four and four are eight, and four more make twelve; checking with three times four also gives "
+             "twelve, and twelve divided by four is three again, so the product is right."]
+    samples = [sample("a", i, f"{t} The answer is 12") for i, t in enumerate(texts)]
+    assert verdicts(samples, by_length_context(max_length_ratio=2.0)) == [
+        (0, None), (1, None), (2, None), (3, "overlong")]
+    assert all(why is None for _, why in verdicts(samples, by_length_context()))  # off by default
+
+
+def test_stats_and_audit_give_lengths_per_pass_rate_decile(tmp_path):
+    from cotdistill.filter import audit_markdown, filter_shard, summarize
+    from cotdistill.shards import write_parquet_atomic
+
+    samples = [thinking("a", i, f"Step {i}. The answer is {12 if i < 3 else 13}", tokens=20 + 10 * i)
+               for i in range(4)]
+    shard = tmp_path / "generate" / "00000.parquet"
+    write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), shard)
+    filter_shard(shard, RunPaths(tmp_path), "key", context(near_duplicates=False))
+    stats = summarize(RunPaths(tmp_path), [shard])
+    lengths = stats["lengths"]["0.7"]  # pass rate 3/4
+    assert lengths["accepted"]["rationales"] == 3 and lengths["accepted"]["mean_tokens"] == 30.0
+    assert lengths["rejected"]["rationales"] == 1 and lengths["rejected"]["median_bucket"] == "32-64"
+    assert "| 0.7-0.8 | 3 | 30 | 0-32 | 1 | 50 | 32-64 |" in audit_markdown(stats, RunPaths(tmp_path), [shard])

@@ -1,6 +1,8 @@
-"""Users' finished runs are not redone after an upgrade: tests/fixtures/finished_run/ holds a run whose
-fingerprint.json files were written by the code before the stage contract (commit e079fc3; record.py there says
-how). Today's code must compute the very same fingerprints, and `cotdistill run` must skip every stage of it."""
+"""Users' finished runs are not redone after an upgrade, unless what they depend on changed: tests/fixtures/
+finished_run/ holds a run whose fingerprint.json files were written by the code before the stage contract (commit
+e079fc3; record.py there says how). Today's code computes the very same fingerprints, except one change made on
+purpose: the answer formats now read the answer after the reasoning (answers.ANSWER_RULES), so the filter judges
+finished corpora again and evaluate scores its models again; nothing else of theirs changed."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import sys
 
 import pytest
 
+from cotdistill import evaluate
+from cotdistill import filter as filter_stage
 from cotdistill.cli import STAGES, stage
 from cotdistill.config import load_config
 from cotdistill.fingerprints import read_fingerprint
@@ -17,6 +21,7 @@ from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "finished_run"
 PIPELINE = FIXTURE / "pipeline.yaml"
+UNCHANGED = ("generate", "prune", "score", "train")  # the answer rules touch none of these
 
 
 def test_the_fixture_holds_every_stage():
@@ -24,10 +29,14 @@ def test_the_fixture_holds_every_stage():
     assert [name for name in STAGES if (config.paths.stage(name) / "fingerprint.json").is_file()] == list(STAGES)
 
 
-@pytest.mark.parametrize("name", STAGES)
-def test_todays_code_computes_the_recorded_fingerprint(monkeypatch, name):
+@pytest.fixture
+def config(monkeypatch):
     monkeypatch.chdir(REPO)  # the fixture's data and output paths are relative to the repository
-    config = load_config(PIPELINE.relative_to(REPO))
+    return load_config(PIPELINE.relative_to(REPO))
+
+
+@pytest.mark.parametrize("name", UNCHANGED)
+def test_todays_code_computes_the_recorded_fingerprint(config, name):
     recorded = read_fingerprint(config.paths.stage(name))
     computed = stage(name).fingerprint(config)
     assert computed["fingerprint"] == recorded["fingerprint"]
@@ -35,15 +44,40 @@ def test_todays_code_computes_the_recorded_fingerprint(monkeypatch, name):
     assert stage(name).is_complete(config)
 
 
-def test_cotdistill_run_skips_every_stage_of_a_finished_run(tmp_path):
+def test_the_filter_fingerprint_changed_by_the_answer_rules_alone(config, monkeypatch):
+    recorded = read_fingerprint(config.paths.filter)
+    computed = stage("filter").fingerprint(config)
+    assert computed["fingerprint"] != recorded["fingerprint"] and not stage("filter").is_complete(config)
+    assert computed["settings"]["answer_rules"] == 2
+    monkeypatch.setattr(filter_stage, "answer_rules", lambda config: {})  # as the code before the rules had it
+    assert stage("filter").fingerprint(config) == recorded
+
+
+def test_the_evaluate_fingerprint_changed_by_the_answer_rules_alone(config, monkeypatch):
+    recorded = read_fingerprint(config.paths.evaluate)
+    assert stage("evaluate").fingerprint(config) != recorded
+    # Each model's key as the code before the rules wrote it: the answer format's name alone.
+    monkeypatch.setattr(evaluate, "answer_settings", lambda name, delimiters: {"answer_format": name})
+    assert stage("evaluate").fingerprint(config) == recorded
+
+
+def test_cotdistill_skips_the_stages_whose_fingerprint_held_and_judges_the_corpus_again(tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(FIXTURE / "finished", runs / "finished")
     before = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
-    result = subprocess.run([sys.executable, "-m", "cotdistill", "run", str(PIPELINE.relative_to(REPO)),
-                             f"output_dir={runs}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    for name in STAGES:
-        assert f"{name}: up to date, skipping" in result.stderr, result.stderr
-    assert "starting" not in result.stderr
+
+    def cotdistill(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cotdistill", command, str(PIPELINE.relative_to(REPO)),
+                               f"output_dir={runs}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    for name in UNCHANGED:
+        result = cotdistill(name)
+        assert result.returncode == 0, result.stderr
+        assert f"{name}: up to date, skipping" in result.stderr and "starting" not in result.stderr
     after = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and p.name != "config.yaml"}
     assert after == before  # nothing rewritten, nothing added (the resolved config.yaml aside)
+
+    result = cotdistill("filter")  # the corpus is judged again, saying why
+    assert result.returncode == 0, result.stderr
+    assert "filter: settings or inputs changed (answer_rules, inputs.00000.parquet" in result.stderr
+    assert stage("filter").is_complete(load_config(PIPELINE, [f"output_dir={runs}"]))

@@ -93,11 +93,12 @@ def test_equivalent_answers_are_one_vote_in_evaluate():
     from cotdistill.answers import get_answer_format
     from cotdistill.evaluate import score_row
     from cotdistill.records import Question
+    from cotdistill.teachers import Completion
 
     fmt = get_answer_format("math")
     texts = ["The answer is $\\frac{1}{3}$", "The answer is $\\frac{1}{2}$", "The answer is $0.5$",
              "So the answer is $\\frac{1}{3}$", "The answer is $\\dfrac12$"]
-    row = score_row({}, Question("q", "half?", "\\frac{1}{2}"), texts, 10, fmt)
+    row = score_row({}, Question("q", "half?", "\\frac{1}{2}"), [Completion(t, "stop", 2) for t in texts], fmt)
     assert row["voted_answer"] == "\\frac{1}{2}" and row["voted_correct"]
     assert row["votes"] == [{"answer": "\\frac{1}{2}", "count": 3}, {"answer": "\\frac{1}{3}", "count": 2}]
     assert len(set(a for a in row["sample_answers"])) == 2

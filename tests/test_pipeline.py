@@ -276,7 +276,7 @@ def test_filter_counts_student_tokens_as_training_does(trained):
     # too_long must use the length TRL will see: the same tokens, and TRL's own max_length when none is set.
     raw = train.build_sft_dataset(trained.run_dir / "filter" / "accepted", PromptTemplate(trained.train.prompt))
     trainer = train.build_trainer(trained, raw)
-    count = filter_stage._student_token_counter(trained.student.model, trained.train.prompt)
+    count, _ = filter_stage.student_token_counters(trained)
     rows = pq.read_table(trained.run_dir / "filter" / "accepted" / "00000.parquet").to_pylist()
     counted = count([r["question"] for r in rows], [r["rationale"] for r in rows], [r["choices"] for r in rows])
     assert counted == [len(trainer.train_dataset[i]["input_ids"]) for i in range(len(rows))]

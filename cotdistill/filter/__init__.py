@@ -30,16 +30,18 @@ from typing import Any, Callable
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cotdistill.answers import get_answer_format
-from cotdistill.config import RunConfig
+from cotdistill.answers import ANSWER_RULES, THINK_DELIMITERS
+from cotdistill.config import FilterConfig, RunConfig
 from cotdistill.filter.audit import EXAMPLES_PER_REASON, audit_markdown, dataset_card, summarize
 from cotdistill.filter.checks import (
     build_contamination_index, is_degenerate, normalize_whitespace, question_ngrams, repeated_ngram_share,
 )
 from cotdistill.filter.dedup import near_duplicate_flags
+from cotdistill.filter.difficulty import length_counts
 from cotdistill.filter.judge import (
     PHASES, REASONS, SAMPLE_COLUMNS, FilterContext, QuestionRows, Verdicts, judge_question, judge_table,
 )
+from cotdistill.judging import teacher_answer_format
 from cotdistill.paths import RunPaths
 from cotdistill.fingerprints import (
     data_fingerprint, digest, file_digest, make_fingerprint, model_fingerprint, template_fingerprint, upstream,
@@ -63,27 +65,32 @@ logger = logging.getLogger(__name__)
 _worker_ctx: FilterContext | None = None
 
 
-def _student_token_counter(student_model: str, prompt_template: str) -> Callable:
-    """Counts tokens of the student's chat-formatted prompt + rationale, as the train stage will see them."""
+def student_token_counters(config: RunConfig) -> tuple[Callable, Callable]:
+    """Two counts with the student's tokenizer: its chat-formatted prompt + rationale, as the train stage will
+    see them (too_long), and the rationale alone (the length that filter.select and max_length_ratio compare)."""
     from transformers import AutoTokenizer
 
     from cotdistill.models import resolve_model
     from cotdistill.prompts import PromptTemplate
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(student_model))
-    template = PromptTemplate(prompt_template)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.student.model))
+    template = PromptTemplate(config.train.prompt)
+    kwargs = config.student.chat_template_kwargs
 
-    def count(questions: list[str], rationales: list[str], choices: list[list[str] | None]) -> list[int]:
+    def with_prompt(questions: list[str], rationales: list[str], choices: list[list[str] | None]) -> list[int]:
         texts = [
             tokenizer.apply_chat_template(
                 template.render(question=q, choices=c) + [{"role": "assistant", "content": r.strip()}],
-                tokenize=False,
+                tokenize=False, **kwargs,
             )
             for q, r, c in zip(questions, rationales, choices)
         ]
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    return count
+    def alone(rationales: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer([r.strip() for r in rationales], add_special_tokens=False)["input_ids"]]
+
+    return with_prompt, alone
 
 
 def student_max_tokens(config: RunConfig) -> int | None:
@@ -105,12 +112,18 @@ def student_max_tokens(config: RunConfig) -> int | None:
     return min(limits) if limits else None
 
 
+def by_length(cfg: FilterConfig) -> bool:
+    """Whether the filter compares rationales by length (select by it, or drop overlong ones)."""
+    return cfg.select != "random" or cfg.max_length_ratio is not None
+
+
 def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterContext:
     cfg = config.filter
     max_tokens = student_max_tokens(config)
-    counter = _student_token_counter(config.student.model, config.train.prompt) if max_tokens else None
-    return FilterContext(cfg=cfg, fmt=get_answer_format(cfg.answer_format), seed=config.seed,
-                         contamination=contamination, count_student_tokens=counter, max_student_tokens=max_tokens,
+    with_prompt, alone = student_token_counters(config) if max_tokens or by_length(cfg) else (None, None)
+    return FilterContext(cfg=cfg, fmt=teacher_answer_format(config), seed=config.seed,
+                         contamination=contamination, count_student_tokens=with_prompt if max_tokens else None,
+                         max_student_tokens=max_tokens, count_text_tokens=alone,
                          reasoning_format=config.train.reasoning_format)
 
 
@@ -155,6 +168,8 @@ def filter_shard(shard: Path, paths: RunPaths, shard_key: str, ctx: FilterContex
         "accepted_per_question": dict(Counter(accepted_per_question.get(q, 0) for q in questions)),
         "pass_rates": [round(r, 6) for r in pass_rates.values() if r is not None],
         "questions_out_of_band": dict(Counter(w for w in first_reasons.values() if w in ("too_easy", "too_hard"))),
+        "lengths": length_counts(zip(judged.column("pass_rate").to_pylist(), is_accepted.to_pylist(),
+                                     judged.column("completion_tokens").to_pylist())),
         "examples": examples,
         "seconds": time.perf_counter() - started,
     }
@@ -197,19 +212,34 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "generate": upstream(config.paths.generate),
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
-        "filter": {k: v for k, v in vars(cfg).items() if k not in ("num_workers", "decontaminate", "difficulty")},
+        "filter": {k: v for k, v in vars(cfg).items() if k not in (
+            "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
         "decontaminate": [{**vars(d), "contents": data_fingerprint(d.path)} for d in cfg.decontaminate],
         "seed": config.seed,
     }
+    settings.update(answer_rules(config))
+    if by_length(cfg):  # only when on: runs without them keep their fingerprints
+        settings["by_length"] = {"select": cfg.select, "max_length_ratio": cfg.max_length_ratio}
     max_tokens = student_max_tokens(config)
-    if max_tokens is not None:  # the student's tokenizer and template count the tokens
+    if max_tokens is not None or by_length(cfg):  # the student's tokenizer and template count the tokens
         settings["too_long"] = {"max_tokens": max_tokens, "student": model_fingerprint(config.student.model),
                                 "student_prompt": template_fingerprint(config.train.prompt),
                                 "reasoning_format": config.train.reasoning_format}
+        if config.student.chat_template_kwargs:
+            settings["too_long"]["chat_template_kwargs"] = config.student.chat_template_kwargs
     base = digest(settings)
     keys = {s.name: digest([base, file_digest(s)]) for s in list_shards(config.paths.samples)}
     return make_fingerprint({**settings, "inputs": keys})
+
+
+def answer_rules(config: RunConfig) -> dict[str, Any]:
+    """What the answer formats read: the rules (answers.ANSWER_RULES: finished corpora are judged again when they
+    change) and, when not <think>...</think>, the teacher's reasoning delimiters."""
+    rules: dict[str, Any] = {"answer_rules": ANSWER_RULES}
+    if config.teacher.delimiters() != THINK_DELIMITERS:
+        rules["reasoning_delimiters"] = list(config.teacher.delimiters())
+    return rules
 
 
 def leftovers(paths: RunPaths, shards: list[Path]) -> list[Path]:

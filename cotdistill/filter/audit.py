@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.config import RunConfig
-from cotdistill.filter.difficulty import pass_rate_summary
+from cotdistill.filter.difficulty import LENGTH_EDGES, length_summary, merge_length_counts, pass_rate_summary
 from cotdistill.filter.judge import REASONS
 from cotdistill.paths import RunPaths
 from cotdistill.shards import read_json
@@ -40,6 +40,8 @@ def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
         "questions_by_accepted_count": {str(k): per_question[k] for k in sorted(per_question)},
         # Per question: finished rationales reaching the label over all its rationales (questions with a label).
         "pass_rate": pass_rate_summary(r for m in metas for r in m.get("pass_rates", [])),
+        # Per pass-rate decile, accepted and rejected: how long the rationales run (completion tokens).
+        "lengths": length_summary(merge_length_counts(m.get("lengths", {}) for m in metas)),
         "questions_too_easy": out_of_band.get("too_easy", 0),
         "questions_too_hard": out_of_band.get("too_hard", 0),
         "seconds_in_workers": round(sum(m["seconds"] for m in metas), 3),
@@ -68,6 +70,20 @@ def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path]) -
                   + ", ".join(f"{k}: {v}" for k, v in rates["histogram"].items())
                   + f". Out of the difficulty band: {stats['questions_too_easy']:,} too easy, "
                   f"{stats['questions_too_hard']:,} too hard.", ""]
+    if stats.get("lengths"):
+        lines += ["Lengths in completion tokens by pass rate (the question's), accepted against rejected: rationales, "
+                  "mean, and the bucket holding the median.", "",
+                  "| pass rate | accepted | mean | median | rejected | mean | median |",
+                  "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
+        for decile, by_status in stats["lengths"].items():
+            cells = []
+            for status in ("accepted", "rejected"):
+                e = by_status.get(status) or {"rationales": 0, "mean_tokens": None, "median_bucket": None}
+                cells += [f"{e['rationales']:,}", "-" if e["mean_tokens"] is None else f"{e['mean_tokens']:.0f}",
+                          e["median_bucket"] or "-"]
+            label = "no label" if decile == "none" else f"{decile}-{float(decile) + 0.1:.1f}"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", f"(Buckets' upper edges: {', '.join(map(str, LENGTH_EDGES))} tokens.)", ""]
     hinted = stats.get("rationalized")
     if hinted:
         lines += [f"Rationalized (STaR: questions with no rationale reaching the gold, asked again with the gold as a "

@@ -48,6 +48,54 @@ def pass_rate_bin(rate: float) -> int:
     return min(PASS_RATE_BINS - 1, math.floor(rate * PASS_RATE_BINS + 1e-9))
 
 
+LENGTH_EDGES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)  # completion tokens; the last bucket is open
+
+
+def length_counts(rows: Iterable[tuple[float | None, bool, int]]) -> dict:
+    """(pass rate, accepted, completion tokens) per rationale -> per pass-rate decile ("none": no pass rate) and
+    accepted/rejected, the count, the tokens and a histogram over LENGTH_EDGES: added up across shards."""
+    counts: dict = {}
+    for rate, accepted, tokens in rows:
+        decile = "none" if rate is None else f"{pass_rate_bin(rate) / PASS_RATE_BINS:.1f}"
+        entry = counts.setdefault(decile, {}).setdefault(
+            "accepted" if accepted else "rejected", {"n": 0, "tokens": 0, "histogram": [0] * (len(LENGTH_EDGES) + 1)})
+        entry["n"] += 1
+        entry["tokens"] += tokens or 0
+        entry["histogram"][sum(tokens >= edge for edge in LENGTH_EDGES)] += 1
+    return counts
+
+
+def merge_length_counts(parts: Iterable[dict]) -> dict:
+    merged: dict = {}
+    for part in parts:
+        for decile, by_status in part.items():
+            for status, entry in by_status.items():
+                into = merged.setdefault(decile, {}).setdefault(
+                    status, {"n": 0, "tokens": 0, "histogram": [0] * (len(LENGTH_EDGES) + 1)})
+                into["n"] += entry["n"]
+                into["tokens"] += entry["tokens"]
+                into["histogram"] = [a + b for a, b in zip(into["histogram"], entry["histogram"])]
+    return {decile: merged[decile] for decile in sorted(merged)}
+
+
+def length_summary(counts: dict) -> dict:
+    """stats.json's lengths: per decile and accepted/rejected, the count, the mean tokens and the bucket that holds
+    the median ("128-256")."""
+    def median_bucket(histogram: list[int], n: int) -> str | None:
+        seen = 0
+        for b, count in enumerate(histogram):
+            seen += count
+            if n and seen * 2 >= n:
+                low = LENGTH_EDGES[b - 1] if b else 0
+                return f"{low}-{LENGTH_EDGES[b]}" if b < len(LENGTH_EDGES) else f"{low}+"
+        return None
+
+    return {decile: {status: {"rationales": e["n"], "mean_tokens": round(e["tokens"] / e["n"], 1) if e["n"] else None,
+                              "median_bucket": median_bucket(e["histogram"], e["n"]), "histogram": e["histogram"]}
+                     for status, e in by_status.items()}
+            for decile, by_status in counts.items()}
+
+
 def pass_rate_summary(rates: Iterable[float]) -> dict:
     """Per-question pass rates -> their count, mean and a 10-bin histogram (the bins' lower edges as keys)."""
     counts = [0] * PASS_RATE_BINS

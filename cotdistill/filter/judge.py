@@ -11,13 +11,14 @@ it fails; contamination is checked first, the difficulty band once the label's p
 from __future__ import annotations
 
 import random
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 import pyarrow as pa
 
-from cotdistill.answers import AnswerFormat, group_equivalent
+from cotdistill.answers import AnswerFormat, after_reasoning, group_equivalent
 from cotdistill.config import FilterConfig, TrainConfig
 from cotdistill.filter.checks import is_degenerate, normalize_whitespace, question_ngrams, quotes_hint
 from cotdistill.filter.dedup import near_duplicate_flags
@@ -38,7 +39,9 @@ QUESTION_VERDICTS = Phase("question", {
     "too_hard": "(filter.difficulty) the question's pass rate is below min_pass_rate",
 })
 RATIONALE_CHECKS = Phase("rationale", {
-    "truncated": 'finish reason "length"',
+    "unfinished_reasoning": "its reasoning never closed, so it has no answer: cut off by max_tokens inside it, or "
+                            "ended without closing it",
+    "truncated": 'cut off by max_tokens (finish reason "length") after its reasoning, or with none',
     "empty": "no text",
     "degenerate": "too large a share of repeated word n-grams (a looping rationale)",
     "too_long": "over the student's max_length, counted with the student's tokenizer as training counts",
@@ -53,10 +56,13 @@ LABEL_VERDICTS = Phase("label", {
                    "before its first calculation (checks.quotes_hint)",
 })
 SELECTION = Phase("selection", {
+    "overlong": "(filter.max_length_ratio) longer than that many times the median length of the question's "
+                "rationales that reach the label",
     "duplicate": "the same text as a lower sample index, after whitespace normalisation",
     "near_duplicate": "MinHash Jaccard >= near_duplicate_threshold with a kept lower sample index",
-    "over_max_per_question": "not drawn by the seeded uniform draw of max_per_question survivors (SCoTD's balance; "
-                             "with difficulty weight harder_more, the question's own smaller cap)",
+    "over_max_per_question": "not among the max_per_question survivors kept (filter.select: a seeded uniform "
+                             "draw, SCoTD's balance, or the shortest or longest; with difficulty weight "
+                             "harder_more, the question's own smaller cap)",
     "under_min_per_question": "the question kept fewer than min_per_question rationales",
 })
 PHASES = (QUESTION_VERDICTS, RATIONALE_CHECKS, LABEL_VERDICTS, SELECTION)  # in order of precedence
@@ -73,6 +79,7 @@ class FilterContext:
     contamination: frozenset[int] = frozenset()
     count_student_tokens: Callable[[list[str], list[str], list[list[str] | None]], list[int]] | None = None
     max_student_tokens: int | None = None
+    count_text_tokens: Callable[[list[str]], list[int]] | None = None  # a student text's tokens (by length)
     reasoning_format: str = TrainConfig.reasoning_format  # train.reasoning_format (its default here)
 
 
@@ -89,6 +96,7 @@ class QuestionRows:
     finish_reasons: list[str]
     student_texts: list[str] | None = None  # what the student trains on, when not the rationale (reasoning)
     rationalized: list[bool | None] | None = None  # generate.rationalize: written with the gold as a hint
+    reasonings: list[str | None] | None = None  # the reasoning kept apart from the rationale (a reasoning model)
 
 
 @dataclass
@@ -153,7 +161,7 @@ def check_rationales(v: Verdicts, ctx: FilterContext) -> None:
     cfg, rows = ctx.cfg, v.rows
     for i in v.order:
         if rows.finish_reasons[i] == "length":
-            v.reject(i, "truncated", RATIONALE_CHECKS)
+            v.reject(i, "unfinished_reasoning" if still_reasoning(v, i, ctx) else "truncated", RATIONALE_CHECKS)
         elif not v.texts[i].strip():
             v.reject(i, "empty", RATIONALE_CHECKS)
         elif is_degenerate(v.texts[i], cfg.repetition_ngram, cfg.max_repeated_ngram_share):
@@ -177,6 +185,15 @@ def check_rationales(v: Verdicts, ctx: FilterContext) -> None:
                 v.is_correct[i] = ctx.fmt.is_correct(extraction.answer, rows.gold_answer)
             if v.filter_reason[i] is None and extraction.answer is None:
                 v.reject(i, extraction.reason or "unparseable", RATIONALE_CHECKS)
+
+
+def still_reasoning(v: Verdicts, i: int, ctx: FilterContext) -> bool:
+    """Whether rationale i stopped inside its reasoning: kept apart with no answer after it, or a text whose
+    reasoning block never closed."""
+    reasoning = v.rows.reasonings[i] if v.rows.reasonings is not None else None
+    if reasoning is not None:
+        return not v.texts[i].strip()
+    return after_reasoning(v.texts[i], ctx.fmt.delimiters) is None
 
 
 def judge_label(v: Verdicts, ctx: FilterContext) -> int | None:
@@ -216,9 +233,16 @@ def judge_label(v: Verdicts, ctx: FilterContext) -> int | None:
 
 
 def select(v: Verdicts, ctx: FilterContext, passed: int | None) -> None:
-    """SELECTION among the survivors: exact and near duplicates (the lowest sample index kept), the seeded draw
-    of the question's cap, and the minimum a question must keep."""
+    """SELECTION among the survivors: overlong ones, exact and near duplicates (the lowest sample index kept), the
+    question's cap (a seeded draw, or by length), and the minimum a question must keep."""
     cfg = ctx.cfg
+    lengths = student_lengths(v, ctx)
+    if cfg.max_length_ratio is not None and lengths:
+        # Against the question's own rationales that reach the label: the running ones, after the label phase.
+        median = statistics.median(lengths.values())
+        for i in v.running():
+            if lengths[i] > cfg.max_length_ratio * median:
+                v.reject(i, "overlong", SELECTION)
     if cfg.drop_duplicates:
         seen: set[str] = set()
         for i in v.running():
@@ -236,8 +260,12 @@ def select(v: Verdicts, ctx: FilterContext, passed: int | None) -> None:
     survivors = v.running()
     cap = question_cap(cfg.max_per_question, cfg.min_per_question, cfg.difficulty, passed, len(v.ordinary))
     if cap is not None and len(survivors) > cap:
-        # Seeded by question, so the draw does not depend on shard order or the number of workers.
-        drawn = set(random.Random(f"{ctx.seed}:{v.rows.question_id}").sample(survivors, cap))
+        if cfg.select == "random":  # seeded by question: the draw depends on no shard order nor worker count
+            drawn = set(random.Random(f"{ctx.seed}:{v.rows.question_id}").sample(survivors, cap))
+        else:  # by length, ties to the lower sample index
+            ranked = sorted(survivors, key=lambda i: (lengths[i] * (1 if cfg.select == "shortest" else -1),
+                                                      v.rows.sample_indices[i]))
+            drawn = set(ranked[:cap])
         for i in survivors:
             if i not in drawn:
                 v.reject(i, "over_max_per_question", SELECTION)
@@ -245,6 +273,17 @@ def select(v: Verdicts, ctx: FilterContext, passed: int | None) -> None:
     if len(survivors) < cfg.min_per_question:
         for i in survivors:
             v.reject(i, "under_min_per_question", SELECTION)
+
+
+def student_lengths(v: Verdicts, ctx: FilterContext) -> dict[int, int]:
+    """The running rationales' lengths in tokens of the student's text, when the filter compares lengths (else
+    empty): counted only for these, as too_long counts only the rationales still in the running."""
+    running = v.running()
+    if ctx.count_text_tokens is None or not running or (ctx.cfg.select == "random"
+                                                         and ctx.cfg.max_length_ratio is None):
+        return {}
+    trained = v.rows.student_texts or v.texts
+    return dict(zip(running, ctx.count_text_tokens([trained[i] for i in running])))
 
 
 # --- one shard ------------------------------------------------------------------------------------------------
@@ -290,6 +329,7 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
             [student_text(cols["rationale"][r] or "", cols["reasoning"][r], ctx.reasoning_format) for r in rows]
             if with_reasoning else None,
             [cols["rationalized"][r] for r in rows] if with_hints else None,
+            [cols["reasoning"][r] for r in rows] if with_reasoning else None,
         ), ctx)
         for r, a, c, why in zip(rows, verdicts.extracted_answer, verdicts.is_correct, verdicts.filter_reason):
             extracted[r], correct[r], reasons[r], rates[r] = a, c, why, verdicts.pass_rate

@@ -72,7 +72,7 @@ def generate_settings(config: RunConfig) -> dict[str, Any]:
     the fingerprint it had before they existed; when on, so does what their verdicts depend on (the filter's
     answer format and label)."""
     gen = config.generate
-    extra = ("adaptive", "rationalize", "rationalize_prompt", "rationalize_samples")
+    extra = ("adaptive", "rationalize", "rationalize_prompt", "rationalize_samples", "max_reasoning_tokens")
     settings = {**{k: v for k, v in vars(gen).items() if k not in extra},
                 "prompt_template": template_fingerprint(gen.prompt),
                 "examples_file": file_digest(gen.examples) if gen.examples else None}
@@ -81,6 +81,8 @@ def generate_settings(config: RunConfig) -> dict[str, Any]:
     if gen.rationalize:
         settings["rationalize"] = {"samples": gen.rationalize_samples, "prompt": gen.rationalize_prompt,
                                    "prompt_template": template_fingerprint(gen.rationalize_prompt)}
+    if gen.max_reasoning_tokens is not None:
+        settings["max_reasoning_tokens"] = gen.max_reasoning_tokens
     if gen.adaptive is not None or gen.rationalize:
         settings["answer_check"] = {"answer_format": config.filter.answer_format, "label": config.filter.label}
     return settings
@@ -97,6 +99,7 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
     gen, per_shard, paths = config.generate, config.generate.questions_per_shard, config.paths
     policy = Policy(config)
     tokenizer, context = teacher.tokenizer(), teacher.max_model_len()
+    kwargs = config.teacher.chat_template_kwargs
     hint_template = PromptTemplate(gen.rationalize_prompt, gen.examples) if gen.rationalize else None
     waiting: dict[str, Pending] = {}  # request key -> the request in flight
     loaded: list[Shard] = []
@@ -117,11 +120,11 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
         kind, n = step
         rationalize = kind == "hint"
         messages = template.render(question=q.question, choices=q.choices)
-        text, ids = render_prompt(tokenizer, messages) if tokenizer is not None else ("", None)
+        text, ids = render_prompt(tokenizer, messages, kwargs) if tokenizer is not None else ("", None)
         sent, sent_text, sent_ids, hint_text = messages, text, ids, None
         if rationalize:  # the student's prompt stays the ordinary one; this one is kept for audit only
             sent = hint_template.render(question=q.question, choices=q.choices, hint=q.gold_answer)
-            sent_text, sent_ids = render_prompt(tokenizer, sent) if tokenizer is not None else ("", None)
+            sent_text, sent_ids = render_prompt(tokenizer, sent, kwargs) if tokenizer is not None else ("", None)
             hint_text = sent_text or "\n\n".join(f"{m['role']}: {m['content']}" for m in sent)
         seed = request_seed(config.seed, q.question_id) if gen.seed_per_request else config.seed
         round_number = None if rationalize else p.rounds + 1
@@ -143,7 +146,8 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
                               max_tokens=max_tokens, stop=list(gen.stop),
                               seed=seed + p.sampled if gen.seed_per_request else None,
                               # a distribution after the hint prompt would pass the hint on to a KD student
-                              logprobs=None if rationalize else gen.logprobs),
+                              logprobs=None if rationalize else gen.logprobs,
+                              max_reasoning_tokens=gen.max_reasoning_tokens),
         )
 
     def first_pass() -> Iterator[TeacherRequest]:
@@ -256,6 +260,12 @@ def summarize(paths: RunPaths, num_shards: int, config: RunConfig) -> dict[str, 
         "retries": sum(m["retries"] for m in metas),
     }
     stats.update(rounds_stats(metas))
+    reasoning = [m["reasoning"] for m in metas if "reasoning" in m]
+    if reasoning:  # the teacher's thinking: its tokens, and how often the budget closed it
+        total = {key: sum(r[key] for r in reasoning) for key in reasoning[0]}
+        stats["reasoning"] = {"reasoning_tokens": total["reasoning_tokens"],
+                              "reasoning_tokens_mean": round(total["reasoning_tokens"] / total["rationales"], 2),
+                              "budget_hits": total["budget_hits"]}
     if config.generate.logprobs:
         # What the logprob columns (token ids, top-k ids and logprobs) add on disk, per completion token.
         stored = sum(column_bytes(paths.samples / shard_name(i), LOGPROB_COLUMNS) for i in range(num_shards))

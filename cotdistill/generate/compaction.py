@@ -66,6 +66,7 @@ class Pending:
                 sampling=sampling, seed=self.seed, run_id=config.run_name, reasoning=c.reasoning,
                 round=self.round if gen.adaptive is not None else None,
                 rationalized=self.rationalize if gen.rationalize else None, hint_prompt_text=self.hint_prompt_text,
+                reasoning_tokens=c.reasoning_tokens, reasoning_budget_hit=c.budget_hit,
             ))
             if c.topk_ids is not None:  # journaled compactly; compact() turns them into the Parquet columns
                 row.update(completion_token_ids=c.token_ids, logprobs_context="teacher",
@@ -121,6 +122,10 @@ def compact(shard: Shard, paths: RunPaths) -> dict[str, Any]:
                    for r in records if r["error"]],
     }
     meta.update(rounds_meta(shard, rows))
+    if any(row.get("reasoning_tokens") is not None for row in rows):  # a reasoning teacher (else as it was)
+        meta["reasoning"] = {"rationales": sum(row.get("reasoning_tokens") is not None for row in rows),
+                             "reasoning_tokens": sum(row.get("reasoning_tokens") or 0 for row in rows),
+                             "budget_hits": sum(bool(row.get("reasoning_budget_hit")) for row in rows)}
     write_json_atomic(meta, paths.generate_meta / shard_name(shard.index, ".json"))
     write_parquet_atomic(samples_to_table([Sample(**row) for row in rows], SAMPLE_SCHEMA),
                          paths.samples / shard_name(shard.index))

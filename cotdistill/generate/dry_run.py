@@ -39,8 +39,8 @@ def dry_run(config: RunConfig) -> dict[str, Any]:
         for q in source.questions(index * per_shard, (index + 1) * per_shard):
             if q.question_id not in journaled:
                 questions += 1
-                prompt_tokens += len(render_prompt(tokenizer, template.render(question=q.question,
-                                                                               choices=q.choices))[1])
+                messages = template.render(question=q.question, choices=q.choices)
+                prompt_tokens += len(render_prompt(tokenizer, messages, teacher.chat_template_kwargs)[1])
     split = teacher.backend == "openai" and not teacher.openai.n_per_request  # N requests of n=1 per question
     # At most: adaptive sampling sends up to ceil(N / round_size) rounds, rationalization one request more.
     per_question = gen.num_samples if split else math.ceil(gen.num_samples / gen.adaptive.round_size) \

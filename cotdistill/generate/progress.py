@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cotdistill.answers import get_answer_format, group_equivalent
+from cotdistill.answers import group_equivalent
 from cotdistill.config import RunConfig
-from cotdistill.judging import rationale_reaches_gold, rationale_vote
+from cotdistill.judging import rationale_reaches_gold, rationale_vote, teacher_answer_format
 from cotdistill.records import Question
 from cotdistill.shards import Journal
 from cotdistill.stopping import should_stop
@@ -39,7 +39,7 @@ class Policy:
         gen = config.generate
         self.gen, self.adaptive, self.label = gen, gen.adaptive, config.filter.label
         # The filter's own answer check (cotdistill/judging.py), only when a verdict is needed here.
-        self.fmt = get_answer_format(config.filter.answer_format) if gen.adaptive or gen.rationalize else None
+        self.fmt = teacher_answer_format(config) if gen.adaptive or gen.rationalize else None
 
     def absorb(self, p: Progress, record: dict[str, Any], q: Question) -> bool:
         """Add one journaled record to the question's progress; False for a record that does not follow on (a

@@ -35,6 +35,8 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # a per-request seed: sample i is drawn with seed + i
     logprobs: int | None = None  # the top-k logprobs of every generated token (generate.logprobs), else none
+    # Budget forcing: reasoning still open after this many tokens is closed, and the completion goes on to answer.
+    max_reasoning_tokens: int | None = None
 
 
 @dataclass
@@ -51,7 +53,9 @@ class Completion:
     text: str  # the answer text (for reasoning models: without the reasoning)
     finish_reason: str  # "stop" | "length" | ...
     completion_tokens: int
-    reasoning: str | None = None  # reasoning_content, when the server returns it apart from the answer
+    reasoning: str | None = None  # the reasoning, when split from the answer (a reasoning parser, or the server)
+    reasoning_tokens: int | None = None  # of completion_tokens, the reasoning's (when split)
+    budget_hit: bool | None = None  # with Sampling.max_reasoning_tokens: the reasoning was closed at the budget
     # With Sampling.logprobs = k: the generated token ids, and per token the teacher's k most likely ids and their
     # raw logprobs (before temperature), as numpy arrays of shape [completion_tokens, k] (int32, float32).
     token_ids: list[int] | None = None
@@ -105,6 +109,10 @@ def teacher_settings(model: ModelConfig, weights: str | None = None) -> dict[str
 
     settings: dict[str, Any] = {"model": model.model, "weights": weights or model_fingerprint(model.model),
                                 "engine": output_engine_args(model.engine)}
+    # What reasoning models add, only when set: runs without them keep the fingerprints they had.
+    for key in ("chat_template_kwargs", "reasoning_parser", "reasoning_delimiters"):
+        if getattr(model, key):
+            settings[key] = getattr(model, key)
     if model.backend == "openai":
         o = model.openai
         settings["served"] = {"base_url": o.base_url, "model": o.model, "endpoint": o.endpoint,
@@ -129,9 +137,12 @@ def prompt_too_long(num_prompt_tokens: int, context: int | None) -> str | None:
     return f"prompt_too_long: {num_prompt_tokens} prompt tokens, max_model_len is {context}"
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
-    """The exact text the model sees (its own chat template) and its token ids, tokenized once."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]],
+                  chat_template_kwargs: dict[str, Any] | None = None) -> tuple[str, list[int]]:
+    """The exact text the model sees (its own chat template, with the model's chat_template_kwargs, e.g.
+    enable_thinking) and its token ids, tokenized once."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **(chat_template_kwargs or {}))
     # The chat template already holds any BOS token; adding special tokens again would double it.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text, ids

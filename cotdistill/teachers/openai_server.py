@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import email.utils
 import ipaddress
 import json
@@ -37,8 +38,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit
 
+from cotdistill.answers import after_reasoning
 from cotdistill.config import ModelConfig, OpenAIConfig
 from cotdistill.teachers import Completion, Finished, TeacherRequest
+from cotdistill.teachers.reasoning import split_by_delimiters
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +173,7 @@ class _Choice:
     text: str
     reasoning: str | None
     finish_reason: str
+    budget_hit: bool | None = None  # client-side budget forcing (completions endpoint): the reasoning was closed
 
 
 @dataclass
@@ -344,6 +348,8 @@ class OpenAITeacher:
         def charge(n: int) -> int:  # what one HTTP request may cost: its prompt and all it may generate
             return prompt_tokens + sampling.max_tokens * n if prompt_tokens else 0
 
+        if sampling.max_reasoning_tokens is not None:
+            return await self._run_with_budget(request, prompt_tokens, charge)
         if self._config.n_per_request or sampling.n == 1:
             calls = [self._call(request, sampling.n, sampling.seed, charge(sampling.n))]
         else:
@@ -359,6 +365,52 @@ class OpenAITeacher:
                 outcome.errors.append(error)
             else:
                 outcome.responses.append(response)
+        return outcome
+
+    async def _run_with_budget(self, request: TeacherRequest, prompt_tokens: int, charge: Any) -> _Outcome:
+        """s1's budget forcing over the completions endpoint (checked at load: chat replies cannot be continued).
+        The samples are drawn with max_tokens at most the budget (and the opening delimiter); a sample cut off
+        there while still reasoning has its reasoning kept to the budget, the closing delimiter appended, and is
+        continued, one request of n=1 from the prompt and its text so far, for the tokens it has left; one cut
+        off in its answer is continued as it is. Its reasoning therefore never exceeds the budget."""
+        sampling, (opening, closing) = request.sampling, self._model.delimiters()
+        tokenizer = self.tokenizer()  # the completions endpoint renders prompts locally: there is one
+        budget = sampling.max_reasoning_tokens
+        first = dataclasses.replace(request, sampling=dataclasses.replace(
+            sampling, max_tokens=min(budget + _count(tokenizer, opening), sampling.max_tokens)))
+        outcome = await self._run(dataclasses.replace(first, sampling=dataclasses.replace(
+            first.sampling, max_reasoning_tokens=None)), prompt_tokens)
+        if outcome.errors:
+            return outcome
+        choices = [c for r in outcome.responses for c in r.choices]
+        waiting: list[tuple[_Choice, Any]] = []  # a sample cut off, and the request that continues it
+        for i, choice in enumerate(choices):
+            choice.budget_hit = False
+            if choice.finish_reason != "length":
+                continue
+            choice.budget_hit = after_reasoning(choice.text, (opening, closing)) is None
+            if choice.budget_hit:  # the opening (when the completion holds it), the budget's tokens, the closing
+                head, opened, reasoning = choice.text.rpartition(opening)
+                ids = tokenizer(reasoning, add_special_tokens=False)["input_ids"][:budget]
+                choice.text = head + opened + tokenizer.decode(ids) + closing
+            left = sampling.max_tokens - _count(tokenizer, choice.text)
+            seed = None if sampling.seed is None else sampling.seed + i
+            more = dataclasses.replace(request, prompt_text=request.prompt_text + choice.text,
+                                       sampling=dataclasses.replace(sampling, n=1, max_tokens=left, seed=seed,
+                                                                    max_reasoning_tokens=None))
+            if left > 0:
+                waiting.append((choice, self._call(more, 1, seed, charge(1))))
+        results = await asyncio.gather(*(call for _, call in waiting))
+        for (choice, _), (response, retries, error) in zip(waiting, results):
+            outcome.retries += retries
+            if error is not None:
+                outcome.errors.append(error)
+            else:
+                choice.text += response.choices[0].text
+                choice.finish_reason = response.choices[0].finish_reason
+        # Token counts of joined texts come from the tokenizer (the servers' usage covers one phase each).
+        outcome.responses = [_Response(choices=choices, prompt_tokens=outcome.responses[0].prompt_tokens,
+                                       completion_tokens=None)]
         return outcome
 
     async def _call(self, request: TeacherRequest, n: int, seed: int | None,
@@ -404,15 +456,17 @@ class OpenAITeacher:
         sampling = request.sampling
         kwargs: dict[str, Any] = {"model": self.name, "n": n, "temperature": sampling.temperature,
                                   "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+        extra_body = dict(self._config.extra_body)
         if self._config.endpoint == "chat":
             kwargs["messages"] = request.messages
+            if self._model.chat_template_kwargs:  # vLLM renders the chat template with these (enable_thinking, ...)
+                extra_body.setdefault("chat_template_kwargs", dict(self._model.chat_template_kwargs))
         else:
             kwargs["prompt"] = request.prompt_text
         if sampling.stop:
             kwargs["stop"] = list(sampling.stop)
         if seed is not None:
             kwargs["seed"] = seed
-        extra_body = dict(self._config.extra_body)
         if sampling.top_k != -1:  # not an OpenAI field; vLLM servers take it in the body
             extra_body["top_k"] = sampling.top_k
         if extra_body:
@@ -435,11 +489,21 @@ class OpenAITeacher:
                 prompt_tokens = response.prompt_tokens  # the same prompt each time: counted once
             counts = self._count_tokens(response)
             for choice, tokens in zip(response.choices, counts):
-                completions.append(Completion(text=choice.text, finish_reason=choice.finish_reason,
-                                              completion_tokens=tokens, reasoning=choice.reasoning))
+                completions.append(self._completion(choice, tokens))
         if prompt_tokens is None:  # a server without usage: count locally when we can
             prompt_tokens = len(request.prompt_token_ids) if request.prompt_token_ids else 0
         return Finished(request.key, completions, prompt_tokens=prompt_tokens, retries=outcome.retries)
+
+    def _completion(self, choice: _Choice, tokens: int) -> Completion:
+        """A choice as a Completion: the completions endpoint's text split by reasoning_delimiters when the model
+        has them (a chat server splits it itself), and the reasoning's tokens counted when a tokenizer is here."""
+        text, reasoning = choice.text, choice.reasoning
+        if self._config.endpoint == "completions" and self._model.reasoning_delimiters:
+            reasoning, text = split_by_delimiters(text, self._model.delimiters())
+        tokenizer = self.tokenizer()
+        reasoning_tokens = _count(tokenizer, reasoning) if reasoning is not None and tokenizer is not None else None
+        return Completion(text=text, finish_reason=choice.finish_reason, completion_tokens=tokens, reasoning=reasoning,
+                          reasoning_tokens=reasoning_tokens, budget_hit=choice.budget_hit)
 
     def _count_tokens(self, response: _Response) -> list[int]:
         tokenizer = self.tokenizer()

@@ -33,6 +33,8 @@ def build_llm(model_cfg: ModelConfig, seed: int, model_path: str | None = None) 
 
     model = model_path or resolve_model(model_cfg.model)
     engine_args = {"seed": seed, **model_cfg.engine}
+    if model_cfg.reasoning_parser:  # the engine's reasoning config: what thinking_token_budget forces the end by
+        engine_args.setdefault("reasoning_parser", model_cfg.reasoning_parser)
     if current_platform.is_cpu():
         # vLLM's CPU sampler cannot rewind the generator of a seeded request whose prompt was split across engine
         # steps ("CPU Generator does not use offset"), so per-request seeds (generate.seed_per_request) need whole
@@ -77,12 +79,18 @@ def topk_arrays(logprobs: Any, k: int, start: int = 0) -> tuple[Any, Any]:
     return ids, values
 
 
-def completion(c: Any, k: int | None) -> Completion:
-    """One of vLLM's CompletionOutputs as a Completion (with its top-k logprobs when asked for)."""
+def completion(c: Any, request: TeacherRequest, splitter: Any = None) -> Completion:
+    """One of vLLM's CompletionOutputs as a Completion: its top-k logprobs when asked for, its reasoning apart
+    when the model has a reasoning parser (`splitter`), and whether a reasoning budget was hit."""
+    sampling = request.sampling
     out = Completion(text=c.text, finish_reason=str(c.finish_reason), completion_tokens=len(c.token_ids))
-    if k is not None:
+    if splitter is not None:
+        out.reasoning, out.text, out.reasoning_tokens = splitter.split(request, c.text, list(c.token_ids))
+    if sampling.max_reasoning_tokens is not None and out.reasoning_tokens is not None:
+        out.budget_hit = out.reasoning_tokens >= sampling.max_reasoning_tokens
+    if sampling.logprobs is not None:
         out.token_ids = list(c.token_ids)
-        out.topk_ids, out.topk_logprobs = topk_arrays(c.logprobs, k)
+        out.topk_ids, out.topk_logprobs = topk_arrays(c.logprobs, sampling.logprobs)
     return out
 
 
@@ -93,7 +101,10 @@ def sampling_params(sampling: Sampling) -> Any:
     params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             top_k=sampling.top_k, max_tokens=sampling.max_tokens, stop=sampling.stop or None,
                             seed=sampling.seed, logprobs=sampling.logprobs,
-                            flat_logprobs=sampling.logprobs is not None)
+                            flat_logprobs=sampling.logprobs is not None,
+                            # s1's budget forcing, by the engine: past the budget it writes the end of the reasoning
+                            # and the completion goes on, so the answer continues the same text
+                            thinking_token_budget=sampling.max_reasoning_tokens)
     params.output_kind = RequestOutputKind.FINAL_ONLY  # only finished questions come back from step()
     return params
 
@@ -103,9 +114,16 @@ class VLLMTeacher:
     `LLM.generate` drives it, but with the next requests added while earlier ones run: the engine does not drain
     to a small batch at the end of every shard, nor wait while a shard is written."""
 
-    def __init__(self, llm: Any, name: str, max_in_flight: int = 512):
+    def __init__(self, llm: Any, name: str, max_in_flight: int = 512, reasoning_parser: str | None = None,
+                 chat_template_kwargs: dict[str, Any] | None = None):
         self.llm, self.name, self.max_in_flight = llm, name, max_in_flight
         self._ids = itertools.count()
+        self.splitter = None
+        if reasoning_parser:
+            from cotdistill.teachers.reasoning import ReasoningSplitter
+
+            self.splitter = ReasoningSplitter(reasoning_parser, llm.get_tokenizer(), chat_template_kwargs,
+                                              llm.llm_engine.model_config)
 
     def tokenizer(self) -> Any:
         return self.llm.get_tokenizer()
@@ -142,7 +160,7 @@ class VLLMTeacher:
                     completions = sorted(output.outputs, key=lambda c: c.index)
                     yield Finished(
                         key=request.key, prompt_tokens=len(request.prompt_token_ids),
-                        completions=[completion(c, request.sampling.logprobs) for c in completions],
+                        completions=[completion(c, request, self.splitter) for c in completions],
                     )
         finally:
             if in_flight:  # the caller stopped early (or failed): leave no request running in the engine
@@ -153,4 +171,5 @@ class VLLMTeacher:
 
 
 def build(model: ModelConfig, seed: int, model_path: str | None = None) -> VLLMTeacher:
-    return VLLMTeacher(build_llm(model, seed, model_path), name=model.model)
+    return VLLMTeacher(build_llm(model, seed, model_path), name=model.model, reasoning_parser=model.reasoning_parser,
+                       chat_template_kwargs=model.chat_template_kwargs)
