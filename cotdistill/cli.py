@@ -50,10 +50,15 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
     if "train" in stages:
         from trl import SFTConfig
 
-        known = {f.name for f in dataclasses.fields(SFTConfig)}
-        unknown = sorted(set(config.train.sft) - known)
+        fields = {f.name: f for f in dataclasses.fields(SFTConfig)}
+        unknown = sorted(set(config.train.sft) - set(fields))
         if unknown:
             raise ConfigError(f"train.sft: unknown SFTConfig field '{unknown[0]}'")
+        for key, value in config.train.sft.items():  # SFTConfig keeps a string where a number belongs
+            default = fields[key].default
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+                raise ConfigError(f"train.sft.{key}: must be a number, got {value!r} (YAML reads 1e-4 as text: "
+                                  "write 1.0e-4)")
         if config.train.loss == "kd":  # the tokenizers alone: a vocabulary mismatch costs seconds, not a run
             from cotdistill.train import check_kd_vocabulary
 

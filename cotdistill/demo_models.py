@@ -7,11 +7,10 @@ SmolLM2's tokenizer has no think tokens, and vLLM's reasoning parsers need them,
 on CPU has to be built. tiny-thinker is a 2-layer Llama (hidden 128, heads of 32: vLLM's CPU attention refuses
 smaller ones) with a byte-level BPE tokenizer trained on arithmetic problems made like the project's own
 (demo_data.make_problem), whose vocabulary holds `<think>` and `</think>` as single tokens (added, not special, so
-decoded text keeps them, as DeepSeek-R1's and Qwen3's do), and a ChatML chat template with Qwen3's thinking
-switch: `enable_thinking: false` writes an empty think block into the generation prompt. It is trained for a few
-seconds to answer as "<think>\\n{the worked step}\\n</think>\\n\\nThe answer is N." It learns the format and some
-of the arithmetic: enough for vLLM's parser to split its completions, for the filter to find right and wrong
-answers, and for a student to learn think blocks from it.
+decoded text keeps them, as DeepSeek-R1's and Qwen3's do), and a ChatML chat template with two switches (below).
+It is trained for a few seconds to answer as "<think>\\n{the worked step}\\n</think>\\n\\nThe answer is N." It
+learns the format and some of the arithmetic: enough for vLLM's parser to split its completions, for the filter to
+find right and wrong answers, and for a student to learn think blocks from it.
 """
 
 from __future__ import annotations
@@ -24,11 +23,15 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-THINKER_VERSION = 1  # part of the model's fingerprint: bump when the recipe below changes what is built
+THINKER_VERSION = 2  # part of the model's fingerprint: bump when the recipe below changes what is built
+# ChatML with two switches: Qwen3's `enable_thinking: false` (an empty think block in the generation prompt), and
+# `open_thinking: true`, as DeepSeek-R1's distills do (the prompt opens the block: the completion holds only its
+# end).
 CHATML_THINKING_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% elif open_thinking is defined and open_thinking %}<think>\n{% endif %}{% endif %}"
 )
 
 
@@ -72,12 +75,14 @@ def build_tiny_thinker(target: str | Path, problems: int = 2000, steps: int = 30
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True))
     examples = []
     for i, p in enumerate(data):
-        # One in eight without thinking (the switch off): the generation prompt then holds the empty think block.
-        thinking = i % 8 != 0
+        # One in eight without thinking (the generation prompt then holds the empty think block), one in eight with
+        # the block opened by the prompt; the rest think from the start.
+        switches = [{"enable_thinking": False}, {"open_thinking": True}][i % 8] if i % 8 < 2 else {}
         messages = [{"role": "user", "content": p["question"]}]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                               enable_thinking=thinking)
-        answer = thinking_answer(p) if thinking else thinking_answer(p).split("</think>\n\n", 1)[1]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **switches)
+        answer = thinking_answer(p)
+        if switches:  # what the prompt already holds is not the answer's
+            answer = answer.split("</think>\n\n" if "enable_thinking" in switches else "<think>\n", 1)[1]
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
         examples.append((prompt_ids + answer_ids, len(prompt_ids)))

@@ -23,6 +23,7 @@ accuracy_vs_tokens.png. A rerun skips the models already done.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -393,17 +394,15 @@ def thinking_metrics(rows: list[dict[str, Any]], budget: int | None = None) -> d
     """What thinking costs, over every sampled completion: how many have no answer (and why), how many were cut
     off by max_tokens and the share of those cut inside their reasoning, the mean reasoning and answer tokens
     (over completions whose reasoning tokens are known), the share that hit the reasoning budget, and accuracy
-    against completion length (power-of-two bins from 16 tokens), with the lengths of right and wrong ones."""
+    against completion length (length_bins), with the lengths of right and wrong ones."""
     samples = [s for r in rows for s in zip(r.get("sample_answer_reasons") or [], r.get("sample_finish_reasons") or [],
                                             r.get("sample_completion_tokens") or [],
                                             r.get("sample_reasoning_tokens") or [], r.get("sample_correct") or [])]
     n = len(samples)
     truncated = [s for s in samples if s[1] == "length"]
     known = [s for s in samples if s[3] is not None]
-    edges = [16]
-    while samples and edges[-1] <= max(s[2] for s in samples):
-        edges.append(edges[-1] * 2)
-    by_bin = [[s for s in samples if (edges[b - 1] if b else 0) <= s[2] < edges[b]] for b in range(len(edges))]
+    low, edges = length_bins([s[2] for s in samples])
+    by_bin = [[s for s in samples if (edges[b - 1] if b else low) <= s[2] < edges[b]] for b in range(len(edges))]
     mean = lambda values: round(sum(values) / len(values), 2) if values else None  # noqa: E731
     out: dict[str, Any] = {
         "no_answer_rate": sum(s[0] is not None for s in samples) / n if n else None,
@@ -414,7 +413,8 @@ def thinking_metrics(rows: list[dict[str, Any]], budget: int | None = None) -> d
         "reasoning_tokens_mean": mean([s[3] for s in known]),
         "answer_tokens_mean": mean([s[2] - s[3] for s in known]),
         "accuracy_by_length": {
-            "edges": edges, "samples": [len(b) for b in by_bin],
+            "low": low, "edges": edges, "geometric": bool(edges) and edges[-1] > 8 * low,
+            "samples": [len(b) for b in by_bin],
             "accuracy": [sum(bool(s[4]) for s in b) / len(b) if b else None for b in by_bin],
             "correct": [sum(bool(s[4]) for s in b) for b in by_bin],
             "wrong": [sum(not s[4] for s in b) for b in by_bin],
@@ -423,6 +423,20 @@ def thinking_metrics(rows: list[dict[str, Any]], budget: int | None = None) -> d
     if budget is not None:
         out["reasoning_budget_hit_rate"] = sum(s[3] >= budget for s in known) / len(known) if known else None
     return out
+
+
+def length_bins(lengths: list[int], bins: int = 8) -> tuple[int, list[int]]:
+    """Bins over the completion lengths seen: (the lowest length, each bin's upper edge, exclusive). Equal widths,
+    or, when the longest run over 8 times the shortest (reasoning models' long tails), equal ratios."""
+    if not lengths:
+        return 0, []
+    low, high = max(1, min(lengths)), max(lengths) + 1
+    if high > 8 * low:
+        edges = [math.ceil(low * (high / low) ** ((b + 1) / bins)) for b in range(bins)]
+    else:
+        step = math.ceil((high - low) / bins)
+        edges = [min(high, low + step * (b + 1)) for b in range(bins)]
+    return low, sorted(set(edges))
 
 
 def adaptive_metrics(rows: list[dict[str, Any]], maj_at_K: list[float], k_max: int,

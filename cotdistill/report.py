@@ -25,7 +25,7 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for name, m in metrics.items():
         k = m["k"]
-        params = f"{m['parameters'] / 1e6:.0f}M" if m.get("parameters") else "-"
+        params = f"{m['parameters'] / 1e6:.{0 if m['parameters'] >= 1e7 else 2}f}M" if m.get("parameters") else "-"
         tps = f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") else "-"
         lines.append(f"{name:<14} {pct(m['greedy_accuracy']):>7} {pct(m['maj@1']):>7} {pct(m[f'maj@{k}']):>7} "
                      f"{pct(m[f'pass@{k}']):>7} {k:>3} {m['sampled_tokens_per_question']:>7.0f} {tps:>7} {params:>8}")
@@ -177,15 +177,16 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> None:
         by_length = m.get("accuracy_by_length")
         if not by_length:
             continue
-        edges = by_length["edges"]
-        middles = [((edges[b - 1] if b else 0) + edges[b]) / 2 for b in range(len(edges))]
+        edges, low = by_length["edges"], by_length.get("low", 0)
+        middles = [((edges[b - 1] if b else low) + edges[b]) / 2 for b in range(len(edges))]
         points = [(x, 100 * a) for x, a in zip(middles, by_length["accuracy"]) if a is not None]
         line, = left.plot([x for x, _ in points], [a for _, a in points], marker="o", label=name)
         right.plot(middles, by_length["correct"], marker="o", color=line.get_color(), label=f"{name} right")
         right.plot(middles, by_length["wrong"], marker="x", linestyle="--", color=line.get_color(),
                    label=f"{name} wrong")
-    for ax in (left, right):
-        ax.set_xscale("log")
+    if any((m.get("accuracy_by_length") or {}).get("geometric") for m in metrics.values()):
+        for ax in (left, right):
+            ax.set_xscale("log")
     right.set_xlabel("completion tokens (bin)")
     right.set_ylabel("completions")
     right.set_title("Right and wrong completions by length")

@@ -40,8 +40,10 @@ def thinker_config(model: Path, **settings) -> ModelConfig:
     return ModelConfig(model=str(model), engine=dict(TINY_ENGINE), reasoning_parser=PARSER, **settings)
 
 
-def requests(tokenizer, switch: bool | None, **sampling) -> list[TeacherRequest]:
-    kwargs = {} if switch is None else {"enable_thinking": switch}
+SWITCHES = [{"enable_thinking": True}, {"enable_thinking": False}, {"open_thinking": True}]
+
+
+def requests(tokenizer, kwargs: dict, **sampling) -> list[TeacherRequest]:
     out = []
     for i, question in enumerate(QUESTIONS):
         messages = [{"role": "user", "content": question}]
@@ -72,22 +74,23 @@ def test_the_thinker_thinks_and_its_tokenizer_has_the_think_tokens(thinker):
 
     tokenizer = AutoTokenizer.from_pretrained(thinker)
     assert len(tokenizer("<think></think>", add_special_tokens=False)["input_ids"]) == 2
-    on = render_prompt(tokenizer, [{"role": "user", "content": "2 + 3?"}], {"enable_thinking": True})[0]
-    off = render_prompt(tokenizer, [{"role": "user", "content": "2 + 3?"}], {"enable_thinking": False})[0]
+    on, off, opened = (render_prompt(tokenizer, [{"role": "user", "content": "2 + 3?"}], kwargs)[0]
+                       for kwargs in SWITCHES)
     assert off == on + "<think>\n\n</think>\n\n"  # the switch, as Qwen3's template has it
+    assert opened == on + "<think>\n"  # the block opened by the prompt, as R1's distills have it
 
 
 @pytest.mark.parametrize("backend", ["vllm", "ray"])
 def test_a_local_parser_splits_as_vllms_server_does(thinker, served_thinker, backend):
     """The same prompts, greedy, through vLLM's server (--reasoning-parser) and through a local backend with the
-    same parser: the same reasoning and the same answer, thinking switch on and off."""
+    same parser: the same reasoning and the same answer, thinking on, off, and opened by the prompt."""
     import ray
 
     from cotdistill.teachers import build_teacher
 
     compared = 0
-    for switch in (True, False):
-        kwargs = {"chat_template_kwargs": {"enable_thinking": switch}}
+    for switch in SWITCHES:
+        kwargs = {"chat_template_kwargs": switch}
         local = build_teacher(thinker_config(thinker, backend=backend, ray=RayConfig(replicas=1, num_cpus=1),
                                              **kwargs), seed=0)
         try:
@@ -105,9 +108,9 @@ def test_a_local_parser_splits_as_vllms_server_does(thinker, served_thinker, bac
             served.close()
         assert got == expected
         compared += len(got)
-        if switch:  # thinking on: the tiny model thinks, so there is reasoning to split
+        if switch != {"enable_thinking": False}:  # it thinks: there is reasoning to split, also with no opening tag
             assert sum(r is not None and r.strip() != "" for (r, _, _), in expected.values()) >= 4
-    assert compared == 2 * len(QUESTIONS)
+    assert compared == len(SWITCHES) * len(QUESTIONS)
 
 
 def test_budget_forcing_on_a_local_engine_closes_the_reasoning_then_answers(thinker):
@@ -117,8 +120,9 @@ def test_budget_forcing_on_a_local_engine_closes_the_reasoning_then_answers(thin
     teacher = build(thinker_config(thinker), seed=0)
     try:
         tokenizer = teacher.tokenizer()
-        free = splits(teacher, requests(tokenizer, True))
-        done = list(teacher.generate(requests(tokenizer, True, max_reasoning_tokens=budget, n=2, temperature=1.0)))
+        free = splits(teacher, requests(tokenizer, {}))
+        done = list(teacher.generate(requests(tokenizer, {}, max_reasoning_tokens=budget, n=2, temperature=1.0)))
+        opened = list(teacher.generate(requests(tokenizer, {"open_thinking": True}, max_reasoning_tokens=budget)))
     finally:
         teacher.close()
     completions = [c for f in done for c in f.completions]
@@ -131,6 +135,9 @@ def test_budget_forcing_on_a_local_engine_closes_the_reasoning_then_answers(thin
     hit = [c for c in completions if c.budget_hit]
     assert len(hit) >= len(completions) // 2
     assert sum("answer is" in c.text for c in hit) >= len(hit) // 2  # closed, then it answered in the same text
+    # The block opened by the prompt: the completion starts inside it, and the budget holds there too.
+    assert all(c.reasoning_tokens <= budget for f in opened for c in f.completions)
+    assert sum(c.budget_hit for f in opened for c in f.completions) >= len(QUESTIONS) // 2
 
 
 def test_budget_forcing_through_the_completions_endpoint(thinker, served_thinker):
@@ -143,7 +150,7 @@ def test_budget_forcing_through_the_completions_endpoint(thinker, served_thinker
     teacher = build_teacher(config, seed=0)
     try:
         tokenizer = teacher.tokenizer()
-        done = list(teacher.generate(requests(tokenizer, True, max_reasoning_tokens=budget, n=2, temperature=1.0)))
+        done = list(teacher.generate(requests(tokenizer, {}, max_reasoning_tokens=budget, n=2, temperature=1.0)))
     finally:
         teacher.close()
     completions = [c for f in done for c in f.completions]
@@ -213,8 +220,10 @@ def test_evaluate_reports_what_thinking_costs():
     assert m["reasoning_tokens_mean"] == 34.0 and m["answer_tokens_mean"] == 5.5
     assert m["reasoning_budget_hit_rate"] == 0.5
     by_length = m["accuracy_by_length"]
-    assert by_length["edges"] == [16, 32, 64, 128] and by_length["samples"] == [1, 1, 0, 2]
-    assert by_length["accuracy"] == [0.0, 1.0, None, 0.0] and by_length["wrong"] == [1, 0, 0, 2]
+    # 10 to 64 tokens: eight bins of 7 from 10 (equal widths: the longest is under 8 times the shortest)
+    assert by_length["low"] == 10 and by_length["edges"] == [17, 24, 31, 38, 45, 52, 59, 65]
+    assert by_length["samples"] == [1, 1, 0, 0, 0, 0, 0, 2] and not by_length["geometric"]
+    assert by_length["accuracy"][:3] == [0.0, 1.0, None] and by_length["wrong"][-1] == 2
 
 
 def test_the_thinking_demo_runs_end_to_end(tmp_path):
@@ -238,7 +247,7 @@ def test_the_thinking_demo_runs_end_to_end(tmp_path):
     run = tmp_path / "runs" / "demo-thinking"
     samples = pq.read_table(run / "generate" / "samples" / "00000.parquet").to_pylist()
     assert all(r["reasoning"] is not None and "<think>" not in r["rationale"] for r in samples[:8])
-    assert any(r["reasoning_budget_hit"] for r in samples) and all(r["reasoning_tokens"] <= 10 for r in samples)
+    assert any(r["reasoning_budget_hit"] for r in samples) and all(r["reasoning_tokens"] <= 12 for r in samples)
     student = pq.read_table(run / "evaluate" / "student.parquet").to_pylist()
     assert sum(r is not None for row in student for r in row["sample_reasonings"]) >= len(student)  # it thinks
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())["models"]

@@ -52,6 +52,22 @@ class ReasoningSplitter:
             return reasoning, content or "", parser.count_reasoning_tokens(token_ids)
         return reasoning, content or "", block_tokens(token_ids, self.start_ids, self.end_ids)
 
+    def tokens_opened_in_prompt(self, prompt_token_ids: list[int] | None) -> int:
+        """Tokens of a reasoning block the prompt opens and leaves open (after R1-style `<think>\n`): vLLM's
+        thinking_token_budget counts them against the budget, so whether the budget was hit counts them too."""
+        if not prompt_token_ids or not self.start_ids or not self.end_ids:
+            return 0
+        opening, closing = last_index(prompt_token_ids, self.start_ids), last_index(prompt_token_ids, self.end_ids)
+        return len(prompt_token_ids) - opening - len(self.start_ids) if opening > closing else 0
+
+
+def last_index(ids: list[int], sequence: list[int]) -> int:
+    """Where `sequence` last starts in `ids`, or -1."""
+    for i in range(len(ids) - len(sequence), -1, -1):
+        if ids[i:i + len(sequence)] == sequence:
+            return i
+    return -1
+
 
 def find(ids: list[int], sequence: list[int], start: int = 0) -> int:
     """Where `sequence` first starts in `ids` at or after `start`, or -1."""

@@ -87,7 +87,8 @@ def completion(c: Any, request: TeacherRequest, splitter: Any = None) -> Complet
     if splitter is not None:
         out.reasoning, out.text, out.reasoning_tokens = splitter.split(request, c.text, list(c.token_ids))
     if sampling.max_reasoning_tokens is not None and out.reasoning_tokens is not None:
-        out.budget_hit = out.reasoning_tokens >= sampling.max_reasoning_tokens
+        opened = splitter.tokens_opened_in_prompt(request.prompt_token_ids) if splitter is not None else 0
+        out.budget_hit = out.reasoning_tokens + opened >= sampling.max_reasoning_tokens
     if sampling.logprobs is not None:
         out.token_ids = list(c.token_ids)
         out.topk_ids, out.topk_logprobs = topk_arrays(c.logprobs, sampling.logprobs)
