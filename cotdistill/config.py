@@ -117,6 +117,8 @@ class OpenAIConfig:
     timeout_s: float = setting(600.0, above=0)  # per request
     # on 429, 5xx, timeouts and dropped connections, with exponential backoff and jitter
     max_retries: int = setting(6, at_least=0)
+    # every request failing for this long (servers unreachable, each request refused) stops the run
+    failing_timeout_s: float = setting(300.0, above=0)
     n_per_request: bool = True  # one request with n=N (vLLM and OpenAI support it), else N requests of n=1
     tokenizer: str | None = None  # a Hugging Face tokenizer for counting prompt tokens; defaults to `model`
     price_per_million_input: float | None = None  # for the estimated cost in stats.json and --dry-run

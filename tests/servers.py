@@ -1,12 +1,15 @@
-"""Test helpers: a real vLLM OpenAI-compatible server in a subprocess, and a fault-injecting reverse proxy.
+"""Test helpers: a real vLLM OpenAI-compatible server in a subprocess, a fault-injecting reverse proxy, a stub.
 
     process, base_url = start_vllm_server(model_dir)          # http://127.0.0.1:PORT/v1, about 40 s on CPU
     with FaultProxy(base_url, seed=0, rate_429=0.2, rate_500=0.15, rate_drop=0.1, rate_slow=0.1) as proxy:
         ...  # point a client at proxy.url; proxy.counts says what it injected
     stop_server(process)
 
+    with StubOpenAI(lambda body, attempt: ("status", 401, {"error": {...}})) as stub:
+        ...  # an OpenAI-compatible server that is not a model, answering as a test scripts it (error behaviour)
+
 Everything listens on 127.0.0.1 only, on a free port, and is bounded in time: the server start by `timeout`,
-the proxy by `lifetime_s` (after which it stops itself even if a test forgot to close it).
+the proxy and the stub by `lifetime_s` (after which they stop even if a test forgot to close them).
 """
 
 from __future__ import annotations
@@ -126,7 +129,84 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
-class FaultProxy:
+class BackgroundServer:
+    """An aiohttp app on 127.0.0.1, on a free port, in its own thread and event loop: every request goes to
+    `_handle`. It stops by itself after `lifetime_s` even if nobody calls close()."""
+
+    def _start(self, path: str, lifetime_s: float, port: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}{path}"
+        self._thread = threading.Thread(target=self._run, args=(lifetime_s,), name=type(self).__name__, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=30) or self._error is not None:
+            self.close()
+            raise RuntimeError(f"{type(self).__name__} did not start: {self._error!r}")
+
+    async def _open(self) -> None:
+        """Before the first request (the server's own clients)."""
+
+    async def _shut(self) -> None:
+        """After the last one."""
+
+    async def _handle(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    def _run(self, lifetime_s: float) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve(lifetime_s))
+        except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+            self._error = e
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _serve(self, lifetime_s: float) -> None:
+        from aiohttp import web
+
+        self._stop = asyncio.Event()
+        await self._open()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", self.port)
+            await site.start()
+            self._ready.set()
+            try:  # bounded lifetime: stops by itself even if nobody calls close()
+                await asyncio.wait_for(self._stop.wait(), timeout=lifetime_s)
+            except asyncio.TimeoutError:
+                logger.warning("%s on port %d reached its lifetime of %s s", type(self).__name__, self.port,
+                               lifetime_s)
+        finally:
+            await runner.cleanup()
+            await self._shut()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive() and hasattr(self, "_stop"):
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # its lifetime ran out just now: the loop is already closed
+                pass
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class FaultProxy(BackgroundServer):
     """A reverse proxy on 127.0.0.1 in a background thread, forwarding to `upstream` (a base URL such as
     http://127.0.0.1:8000/v1; paths are forwarded as they come), injecting faults per request.
 
@@ -165,53 +245,15 @@ class FaultProxy:
         self.exchanges: list[tuple[str, Any, int, Any]] = []
         self._seen: set[bytes] = set()
         self._random = random.Random(seed)
-        self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._closed = False
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}{parts.path}"  # the same base path, e.g. /v1
-        self._thread = threading.Thread(target=self._run, args=(lifetime_s,), name="fault-proxy", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout=30) or self._error is not None:
-            self.close()
-            raise RuntimeError(f"fault proxy did not start: {self._error!r}")
+        self._start(parts.path, lifetime_s)  # the same base path, e.g. /v1
 
-    # -- the proxy's own event loop, in its thread ------------------------------------------------------------
-
-    def _run(self, lifetime_s: float) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve(lifetime_s))
-        except BaseException as e:  # noqa: BLE001 - reported to the starting thread
-            self._error = e
-            self._ready.set()
-        finally:
-            self._loop.close()
-
-    async def _serve(self, lifetime_s: float) -> None:
+    async def _open(self) -> None:
         import aiohttp
-        from aiohttp import web
 
-        self._stop = asyncio.Event()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", self.port)
-            await site.start()
-            self._ready.set()
-            try:  # bounded lifetime: stops by itself even if nobody calls close()
-                await asyncio.wait_for(self._stop.wait(), timeout=lifetime_s)
-            except asyncio.TimeoutError:
-                logger.warning("fault proxy on port %d reached its lifetime of %s s", self.port, lifetime_s)
-        finally:
-            await runner.cleanup()
-            await self._session.close()
 
+    async def _shut(self) -> None:
+        await self._session.close()
     def _draw(self, method: str, body: bytes) -> str:
         with self._lock:
             self.bodies.append(body)
@@ -281,19 +323,59 @@ class FaultProxy:
         with self._lock:
             return sum(self.counts[k] for k in kinds)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread.is_alive() and hasattr(self, "_stop"):
-            try:
-                self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:  # its lifetime ran out just now: the loop is already closed
-                pass
-        self._thread.join(timeout=30)
 
-    def __enter__(self) -> "FaultProxy":
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+
+class StubOpenAI(BackgroundServer):
+    """An OpenAI-compatible server that is not a model: POST /v1/chat/completions and /v1/completions answer
+    "The answer is 4." n times, unless `behave(body, attempt)` says otherwise. `attempt` counts the requests seen
+    with the same body (1 for the first); `behave` returns None (answer normally) or one of
+
+        ("status", code, error_json)   an error response, e.g. (401, {"error": {...}})
+        ("choices", k)                 a normal answer with k choices instead of n
+        ("cut", )                      a 200 whose JSON body is cut off halfway
+        ("text", )                     a 200 with a body that is not JSON at all
+
+    `log` holds (path, body, what was answered) for every POST, in arrival order; every answer waits `delay_s`
+    first. `port`: the one a stub before it had (the base URL is part of a served teacher's settings). For error
+    behaviour only: a test of generation itself uses a real vLLM server."""
+
+    def __init__(self, behave: Any = None, *, delay_s: float = 0.0, port: int | None = None,
+                 lifetime_s: float = 300.0) -> None:
+        self.behave = behave or (lambda body, attempt: None)
+        self.delay_s = delay_s
+        self.log: list[tuple[str, dict, str]] = []
+        self._attempts: Counter[str] = Counter()
+        self._start("/v1", lifetime_s, port)
+
+    def answered(self, what: str) -> int:
+        with self._lock:
+            return sum(kind == what for _, _, kind in self.log)
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if request.method != "POST":
+            return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+        raw = await request.read()
+        body = json.loads(raw)
+        with self._lock:
+            self._attempts[raw] += 1
+            action = self.behave(body, self._attempts[raw]) or ("choices", int(body.get("n") or 1))
+            self.log.append((request.path, body, action[0]))
+        await asyncio.sleep(self.delay_s)
+        if action[0] == "status":
+            return web.json_response(action[2], status=action[1])
+        chat = request.path.endswith("/chat/completions")
+        choices = [{"index": i, "finish_reason": "stop",
+                    **({"message": {"role": "assistant", "content": "2 + 2 = 4. The answer is 4."}} if chat
+                       else {"text": " 2 + 2 = 4. The answer is 4."})} for i in range(action[1])]
+        payload = json.dumps({"id": "stub", "object": "chat.completion" if chat else "text_completion",
+                              "created": 0, "model": body.get("model", "stub"), "choices": choices,
+                              "usage": {"prompt_tokens": 10, "completion_tokens": 12 * len(choices),
+                                        "total_tokens": 10 + 12 * len(choices)}}).encode()
+        if action[0] == "cut":
+            return web.Response(body=payload[:len(payload) // 2], content_type="application/json")
+        if action[0] == "text":
+            return web.Response(text="<html>502 bad gateway</html>", content_type="text/html")
+        return web.Response(body=payload, content_type="application/json")

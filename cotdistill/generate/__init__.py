@@ -5,9 +5,9 @@
 Questions are cut into shards of `generate.questions_per_shard`, and every unfinished shard's questions stream
 through the teacher (cotdistill/teachers/), one request of n=N per question so the N samples share one prefill;
 the teacher keeps requests in flight across shard boundaries, so the engine never drains between shards. Each
-answered question is journaled at once (generate/journal/, flushed and fsynced) and a shard whose questions are all
-in is compacted into its meta and Parquet file: a crash loses at most the requests in flight, and a rerun sends
-only what its journals lack.
+answered question is journaled at once (generate/journal/, flushed, fsynced by group commit) and a shard whose
+questions are all in is compacted into its meta and Parquet file: a crash loses at most the requests in flight,
+and a rerun sends only what its journals lack.
 
 `generate.adaptive` samples in rounds and closes a question once enough of its rationales reach the gold, or its
 majority is settled (judging.py and stopping.py: the filter's own verdicts, so generate and filter cannot
@@ -185,6 +185,9 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
             if done.error:
                 logger.warning("question %s (row %d) failed: %s", pending.question.question_id,
                                pending.question.source_row, done.error)
+            elif done.missing:
+                logger.warning("question %s (row %d): %d samples short", pending.question.question_id,
+                               pending.question.source_row, done.missing)
             pending.shard.record(pending.answered(done, config, seconds()))
             if pending.shard.done and pending.shard not in finished:
                 finished.append(pending.shard)
@@ -235,7 +238,7 @@ def generate(config: RunConfig, teacher: Teacher | None = None) -> dict[str, Any
 
     stats = summarize(paths, num_shards, config)
     write_json_atomic(stats, paths.generate / "stats.json")
-    logger.info("generate: %s", {k: v for k, v in stats.items() if k not in ("skipped", "failed")})
+    logger.info("generate: %s", {k: v for k, v in stats.items() if k not in ("skipped", "failed", "short")})
     return stats
 
 
@@ -257,6 +260,8 @@ def summarize(paths: RunPaths, num_shards: int, config: RunConfig) -> dict[str, 
         "num_skipped": sum(len(m["skipped"]) for m in metas),
         "failed": [s for m in metas for s in m["failed"]],
         "num_failed": sum(len(m["failed"]) for m in metas),
+        "short": [s for m in metas for s in m.get("short", [])],  # metas of older runs have none
+        "num_short": sum(len(m.get("short", [])) for m in metas),
         "retries": sum(m["retries"] for m in metas),
     }
     stats.update(rounds_stats(metas))

@@ -22,12 +22,13 @@ from cotdistill.teachers import Finished
 
 def journal_record(q: Question, *, round: int | None, rationalize: bool, samples: list[dict[str, Any]] = (),
                    prompt_tokens: int = 0, seconds: float = 0.0, retries: int = 0, skipped: str | None = None,
-                   error: str | None = None) -> dict[str, Any]:
+                   error: str | None = None, missing: int = 0) -> dict[str, Any]:
     """One line of a shard's journal: a request's answer (its Sample rows) or why it was never sent. `round` is
-    the ordinary request's round (1, 2, ...; 1 with fixed N), None for the question's rationalization."""
+    the ordinary request's round (1, 2, ...; 1 with fixed N), None for the question's rationalization;
+    `missing`, the samples asked for that the teacher never returned."""
     return {"question_id": q.question_id, "source_row": q.source_row, "samples": list(samples),
             "prompt_tokens": prompt_tokens, "seconds": seconds, "retries": retries, "skipped": skipped,
-            "error": error, "round": round, "rationalize": rationalize}
+            "error": error, "missing": missing, "round": round, "rationalize": rationalize}
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Pending:
     def answered(self, done: Finished, config: RunConfig, seconds: float) -> dict[str, Any]:
         return journal_record(self.question, round=self.round, rationalize=self.rationalize,
                               samples=self.sample_rows(done, config), prompt_tokens=done.prompt_tokens,
-                              seconds=seconds, retries=done.retries, error=done.error)
+                              seconds=seconds, retries=done.retries, error=done.error, missing=done.missing)
 
     def sample_rows(self, done: Finished, config: RunConfig) -> list[dict[str, Any]]:
         """The teacher's answer as Sample records (dicts, as journaled). A row holds its round only under
@@ -120,6 +121,9 @@ def compact(shard: Shard, paths: RunPaths) -> dict[str, Any]:
                     for r in records if r["skipped"]],
         "failed": [{"question_id": r["question_id"], "source_row": r["source_row"], "reason": r["error"]}
                    for r in records if r["error"]],
+        # questions with fewer samples than asked: the teacher's responses were short even after topping up
+        "short": [{"question_id": r["question_id"], "source_row": r["source_row"], "missing": r["missing"]}
+                  for r in records if r.get("missing")],
     }
     meta.update(rounds_meta(shard, rows))
     if any(row.get("reasoning_tokens") is not None for row in rows):  # a reasoning teacher (else as it was)

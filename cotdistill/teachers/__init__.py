@@ -70,6 +70,12 @@ class Finished:
     prompt_tokens: int  # as the backend counted them (the server's usage, or the prompt's token ids)
     error: str | None = None  # why it failed after all its retries: recorded and counted, never dropped
     retries: int = 0  # retried attempts behind this result (rate limits, 5xx, timeouts, dropped connections)
+    missing: int = 0  # samples asked for that never came back (a server short of n, even after topping up)
+
+
+class TeacherUnavailable(RuntimeError):
+    """The teacher can never answer as configured (a refused key, an exhausted quota, its servers unreachable
+    for longer than the bound): the run stops with this message; what was journaled stays, and a rerun resumes."""
 
 
 class Teacher(Protocol):

@@ -11,11 +11,17 @@ the caller's thread: it pulls requests from the caller's iterator, hands each to
 yields results as they complete, so the caller's iterator and its consumer are never touched by another thread.
 At most `openai.max_concurrency` questions (and HTTP requests) are in flight.
 
-Failures never raise: rate limits (429), server errors (5xx), timeouts and dropped connections are retried by
-tenacity with exponential backoff and jitter (or after the server's `Retry-After`), at most `openai.max_retries`
-times per HTTP request; what still fails, or fails for good at once (400, 401, ...), comes back as
-`Finished(key, [], 0, error="<type>: <message>")` and the run goes on. `Finished.retries` counts the retried
-attempts behind each result.
+Failures: rate limits (429), server errors (5xx), timeouts, dropped connections and cut-off or undecodable bodies
+are retried by tenacity with exponential backoff and jitter (or after the server's `Retry-After`), at most
+`openai.max_retries` times per HTTP request. A request that fails for good on its own (a 400 for its context
+length, a content filter) comes back as `Finished(key, [], 0, error="<type>: <message>")` and the run goes on;
+`Finished.retries` counts the retried attempts behind each result. Errors no request can get past stop the run
+with `TeacherUnavailable`, one line naming the cause and the server: 401/403, a 429 whose code is
+`insufficient_quota` (an empty account, not a rate limit), and every request failing for
+`openai.failing_timeout_s` (servers unreachable, every request refused). Requests that ran out of retries while
+every request was failing are held back rather than returned as failed, so a stop leaves them out of the journal
+and the rerun sends them again. A response with fewer choices than n is topped up by asking for the missing
+samples; what still lacks after `max_retries` top-ups is `Finished.missing`.
 
 The API key is read from the environment variable that `openai.api_key_env` names, handed to the client and
 nowhere else: not kept on this object, not logged. A loopback server (vLLM accepts any key) needs none.
@@ -40,7 +46,7 @@ from urllib.parse import urlsplit
 
 from cotdistill.answers import after_reasoning
 from cotdistill.config import ModelConfig, OpenAIConfig
-from cotdistill.teachers import Completion, Finished, TeacherRequest
+from cotdistill.teachers import Completion, Finished, TeacherRequest, TeacherUnavailable
 from cotdistill.teachers.reasoning import split_by_delimiters
 
 logger = logging.getLogger(__name__)
@@ -118,11 +124,34 @@ def retry_after_seconds(error: BaseException | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def is_retryable(error: BaseException) -> bool:
-    """429, 5xx, timeouts and dropped connections: worth another attempt. Other 4xx will fail the same way."""
+class BadBody(ValueError):
+    """A 200 response whose body is not a completion (cut off, undecodable, not JSON): retried like a dropped
+    connection, since a truncated body is typically transient."""
+
+
+def fatal_cause(error: BaseException) -> str | None:
+    """Why `error` means that no request can succeed as configured, or None for an error of one request."""
     import openai
 
-    if isinstance(error, (openai.RateLimitError, openai.APIConnectionError)):  # APITimeoutError is one too
+    if isinstance(error, openai.AuthenticationError):
+        return "authentication refused (401)"
+    if isinstance(error, openai.PermissionDeniedError):
+        return "permission refused (403)"
+    if isinstance(error, openai.RateLimitError) and "insufficient_quota" in (getattr(error, "code", None),
+                                                                             getattr(error, "type", None)):
+        return "quota exhausted (429 insufficient_quota: the account needs credit; waiting will not help)"
+    return None
+
+
+def is_retryable(error: BaseException) -> bool:
+    """429 (but an exhausted quota), 5xx, timeouts, dropped connections and bad bodies: worth another attempt.
+    Other 4xx will fail the same way."""
+    import openai
+
+    if fatal_cause(error) is not None:
+        return False
+    # APITimeoutError is an APIConnectionError; a body cut off mid-JSON raises JSONDecodeError in the client
+    if isinstance(error, (openai.RateLimitError, openai.APIConnectionError, BadBody, json.JSONDecodeError)):
         return True
     return isinstance(error, openai.APIStatusError) and error.status_code >= 500
 
@@ -188,6 +217,19 @@ class _Outcome:
     responses: list[_Response] = field(default_factory=list)  # one per HTTP request, in sample order
     errors: list[str] = field(default_factory=list)
     retries: int = 0
+    transient: bool = True  # every error was of the retried kinds (it might have passed a minute later)
+
+    def add(self, response: _Response | None, retries: int, error: BaseException | None) -> None:
+        """One HTTP request's result (_call's)."""
+        self.retries += retries
+        if error is None:
+            self.responses.append(response)
+        else:
+            self.errors.append(describe_error(error))
+            self.transient = self.transient and is_retryable(error)
+
+    def choices(self) -> int:
+        return sum(len(r.choices) for r in self.responses)
 
 
 class _WaitRetryAfter:
@@ -223,6 +265,11 @@ class OpenAITeacher:
         self._backoff_max = backoff_max
         self._tokenizer: Any = _UNSET
         self._max_model_len: Any = _UNSET
+        # Health, written by the loop thread and read by the caller's: since when every request has failed
+        # (None after a success), the last failure, and the cause that no request can get past.
+        self._failing_since: float | None = None
+        self._last_failure = ""
+        self._fatal: str | None = None
         api_key = resolve_api_key(config)  # fails here, before any thread starts, when a key is missing
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openai-teacher", daemon=True)
@@ -260,6 +307,9 @@ class OpenAITeacher:
             raise RuntimeError("the teacher is closed")
         source = iter(requests)
         pending: dict[concurrent.futures.Future, TeacherRequest] = {}
+        # Failed after their retries while every request was failing: returned once a request succeeds (or at
+        # the end), dropped when the run stops, so that the rerun sends them again.
+        held: list[Finished] = []
         exhausted = False
         limit = self._config.max_concurrency
         try:
@@ -273,19 +323,41 @@ class OpenAITeacher:
                     prompt = self._estimate_prompt_tokens(request) if self._config.tokens_per_minute else 0
                     pending[self._submit(self._run(request, prompt))] = request
                 if not pending:
+                    yield from held
                     return
-                done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                # Woken every second at least: a fatal error stops the run while requests sleep between retries.
+                done, _ = concurrent.futures.wait(pending, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+                self._check_health()
                 for future in done:
                     request = pending.pop(future)
                     try:
                         outcome = future.result()
                     except Exception as e:  # noqa: BLE001 - a bug in _run must cost one request, not the run
                         logger.exception("request %s failed unexpectedly", request.key)
-                        outcome = _Outcome(errors=[describe_error(e)])
-                    yield self._finish(request, outcome)
+                        outcome = _Outcome(errors=[describe_error(e)], transient=False)
+                    finished = self._finish(request, outcome)
+                    if outcome.errors and outcome.transient and self._failing_since is not None:
+                        held.append(finished)
+                        continue
+                    if self._failing_since is None:
+                        yield from held
+                        held.clear()
+                    yield finished
         finally:  # the consumer stopped early, or the loop was closed: nothing keeps running behind its back
             for future in pending:
                 future.cancel()
+
+    def _check_health(self) -> None:
+        """Raise TeacherUnavailable when no request can succeed: a fatal error, or every request failing for
+        longer than openai.failing_timeout_s."""
+        where = f"teacher.openai at {self._config.base_url}"
+        if self._fatal is not None:
+            raise TeacherUnavailable(f"{where}: {self._fatal}")
+        since = self._failing_since
+        if since is not None and time.monotonic() - since > self._config.failing_timeout_s:
+            raise TeacherUnavailable(
+                f"{where}: every request has failed for over {self._config.failing_timeout_s:g} s "
+                f"(teacher.openai.failing_timeout_s), the last with {self._last_failure}")
 
     def close(self) -> None:
         """Close the client's connections and stop the event loop thread. Safe to call twice."""
@@ -342,30 +414,36 @@ class OpenAITeacher:
         prompt_tokens: the estimate tokens_per_minute is charged with (0 when that limit is off)."""
         sampling = request.sampling
         if self._config.endpoint == "completions" and not request.prompt_text:
-            return _Outcome(errors=["ValueError: the completions endpoint needs the prompt text, and this "
-                                    "request has none (no local tokenizer to render it: use endpoint chat)"])
+            return _Outcome(errors=["ValueError: the completions endpoint needs the prompt text, and this request "
+                                    "has none (no local tokenizer to render it: use endpoint chat)"], transient=False)
 
         def charge(n: int) -> int:  # what one HTTP request may cost: its prompt and all it may generate
             return prompt_tokens + sampling.max_tokens * n if prompt_tokens else 0
 
         if sampling.max_reasoning_tokens is not None:
             return await self._run_with_budget(request, prompt_tokens, charge)
-        if self._config.n_per_request or sampling.n == 1:
-            calls = [self._call(request, sampling.n, sampling.seed, charge(sampling.n))]
-        else:
-            # Distinct seeds: N requests with one seed would return the same sample N times.
-            calls = [self._call(request, 1, None if sampling.seed is None else sampling.seed + i, charge(1))
-                     for i in range(sampling.n)]
-        # All of them, even when one fails: every attempt is then counted, and none is left running.
-        results = await asyncio.gather(*calls)
         outcome = _Outcome()
-        for response, retries, error in results:
-            outcome.retries += retries
-            if error is not None:
-                outcome.errors.append(error)
-            else:
-                outcome.responses.append(response)
+        # All of them, even when one fails: every attempt is then counted, and none is left running.
+        for reply in await asyncio.gather(*self._calls(request, sampling.n, sampling.seed, charge)):
+            outcome.add(*reply)
+        # A server may return fewer choices than n (a gateway's cap, a choice lost): ask for the missing ones.
+        for topup in range(1, self._config.max_retries + 1):
+            missing = sampling.n - outcome.choices()
+            if outcome.errors or missing <= 0:
+                break
+            logger.info("request %s: %d of %d samples came back; asking for the other %d", request.key,
+                        sampling.n - missing, sampling.n, missing)
+            seed = None if sampling.seed is None else sampling.seed + sampling.n * topup  # new seeds, new samples
+            for reply in await asyncio.gather(*self._calls(request, missing, seed, charge)):
+                outcome.add(*reply)
         return outcome
+
+    def _calls(self, request: TeacherRequest, n: int, seed: int | None, charge: Any) -> list[Any]:
+        """The HTTP requests for n samples: one with n=n, or n with n=1 and seeds seed, seed+1, ..."""
+        if self._config.n_per_request or n == 1:
+            return [self._call(request, n, seed, charge(n))]
+        # Distinct seeds: N requests with one seed would return the same sample N times.
+        return [self._call(request, 1, None if seed is None else seed + i, charge(1)) for i in range(n)]
 
     async def _run_with_budget(self, request: TeacherRequest, prompt_tokens: int, charge: Any) -> _Outcome:
         """s1's budget forcing over the completions endpoint (checked at load: chat replies cannot be continued).
@@ -382,6 +460,7 @@ class OpenAITeacher:
             first.sampling, max_reasoning_tokens=None)), prompt_tokens)
         if outcome.errors:
             return outcome
+        served_prompt_tokens = outcome.responses[0].prompt_tokens
         choices = [c for r in outcome.responses for c in r.choices]
         waiting: list[tuple[_Choice, Any]] = []  # a sample cut off, and the request that continues it
         for i, choice in enumerate(choices):
@@ -401,21 +480,20 @@ class OpenAITeacher:
             if left > 0:
                 waiting.append((choice, self._call(more, 1, seed, charge(1))))
         results = await asyncio.gather(*(call for _, call in waiting))
-        for (choice, _), (response, retries, error) in zip(waiting, results):
-            outcome.retries += retries
-            if error is not None:
-                outcome.errors.append(error)
-            else:
-                choice.text += response.choices[0].text
-                choice.finish_reason = response.choices[0].finish_reason
+        outcome.responses = []
+        for (choice, _), reply in zip(waiting, results):
+            outcome.add(*reply)
+            if reply[2] is None:
+                choice.text += reply[0].choices[0].text
+                choice.finish_reason = reply[0].choices[0].finish_reason
         # Token counts of joined texts come from the tokenizer (the servers' usage covers one phase each).
-        outcome.responses = [_Response(choices=choices, prompt_tokens=outcome.responses[0].prompt_tokens,
-                                       completion_tokens=None)]
+        outcome.responses = [_Response(choices=choices, prompt_tokens=served_prompt_tokens, completion_tokens=None)]
         return outcome
 
     async def _call(self, request: TeacherRequest, n: int, seed: int | None,
-                    estimated_tokens: int) -> tuple[_Response | None, int, str | None]:
-        """One HTTP request with its retries: (response, retries, None) or (None, retries, error)."""
+                    estimated_tokens: int) -> tuple[_Response | None, int, BaseException | None]:
+        """One HTTP request with its retries: (response, retries, None) or (None, retries, error). Every
+        attempt's outcome goes into the teacher's health."""
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
         kwargs = self._request_kwargs(request, n, seed)
@@ -434,13 +512,26 @@ class OpenAITeacher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    response = await self._send(kwargs, estimated_tokens)
+                    try:
+                        response = _parse(await self._send(kwargs, estimated_tokens), self._config.endpoint)
+                    except Exception as e:
+                        self._note_failure(e)
+                        raise
+                    self._failing_since = None
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - recorded on the Finished, never raised
+        except Exception as e:  # noqa: BLE001 - recorded on the Finished (or stops the run: _check_health)
             logger.warning("request %s failed after %d attempt(s): %s", request.key, attempts, describe_error(e))
-            return None, attempts - 1, describe_error(e)
-        return _parse(response, self._config.endpoint), attempts - 1, None
+            return None, attempts - 1, e
+        return response, attempts - 1, None
+
+    def _note_failure(self, error: BaseException) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._last_failure = describe_error(error)
+        cause = fatal_cause(error)
+        if cause is not None and self._fatal is None:
+            self._fatal = f"{cause}: {describe_error(error)}"
 
     async def _send(self, kwargs: dict[str, Any], estimated_tokens: int) -> Any:
         async with self._slots:  # held for the HTTP request only, not for the backoff sleeps between them
@@ -492,7 +583,12 @@ class OpenAITeacher:
                 completions.append(self._completion(choice, tokens))
         if prompt_tokens is None:  # a server without usage: count locally when we can
             prompt_tokens = len(request.prompt_token_ids) if request.prompt_token_ids else 0
-        return Finished(request.key, completions, prompt_tokens=prompt_tokens, retries=outcome.retries)
+        missing = max(0, request.sampling.n - len(completions))
+        if missing:
+            logger.warning("request %s: %d of %d samples never came back, after %d top-ups", request.key, missing,
+                           request.sampling.n, self._config.max_retries)
+        return Finished(request.key, completions, prompt_tokens=prompt_tokens, retries=outcome.retries,
+                        missing=missing)
 
     def _completion(self, choice: _Choice, tokens: int) -> Completion:
         """A choice as a Completion: the completions endpoint's text split by reasoning_delimiters when the model
@@ -586,6 +682,8 @@ def _count(tokenizer: Any, text: str) -> int:
 
 
 def _parse(response: Any, endpoint: str) -> _Response:
+    if not isinstance(getattr(response, "choices", None), list):  # the client hands back the text of a non-JSON body
+        raise BadBody(f"the server's 200 response is not a completion: {str(response)[:200]!r}")
     choices = []
     for choice in sorted(response.choices, key=lambda c: c.index):
         if endpoint == "chat":

@@ -1,0 +1,172 @@
+"""Errors of a served teacher, against a stub OpenAI-compatible server (tests/servers.py StubOpenAI), through
+`cotdistill generate` as a user runs it:
+
+- errors no request can get past (401, 403, a 429 with `insufficient_quota`) stop the run at once, non-zero,
+  one line naming the cause and the server; what was journaled stays, and the rerun finishes the rest;
+- a server that refuses connections stops the run after `teacher.openai.failing_timeout_s`, with nothing
+  recorded as failed, so the rerun sends every question; a run whose every request is refused (400s) stops too;
+- cut-off and undecodable bodies are retried; a response short of n choices is topped up, and a shortfall that
+  stays is recorded with its count, never silent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from cotdistill.cli import main
+from cotdistill.config import load_config
+from cotdistill.shards import read_json
+from tests.conftest import tiny_config_dict
+from tests.servers import StubOpenAI, free_port
+
+NUM_QUESTIONS, NUM_SAMPLES, CONCURRENCY = 40, 3, 2
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_model, gsm8k_rows):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:NUM_QUESTIONS]))
+    data = tiny_config_dict(tmp_path, tiny_model, questions)
+    data["teacher"].update(backend="openai", openai={"max_concurrency": CONCURRENCY, "max_retries": 2,
+                                                     "failing_timeout_s": 3})
+    data["generate"].update(num_samples=NUM_SAMPLES, questions_per_shard=10, seed_per_request=True)
+    path = tmp_path / "stub.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def generate(config_file, base_url: str, *overrides: str) -> tuple[int, float]:
+    """`cotdistill generate` against base_url: (exit code, seconds)."""
+    start = time.monotonic()
+    try:
+        main(["generate", str(config_file), f"teacher.openai.base_url={base_url}", *overrides])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, time.monotonic() - start
+
+
+def rows(config_file):
+    config = load_config(config_file)
+    return [(r["question_id"], r["sample_index"]) for shard in sorted(config.paths.samples.glob("*.parquet"))
+            for r in pq.read_table(shard, columns=["question_id", "sample_index"]).to_pylist()]
+
+
+def journaled(config_file) -> list[dict]:
+    return [json.loads(line) for j in sorted(load_config(config_file).paths.journals.glob("*.jsonl"))
+            for line in j.read_text().splitlines()]
+
+
+def error(status: int, message: str, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": code or "invalid_request_error", "code": code}}
+
+
+@pytest.mark.parametrize("status,body,cause", [
+    (401, error(401, "Incorrect API key provided"), "authentication refused (401)"),
+    (403, error(403, "Project does not have access to model"), "permission refused (403)"),
+    (429, error(429, "You exceeded your current quota", "insufficient_quota"), "quota exhausted"),
+])
+def test_fatal_errors_stop_the_run_and_the_rerun_resumes(config_file, caplog, status, body, cause):
+    # The key works for the first 12 questions' requests, then the server refuses every one.
+    with StubOpenAI(lambda request, attempt: None) as stub:
+        stub.behave = lambda request, attempt: ("status", status, body) if len(stub.log) >= 12 else None
+        with caplog.at_level(logging.ERROR, logger="cotdistill"):
+            code, seconds = generate(config_file, stub.url)
+        sent, port = len(stub.log), stub.port
+    assert code == 2
+    stop = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(stop) == 1 and cause in stop[0] and stub.url in stop[0], stop
+    # At once: the requests in flight when the first refusal came back, not one per question.
+    assert sent <= 12 + 2 * CONCURRENCY + 1, sent
+    kept = journaled(config_file) + [{"question_id": q} for q, i in rows(config_file) if i == 0]
+    assert 0 < len(kept) <= 12 and not any(r.get("error") for r in kept)  # nothing recorded as failed
+    logging.getLogger(__name__).info("stopped on %d after %.1f s with %d requests sent", status, seconds, sent)
+
+    with StubOpenAI(port=port) as stub:  # the key fixed: the rerun sends only what was not journaled
+        code, _ = generate(config_file, stub.url)
+        resent = len(stub.log)
+    assert code == 0 and resent == NUM_QUESTIONS - len({r["question_id"] for r in kept})
+    keys = rows(config_file)
+    assert len(keys) == len(set(keys)) == NUM_QUESTIONS * NUM_SAMPLES
+
+
+def test_unreachable_servers_stop_the_run_after_the_bound_and_lose_nothing(config_file, caplog):
+    port = free_port()
+    nothing_there = f"http://127.0.0.1:{port}/v1"
+    with caplog.at_level(logging.ERROR, logger="cotdistill"):
+        code, seconds = generate(config_file, nothing_there)
+    stop = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert code == 2 and len(stop) == 1
+    assert nothing_there in stop[0] and "every request has failed for over 3 s" in stop[0]
+    assert "failing_timeout_s" in stop[0] and "APIConnectionError" in stop[0]
+    assert seconds < 3 + 30  # the bound, and the retries' backoff in flight: never a wait without a bound
+    assert not any(r["error"] for r in journaled(config_file))  # held back, not recorded as failed
+
+    with StubOpenAI(port=port) as stub:  # the server is up now: every question is sent, none lost to the outage
+        assert generate(config_file, stub.url)[0] == 0
+        assert len(stub.log) == NUM_QUESTIONS
+    stats = read_json(load_config(config_file).paths.generate / "stats.json")
+    assert stats["num_failed"] == 0 and stats["rationales"] == NUM_QUESTIONS * NUM_SAMPLES
+
+
+def test_per_question_errors_are_recorded_until_every_request_fails_too_long(config_file, caplog):
+    too_long = error(400, "This model's maximum context length is 512 tokens")
+    first = {}
+
+    def behave(request, attempt):  # one question's prompt is too long; later, every request is
+        question = request["messages"][-1]["content"]
+        first.setdefault("question", question)
+        if question == first["question"] or len(stub.log) > 20:
+            return "status", 400, too_long
+        return None
+
+    with StubOpenAI(behave, delay_s=0.2) as stub:  # 10 requests a second: the last 19 take longer than 1 s
+        with caplog.at_level(logging.ERROR, logger="cotdistill"):
+            code, _ = generate(config_file, stub.url, "teacher.openai.failing_timeout_s=1")
+    stop = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert code == 2 and "every request has failed for over 1 s" in stop[0] and "maximum context length" in stop[0]
+    paths = load_config(config_file).paths
+    failed = [r["error"] for r in journaled(config_file) if r["error"]] + [
+        f["reason"] for meta in paths.generate_meta.glob("*.json") for f in read_json(meta)["failed"]]
+    assert len(failed) >= 2 and all("BadRequestError" in e for e in failed)  # recorded, one per question
+
+
+def test_cut_off_and_undecodable_bodies_are_retried(config_file):
+    broken = {}
+
+    def behave(request, attempt):  # every other question: its first answer cut off halfway, or not JSON
+        question = request["messages"][-1]["content"]
+        kind = broken.setdefault(question, ("cut",) if len(broken) % 3 == 0 else ("text",) if len(broken) % 3 == 1
+                                 else None)
+        return kind if attempt == 1 else None
+
+    with StubOpenAI(behave) as stub:
+        assert generate(config_file, stub.url)[0] == 0
+        assert stub.answered("cut") >= NUM_QUESTIONS // 3 and stub.answered("text") >= NUM_QUESTIONS // 3
+    stats = read_json(load_config(config_file).paths.generate / "stats.json")
+    assert stats["num_failed"] == 0 and stats["rationales"] == NUM_QUESTIONS * NUM_SAMPLES
+    assert stats["retries"] == stub.answered("cut") + stub.answered("text")
+
+
+def test_short_responses_are_topped_up_and_a_lasting_shortfall_is_recorded(config_file):
+    def behave(request, attempt):
+        question = request["messages"][-1]["content"]
+        if stubborn in question:
+            return "choices", 0  # never any sample for this one
+        return "choices", min(request["n"], 2)  # a gateway that returns 2 choices at most
+
+    stubborn = json.loads(Path(load_config(config_file).data.path).read_text().splitlines()[5])["question"]
+    with StubOpenAI(behave) as stub:
+        assert generate(config_file, stub.url)[0] == 0
+    stats = read_json(load_config(config_file).paths.generate / "stats.json")
+    assert stats["num_short"] == 1 and stats["short"][0]["missing"] == NUM_SAMPLES
+    assert stats["short"][0]["source_row"] == 6  # the file's 6th line: rows count from 1
+    assert stats["rationales"] == (NUM_QUESTIONS - 1) * NUM_SAMPLES  # every other question topped up to n
+    keys = rows(config_file)
+    assert len(keys) == len(set(keys))
