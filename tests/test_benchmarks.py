@@ -28,6 +28,8 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     "scale_out": ["replicas_2_over_1"],
     "server_teacher": ["server_over_local", "by_concurrency"],
     "filter_throughput": ["rationales_per_s_exact", "rationales_per_s_near_dup", "peak_rss_mb"],
+    "journal_throughput": ["questions_per_s_fsync_each", "questions_per_s_grouped", "questions_per_s_no_fsync",
+                           "grouped_over_fsync_each", "mb_per_s_grouped"],
     # maj@k from one pass of 16 samples against one pass per k: both times and their ratio.
     "self_consistency_cost": ["one_pass_s", "per_k_passes_s", "ratio"],
     "prune_distill": ["teacher", "pruned", "sft", "kd", "kd_minus_sft_kl", "kd_minus_sft_kl.mean",
@@ -39,7 +41,7 @@ EXPECTED_KEYS: dict[str, list[str]] = {
 }
 
 # Seconds each may take at smoke size before it counts as hung: several times what it takes on 2 busy cores.
-TIMEOUT_S = {"filter_throughput": 300, "generate_overhead": 600, "self_consistency_cost": 600, "scale_out": 600,
+TIMEOUT_S = {"filter_throughput": 300, "journal_throughput": 120, "generate_overhead": 600, "self_consistency_cost": 600, "scale_out": 600,
              "server_teacher": 900, "adaptive_sampling": 900, "prune_distill": 1200}
 
 

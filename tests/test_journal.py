@@ -32,6 +32,30 @@ def test_journal_keeps_whole_records_and_cuts_a_torn_line(tmp_path):
     assert [r["question_id"] for r in Journal(journal.path).read()] == ["q0", "q1", "q2", "q3"]
 
 
+def test_group_commit_batches_fsyncs_but_every_record_reaches_the_os_at_once(tmp_path, monkeypatch):
+    import cotdistill.shards as shards
+
+    synced = []
+    real_fsync = shards.os.fsync
+    monkeypatch.setattr(shards.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    each = Journal(tmp_path / "each.jsonl", sync_interval_s=0.0)
+    for i in range(5):
+        each.append({"question_id": f"q{i}"})
+    each.close()
+    assert len(synced) - 1 == 5  # one per record (and the new file's folder)
+    synced.clear()
+    grouped = Journal(tmp_path / "grouped.jsonl", sync_interval_s=3600.0)
+    for i in range(5):
+        grouped.append({"question_id": f"q{i}"})
+        # what a kill -9 now would leave: the record is with the OS already, fsynced or not
+        assert [r["question_id"] for r in Journal(grouped.path).read()][-1] == f"q{i}"
+    assert len(synced) == 1 + 1  # the folder and the first record: the interval has not come round again
+    grouped.close()
+    assert len(synced) == 3  # closing syncs what the interval held back
+    grouped.remove()
+    assert len(synced) == 3 and not grouped.path.exists()
+
+
 class CountingTeacher:
     """A real teacher that also records which questions it was sent."""
 
