@@ -19,7 +19,7 @@ import sys
 
 from cotdistill.config import ConfigError, RunConfig, dump_config, load_config
 from cotdistill.prompts import PromptError
-from cotdistill.shards import write_text_atomic
+from cotdistill.shards import create_text_once, write_text_atomic
 from cotdistill.sources import SourceError
 from cotdistill.stages import Stage
 
@@ -69,6 +69,17 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
         QuestionSource(config.evaluate.data)
 
 
+def part_of(text: str) -> tuple[int, int]:
+    """`--part I/K` -> (I, K)."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/K, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be at least 0 and less than K")
+    return index, count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cotdistill", description=__doc__.split("\n\n")[0].strip() +
                                      ": offline chain-of-thought distillation.",
@@ -86,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("generate", "run"):
             p.add_argument("--force", action="store_true",
                            help="discard generate outputs made with other settings instead of refusing")
+            p.add_argument("--part", metavar="I/K", type=part_of,
+                           help="a job array's part I of K (0 <= I < K): generate only the shards whose index is "
+                                "I modulo K, then stop; K processes or Slurm array tasks share one run folder")
         if name == "generate":
             p.add_argument("--dry-run", action="store_true",
                            help="count the requests, prompt tokens and estimated cost; send nothing")
@@ -111,16 +125,20 @@ def main(argv: list[str] | None = None) -> None:
             plan = dry_run(config)
             print("generate --dry-run (nothing sent): " + ", ".join(f"{k} {v:,}" for k, v in plan.items()))
             return
-        write_text_atomic(dump_config(config), config.paths.config)
-        names = pipeline_stages(config) if args.command == "run" else [args.command]
+        part = getattr(args, "part", None)
+        if part:  # the parts of a job array run at once: the first writes the config, the others leave it
+            create_text_once(dump_config(config), config.paths.config)
+        else:
+            write_text_atomic(dump_config(config), config.paths.config)
+        names = ["generate"] if part else pipeline_stages(config) if args.command == "run" else [args.command]
         preflight(config, names)
         for name in names:
-            result = stage(name).run(config, force=getattr(args, "force", False))
+            result = stage(name).run(config, force=getattr(args, "force", False), **({"part": part} if part else {}))
             if name == "evaluate":
                 from cotdistill.report import format_table
 
                 print(format_table(result["models"]))
-        if args.command == "run":
+        if args.command == "run" and not part:
             logger.info("done: %s", config.paths.metrics)
     except (ConfigError, SourceError, PromptError, ValueError, RuntimeError, FileNotFoundError) as e:
         logger.error("%s", e)

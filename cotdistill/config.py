@@ -106,7 +106,9 @@ class DataConfig:
 class OpenAIConfig:
     """teacher.backend: openai. Any OpenAI-compatible server: `vllm serve`, OpenAI, DeepSeek, a gateway."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
+    # one server, or a list of servers of the same model: each request goes to the one with the fewest in flight,
+    # and one that keeps failing is left out for a while (interchangeable: not part of any fingerprint)
+    base_url: str | list[str] = "http://127.0.0.1:8000/v1"
     api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the environment variable holding the key, never the key
     model: str | None = None  # the served model name; defaults to the model's `model`
     # chat (/v1/chat/completions, messages) | completions (/v1/completions, prompt text)
@@ -124,6 +126,9 @@ class OpenAIConfig:
     price_per_million_input: float | None = None  # for the estimated cost in stats.json and --dry-run
     price_per_million_output: float | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)  # passed as is (e.g. top_k for vLLM servers)
+
+    def servers(self) -> list[str]:
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
 @dataclass
@@ -197,8 +202,13 @@ class ModelConfig:
         return tuple(self.reasoning_delimiters) if self.reasoning_delimiters else THINK_DELIMITERS
 
     def rules(self) -> Iterator[tuple[str, str]]:
-        if self.backend == "openai" and not self.openai.base_url.startswith(("http://", "https://")):
-            yield "openai.base_url", f"must start with http:// or https://, got {self.openai.base_url!r}"
+        if self.backend == "openai":
+            servers = self.openai.servers()
+            if not servers or len(set(servers)) != len(servers):
+                yield "openai.base_url", f"must name one server, or several different ones; got {servers}"
+            for url in servers:
+                if not url.startswith(("http://", "https://")):
+                    yield "openai.base_url", f"must start with http:// or https://, got {url!r}"
         if self.reasoning_delimiters is not None and (len(self.reasoning_delimiters) != 2
                                                       or not all(d.strip() for d in self.reasoning_delimiters)):
             yield "reasoning_delimiters", ("must be [opening, closing], two non-empty strings; got "

@@ -113,6 +113,25 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
+# Settings that fingerprints once held but that never change a stage's output (dotted keys, matched at the end):
+# a stored record that differs from today's by these alone is the same work, so upgrading redoes nothing.
+NOT_OUTPUT_SETTINGS = ("served.base_url",)  # servers of one model are interchangeable (once, one was recorded)
+
+
+def same_work(stored: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """Whether a stored fingerprint record stands for the same work as `record`."""
+    if stored is None:
+        return False
+    if stored.get("fingerprint") == record["fingerprint"]:
+        return True
+    settings = stored.get("settings")
+    if not isinstance(settings, dict) or digest(settings) != stored.get("fingerprint"):
+        return False
+    kept = {k: v for k, v in flatten(settings).items()
+            if not any(k == s or k.endswith("." + s) for s in NOT_OUTPUT_SETTINGS)}
+    return kept == flatten(record["settings"])
+
+
 def make_fingerprint(settings: dict[str, Any]) -> dict[str, Any]:
     """The record stored beside a stage's outputs."""
     settings = json.loads(json.dumps(settings, default=str))  # what a reread from disk will compare against

@@ -10,6 +10,7 @@ Stages find each other's outputs only through these names, so a folder renamed h
 from __future__ import annotations
 
 import glob
+import json
 from pathlib import Path
 
 STATS_FILE = "stats.json"  # a stage's summary, written last: with a matching fingerprint, the stage is done
@@ -27,6 +28,9 @@ class RunPaths:
         self.samples = self.generate / "samples"
         self.generate_meta = self.generate / "meta"
         self.journals = self.generate / "journal"
+        # job arrays (generate --part i/K): the plan every part agrees on, and each part's stats, written last
+        self.generate_parts = self.generate / "parts"
+        self.parts_plan = self.generate_parts / "plan.json"
         # filter: the judged rows of every generate shard, split, and each shard's meta (its key, its counts)
         self.filter = self.root / "filter"
         self.accepted = self.filter / "accepted"
@@ -50,6 +54,24 @@ class RunPaths:
     def stage(self, name: str) -> Path:
         """A stage's folder: runs/<run_name>/<stage>/."""
         return self.root / name
+
+    def part_stats(self, index: int, count: int) -> Path:  # a job-array part's stats: it marks the part done
+        return self.generate_parts / f"part-{index:05d}-of-{count:05d}.json"
+
+    def missing_parts(self) -> list[int] | None:
+        """The parts of a job-array generate not done yet (no stats of their own), or None if it was not run
+        in parts."""
+        if not self.parts_plan.is_file():
+            return None
+        count = json.loads(self.parts_plan.read_text())["parts"]
+        return [i for i in range(count) if not self.part_stats(i, count).is_file()]
+
+    def parts_missing_message(self) -> str:
+        missing, count = self.missing_parts(), json.loads(self.parts_plan.read_text())["parts"]
+        return (f"{self.generate}: generate runs in {count} parts and {len(missing)} of them are not done: "
+                + ", ".join(f"{i}/{count}" for i in missing)
+                + f"; run `cotdistill generate CONFIG --part I/{count}` for each (or remove {self.generate_parts} "
+                "to finish in one process)")
 
     def eval_rows(self, model: str) -> Path:
         return self.evaluate / f"{model}.parquet"

@@ -71,6 +71,29 @@ def write_json_atomic(data: Any, path: str | Path) -> None:
     write_text_atomic(json.dumps(data, indent=2, sort_keys=False) + "\n", path)
 
 
+def create_json_once(data: Any, path: str | Path) -> bool:
+    return create_text_once(json.dumps(data, indent=2) + "\n", path)
+
+
+def create_text_once(text: str, path: str | Path) -> bool:
+    """Write `path` whole, unless it exists: True if this call wrote it. Of processes racing to create one file
+    (job-array parts), exactly one wins, also on NFS: a hard link to a finished temporary file fails if the name
+    is taken, where a rename would overwrite."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text)
+        _fsync_file(tmp)
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
 def replace_dir_atomic(tmp_dir: str | Path, final_dir: str | Path) -> None:
     """Move a finished folder into place: its files are synced first, the old folder goes, the new is renamed in.
 
@@ -114,11 +137,14 @@ def list_shards(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.glob("[0-9]*.parquet"))
 
 
-def remove_stale_tmp(directory: str | Path) -> None:
-    """Temporary files left by a killed run: never complete, safe to delete before a rerun."""
+def remove_stale_tmp(directory: str | Path, names: Iterable[str] | None = None) -> None:
+    """Temporary files left by a killed run: never complete, safe to delete before a rerun. `names`: only those
+    of these files (a job-array part's own shards: the other parts may be writing theirs)."""
     directory = Path(directory)
     if directory.is_dir():
-        for tmp in directory.glob(".*.tmp-*"):
+        stale = (directory.glob(".*.tmp-*") if names is None
+                 else (t for name in names for t in directory.glob(f".{name}.tmp-*")))
+        for tmp in stale:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

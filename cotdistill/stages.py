@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cotdistill.config import RunConfig
-from cotdistill.fingerprints import FINGERPRINT_FILE, changed_keys, read_fingerprint, write_fingerprint
+from cotdistill.fingerprints import FINGERPRINT_FILE, changed_keys, read_fingerprint, same_work, write_fingerprint
 from cotdistill.paths import STATS_FILE
-from cotdistill.shards import read_json
+from cotdistill.shards import create_json_once, read_json
 
 logger = logging.getLogger("cotdistill")
 
@@ -61,7 +61,7 @@ class Stage:
         if stored is None or not (folder / self.summary_file).is_file():
             return False
         record = record or self.fingerprint(config)
-        return stored.get("fingerprint") == record["fingerprint"] and self.outputs_complete(config)
+        return same_work(stored, record) and self.outputs_complete(config)
 
     def run(self, config: RunConfig, force: bool = False, **inputs: Any) -> dict[str, Any]:
         """Skip, redo or refuse (see the module docstring); returns the stage's summary. `force` discards outputs
@@ -78,11 +78,12 @@ class Stage:
         """Make the folder hold work of `record` only, then write `record` into it, before any work starts."""
         folder = self.folder(config)
         stored = read_fingerprint(folder)
-        if stored is not None and stored.get("fingerprint") == record["fingerprint"]:
-            return  # same settings: what is there is resumed
         if stored is None and not holds_work(folder):
-            write_fingerprint(folder, record)
-            return
+            if create_json_once(record, folder / FINGERPRINT_FILE):
+                return
+            stored = read_fingerprint(folder)  # another process (a job-array part) claimed the folder first
+        if same_work(stored, record):
+            return  # same settings: what is there is resumed (under the fingerprint it was started with)
         changed = ", ".join(changed_keys(stored.get("settings", {}), record["settings"]) if stored
                             else ["(made without a fingerprint)"])
         if self.on_change == "refuse" and not force:
@@ -111,5 +112,7 @@ def finished_summary(config: RunConfig, stage: str) -> dict[str, Any]:
     fingerprint): what a stage reads before it starts."""
     folder = config.paths.stage(stage)
     if read_fingerprint(folder) is None or not (folder / STATS_FILE).is_file():
+        if stage == "generate" and config.paths.missing_parts():  # a job array not all done: never wait for it
+            raise RuntimeError(config.paths.parts_missing_message())
         raise RuntimeError(f"{folder}: no finished {stage} output; run `cotdistill {stage}` first")
     return read_json(folder / STATS_FILE)

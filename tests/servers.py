@@ -133,13 +133,13 @@ class BackgroundServer:
     """An aiohttp app on 127.0.0.1, on a free port, in its own thread and event loop: every request goes to
     `_handle`. It stops by itself after `lifetime_s` even if nobody calls close()."""
 
-    def _start(self, path: str, lifetime_s: float, port: int | None = None) -> None:
+    def _start(self, path: str, lifetime_s: float) -> None:
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._closed = False
-        self.port = port or free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{path}"
         self._thread = threading.Thread(target=self._run, args=(lifetime_s,), name=type(self).__name__, daemon=True)
         self._thread.start()
@@ -335,18 +335,17 @@ class StubOpenAI(BackgroundServer):
         ("choices", k)                 a normal answer with k choices instead of n
         ("cut", )                      a 200 whose JSON body is cut off halfway
         ("text", )                     a 200 with a body that is not JSON at all
+        ("drop", )                     the connection closed without a response (a server that died)
 
     `log` holds (path, body, what was answered) for every POST, in arrival order; every answer waits `delay_s`
-    first. `port`: the one a stub before it had (the base URL is part of a served teacher's settings). For error
-    behaviour only: a test of generation itself uses a real vLLM server."""
+    first. For error behaviour only: a test of generation itself uses a real vLLM server."""
 
-    def __init__(self, behave: Any = None, *, delay_s: float = 0.0, port: int | None = None,
-                 lifetime_s: float = 300.0) -> None:
+    def __init__(self, behave: Any = None, *, delay_s: float = 0.0, lifetime_s: float = 300.0) -> None:
         self.behave = behave or (lambda body, attempt: None)
         self.delay_s = delay_s
         self.log: list[tuple[str, dict, str]] = []
         self._attempts: Counter[str] = Counter()
-        self._start("/v1", lifetime_s, port)
+        self._start("/v1", lifetime_s)
 
     def answered(self, what: str) -> int:
         with self._lock:
@@ -366,6 +365,9 @@ class StubOpenAI(BackgroundServer):
         await asyncio.sleep(self.delay_s)
         if action[0] == "status":
             return web.json_response(action[2], status=action[1])
+        if action[0] == "drop":
+            request.transport.close()
+            return web.Response(status=500)  # never written: the transport is gone
         chat = request.path.endswith("/chat/completions")
         choices = [{"index": i, "finish_reason": "stop",
                     **({"message": {"role": "assistant", "content": "2 + 2 = 4. The answer is 4."}} if chat

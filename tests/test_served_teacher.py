@@ -1,6 +1,7 @@
 """The generate and evaluate stages through the `openai` backend, against a real vLLM OpenAI-compatible server
 on 127.0.0.1 (and a fault-injecting proxy in front of it): the same shards, schema and counts as the local
-engine; faults retried and counted; the API key in no file of the run; a kill -9 resends only what is missing.
+engine; faults retried and counted; the API key in no file of the run; a kill -9 resends only what is missing;
+two servers of one model, one of them killed mid-run, lose and double nothing.
 """
 
 from __future__ import annotations
@@ -143,3 +144,40 @@ def test_kill_9_mid_shard_resends_only_the_questions_not_journaled(runs, served_
     table = read_shards(out / "samples")
     assert len(keys_of(table)) == len(set(keys_of(table))) == NUM_QUESTIONS * 3
     assert pq.read_table(out / "samples" / "00000.parquet").num_rows == 4 * 3
+
+
+def test_two_servers_one_killed_mid_run_nothing_lost_or_doubled(runs, served_parrot, parrot_model, gsm8k_rows):
+    """Two real vLLM servers of the same model; the second is killed once it has answered a few requests (it
+    sits behind a proxy that counts them). Its requests in flight fail over to the first: every (question,
+    sample) lands exactly once, and nothing is recorded as failed."""
+    import signal
+    import threading
+    import time
+
+    from tests.servers import start_vllm_server, stop_server
+
+    tmp, path = runs
+    questions = tmp / "questions24.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:24]))
+    process, second = start_vllm_server(parrot_model, timeout=240)
+    try:
+        with FaultProxy(second) as proxy:
+            def kill_after_a_few_answers():
+                deadline = time.monotonic() + 300
+                while len(proxy.exchanges) < 4 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                os.killpg(process.pid, signal.SIGKILL)  # a node lost: no graceful shutdown
+
+            killer = threading.Thread(target=kill_after_a_few_answers, daemon=True)
+            killer.start()
+            config = served(path, json.dumps([served_parrot, proxy.url]), "two-servers", f"data.path={questions}",
+                            "teacher.openai.max_concurrency=4", "generate.seed_per_request=true")
+            stats = generate.run(config)
+            killer.join(timeout=30)
+            served_by_second = sum(status == 200 for _, _, status, _ in proxy.exchanges)
+    finally:
+        stop_server(process)
+    assert process.poll() is not None and 4 <= served_by_second < 24  # it took its share, then it was gone
+    table = read_shards(config.run_dir / "generate" / "samples")
+    assert len(keys_of(table)) == len(set(keys_of(table))) == 24 * 3
+    assert stats["num_failed"] == 0 and stats["num_short"] == 0 and stats["rationales"] == 24 * 3

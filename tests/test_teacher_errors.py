@@ -78,7 +78,7 @@ def test_fatal_errors_stop_the_run_and_the_rerun_resumes(config_file, caplog, st
         stub.behave = lambda request, attempt: ("status", status, body) if len(stub.log) >= 12 else None
         with caplog.at_level(logging.ERROR, logger="cotdistill"):
             code, seconds = generate(config_file, stub.url)
-        sent, port = len(stub.log), stub.port
+        sent = len(stub.log)
     assert code == 2
     stop = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(stop) == 1 and cause in stop[0] and stub.url in stop[0], stop
@@ -88,7 +88,7 @@ def test_fatal_errors_stop_the_run_and_the_rerun_resumes(config_file, caplog, st
     assert 0 < len(kept) <= 12 and not any(r.get("error") for r in kept)  # nothing recorded as failed
     logging.getLogger(__name__).info("stopped on %d after %.1f s with %d requests sent", status, seconds, sent)
 
-    with StubOpenAI(port=port) as stub:  # the key fixed: the rerun sends only what was not journaled
+    with StubOpenAI() as stub:  # the key fixed (another server, as interchangeable): only what was not journaled
         code, _ = generate(config_file, stub.url)
         resent = len(stub.log)
     assert code == 0 and resent == NUM_QUESTIONS - len({r["question_id"] for r in kept})
@@ -97,18 +97,17 @@ def test_fatal_errors_stop_the_run_and_the_rerun_resumes(config_file, caplog, st
 
 
 def test_unreachable_servers_stop_the_run_after_the_bound_and_lose_nothing(config_file, caplog):
-    port = free_port()
-    nothing_there = f"http://127.0.0.1:{port}/v1"
+    nothing_there = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
     with caplog.at_level(logging.ERROR, logger="cotdistill"):
-        code, seconds = generate(config_file, nothing_there)
+        code, seconds = generate(config_file, json.dumps(nothing_there))
     stop = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert code == 2 and len(stop) == 1
-    assert nothing_there in stop[0] and "every request has failed for over 3 s" in stop[0]
+    assert all(url in stop[0] for url in nothing_there) and "every request has failed for over 3 s" in stop[0]
     assert "failing_timeout_s" in stop[0] and "APIConnectionError" in stop[0]
     assert seconds < 3 + 30  # the bound, and the retries' backoff in flight: never a wait without a bound
     assert not any(r["error"] for r in journaled(config_file))  # held back, not recorded as failed
 
-    with StubOpenAI(port=port) as stub:  # the server is up now: every question is sent, none lost to the outage
+    with StubOpenAI() as stub:  # a server is up now: every question is sent, none was lost to the outage
         assert generate(config_file, stub.url)[0] == 0
         assert len(stub.log) == NUM_QUESTIONS
     stats = read_json(load_config(config_file).paths.generate / "stats.json")
@@ -170,3 +169,47 @@ def test_short_responses_are_topped_up_and_a_lasting_shortfall_is_recorded(confi
     assert stats["rationales"] == (NUM_QUESTIONS - 1) * NUM_SAMPLES  # every other question topped up to n
     keys = rows(config_file)
     assert len(keys) == len(set(keys))
+
+
+def test_several_servers_share_the_work_and_one_that_dies_is_left_out(config_file):
+    from cotdistill.teachers.openai_server import SERVER_FAILURES_TO_REST
+
+    with StubOpenAI(delay_s=0.05) as a, StubOpenAI(delay_s=0.05) as b:
+        b.behave = lambda request, attempt: ("drop",) if len(b.log) >= 8 else None  # dies after 8 answers
+        assert generate(config_file, json.dumps([a.url, b.url]))[0] == 0
+        answered = {"a": a.answered("choices"), "b": b.answered("choices"), "b_dropped": b.answered("drop")}
+    assert answered["b"] == 8 and answered["a"] == NUM_QUESTIONS - 8  # the fewest in flight: both took work
+    # Left out after its failures in a row: not tried again by every request (its rest outlasts this run).
+    assert SERVER_FAILURES_TO_REST <= answered["b_dropped"] <= SERVER_FAILURES_TO_REST + CONCURRENCY, answered
+    stats = read_json(load_config(config_file).paths.generate / "stats.json")
+    assert stats["num_failed"] == 0 and stats["rationales"] == NUM_QUESTIONS * NUM_SAMPLES
+    keys = rows(config_file)
+    assert len(keys) == len(set(keys)) == NUM_QUESTIONS * NUM_SAMPLES
+
+
+def test_servers_are_left_out_of_fingerprints_and_older_runs_that_named_one_are_the_same_work(config_file):
+    from cotdistill.fingerprints import digest, make_fingerprint, same_work
+    from cotdistill.generate import STAGE
+
+    one = STAGE.fingerprint(load_config(config_file, ["teacher.openai.base_url=http://10.0.0.1:8000/v1"]))
+    two = STAGE.fingerprint(load_config(config_file, ['teacher.openai.base_url=["http://a:1/v1", "http://b:2/v1"]']))
+    assert one == two and "base_url" not in json.dumps(one["settings"])
+    # A run folder fingerprinted before (teacher.served.base_url recorded) is resumed or skipped, not redone...
+    older = json.loads(json.dumps(one["settings"]))
+    older["teacher"]["served"]["base_url"] = "http://10.0.0.1:8000/v1"
+    assert same_work(make_fingerprint(older), one)
+    # ...but any other setting that differs still counts, and so does a stored record that was tampered with.
+    older["teacher"]["served"]["endpoint"] = "completions"
+    assert not same_work(make_fingerprint(older), one)
+    assert not same_work({"fingerprint": digest({}), "settings": {**one["settings"], "x": 1}}, one)
+
+
+@pytest.mark.parametrize("servers,phrase", [("[]", "must name one server"),
+                                            ('["http://a/v1", "http://a/v1"]', "several different ones"),
+                                            ('["http://a/v1", "a:8000/v1"]', "must start with http://")])
+def test_bad_server_lists_are_refused_at_load_naming_the_key(config_file, servers, phrase):
+    from cotdistill.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, [f"teacher.openai.base_url={servers}"])
+    assert str(caught.value).startswith(f"{config_file}: teacher.openai.base_url:") and phrase in str(caught.value)

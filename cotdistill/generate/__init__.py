@@ -38,7 +38,8 @@ from cotdistill.paths import RunPaths
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import LOGPROB_COLUMNS, Question
 from cotdistill.shards import (
-    Journal, column_bytes, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name, write_json_atomic,
+    Journal, column_bytes, create_json_once, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name,
+    write_json_atomic,
 )
 from cotdistill.sources import QuestionSource
 from cotdistill.stages import Stage
@@ -205,25 +206,35 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
         requests = next_pass()
 
 
-def generate(config: RunConfig, teacher: Teacher | None = None) -> dict[str, Any]:
+def generate(config: RunConfig, teacher: Teacher | None = None,
+             part: tuple[int, int] | None = None) -> dict[str, Any]:
     """The stage's work, in a folder the runner has claimed: every shard not yet written, resuming its journal.
-    `teacher`: one already built (benchmarks, notebooks); else the configured backend is started."""
+    `teacher`: one already built (benchmarks, notebooks); else the configured backend is started.
+    `part` (i, K), a job array's part: only the shards whose index is i modulo K; its stats go to parts/, and the
+    stage's own stats.json is written by a run without a part once every part is done."""
     from tqdm import tqdm
 
     paths = config.paths
     source = QuestionSource(config.data)
     per_shard = config.generate.questions_per_shard
     num_shards = math.ceil(len(source) / per_shard)
-    remove_stale_tmp(paths.samples)
-    remove_stale_tmp(paths.generate_meta)
+    shards = list(range(num_shards))
+    if part is not None:
+        shards = plan_part(paths, part, num_shards)
+    elif paths.missing_parts():
+        raise RuntimeError(paths.parts_missing_message())
+    # The temporary files of these shards only: the other parts of a job array may be writing theirs.
+    remove_stale_tmp(paths.samples, [shard_name(i) for i in shards])
+    remove_stale_tmp(paths.generate_meta, [shard_name(i, ".json") for i in shards])
 
     todo = []
-    for i in range(num_shards):
+    for i in shards:
         if (paths.samples / shard_name(i)).exists() and (paths.generate_meta / shard_name(i, ".json")).exists():
             (paths.journals / shard_name(i, ".jsonl")).unlink(missing_ok=True)  # compacted, then killed
         else:
             todo.append(i)
-    logger.info("generate: %d questions in %d shards, %d to do", len(source), num_shards, len(todo))
+    logger.info("generate: %d questions in %d shards, %d to do%s", len(source), num_shards, len(todo),
+                f" (part {part[0]}/{part[1]}: {len(shards)} shards)" if part else "")
     if todo:
         template = PromptTemplate(config.generate.prompt, config.generate.examples)
         own_teacher = teacher is None
@@ -236,19 +247,35 @@ def generate(config: RunConfig, teacher: Teacher | None = None) -> dict[str, Any
             if own_teacher:
                 teacher.close()
 
-    stats = summarize(paths, num_shards, config)
+    stats = summarize(paths, shards, config)
+    if part is not None:
+        write_json_atomic(stats, paths.part_stats(*part))
+        logger.info("generate: part %d/%d done (%s); once every part is, `cotdistill run` (or generate) without "
+                    "--part combines their stats and goes on", part[0], part[1], paths.part_stats(*part))
+        return stats
     write_json_atomic(stats, paths.generate / "stats.json")
     logger.info("generate: %s", {k: v for k, v in stats.items() if k not in ("skipped", "failed", "short")})
     return stats
 
 
-def summarize(paths: RunPaths, num_shards: int, config: RunConfig) -> dict[str, Any]:
-    metas = [read_json(paths.generate_meta / shard_name(i, ".json")) for i in range(num_shards)]
+def plan_part(paths: RunPaths, part: tuple[int, int], num_shards: int) -> list[int]:
+    """Part i of K's shards (index = i mod K), after checking that every part plans the same K and shards: the
+    first part to start writes the plan, the others must agree with it."""
+    index, count = part
+    plan = {"parts": count, "shards": num_shards}
+    if not create_json_once(plan, paths.parts_plan) and read_json(paths.parts_plan) != plan:
+        raise RuntimeError(f"{paths.parts_plan} plans {read_json(paths.parts_plan)}, but this is --part "
+                           f"{index}/{count} of {num_shards} shards: run every part with the same K")
+    return list(range(index, num_shards, count))
+
+
+def summarize(paths: RunPaths, shards: list[int], config: RunConfig) -> dict[str, Any]:
+    metas = [read_json(paths.generate_meta / shard_name(i, ".json")) for i in shards]
     seconds = sum(m["seconds"] for m in metas)
     prompt = sum(m["prompt_tokens"] for m in metas)
     completion = sum(m["completion_tokens"] for m in metas)
     stats = {
-        "shards": num_shards,
+        "shards": len(shards),
         "questions": sum(m["questions"] for m in metas),
         "rationales": sum(m["rationales"] for m in metas),
         "prompt_tokens": prompt,
@@ -273,7 +300,7 @@ def summarize(paths: RunPaths, num_shards: int, config: RunConfig) -> dict[str, 
                               "budget_hits": total["budget_hits"]}
     if config.generate.logprobs:
         # What the logprob columns (token ids, top-k ids and logprobs) add on disk, per completion token.
-        stored = sum(column_bytes(paths.samples / shard_name(i), LOGPROB_COLUMNS) for i in range(num_shards))
+        stored = sum(column_bytes(paths.samples / shard_name(i), LOGPROB_COLUMNS) for i in shards)
         stats["logprobs_k"] = config.generate.logprobs
         stats["logprob_bytes"] = stored
         stats["logprob_bytes_per_token"] = round(stored / completion, 2) if completion else None

@@ -120,9 +120,9 @@ def teacher_settings(model: ModelConfig, weights: str | None = None) -> dict[str
         if getattr(model, key):
             settings[key] = getattr(model, key)
     if model.backend == "openai":
-        o = model.openai
-        settings["served"] = {"base_url": o.base_url, "model": o.model, "endpoint": o.endpoint,
-                              "n_per_request": o.n_per_request, "extra_body": o.extra_body}
+        o = model.openai  # which servers answer does not change the answers: base_url is left out
+        settings["served"] = {"model": o.model, "endpoint": o.endpoint, "n_per_request": o.n_per_request,
+                              "extra_body": o.extra_body}
     return settings
 
 

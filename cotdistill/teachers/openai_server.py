@@ -55,6 +55,8 @@ LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 NO_KEY = "EMPTY"  # what vLLM's examples send when the server was started without --api-key
 MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is taken as this: a run must not stall on one header
 ERROR_MESSAGE_CHARS = 1000  # recorded errors are cut here (a 400 body can quote the whole prompt)
+SERVER_FAILURES_TO_REST = 3  # failures in a row (connections, 5xx, bad bodies) that take one of several servers out
+SERVER_REST_S = 30.0  # how long it stays out before a request tries it again
 _UNSET: Any = object()
 
 
@@ -86,7 +88,7 @@ def resolve_api_key(config: OpenAIConfig) -> str:
         return key
     if name is None:  # the config says on purpose that this server takes no key
         return NO_KEY
-    if is_loopback(config.base_url):
+    if all(is_loopback(url) for url in config.servers()):
         return NO_KEY
     raise ValueError(
         f"teacher.openai: the server {config.base_url} needs an API key: set the environment variable {name} "
@@ -141,6 +143,14 @@ def fatal_cause(error: BaseException) -> str | None:
                                                                              getattr(error, "type", None)):
         return "quota exhausted (429 insufficient_quota: the account needs credit; waiting will not help)"
     return None
+
+
+def is_server_failure(error: BaseException) -> bool:
+    """The server itself failed (unreachable, 5xx, a broken body), not the request nor the account: with several
+    servers, another one may answer."""
+    import openai
+
+    return is_retryable(error) and not isinstance(error, openai.RateLimitError)
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -218,6 +228,7 @@ class _Outcome:
     errors: list[str] = field(default_factory=list)
     retries: int = 0
     transient: bool = True  # every error was of the retried kinds (it might have passed a minute later)
+    fatal: bool = False  # an error no request can get past: the run stops, and this request is sent again then
 
     def add(self, response: _Response | None, retries: int, error: BaseException | None) -> None:
         """One HTTP request's result (_call's)."""
@@ -227,9 +238,31 @@ class _Outcome:
         else:
             self.errors.append(describe_error(error))
             self.transient = self.transient and is_retryable(error)
+            self.fatal = self.fatal or fatal_cause(error) is not None
 
     def choices(self) -> int:
         return sum(len(r.choices) for r in self.responses)
+
+
+@dataclass
+class _Server:
+    """One of the teacher's servers, as the loop thread sees it."""
+
+    url: str
+    client: Any
+    in_flight: int = 0
+    sent: int = 0
+    failures: int = 0  # server failures in a row
+    out_until: float = 0.0  # time.monotonic() until which no request is sent here (while others are in)
+
+    def failed(self, error: BaseException, alone: bool) -> None:
+        if not is_server_failure(error):
+            return
+        self.failures += 1
+        if not alone and self.failures >= SERVER_FAILURES_TO_REST and self.out_until <= time.monotonic():
+            self.out_until = time.monotonic() + SERVER_REST_S
+            logger.warning("teacher.openai: %s failed %d times in a row (%s): its requests go to the other servers "
+                           "for %g s", self.url, self.failures, describe_error(error), SERVER_REST_S)
 
 
 class _WaitRetryAfter:
@@ -327,7 +360,6 @@ class OpenAITeacher:
                     return
                 # Woken every second at least: a fatal error stops the run while requests sleep between retries.
                 done, _ = concurrent.futures.wait(pending, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
-                self._check_health()
                 for future in done:
                     request = pending.pop(future)
                     try:
@@ -335,6 +367,8 @@ class OpenAITeacher:
                     except Exception as e:  # noqa: BLE001 - a bug in _run must cost one request, not the run
                         logger.exception("request %s failed unexpectedly", request.key)
                         outcome = _Outcome(errors=[describe_error(e)], transient=False)
+                    if outcome.fatal:
+                        continue  # never recorded as failed: _check_health stops the run below
                     finished = self._finish(request, outcome)
                     if outcome.errors and outcome.transient and self._failing_since is not None:
                         held.append(finished)
@@ -343,6 +377,7 @@ class OpenAITeacher:
                         yield from held
                         held.clear()
                     yield finished
+                self._check_health()  # after what came back was handed on: it is journaled, not lost
         finally:  # the consumer stopped early, or the loop was closed: nothing keeps running behind its back
             for future in pending:
                 future.cancel()
@@ -350,7 +385,7 @@ class OpenAITeacher:
     def _check_health(self) -> None:
         """Raise TeacherUnavailable when no request can succeed: a fatal error, or every request failing for
         longer than openai.failing_timeout_s."""
-        where = f"teacher.openai at {self._config.base_url}"
+        where = f"teacher.openai at {', '.join(self._config.servers())}"
         if self._fatal is not None:
             raise TeacherUnavailable(f"{where}: {self._fatal}")
         since = self._failing_since
@@ -394,8 +429,8 @@ class OpenAITeacher:
 
         config = self._config
         # max_retries=0: tenacity owns the retries, so each one is counted and Retry-After is honoured once.
-        self._client = AsyncOpenAI(api_key=api_key, base_url=config.base_url, timeout=config.timeout_s,
-                                   max_retries=0)
+        self._servers = [_Server(url, AsyncOpenAI(api_key=api_key, base_url=url, timeout=config.timeout_s,
+                                                  max_retries=0)) for url in config.servers()]
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._request_limiter = _minute_limiter(AsyncLimiter, config.requests_per_minute)
         self._token_limiter = _minute_limiter(AsyncLimiter, config.tokens_per_minute)
@@ -405,9 +440,8 @@ class OpenAITeacher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        client = getattr(self, "_client", None)
-        if client is not None:
-            await client.close()
+        for server in getattr(self, "_servers", []):
+            await server.client.close()
 
     async def _run(self, request: TeacherRequest, prompt_tokens: int) -> _Outcome:
         """All HTTP requests behind one TeacherRequest: one with n=N, or N with n=1 (seeds seed, seed+1, ...).
@@ -512,12 +546,7 @@ class OpenAITeacher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    try:
-                        response = _parse(await self._send(kwargs, estimated_tokens), self._config.endpoint)
-                    except Exception as e:
-                        self._note_failure(e)
-                        raise
-                    self._failing_since = None
+                    response = await self._send(kwargs, estimated_tokens)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - recorded on the Finished (or stops the run: _check_health)
@@ -525,23 +554,41 @@ class OpenAITeacher:
             return None, attempts - 1, e
         return response, attempts - 1, None
 
-    def _note_failure(self, error: BaseException) -> None:
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-        self._last_failure = describe_error(error)
-        cause = fatal_cause(error)
-        if cause is not None and self._fatal is None:
-            self._fatal = f"{cause}: {describe_error(error)}"
-
-    async def _send(self, kwargs: dict[str, Any], estimated_tokens: int) -> Any:
+    async def _send(self, kwargs: dict[str, Any], estimated_tokens: int) -> _Response:
+        """One attempt, on the server with the fewest requests in flight among those not left out; its outcome
+        goes into the server's record and the teacher's health."""
         async with self._slots:  # held for the HTTP request only, not for the backoff sleeps between them
             if self._request_limiter is not None:
                 await self._request_limiter.acquire()
             if self._token_limiter is not None and estimated_tokens:
                 await self._token_limiter.acquire(min(estimated_tokens, self._token_limiter.max_rate))
-            if self._config.endpoint == "chat":
-                return await self._client.chat.completions.create(**kwargs)
-            return await self._client.completions.create(**kwargs)
+            server = self._pick_server()
+            server.in_flight, server.sent = server.in_flight + 1, server.sent + 1
+            try:
+                client = server.client.chat if self._config.endpoint == "chat" else server.client
+                response = _parse(await client.completions.create(**kwargs), self._config.endpoint)
+            except Exception as e:
+                server.failed(e, alone=len(self._servers) == 1)
+                self._note_failure(e, server.url)
+                raise
+            finally:
+                server.in_flight -= 1
+            server.failures, self._failing_since = 0, None
+            return response
+
+    def _pick_server(self) -> _Server:
+        now = time.monotonic()
+        # With every server out, the one back soonest: never wait here (the run's health bounds the outage).
+        ready = [s for s in self._servers if s.out_until <= now] or [min(self._servers, key=lambda s: s.out_until)]
+        return min(ready, key=lambda s: (s.in_flight, s.sent))
+
+    def _note_failure(self, error: BaseException, url: str) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._last_failure = f"{describe_error(error)} (from {url})"
+        cause = fatal_cause(error)
+        if cause is not None and self._fatal is None:
+            self._fatal = f"{cause} from {url}: {describe_error(error)}"
 
     def _request_kwargs(self, request: TeacherRequest, n: int, seed: int | None) -> dict[str, Any]:
         sampling = request.sampling
@@ -659,7 +706,8 @@ class OpenAITeacher:
         return None
 
     async def _served_max_model_len(self) -> int | None:
-        models = await asyncio.wait_for(self._client.models.list(), timeout=min(self._config.timeout_s, 30))
+        models = await asyncio.wait_for(self._servers[0].client.models.list(),
+                                        timeout=min(self._config.timeout_s, 30))
         for entry in models.data:
             if entry.id == self.name:
                 extra = getattr(entry, "model_extra", None) or {}
