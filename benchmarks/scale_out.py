@@ -88,9 +88,9 @@ def main() -> None:
         for replicas in (1, 2):
             started = time.perf_counter()
             config = ModelConfig(model=args.model, backend="ray", engine=dict(CPU_ENGINE),
-                                 ray=RayConfig(replicas=replicas, num_cpus=1, num_gpus=0))
-            pools[replicas] = RayPoolTeacher(config, seed=0, chunk_size=args.chunk_size,
-                                             chunks_per_actor=args.chunks_per_actor)
+                                 ray=RayConfig(replicas=replicas, num_cpus=1, num_gpus=0, chunk_size=args.chunk_size,
+                                               chunks_per_actor=args.chunks_per_actor))
+            pools[replicas] = RayPoolTeacher(config, seed=0)
             print(f"{replicas} replica(s) up in {time.perf_counter() - started:.1f} s")
         requests = make_requests(pools[1].tokenizer(), args)
         warm = make_requests(pools[1].tokenizer(), argparse.Namespace(**{**vars(args), "questions": 1}))[0]

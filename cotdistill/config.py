@@ -43,6 +43,7 @@ TRAIN_LOSSES = ("sft", "kd")  # train.loss
 KD_INTERPOLATIONS = ("none", "taid")  # train.kd.interpolation
 SCORE_CONTEXTS = ("student", "teacher")  # score.context
 SELECTIONS = ("random", "shortest", "longest")  # filter.select
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # in a variable's name: never written into a run's files
 
 
 # --- a field and its check ------------------------------------------------------------------------------------
@@ -139,8 +140,30 @@ class RayConfig:
     replicas: int = setting(2, at_least=1)
     num_gpus: float = setting(0.0, at_least=0)  # per replica: usually engine.tensor_parallel_size (0 on CPU)
     num_cpus: float = setting(1.0, at_least=0)  # per replica
-    # a chunk whose actor died is handed to another, this many times at most
+    # a chunk whose actor died is handed to another, this many times at most; as many replacements are started
     max_actor_restarts: int = setting(3, at_least=0)
+    chunk_size: int = setting(32, at_least=1)  # requests sent to an actor at once
+    chunks_per_actor: int = setting(4, at_least=1)  # chunks in flight on each actor: its engine never runs dry
+    # an actor whose chunk runs this long is killed and the chunk re-sent (null: no limit)
+    chunk_timeout_s: float | None = setting(3600.0, above=0)
+    # an actor (first start or replacement) not up by then is given up; with no actor up for this long, the run stops
+    start_timeout_s: float = setting(1800.0, above=0)
+    # passed to Ray as is for every actor (working_dir, pip, env_vars, ...), for nodes without the package;
+    # its env_vars join those the actors need. Written to the run's config.yaml: never put secrets here.
+    runtime_env: dict[str, Any] | None = None
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if self.runtime_env is None:
+            return
+        env_vars = self.runtime_env.get("env_vars") or {}
+        if not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values()):
+            yield "runtime_env.env_vars", "must map variable names to strings"
+            return
+        for name in env_vars:
+            if any(word in name.upper() for word in SECRET_WORDS):
+                yield f"runtime_env.env_vars.{name}", (
+                    "looks like a secret, and runtime_env is written to the run's config.yaml: set it in the "
+                    "environment of `ray start` on every node instead")
 
 
 @dataclass
@@ -250,6 +273,20 @@ class AdaptiveGenerateConfig(StoppingRuleConfig):
 
 
 @dataclass
+class RequestCacheConfig:
+    """generate.cache: the teacher's answers kept across runs (cotdistill/teachers/cache.py). A request's key is
+    everything that determines its answer, so a run with other settings only misses; never part of a fingerprint."""
+
+    enabled: bool = False
+    # default ~/.cache/cotdistill/requests ($COTDISTILL_CACHE); for a cluster, a folder on a shared filesystem
+    dir: str | None = None
+    max_gb: float = setting(20.0, above=0)  # past this, the least recently used entries are removed
+    # Also keep requests without a per-request seed (generate.seed_per_request false): a later run then reuses
+    # samples it would otherwise have drawn afresh.
+    unseeded: bool = False
+
+
+@dataclass
 class GenerateConfig:
     prompt: str = "math_zero_shot_cot.jinja"  # a template in prompts/, or a path
     examples: str | None = None  # JSONL of few-shot examples, given to the template as `examples`
@@ -280,6 +317,12 @@ class GenerateConfig:
     rationalize: bool = False
     rationalize_prompt: str = "math_rationalize.jinja"
     rationalize_samples: int = setting(4, at_least=1)
+    cache: RequestCacheConfig = field(default_factory=RequestCacheConfig)
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if self.cache.enabled and not (self.seed_per_request or self.cache.unseeded):
+            yield "cache", ("keeps seeded requests only, and generate.seed_per_request is false: set it true, or "
+                            "set generate.cache.unseeded true to reuse unseeded samples")
 
 
 @dataclass

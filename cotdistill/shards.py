@@ -10,6 +10,7 @@ never a name pointing at half-written bytes. A shard's Parquet file is its own c
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -193,7 +194,7 @@ class Journal:
         self.path = Path(path)
         self.sync_interval_s = sync_interval_s
         self._file: Any = None
-        self._synced = 0.0  # time.monotonic() of the last fsync
+        self._synced = -math.inf  # time.monotonic() of the last fsync (none yet: the first record syncs)
         self._dirty = False
 
     def read(self) -> list[dict[str, Any]]:

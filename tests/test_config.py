@@ -83,3 +83,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("run_name: [unclosed")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+
+
+def test_ray_runtime_env_secrets_are_refused_at_load(tmp_path):
+    """runtime_env is written to the run's config.yaml: a secret there would land on disk."""
+    teacher = {"model": "t", "backend": "ray", "ray": {"runtime_env": {"env_vars": {"HF_TOKEN": "hf_x"}}}}
+    with pytest.raises(ConfigError, match="teacher.ray.runtime_env.env_vars.HF_TOKEN.*secret"):
+        load_config(write(tmp_path, {**BASE, "teacher": teacher}))
+    teacher["ray"]["runtime_env"]["env_vars"] = {"HF_HOME": "/shared/hf"}
+    assert load_config(write(tmp_path, {**BASE, "teacher": teacher})).teacher.ray.runtime_env == {
+        "env_vars": {"HF_HOME": "/shared/hf"}}

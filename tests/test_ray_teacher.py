@@ -3,11 +3,12 @@ every request back exactly once, the same results as the single-engine backend, 
 (its chunks re-sent, a replacement started). A stand-in actor without vLLM (EchoActor: the real EngineActor
 around a fake engine) checks what a real engine is too slow to show here: chunks share one engine run, a chunk
 re-sent until max_actor_restarts is used up comes back as errors, a hung actor is killed by chunk_timeout_s, an
-engine's exception reaches the caller, and a pool with no actors left raises. Every pool starts its own Ray and
+engine's exception counts as its actor's death, and a pool with no actors left raises. Every pool starts its own Ray and
 shuts it down."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -17,10 +18,11 @@ import pytest
 import ray
 
 from cotdistill.config import ModelConfig, RayConfig
-from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest
-from cotdistill.teachers.ray_actor import EngineActor
+from cotdistill.teachers import Finished, TeacherRequest
+from cotdistill.teachers.ray_actor import ACTOR_ENV
 from cotdistill.teachers.ray_pool import RayPoolTeacher
 from tests.conftest import PARROT_ANSWER, TINY_ENGINE
+from tests.ray_echo import EchoPool, echo_requests, pickled_by_value
 from tests.teacher_requests import zero_shot_requests
 
 RAY_LOGGER = "cotdistill.teachers.ray_pool"
@@ -42,8 +44,8 @@ def parrot_pool(parrot_model: Path):
     two out on each actor at a time."""
     assert not ray.is_initialized(), "a Ray left running by an earlier test"
     started = time.monotonic()
-    pool = RayPoolTeacher(parrot_config(parrot_model, max_actor_restarts=3), seed=0, chunk_size=3,
-                          chunks_per_actor=2, chunk_timeout_s=150)
+    pool = RayPoolTeacher(parrot_config(parrot_model, max_actor_restarts=3, chunk_size=3, chunks_per_actor=2,
+                                        chunk_timeout_s=150), seed=0)
     print(f"\nRay and 2 engines up in {time.monotonic() - started:.1f} s")
     try:
         yield pool
@@ -93,9 +95,15 @@ class TestParrotPool:
         tokenizer = pool.tokenizer()  # loaded on the driver, no engine here
         requests = make_requests(tokenizer, questions)
         assert len(requests) == 24
+        # A prompt longer than max_model_len: vLLM refuses it, and that is its own error, not the actor's death.
+        too_long = dataclasses.replace(requests[0], key="too-long", prompt_token_ids=requests[0].prompt_token_ids * 40)
         started = time.monotonic()
-        results = list(pool.generate(iter(requests)))  # a one-pass iterator, as the generate stage hands over
+        results = list(pool.generate(iter(requests + [too_long])))  # one pass, as the generate stage hands over
         print(f"\n24 requests x 2 samples in {time.monotonic() - started:.2f} s")
+        refused = [f for f in results if f.key == "too-long"]
+        assert len(refused) == 1 and refused[0].completions == [] and "refused by the engine" in refused[0].error
+        assert pool.restarts_used == 0
+        results = [f for f in results if f.key != "too-long"]
         check_all_back(results, requests, n=2)
         assert all(f.retries == 0 for f in results)
         assert any(c.text.strip() == PARROT_ANSWER for f in results for c in f.completions)
@@ -105,9 +113,10 @@ class TestParrotPool:
 
         single = build(ModelConfig(model=str(parrot_model), engine=dict(TINY_ENGINE)), seed=0)
         try:
-            expected = {f.key: f for f in single.generate(requests)}
+            expected = {f.key: f for f in single.generate(requests + [too_long])}
         finally:
             single.close()
+        assert expected.pop("too-long") == refused[0]
         assert {f.key: f for f in results} == expected
 
     def test_killed_actor_chunks_are_resent_once(self, parrot_pool: RayPoolTeacher, questions: list[str], caplog):
@@ -137,78 +146,17 @@ class TestParrotPool:
 # --- the bookkeeping, with a stand-in engine -----------------------------------------------------------------
 
 
-class EchoTeacher:
-    """Stands in for VLLMTeacher inside the actor: answers each request after `delay` seconds, one at a time,
-    pulling requests the way VLLMTeacher does (while fewer than max_in_flight are held)."""
-
-    def __init__(self, delay: float):
-        self.delay, self.max_in_flight = delay, 512
-        self.calls = self.max_held = 0
-
-    def max_model_len(self) -> int:
-        return 512
-
-    def generate(self, requests):
-        self.calls += 1
-        pending, held, exhausted = iter(requests), [], False
-        while True:
-            while not exhausted and len(held) < self.max_in_flight:
-                request = next(pending, None)
-                if request is None:
-                    exhausted = True
-                    break
-                held.append(request)
-            if not held:
-                return
-            self.max_held = max(self.max_held, len(held))
-            time.sleep(self.delay)
-            request = held.pop(0)
-            if "hang" in request.messages[0]["content"]:
-                time.sleep(3600)
-            if "boom" in request.messages[0]["content"]:
-                raise ValueError("boom: a request the engine refuses")
-            yield Finished(key=request.key, prompt_tokens=len(request.prompt_token_ids),
-                           completions=[Completion(text=request.messages[0]["content"], finish_reason="stop",
-                                                   completion_tokens=1)] * request.sampling.n)
-
-
-class EchoActor(EngineActor):
-    def _build_teacher(self, model, seed, model_path):
-        return EchoTeacher(delay=float(model.engine["delay"]))
-
-    def stats(self) -> dict[str, int]:
-        return {"calls": self._teacher.calls, "max_held": self._teacher.max_held}
-
-
-class EchoPool(RayPoolTeacher):
-    actor_class = EchoActor
-
-
-def echo_requests(count: int, special: dict[int, str] | None = None) -> list[TeacherRequest]:
-    texts = [(special or {}).get(i, f"echo {i}") for i in range(count)]
-    return [TeacherRequest(key=f"e{i}", messages=[{"role": "user", "content": text}], prompt_text="",
-                           prompt_token_ids=[1, 2, 3], sampling=Sampling(n=2)) for i, text in enumerate(texts)]
-
-
 @pytest.fixture
 def echo_model(own_ray):
-    # The stand-in actors are pickled by value: Ray's workers need not import this test module.
-    import sys
-
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
+    with pickled_by_value():
         yield lambda **ray_options: ModelConfig(model="echo", backend="ray", engine={"delay": 0.05},
                                                 ray=RayConfig(**{"replicas": 2, "num_cpus": 0, **ray_options}))
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_chunks_share_one_engine_run(echo_model):
     """An actor's chunks all go into its engine at once, and chunks arriving later join the running ones: one
     VLLMTeacher.generate call for the whole stream, never drained at a chunk's end while more are queued."""
-    with EchoPool(echo_model(replicas=1), seed=0, chunk_size=4, chunks_per_actor=3) as pool:
+    with EchoPool(echo_model(replicas=1, chunk_size=4, chunks_per_actor=3), seed=0) as pool:
         results = list(pool.generate(echo_requests(40)))
         stats = ray.get(pool.actors[0].stats.remote(), timeout=30)
     assert sorted(f.key for f in results) == sorted(f"e{i}" for i in range(40))
@@ -219,7 +167,7 @@ def test_chunks_share_one_engine_run(echo_model):
 def test_resends_used_up_give_error_records(echo_model, caplog):
     caplog.set_level(logging.WARNING, logger=RAY_LOGGER)
     requests = echo_requests(40)
-    with EchoPool(echo_model(max_actor_restarts=0), seed=0, chunk_size=4, chunks_per_actor=2) as pool:
+    with EchoPool(echo_model(max_actor_restarts=0, chunk_size=4, chunks_per_actor=2), seed=0) as pool:
         victim = pool.actors[0]
         results: list[Finished] = []
         for done in pool.generate(requests):
@@ -237,8 +185,8 @@ def test_resends_used_up_give_error_records(echo_model, caplog):
 def test_hung_actor_is_killed_and_its_chunk_resent(echo_model, caplog):
     caplog.set_level(logging.WARNING, logger=RAY_LOGGER)
     requests = echo_requests(16, {1: "hang"})  # e1 hangs whatever actor runs it
-    with EchoPool(echo_model(max_actor_restarts=1), seed=0, chunk_size=4, chunks_per_actor=1,
-                  chunk_timeout_s=2) as pool:
+    with EchoPool(echo_model(max_actor_restarts=1, chunk_size=4, chunks_per_actor=1,
+                                  chunk_timeout_s=2), seed=0) as pool:
         started = time.monotonic()
         results = list(pool.generate(requests))
         seconds = time.monotonic() - started
@@ -251,17 +199,61 @@ def test_hung_actor_is_killed_and_its_chunk_resent(echo_model, caplog):
 
 
 def test_all_actors_dead_raises(echo_model):
-    with EchoPool(echo_model(max_actor_restarts=0), seed=0, chunk_size=2, chunks_per_actor=1) as pool:
-        with pytest.raises(RuntimeError, match="all Ray actors died"):
+    with EchoPool(echo_model(max_actor_restarts=0, chunk_size=2, chunks_per_actor=1), seed=0) as pool:
+        with pytest.raises(RuntimeError, match="no Ray actor is left"):
             for _ in pool.generate(echo_requests(40)):
                 for actor in pool.actors:
                     ray.kill(actor)
 
 
-def test_engine_error_reaches_the_caller_and_the_pool_goes_on(echo_model):
-    with EchoPool(echo_model(), seed=0, chunk_size=4, chunks_per_actor=2) as pool:
-        with pytest.raises(ValueError, match="boom"):
-            list(pool.generate(echo_requests(40, {9: "boom"})))
-        assert len(pool.actors) == 2 and pool.restarts_used == 0  # an engine error is not a death
-        results = list(pool.generate(echo_requests(12)))
-    assert sorted(f.key for f in results) == sorted(f"e{i}" for i in range(12))
+def test_engine_exception_is_the_actors_death(echo_model, caplog):
+    """An exception out of an engine (a CUDA out-of-memory, an engine core gone) is not one request's: the actor is
+    retired as dead, its chunks are re-sent and a replacement started. A chunk that breaks every engine comes back
+    as errors once max_actor_restarts is used up; every other request comes back with its answer."""
+    caplog.set_level(logging.WARNING, logger=RAY_LOGGER)
+    requests = echo_requests(40, {9: "boom"})  # e9 breaks any engine that runs it
+    with EchoPool(echo_model(max_actor_restarts=2, chunk_size=4, chunks_per_actor=2), seed=0) as pool:
+        results = list(pool.generate(requests))
+        assert pool.restarts_used == 2
+    assert Counter(f.key for f in results) == Counter(r.key for r in requests)
+    failed = {f.key: f.error for f in results if f.error}
+    assert "e9" in failed and "ray actor died" in failed["e9"], failed
+    assert all(f.completions[0].text == f"echo {f.key[1:]}" for f in results if not f.error)
+    assert any("died (EngineFailed: the engine raised ValueError: boom" in r.getMessage() for r in caplog.records)
+
+
+def test_no_actor_up_within_start_timeout_stops_the_run(echo_model, tmp_path, caplog):
+    """The only actor dies and its replacement does not come up within start_timeout_s: the replacement is given
+    up and the run stops with a message, instead of waiting without a bound."""
+    caplog.set_level(logging.WARNING, logger=RAY_LOGGER)
+    slow = tmp_path / "slow"
+    config = echo_model(replicas=1, chunk_size=2, chunks_per_actor=1, start_timeout_s=3)
+    config.engine["slow_start_if"] = str(slow)
+    with EchoPool(config, seed=0) as pool:
+        slow.touch()  # replacements from now on take a minute to start
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="no Ray actor is left.*start_timeout_s"):
+            for _ in pool.generate(echo_requests(40)):
+                for actor in pool.actors:
+                    ray.kill(actor)
+        seconds = time.monotonic() - started
+    assert seconds < 30
+    assert pool.restarts_used == 1
+    assert any("not up after" in r.getMessage() for r in caplog.records)
+
+
+def test_actors_get_absolute_paths_and_the_runtime_env(echo_model, tmp_path, monkeypatch):
+    """A model folder given relative to the driver's directory reaches the actors as an absolute path (their
+    working directory is not the driver's); the fingerprint's config keeps what the YAML says. runtime_env
+    reaches Ray, its env_vars beside the ones actors need."""
+    (tmp_path / "models" / "echo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = echo_model(replicas=1, runtime_env={"env_vars": {"COTDISTILL_TEST_VAR": "set"}})
+    config.model = "models/echo"
+    with EchoPool(config, seed=0, model_path="models/echo") as pool:
+        seen = ray.get(pool.actors[0].paths.remote(), timeout=30)
+        env = ray.get(pool.actors[0].environment.remote(["COTDISTILL_TEST_VAR", *ACTOR_ENV]), timeout=30)
+    assert seen == (str(tmp_path / "models" / "echo"), str(tmp_path / "models" / "echo"))
+    assert config.model == "models/echo"
+    assert env == {"COTDISTILL_TEST_VAR": "set", **ACTOR_ENV}
+

@@ -73,7 +73,8 @@ def generate_settings(config: RunConfig) -> dict[str, Any]:
     the fingerprint it had before they existed; when on, so does what their verdicts depend on (the filter's
     answer format and label)."""
     gen = config.generate
-    extra = ("adaptive", "rationalize", "rationalize_prompt", "rationalize_samples", "max_reasoning_tokens")
+    extra = ("adaptive", "rationalize", "rationalize_prompt", "rationalize_samples", "max_reasoning_tokens",
+             "cache")  # the request cache changes what is paid for, never a row
     settings = {**{k: v for k, v in vars(gen).items() if k not in extra},
                 "prompt_template": template_fingerprint(gen.prompt),
                 "examples_file": file_digest(gen.examples) if gen.examples else None}
@@ -149,6 +150,7 @@ def generate_shards(teacher: Teacher, source: QuestionSource, todo: list[int], t
                               # a distribution after the hint prompt would pass the hint on to a KD student
                               logprobs=None if rationalize else gen.logprobs,
                               max_reasoning_tokens=gen.max_reasoning_tokens),
+            first_sample=p.sampled,
         )
 
     def first_pass() -> Iterator[TeacherRequest]:
@@ -238,13 +240,20 @@ def generate(config: RunConfig, teacher: Teacher | None = None,
     if todo:
         template = PromptTemplate(config.generate.prompt, config.generate.examples)
         own_teacher = teacher is None
+        if config.generate.cache.enabled:  # the backend is started at the first miss, if any
+            from cotdistill.teachers.cache import CachedTeacher, RequestCache
+
+            given = teacher
+            teacher = CachedTeacher(config.teacher, teacher_settings(config.teacher),
+                                    RequestCache.open(config.generate.cache),
+                                    build=lambda: given or build_teacher(config.teacher, config.seed))
         teacher = teacher or build_teacher(config.teacher, config.seed)
         try:
             for _ in tqdm(generate_shards(teacher, source, todo, template, config), total=len(todo),
                           desc="generate shards", unit="shard"):
                 pass
         finally:
-            if own_teacher:
+            if own_teacher:  # a teacher handed in stays open, cached or not
                 teacher.close()
 
     stats = summarize(paths, shards, config)
@@ -292,6 +301,9 @@ def summarize(paths: RunPaths, shards: list[int], config: RunConfig) -> dict[str
         "retries": sum(m["retries"] for m in metas),
     }
     stats.update(rounds_stats(metas))
+    caches = [m["cache"] for m in metas if "cache" in m]
+    if caches:  # generate.cache on: the requests answered from it, and the tokens they would have cost
+        stats["cache"] = {key: sum(c[key] for c in caches) for key in caches[0]}
     reasoning = [m["reasoning"] for m in metas if "reasoning" in m]
     if reasoning:  # the teacher's thinking: its tokens, and how often the budget closed it
         total = {key: sum(r[key] for r in reasoning) for key in reasoning[0]}

@@ -22,13 +22,16 @@ from cotdistill.teachers import Finished
 
 def journal_record(q: Question, *, round: int | None, rationalize: bool, samples: list[dict[str, Any]] = (),
                    prompt_tokens: int = 0, seconds: float = 0.0, retries: int = 0, skipped: str | None = None,
-                   error: str | None = None, missing: int = 0) -> dict[str, Any]:
+                   error: str | None = None, missing: int = 0, cached: bool = False) -> dict[str, Any]:
     """One line of a shard's journal: a request's answer (its Sample rows) or why it was never sent. `round` is
     the ordinary request's round (1, 2, ...; 1 with fixed N), None for the question's rationalization;
-    `missing`, the samples asked for that the teacher never returned."""
-    return {"question_id": q.question_id, "source_row": q.source_row, "samples": list(samples),
-            "prompt_tokens": prompt_tokens, "seconds": seconds, "retries": retries, "skipped": skipped,
-            "error": error, "missing": missing, "round": round, "rationalize": rationalize}
+    `missing`, the samples asked for that the teacher never returned; `cached`, answered by the request cache."""
+    record = {"question_id": q.question_id, "source_row": q.source_row, "samples": list(samples),
+              "prompt_tokens": prompt_tokens, "seconds": seconds, "retries": retries, "skipped": skipped,
+              "error": error, "missing": missing, "round": round, "rationalize": rationalize}
+    if cached:
+        record["cached"] = True
+    return record
 
 
 @dataclass
@@ -48,7 +51,8 @@ class Pending:
     def answered(self, done: Finished, config: RunConfig, seconds: float) -> dict[str, Any]:
         return journal_record(self.question, round=self.round, rationalize=self.rationalize,
                               samples=self.sample_rows(done, config), prompt_tokens=done.prompt_tokens,
-                              seconds=seconds, retries=done.retries, error=done.error, missing=done.missing)
+                              seconds=seconds, retries=done.retries, error=done.error, missing=done.missing,
+                              cached=done.cached)
 
     def sample_rows(self, done: Finished, config: RunConfig) -> list[dict[str, Any]]:
         """The teacher's answer as Sample records (dicts, as journaled). A row holds its round only under
@@ -126,6 +130,11 @@ def compact(shard: Shard, paths: RunPaths) -> dict[str, Any]:
                   for r in records if r.get("missing")],
     }
     meta.update(rounds_meta(shard, rows))
+    if policy.gen.cache.enabled:  # what the request cache answered: requests, and the tokens not paid for again
+        cached = [r for r in records if r.get("cached")]
+        meta["cache"] = {"hits": len(cached), "prompt_tokens_saved": sum(r["prompt_tokens"] for r in cached),
+                         "completion_tokens_saved": sum(row["completion_tokens"] for r in cached
+                                                        for row in r["samples"])}
     if any(row.get("reasoning_tokens") is not None for row in rows):  # a reasoning teacher (else as it was)
         meta["reasoning"] = {"rationales": sum(row.get("reasoning_tokens") is not None for row in rows),
                              "reasoning_tokens": sum(row.get("reasoning_tokens") or 0 for row in rows),

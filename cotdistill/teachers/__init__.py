@@ -46,6 +46,7 @@ class TeacherRequest:
     prompt_text: str  # the teacher's chat template applied ("" when the backend has no local tokenizer)
     prompt_token_ids: list[int] | None  # that text tokenized (what a local engine is sent)
     sampling: Sampling
+    first_sample: int = 0  # the index of its first sample among the question's (later rounds go on from there)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Finished:
     error: str | None = None  # why it failed after all its retries: recorded and counted, never dropped
     retries: int = 0  # retried attempts behind this result (rate limits, 5xx, timeouts, dropped connections)
     missing: int = 0  # samples asked for that never came back (a server short of n, even after topping up)
+    cached: bool = False  # answered from the request cache (teachers/cache.py): nothing was sent
 
 
 class TeacherUnavailable(RuntimeError):
@@ -134,6 +136,18 @@ def build_teacher(model: ModelConfig, seed: int, model_path: str | None = None) 
     """The backend `model.backend` names, for `model` (or a trained model in `model_path`)."""
     module = importlib.import_module(BACKENDS[model.backend])
     return module.build(model, seed, model_path)
+
+
+def load_tokenizer(model: ModelConfig, model_path: str | None = None) -> Any:
+    """A local engine's tokenizer, without the engine: `engine.tokenizer`, else the model's own (what vLLM loads)."""
+    from transformers import AutoTokenizer
+
+    from cotdistill.models import resolve_model
+
+    engine = model.engine
+    source = engine.get("tokenizer") or model_path or resolve_model(model.model)
+    return AutoTokenizer.from_pretrained(source, revision=engine.get("tokenizer_revision"),
+                                         trust_remote_code=bool(engine.get("trust_remote_code", False)))
 
 
 def prompt_too_long(num_prompt_tokens: int, context: int | None) -> str | None:

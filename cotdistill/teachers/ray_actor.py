@@ -6,7 +6,10 @@
 A threaded actor: each chunk arrives on a Ray thread, and all of them feed one queue that a single engine thread
 drains into one long-running `VLLMTeacher.generate`, so the chunks share the engine's running batch instead of
 taking turns, and the engine does not drain at the end of each chunk while the driver keeps chunks queued.
-The driver (ray_pool.py) decides where chunks go and what an actor's death means.
+An exception out of the engine (a CUDA out-of-memory, an engine core that died) is not about one request (the
+engine reports a request it refuses as that request's error): the engine is broken, every chunk fails with
+`EngineFailed`, and so does every later call, until the driver (ray_pool.py) retires the actor as dead and starts
+a replacement. The driver decides where chunks go and what an actor's death means.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ logger = logging.getLogger(__name__)
 # The engine core runs inside the actor's own process: its memory is the actor's, and a killed actor takes its
 # engine with it.
 ACTOR_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+class EngineFailed(RuntimeError):
+    """This actor's engine raised: the actor is of no more use, and the driver treats it as dead."""
 
 
 @dataclass
@@ -84,15 +91,15 @@ class EngineActor:
                 for done in self._teacher.generate(self._feed()):
                     self._deliver(done)
             except Exception as e:
-                # The engine raised (VLLMTeacher aborted what it held): every chunk in it fails with this error,
-                # as the single-engine backend's generate call would; later chunks get a fresh start.
                 logger.exception("the engine failed; failing the %d chunks it held", len(self._chunks))
                 with self._cond:
+                    self._failure = EngineFailed(f"the engine raised {type(e).__name__}: {e}")
                     self._queue.clear()
                     for state in self._chunks.values():
-                        state.error = e
+                        state.error = self._failure
                         state.done.set()
                     self._chunks.clear()
+                return  # this engine is not used again: the driver retires the actor
             except BaseException:  # not an error the engine reports: end the process, the pool sees a death
                 logger.exception("the engine thread stopped; ending this actor")
                 os._exit(1)
@@ -135,6 +142,8 @@ class EngineActor:
             return []
         state = _ChunkState(keys=[r.key for r in requests], results=[None] * len(requests), remaining=len(requests))
         with self._cond:
+            if self._failure is not None:
+                raise self._failure
             self._chunks[chunk_id] = state
             # Internal keys name the chunk and the position: a key reused in another chunk cannot mix results up.
             self._queue.extend(dataclasses.replace(r, key=f"{chunk_id}/{i}") for i, r in enumerate(requests))

@@ -10,11 +10,20 @@ Why chunks: `generate` pulls requests from the caller's iterator in the caller's
 so an engine always has the next requests queued behind the running ones, and only token ids and finished text
 cross Ray's object store.
 
-Deaths (`RayActorError`: killed, out of memory, node lost): each unfinished chunk of the dead actor is handed to
-another, and a replacement is started, `max_actor_restarts` in all; a chunk re-sent that many times comes back as
-`Finished` with `error` set. Every request comes back exactly once. `chunk_timeout_s` (off by default) kills an
-actor whose chunk has run that long, which then counts as a death. An exception raised by an engine itself (a bad
-request, say) is not a death: it reaches the caller, as from the single-engine backend.
+Deaths: an actor is dead when Ray says so (killed, out of memory, node lost) or when its engine raised (a CUDA
+out-of-memory, an engine that died: `EngineFailed`); a request the engine refuses is that request's error, not a
+death. Each unfinished chunk of the dead actor is handed to another, and a replacement is started,
+`max_actor_restarts` in all; a chunk re-sent that many times comes back as `Finished` with `error` set. Every
+request comes back exactly once.
+
+Every wait is bounded. Chunks go only to actors that are up, so a replacement that cannot be placed (its node
+gone, no spare capacity) holds no work; it is given up after `start_timeout_s`. With no actor up and none starting,
+or none up for `start_timeout_s`, the run stops with a message. `chunk_timeout_s` kills an actor whose chunk has run
+that long, which then counts as a death.
+
+Model paths that exist on the driver are made absolute before they reach an actor (actors do not share the
+driver's working directory); named models are resolved on each node. The folders named must be at the same path on
+every node (a shared filesystem); the run folder is written by the driver only.
 
 Resources: with `tensor_parallel_size` x `pipeline_parallel_size` = 1 an actor asks for `ray.num_gpus`; with more,
 it takes bundle 0 of a placement group of one GPU bundle per GPU and vLLM starts its workers inside that group (as
@@ -34,9 +43,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from cotdistill.config import ModelConfig
-from cotdistill.models import resolve_model
-from cotdistill.teachers import Finished, TeacherRequest
-from cotdistill.teachers.ray_actor import ACTOR_ENV, EngineActor
+from cotdistill.teachers import Finished, TeacherRequest, load_tokenizer
+from cotdistill.teachers.ray_actor import ACTOR_ENV, EngineActor, EngineFailed
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +67,8 @@ class _Slot:
     handle: Any
     placement_group: Any = None
     ready_ref: Any = None  # its ready() call: done once the engine is up
-    ready_at: float | None = None  # when this pool saw it up (chunk_timeout_s counts from then at the earliest)
+    started_at: float = 0.0  # when it was asked for (start_timeout_s counts from then)
+    ready_at: float | None = None  # when this pool saw it up: it takes chunks from then on
     alive: bool = True
     load: int = 0  # chunks outstanding on it
     timed_out: bool = False
@@ -69,13 +78,14 @@ _DEATHS: tuple[type[BaseException], ...] = ()
 
 
 def _death_errors() -> tuple[type[BaseException], ...]:
-    """The errors that mean the actor (its process or its node) is gone, not that the engine raised."""
+    """The errors that mean the actor is gone (its process or its node) or its engine is (EngineFailed)."""
     global _DEATHS
     if not _DEATHS:
         from ray import exceptions as rx
 
         _DEATHS = tuple(getattr(rx, name) for name in ("RayActorError", "WorkerCrashedError", "OutOfMemoryError",
                                                        "NodeDiedError", "ObjectLostError") if hasattr(rx, name))
+        _DEATHS += (EngineFailed,)
     return _DEATHS
 
 
@@ -84,18 +94,15 @@ class RayPoolTeacher:
 
     actor_class: type = EngineActor  # what each actor runs (tests put a light stand-in here)
 
-    def __init__(self, model: ModelConfig, seed: int, model_path: str | None = None, *, chunk_size: int = 32,
-                 chunks_per_actor: int = 4, start_timeout_s: float = 1800.0, chunk_timeout_s: float | None = None,
-                 max_in_flight: int = 512):
+    def __init__(self, model: ModelConfig, seed: int, model_path: str | None = None, max_in_flight: int = 512):
         import ray
 
-        if chunk_size < 1 or chunks_per_actor < 1:
-            raise ValueError(f"chunk_size and chunks_per_actor must be at least 1: {chunk_size}, {chunks_per_actor}")
         self.name = model.model
         self.model, self.seed, self.model_path = model, seed, model_path
-        self.config = model.ray
-        self.chunk_size, self.chunks_per_actor = chunk_size, chunks_per_actor
-        self.start_timeout_s, self.chunk_timeout_s, self.max_in_flight = start_timeout_s, chunk_timeout_s, max_in_flight
+        self.config = cfg = model.ray
+        self.chunk_size, self.chunks_per_actor = cfg.chunk_size, cfg.chunks_per_actor
+        self.start_timeout_s, self.chunk_timeout_s = cfg.start_timeout_s, cfg.chunk_timeout_s
+        self.max_in_flight = max_in_flight
         self.restarts_used = 0
         self.resent_chunks = 0  # chunks handed to another actor after a death, over this pool's life
         self._slots: list[_Slot] = []
@@ -136,7 +143,7 @@ class RayPoolTeacher:
             "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "max_restarts": 0, "max_task_retries": 0,
             # one thread per outstanding chunk, plus room for ready/abort/max_model_len calls
             "max_concurrency": self.chunks_per_actor + 4,
-            "runtime_env": {"env_vars": dict(ACTOR_ENV)},
+            "runtime_env": actor_runtime_env(cfg.runtime_env),
         }
         group = None
         if world > 1 and cfg.num_gpus > 0:
@@ -154,12 +161,17 @@ class RayPoolTeacher:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
             engine.setdefault("distributed_executor_backend", "ray")
-        model = dataclasses.replace(self.model, engine=engine)
+        if engine.get("tokenizer"):
+            engine["tokenizer"] = absolute_if_local(engine["tokenizer"])
+        # Paths as the actors must see them; the pool's own model (and every fingerprint) keeps what the YAML says.
+        model = dataclasses.replace(self.model, model=absolute_if_local(self.model.model), engine=engine)
+        model_path = absolute_if_local(self.model_path) if self.model_path else None
         label = f"actor-{next(self._ids)}"
-        handle = ray.remote(self.actor_class).options(**options).remote(
-            model, self.seed, self.model_path, self.max_in_flight)
-        logger.info("started %s (%s CPUs, %s GPUs)", label, cfg.num_cpus, cfg.num_gpus)
-        return _Slot(label=label, handle=handle, placement_group=group, ready_ref=handle.ready.remote())
+        handle = ray.remote(self.actor_class).options(**options).remote(model, self.seed, model_path,
+                                                                         self.max_in_flight)
+        logger.info("asked Ray for %s (%s CPUs, %s GPUs)", label, cfg.num_cpus, cfg.num_gpus)
+        return _Slot(label=label, handle=handle, placement_group=group, ready_ref=handle.ready.remote(),
+                     started_at=time.monotonic())
 
     def _wait_ready(self, slots: list[_Slot]) -> None:
         import ray
@@ -200,9 +212,39 @@ class RayPoolTeacher:
             return
         self.restarts_used += 1
         slot = self._start_actor()
-        logger.warning("%s died; %s replaces it (replacement %d of at most %d)", dead.label, slot.label,
-                       self.restarts_used, self.config.max_actor_restarts)
+        logger.warning("%s died; %s replaces it once Ray can place it and its engine is up (replacement %d of at "
+                       "most %d)", dead.label, slot.label, self.restarts_used, self.config.max_actor_restarts)
         self._slots.append(slot)
+
+    def _starting(self) -> list[_Slot]:
+        return [s for s in self._slots if s.alive and s.ready_at is None]
+
+    def _up(self) -> list[_Slot]:
+        return [s for s in self._slots if s.alive and s.ready_at is not None]
+
+    def _on_started(self, slot: _Slot) -> None:
+        """A replacement's ready() came back: it takes chunks from now on, or, if it failed to start, it is one
+        more death (with no chunks to re-send)."""
+        import ray
+
+        try:
+            ray.get(slot.ready_ref)
+        except _death_errors() as e:
+            logger.warning("%s failed to start: %s", slot.label, str(e).strip().splitlines()[0] if str(e) else e)
+            self._retire(slot)
+            self._replace(slot)
+            return
+        slot.ready_at = time.monotonic()
+        logger.info("%s is up after %.0f s; it takes chunks now", slot.label, slot.ready_at - slot.started_at)
+
+    def _give_up_slow_starts(self) -> None:
+        now = time.monotonic()
+        for slot in self._starting():
+            if now - slot.started_at >= self.start_timeout_s:
+                logger.warning("%s not up after %.0f s (start_timeout_s: no free CPUs/GPUs for it in the cluster? see "
+                               "`ray status`): giving it up; %d live actors go on", slot.label, now - slot.started_at,
+                               len(self._up()))
+                self._retire(slot)
 
     @property
     def actors(self) -> list[Any]:
@@ -213,20 +255,14 @@ class RayPoolTeacher:
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            engine = self.model.engine
-            source = engine.get("tokenizer") or self.model_path or resolve_model(self.model.model)
-            self._tokenizer = AutoTokenizer.from_pretrained(
-                source, revision=engine.get("tokenizer_revision"),
-                trust_remote_code=bool(engine.get("trust_remote_code", False)))
+            self._tokenizer = load_tokenizer(self.model, self.model_path)
         return self._tokenizer
 
     def max_model_len(self) -> int | None:
         if self._max_model_len is None:
             import ray
 
-            slot = next(slot for slot in self._slots if slot.alive)
+            slot = self._up()[0]
             self._max_model_len = int(ray.get(slot.handle.max_model_len.remote(), timeout=self.start_timeout_s))
         return self._max_model_len
 
@@ -234,7 +270,7 @@ class RayPoolTeacher:
         """Run one (small) request on every live actor and wait for them: engines warm before a timed run."""
         import ray
 
-        refs = [slot.handle.generate.remote(next(self._chunk_ids), [request]) for slot in self._slots if slot.alive]
+        refs = [slot.handle.generate.remote(next(self._chunk_ids), [request]) for slot in self._up()]
         ray.get(refs, timeout=self.start_timeout_s)
 
     def generate(self, requests: Iterable[TeacherRequest]) -> Iterator[Finished]:
@@ -248,9 +284,10 @@ class RayPoolTeacher:
         outstanding: dict[Any, tuple[_Slot, _Chunk, float]] = {}  # ObjectRef -> (actor, chunk, sent at)
         try:
             while True:
-                # Keep every live actor holding chunks_per_actor chunks: pulled here, in the caller's thread.
+                # Keep every actor that is up holding chunks_per_actor chunks: pulled here, in the caller's thread.
+                # Actors still starting get none: one that can never be placed must not hold work.
                 while True:
-                    free = [s for s in self._slots if s.alive and s.load < self.chunks_per_actor]
+                    free = [s for s in self._up() if s.load < self.chunks_per_actor]
                     if not free or (exhausted and not retry):
                         break
                     chunk = retry.popleft() if retry else None
@@ -263,21 +300,29 @@ class RayPoolTeacher:
                     slot = min(free, key=lambda s: s.load)
                     outstanding[slot.handle.generate.remote(chunk.id, chunk.requests)] = (slot, chunk, time.monotonic())
                     slot.load += 1
+                starting = self._starting()
                 if not outstanding:
-                    if retry or not exhausted:  # work left and no live actor to run it
-                        raise RuntimeError(f"all Ray actors died and max_actor_restarts "
-                                           f"({self.config.max_actor_restarts}) are used up; "
-                                           f"{sum(len(c.requests) for c in retry)} re-sent requests and the "
-                                           "requests not yet pulled are not run")
-                    return
-                timeout = self._until_deadline(outstanding)
-                ready, _ = ray.wait(list(outstanding), num_returns=1, timeout=timeout)
+                    if not retry and exhausted:
+                        return
+                    if not starting:  # work left and no actor up or on its way
+                        raise RuntimeError(
+                            f"no Ray actor is left to run the remaining requests: all died and "
+                            f"max_actor_restarts ({self.config.max_actor_restarts}) are used up, or their "
+                            f"replacements were not up within start_timeout_s ({self.start_timeout_s:.0f} s); "
+                            f"{sum(len(c.requests) for c in retry)} re-sent requests and the requests not yet "
+                            "pulled are not run (journaled work is kept: rerun to resume)")
+                waiting_on = list(outstanding) + [s.ready_ref for s in starting]
+                ready, _ = ray.wait(waiting_on, num_returns=1, timeout=self._until_deadline(outstanding, starting))
                 if not ready:
                     self._kill_overdue(outstanding)
+                    self._give_up_slow_starts()
                     continue
                 results: list[Finished] = []
                 for ref in ready:
-                    self._collect(ref, outstanding, retry, results)
+                    if ref in outstanding:
+                        self._collect(ref, outstanding, retry, results)
+                    else:
+                        self._on_started(next(s for s in starting if s.ready_ref == ref))
                 yield from results
         finally:
             if outstanding:  # the caller stopped early, or failed: leave nothing queued in the engines
@@ -307,8 +352,9 @@ class RayPoolTeacher:
                   results: list[Finished]) -> None:
         import ray
 
-        text = str(error).strip()
-        reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+        cause = getattr(error, "cause", None) or error  # a RayTaskError names the actor's own exception
+        text = str(cause).strip()
+        reason = f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
         if slot.alive:
             logger.warning("%s died (%s)", slot.label, reason)
             self._retire(slot)
@@ -341,27 +387,14 @@ class RayPoolTeacher:
                        chunk.resends, limit)
         retry.append(chunk)
 
-    def _clock(self, slot: _Slot, sent: float) -> float | None:
-        """When a chunk's time started: when it was sent, or when its actor came up if that was later (a
-        replacement loading its model is not hung). None while the actor is still starting."""
-        import ray
-
-        if slot.ready_at is None and ray.wait([slot.ready_ref], timeout=0)[0]:
-            slot.ready_at = time.monotonic()
-        return None if slot.ready_at is None else max(sent, slot.ready_at)
-
-    def _until_deadline(self, outstanding: dict) -> float | None:
-        """How long ray.wait may block before a chunk is overdue (None: no limit)."""
-        if self.chunk_timeout_s is None:
-            return None
-        waits = []
-        for slot, _, sent in outstanding.values():
-            if slot.timed_out:
-                continue  # killed already: its failure is on its way
-            clock = self._clock(slot, sent)
-            # an actor still starting: look again in a second
-            waits.append(1.0 if clock is None else clock + self.chunk_timeout_s - time.monotonic())
-        return max(0.0, min(waits)) if waits else None
+    def _until_deadline(self, outstanding: dict, starting: list[_Slot]) -> float:
+        """How long ray.wait may block before a chunk is overdue or a start is given up."""
+        now = time.monotonic()
+        waits = [slot.started_at + self.start_timeout_s - now for slot in starting]
+        if self.chunk_timeout_s is not None:
+            waits += [sent + self.chunk_timeout_s - now for slot, _, sent in outstanding.values() if not slot.timed_out]
+        # A killed actor's failure, or a death Ray reports, wakes the wait; the minute is a backstop.
+        return max(0.0, min(waits + [60.0]))
 
     def _kill_overdue(self, outstanding: dict) -> None:
         import ray
@@ -370,11 +403,10 @@ class RayPoolTeacher:
             return
         now = time.monotonic()
         for slot, chunk, sent in list(outstanding.values()):
-            clock = self._clock(slot, sent)
-            if not slot.timed_out and clock is not None and now - clock >= self.chunk_timeout_s:
+            if not slot.timed_out and now - sent >= self.chunk_timeout_s:
                 slot.timed_out = True
                 logger.warning("%s has been running on %s for %.0f s (chunk_timeout_s): killing the actor",
-                               chunk.describe(), slot.label, now - clock)
+                               chunk.describe(), slot.label, now - sent)
                 ray.kill(slot.handle, no_restart=True)  # its chunks then fail, and are re-sent, as for any death
 
     def close(self) -> None:
@@ -398,6 +430,19 @@ class RayPoolTeacher:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def actor_runtime_env(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
+    """teacher.ray.runtime_env as is, its env_vars joined to those every actor needs (the user's win)."""
+    env = dict(runtime_env or {})
+    env["env_vars"] = {**ACTOR_ENV, **(env.get("env_vars") or {})}
+    return env
+
+
+def absolute_if_local(path: str) -> str:
+    """A path that exists here, made absolute (an actor's working directory is not the driver's); anything else
+    (a hub id, a named model) as it is."""
+    return os.path.abspath(path) if os.path.exists(path) else path
 
 
 def build(model: ModelConfig, seed: int, model_path: str | None = None) -> RayPoolTeacher:

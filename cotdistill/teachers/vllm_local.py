@@ -95,6 +95,15 @@ def completion(c: Any, request: TeacherRequest, splitter: Any = None) -> Complet
     return out
 
 
+def request_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it refuses (the request's fault, not the engine's)."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM: validation errors are ValueErrors
+        return (ValueError,)
+    return (ValueError, VLLMClientError)
+
+
 def sampling_params(sampling: Sampling) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -135,6 +144,7 @@ class VLLMTeacher:
     def generate(self, requests: Iterable[TeacherRequest]) -> Iterator[Finished]:
         from vllm.inputs import TokensPrompt
 
+        refused = request_errors()
         engine = self.llm.llm_engine
         pending = iter(requests)
         in_flight: dict[str, TeacherRequest] = {}
@@ -149,8 +159,14 @@ class VLLMTeacher:
                         break
                     # Outputs (and abort_request) use the id given here; add_request returns an internal one.
                     request_id = f"{request.key}#{next(self._ids)}"
-                    engine.add_request(request_id, TokensPrompt(prompt_token_ids=request.prompt_token_ids),
-                                       sampling_params(request.sampling))
+                    try:
+                        engine.add_request(request_id, TokensPrompt(prompt_token_ids=request.prompt_token_ids),
+                                           sampling_params(request.sampling))
+                    except refused as e:  # vLLM refuses this request (its length, its parameters): its error only
+                        logger.warning("vLLM refused request %s: %s", request.key, e)
+                        yield Finished(key=request.key, prompt_tokens=len(request.prompt_token_ids), completions=[],
+                                       error=f"refused by the engine: {e}")
+                        continue
                     in_flight[request_id] = request
                 if not in_flight:
                     return
