@@ -25,7 +25,7 @@ demo: setup
 	$(VENV)/bin/cotdistill run pipelines/demo.yaml
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 bench: setup
 	$(VENV)/bin/python benchmarks/generate_overhead.py
