@@ -229,3 +229,37 @@ def _run_unisolated(program: str, stdin: str, limits: Limits) -> Execution:
     report = {"exit": code if code >= 0 else None, "signal": -code if code < 0 else None, "timeout": timed_out}
     return Execution(_classify(report, stderr, over), stdout, stderr, report["exit"], report["signal"],
                      time.monotonic() - started)
+
+
+class PistonExecutor:
+    """A remote sandbox service speaking Piston's API (POST {base_url}/api/v2/execute) instead of this machine's
+    sandbox: for scale, or where namespaces are not allowed. Each call is bounded by the program's wall time plus
+    `slack_s`; a service that cannot be reached raises (a run cannot verify code without it)."""
+
+    def __init__(self, base_url: str, language: str = "python", version: str = "*", slack_s: float = 30.0):
+        self.url = base_url.rstrip("/") + "/api/v2/execute"
+        self.language, self.version, self.slack_s = language, version, slack_s
+
+    def run(self, program: str, stdin: str, limits: Limits) -> Execution:
+        import urllib.error
+        import urllib.request
+
+        body = {"language": self.language, "version": self.version,
+                "files": [{"name": "program.py", "content": program}], "stdin": stdin,
+                "run_timeout": int(limits.wall_s * 1000), "run_cpu_time": limits.cpu_s * 1000,
+                "run_memory_limit": limits.memory_mb << 20}
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=limits.wall_s + self.slack_s) as response:
+                run = json.loads(response.read())["run"]
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+            raise RuntimeError(f"the code executor at {self.url} failed: {e}") from None
+        stdout, stderr = run.get("stdout") or "", run.get("stderr") or ""
+        status = run.get("status")
+        over = status in ("OL", "EL") or len(stdout.encode()) > limits.output_bytes
+        signum = getattr(signal, run["signal"], None) if isinstance(run.get("signal"), str) else run.get("signal")
+        report = {"exit": run.get("code"), "signal": signum, "timeout": status == "TO"}
+        return Execution(_classify(report, stderr, over), stdout[: limits.output_bytes], stderr, run.get("code"),
+                         signum, time.monotonic() - started)

@@ -26,6 +26,7 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     "generate_overhead": ["ratio", "multi_shard_ratio", "raw_tokens_per_s", "stage_tokens_per_s",
                           "multi_shard_tokens_per_s"],
     "scale_out": ["replicas_2_over_1"],
+    "code_sandbox": ["programs_per_s", "canonical_passed", "mutants_failed", "sandbox_ms", "bare_ms", "overhead_ms"],
     "server_teacher": ["server_over_local", "by_concurrency"],
     "filter_throughput": ["rationales_per_s_exact", "rationales_per_s_near_dup", "peak_rss_mb"],
     "journal_throughput": ["questions_per_s_fsync_each", "questions_per_s_grouped", "questions_per_s_no_fsync",
@@ -41,7 +42,7 @@ EXPECTED_KEYS: dict[str, list[str]] = {
 }
 
 # Seconds each may take at smoke size before it counts as hung: several times what it takes on 2 busy cores.
-TIMEOUT_S = {"filter_throughput": 300, "journal_throughput": 120, "generate_overhead": 600, "self_consistency_cost": 600, "scale_out": 600,
+TIMEOUT_S = {"code_sandbox": 300, "filter_throughput": 300, "journal_throughput": 120, "generate_overhead": 600, "self_consistency_cost": 600, "scale_out": 600,
              "server_teacher": 900, "adaptive_sampling": 900, "prune_distill": 1200}
 
 

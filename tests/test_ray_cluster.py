@@ -31,7 +31,7 @@ from cotdistill.teachers.ray_pool import RayPoolTeacher
 from tests.conftest import tiny_config_dict
 from tests.ray_echo import EchoActor, pickled_by_value
 
-NUM_QUESTIONS, NUM_SAMPLES = 48, 2
+NUM_QUESTIONS, NUM_SAMPLES = 64, 2
 # Node deaths seen in about a second instead of Ray's default half a minute.
 FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 250,
                       "health_check_timeout_ms": 500, "health_check_failure_threshold": 4}
@@ -58,7 +58,7 @@ def write_config(tmp_path, tiny_model, gsm8k_rows, address: str):
     questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:NUM_QUESTIONS]))
     data = tiny_config_dict(tmp_path, tiny_model, questions)
     data["generate"].update(num_samples=NUM_SAMPLES, questions_per_shard=4)
-    # 0.25 s per request: 12 s of work for both actors, 24 s for one
+    # 0.25 s per request: 16 s of work for both actors, 32 s for one
     data["teacher"].update(backend="ray", engine={**data["teacher"]["engine"], "delay": 0.25},
                            ray={"address": address, "replicas": 2, "num_cpus": 1, "chunk_size": 2,
                                 "chunks_per_actor": 1, "max_actor_restarts": 2, "start_timeout_s": 120})

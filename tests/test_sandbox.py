@@ -139,3 +139,59 @@ def test_os_system_runs_inside_the_same_limits(tmp_path):
     assert result.status == "exec_timeout", result
     assert not target.exists()
     assert survivors(f"sleep {marker}") == []
+
+
+# --- a remote executor: Piston's API, served here by a small service over the local sandbox -------------------
+
+
+@pytest.fixture
+def piston_service():
+    """A Piston-compatible /api/v2/execute on 127.0.0.1, running each program in the local sandbox."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            limits = Limits(wall_s=body["run_timeout"] / 1000, cpu_s=max(1, body["run_cpu_time"] // 1000),
+                            memory_mb=body["run_memory_limit"] >> 20)
+            result = run_python(body["files"][0]["content"], body.get("stdin", ""), limits)
+            status = {"exec_timeout": "TO", "output_limit": "OL"}.get(result.status,
+                                                                      None if result.status == "ok" else "RE")
+            out = {"language": "python", "version": "3", "run": {
+                "stdout": result.stdout, "stderr": result.stderr, "output": result.stdout + result.stderr,
+                "code": result.exit_code, "signal": None, "status": status}}
+            data = json.dumps(out).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_piston_client_against_a_local_piston_service(piston_service):
+    from cotdistill.code_answers import check_program, humaneval_tests, read_humaneval
+    from cotdistill.sandbox import PistonExecutor
+
+    remote = PistonExecutor(piston_service)
+    assert remote.run("print(input() * 2)", "ab\n", FAST).stdout == "abab\n"
+    assert remote.run("while True: pass", "", Limits(wall_s=1.5)).status == "exec_timeout"
+    assert remote.run("raise ValueError('x')", "", FAST).status == "runtime_error"
+    problem = read_humaneval()[0]
+    verdict = check_program(problem["prompt"] + problem["canonical_solution"], humaneval_tests(problem), remote)
+    assert verdict.passed and verdict.tests_passed == verdict.tests_total > 1, verdict
+    with pytest.raises(RuntimeError, match="code executor .* failed"):
+        PistonExecutor("http://127.0.0.1:9").run("print(1)", "", FAST)
