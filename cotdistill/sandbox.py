@@ -163,7 +163,7 @@ def _run_isolated(program: str, stdin: str, limits: Limits) -> Execution:
     spec["report_fd"] = write_report  # kept open in the init under the same number
     started = time.monotonic()
     try:
-        process = subprocess.Popen([python, "-I", str(INIT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        process = subprocess.Popen([python, "-I", "-S", str(INIT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, pass_fds=(write_report,), env=ENV, cwd="/",
                                    start_new_session=True)
     finally:

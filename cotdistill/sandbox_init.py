@@ -71,7 +71,7 @@ def run_program(spec: dict, python: str) -> None:
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)  # drops every capability: the mounts above can no longer be changed
-    os.execve(python, [python, "-I", "-B", "program.py"], spec["env"])
+    os.execve(python, [python, "-I", "-S", "-B", "program.py"], spec["env"])
 
 
 def namespace_init(spec: dict, started: float) -> None:
