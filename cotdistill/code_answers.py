@@ -121,11 +121,9 @@ def functional_harness(program: str, tests: CodeTests, marker: str) -> str:
             f"import sys as __sys\n__sys.stdout.flush()\nprint({marker!r} + repr(__cd))\n")
 
 
-def _same_output(got: str, expected: str) -> bool:
-    def lines(text: str) -> list[str]:
-        out = [line.rstrip() for line in text.strip("\n").splitlines()]
-        return out
-    return lines(got) == lines(expected)
+def _lines(text: str) -> list[str]:
+    """Output as compared: trailing whitespace and blank lines at either end ignored."""
+    return [line.rstrip() for line in text.strip("\n").splitlines()]
 
 
 def _failure(execution: Execution) -> str:
@@ -162,7 +160,7 @@ def check_program(program: str | None, tests: CodeTests, executor: Executor,
         execution = executor.run(program, stdin, limits)
         if execution.status != "ok":
             return CodeVerdict(False, _failure(execution), passed, total, detail=execution.stderr[-2000:])
-        if _same_output(execution.stdout, expected):
+        if _lines(execution.stdout) == _lines(expected):
             passed += 1
     if passed < total:
         return CodeVerdict(False, "tests_failed", passed, total)

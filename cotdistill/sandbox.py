@@ -125,8 +125,9 @@ def _read_capped(stream, cap: int, out: list[bytes], over: threading.Event, on_o
             on_over()
 
 
-def _communicate(process: subprocess.Popen, payload: bytes, limits: Limits, kill) -> tuple[str, str, bool, bool]:
-    """Feed stdin, read stdout and stderr (capped) until the process ends or the host's own deadline passes."""
+def _communicate(process: subprocess.Popen, payload: bytes, limits: Limits, wait_s: float,
+                 kill) -> tuple[str, str, bool, bool]:
+    """Feed stdin, read stdout and stderr (capped) until the process ends or `wait_s` has passed (then kill)."""
     stdout: list[bytes] = []
     stderr: list[bytes] = []
     over, err_over = threading.Event(), threading.Event()
@@ -143,7 +144,7 @@ def _communicate(process: subprocess.Popen, payload: bytes, limits: Limits, kill
         pass
     timed_out = False
     try:
-        process.wait(timeout=limits.wall_s + 10)  # the init's own deadline comes first; this one is the backstop
+        process.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
         timed_out = True
         kill()
@@ -176,7 +177,9 @@ def _run_isolated(program: str, stdin: str, limits: Limits) -> Execution:
             pass
 
     try:
-        stdout, stderr, over, host_timeout = _communicate(process, json.dumps(spec).encode(), limits, kill)
+        # the init's own deadline (wall_s) comes first; the host's is a backstop
+        stdout, stderr, over, host_timeout = _communicate(process, json.dumps(spec).encode(), limits,
+                                                          limits.wall_s + 10, kill)
         with os.fdopen(read_report, "rb") as f:
             raw = f.read()
     except BaseException:
@@ -222,8 +225,7 @@ def _run_unisolated(program: str, stdin: str, limits: Limits) -> Execution:
             except ProcessLookupError:
                 pass
 
-        limits_wall = Limits(**{**asdict(limits), "wall_s": limits.wall_s - 10})
-        stdout, stderr, over, timed_out = _communicate(process, stdin.encode(), limits_wall, kill)
+        stdout, stderr, over, timed_out = _communicate(process, stdin.encode(), limits, limits.wall_s, kill)
         kill()
     code = process.returncode
     report = {"exit": code if code >= 0 else None, "signal": -code if code < 0 else None, "timeout": timed_out}

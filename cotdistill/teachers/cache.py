@@ -92,6 +92,15 @@ def decode_finished(key: str, entry: dict[str, Any]) -> Finished:
     return Finished(key=key, completions=completions, prompt_tokens=entry["prompt_tokens"], cached=True)
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Write under a temporary name, then rename: readers see all of it or none. No fsync (a lost entry is a
+    miss), unlike shards.write_*_atomic."""
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 class RequestCache:
     """Entries on disk, one file per request key (see the module docstring)."""
 
@@ -134,12 +143,8 @@ class RequestCache:
         return done
 
     def put(self, key: str, done: Finished) -> None:
-        path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         data = gzip.compress(json.dumps(encode_finished(done)).encode(), compresslevel=1)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        _replace(self._path(key), data)
         self._bytes += len(data)
         if self._bytes > self.max_bytes:
             self.evict()
@@ -186,11 +191,7 @@ class RequestCache:
             return {}
 
     def record_teacher_facts(self, teacher: dict[str, Any], facts: dict[str, Any]) -> None:
-        path = self._teacher_path(teacher)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(facts))
-        os.replace(tmp, path)
+        _replace(self._teacher_path(teacher), json.dumps(facts).encode())
 
 
 class CachedTeacher:
