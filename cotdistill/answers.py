@@ -489,6 +489,37 @@ def extract_exact(text: str, choices: Sequence[str] | None = None) -> Extraction
     return Extraction(last) if last else Extraction(None, "unparseable")
 
 
+# --- programs ------------------------------------------------------------------------------------------------
+
+_FENCE_RE = re.compile(r"^```[ \t]*([\w+#.-]*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
+
+
+def extract_program(text: str, language: str = "python") -> str | None:
+    """The last complete fenced block in `language` (or with no language named); text in a <think> block is not
+    the answer. None when there is none (no_code)."""
+    text = _THINK_RE.sub("", text)
+    if "</think>" in text:  # a reasoning block opened by the prompt: what precedes its end is reasoning
+        text = text.rsplit("</think>", 1)[1]
+    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
+    for wanted in ({language, "py"} if language == "python" else {language}, {""}):
+        chosen = [body for lang, body in blocks if lang in wanted]
+        if chosen:
+            return chosen[-1]
+    return None
+
+
+def find_program(text: str, choices: Sequence[str] | None = None) -> Extraction:
+    """The code format's extraction: the program (not yet its verdict: code_answers.CodeJudge runs it against
+    the question's tests, and its answer for votes is what it did on them)."""
+    program = extract_program(text)
+    return Extraction(program, None if program and program.strip() else "no_code")
+
+
+def _canonical_reference(gold: str) -> str | None:
+    return gold if gold.strip() else None
+
+
 # --- the registry -------------------------------------------------------------------------------------------
 
 
@@ -534,6 +565,9 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "choice": AnswerFormat("choice", extract_choice, _canonical_letter, _same),
     "yes_no": AnswerFormat("yes_no", extract_yes_no, _canonical_yes_no, _same),
     "exact": AnswerFormat("exact", extract_exact, normalize_exact, _same),
+    # code: a program, judged by running it against the question's tests (code_answers.CodeJudge), never by
+    # comparing it with the gold (the reference solution, when the data has one: the STaR hint)
+    "code": AnswerFormat("code", find_program, _canonical_reference, _same),
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Collection, Iterator
 import yaml
 
 from cotdistill.answers import ANSWER_FORMATS, GOLD_PARSERS
+from cotdistill.code_answers import CODE_TEST_FORMATS
 from cotdistill.paths import RunPaths
 from cotdistill.stopping import STOPPING_RULES
 
@@ -43,6 +44,7 @@ TRAIN_LOSSES = ("sft", "kd")  # train.loss
 KD_INTERPOLATIONS = ("none", "taid")  # train.kd.interpolation
 SCORE_CONTEXTS = ("student", "teacher")  # score.context
 SELECTIONS = ("random", "shortest", "longest")  # filter.select
+SANDBOX_EXECUTORS = ("local", "piston")  # sandbox.executor
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # in a variable's name: never written into a run's files
 
 
@@ -101,6 +103,22 @@ class DataConfig:
     id_field: str | None = None  # when absent, ids are a hash of the question text
     gold_format: str = setting("plain", one_of=GOLD_PARSERS)  # how to parse the gold: gsm8k | plain | choice_letter
     limit: int | None = setting(None, at_least=1)
+    # Code problems (answer_format code): their tests, read once per question (code_answers.parse_code_tests).
+    # functional: tests_field holds test code (HumanEval's check(candidate), MBPP's list of asserts) and
+    # entry_point_field the function it tests (inferred from MBPP-style asserts when unset). stdio: tests_field
+    # holds input/output pairs, as a JSON string or a structure (APPS' input_output, CodeContests' tests,
+    # LiveCodeBench's test cases); a function name (APPS' fn_name, or entry_point_field) makes them call-based.
+    # answer_field, when set, is the reference solution (the STaR hint). Unset: fingerprints stay as they were.
+    tests_format: str | None = setting(None, one_of=CODE_TEST_FORMATS)
+    tests_field: str | None = None
+    entry_point_field: str | None = None
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if (self.tests_format is None) != (self.tests_field is None):
+            yield "tests_format" if self.tests_format is None else "tests_field", (
+                "code problems need both data.tests_format (functional | stdio) and data.tests_field")
+        if self.entry_point_field is not None and self.tests_format is None:
+            yield "entry_point_field", "is read only for code problems: set data.tests_format and data.tests_field"
 
 
 @dataclass
@@ -489,6 +507,32 @@ class EvaluateConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Where and how model-written programs run (answer_format code; cotdistill/sandbox.py)."""
+
+    # local: this machine's sandbox (namespaces, limits; needs CAP_SYS_ADMIN). piston: a remote service speaking
+    # Piston's API at `url` (no program runs here).
+    executor: str = setting("local", one_of=SANDBOX_EXECUTORS)
+    url: str | None = None
+    workers: int = setting(2, at_least=1)  # programs run at once, per filter worker; memory: workers x memory_mb
+    timeout_s: float = setting(10.0, above=0)  # wall clock per run (a functional problem's tests; one stdin)
+    cpu_s: int = setting(10, at_least=1)
+    memory_mb: int = setting(1024, at_least=32)  # address space per program
+    # Run without namespaces where the OS allows none (no network or filesystem isolation): only on purpose.
+    allow_unisolated: bool = False
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if self.executor == "piston" and not self.url:
+            yield "url", "the piston executor needs the service's url (http://host:2000)"
+
+    def limits(self) -> Any:
+        """The sandbox's Limits (part of the code verdicts' fingerprints: a longer timeout can pass more)."""
+        from cotdistill.sandbox import Limits
+
+        return Limits(wall_s=self.timeout_s, cpu_s=self.cpu_s, memory_mb=self.memory_mb)
+
+
+@dataclass
 class RunConfig:
     run_name: str
     data: DataConfig
@@ -501,6 +545,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig | None = None  # null: no score step (train.loss kd then reads generate.logprobs' columns)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # for answer_format code
 
     @property
     def run_dir(self) -> Path:
@@ -678,6 +723,15 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
                     yield key, "never shows `hint` (the gold answer): that would ask the question again without it"
         except PromptError as e:
             yield "generate.examples" if examples and str(e).startswith(str(examples)) else key, str(e)
+    if any(uses_code(config)) and config.sandbox.executor == "local" and not config.sandbox.allow_unisolated:
+        from cotdistill.sandbox import isolation_problem
+
+        problem = isolation_problem()  # one program run in the sandbox (a few tens of ms), only for code
+        if problem:
+            yield "sandbox", (f"model-written programs cannot be isolated here ({problem}); run where namespaces "
+                              "are allowed (root or CAP_SYS_ADMIN), use sandbox.executor: piston, or set "
+                              "sandbox.allow_unisolated: true to run them with resource limits only (no network or "
+                              "filesystem isolation)")
     for name, path in config.evaluate.stored.items():
         if not Path(path).is_dir():
             yield f"evaluate.stored.{name}", f"no such folder of Sample shards: {path}"
@@ -719,6 +773,7 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
                              "section (the teacher scores the accepted rationales)")
     if sc is not None and sc.model is None and config.teacher.backend == "openai":
         yield "score.model", "a served teacher cannot score text here: name a local copy of it"
+    yield from code_rules(config)
     budgets = [("generate.max_reasoning_tokens", gen.max_reasoning_tokens, "teacher", config.teacher)]
     budgets += [("evaluate.max_reasoning_tokens", config.evaluate.max_reasoning_tokens, name, model)
                 for name, model in (("teacher", config.teacher), ("student", config.student))
@@ -727,6 +782,29 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
         problem = budget_problem(model, name) if budget is not None else None
         if problem:
             yield key, problem
+
+
+def uses_code(config: RunConfig) -> tuple[bool, bool]:
+    """Whether programs are run: by the filter (and generate's checks), and by evaluate."""
+    ev = config.evaluate
+    filtering = config.filter.answer_format == "code" and config.filter.label != "none"
+    evaluating = (ev.answer_format or config.filter.answer_format) == "code" and bool(ev.models or ev.stored)
+    return filtering, evaluating
+
+
+def code_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
+    """answer_format code: the data must hold tests, and programs must have somewhere safe to run."""
+    filtering, evaluating = uses_code(config)
+    if filtering and config.data.tests_format is None:
+        yield "filter.answer_format", ("code runs each program against its question's tests: set data.tests_format "
+                                       "and data.tests_field (or filter.label: none to check no answers)")
+    ev_data = config.evaluate.data
+    if evaluating and ev_data is not None and ev_data.tests_format is None:
+        yield "evaluate.answer_format", ("code runs each program against its question's tests: set "
+                                         "evaluate.data.tests_format and evaluate.data.tests_field")
+    for data, key in ((config.data, "data"), (ev_data, "evaluate.data")):
+        if data is not None and data.tests_format is not None and not (filtering or evaluating):
+            yield f"{key}.tests_format", "code tests are read only with answer_format: code"
 
 
 def budget_problem(model: ModelConfig, key: str) -> str | None:

@@ -34,7 +34,8 @@ from cotdistill.answers import (
     ANSWER_RULES, THINK_DELIMITERS, AnswerFormat, Extraction, delimiters_of, get_answer_format, group_equivalent,
 )
 from cotdistill.config import AdaptiveEvalConfig, ModelConfig, RunConfig
-from cotdistill.fingerprints import data_fingerprint, digest, file_digest, folder_digest, make_fingerprint, upstream
+from cotdistill.fingerprints import data_settings, digest, file_digest, folder_digest, make_fingerprint, upstream
+from cotdistill.judging import CodeChecks, sandbox_settings
 from cotdistill.metrics import (
     accuracy, agreement, bootstrap_ci, expected_maj_at_k, majority_vote, pass_at_k, question_seed,
 )
@@ -113,9 +114,10 @@ def model_key(config: RunConfig, m: EvalModel, fmt: AnswerFormat) -> str:
         "prompt": file_digest(m.template.path), "examples": digest(m.template.examples),
         "sampling": {k: getattr(ev, k) for k in ("num_samples", "temperature", "top_p", "max_tokens", "greedy")},
         **answer_settings(fmt.name, m.delimiters), "seed": config.seed,
-        "data": {**vars(ev.data), "contents": data_fingerprint(ev.data.path)} if ev.data else None,
+        "data": data_settings(ev.data) if ev.data else None,
         **({"adaptive": vars(ev.adaptive)} if ev.adaptive is not None else {}),
         **({"max_reasoning_tokens": ev.max_reasoning_tokens} if ev.max_reasoning_tokens is not None else {}),
+        **code_settings(config, fmt),
     })
 
 
@@ -128,10 +130,20 @@ def answer_settings(name: str, delimiters: tuple[str, str]) -> dict[str, Any]:
     return settings
 
 
-def stored_key(path: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None = None) -> str:
+def stored_key(path: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None = None,
+               code: dict[str, Any] | None = None) -> str:
     return digest({"path": path, "contents": folder_digest(path, "*.parquet"),
                    **answer_settings(fmt.name, fmt.delimiters),
-                   **({"adaptive": vars(adaptive)} if adaptive is not None else {})})
+                   **({"adaptive": vars(adaptive)} if adaptive is not None else {}), **(code or {})})
+
+
+def code_settings(config: RunConfig, fmt: AnswerFormat) -> dict[str, Any]:
+    """For answer_format code, what the verdicts depend on besides the completions: the sandbox's limits and the
+    tests (the test data); nothing for other formats, so their keys stay as they were."""
+    if fmt.name != "code":
+        return {}
+    data = config.evaluate.data
+    return {"sandbox": sandbox_settings(config.sandbox), "tests": data_settings(data) if data else None}
 
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
@@ -144,7 +156,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
 def current_keys(config: RunConfig) -> dict[str, str]:
     fmt = answer_format(config, config.teacher.delimiters())
     keys = {m.name: model_key(config, m, fmt) for m in eval_models(config)}  # each with its own delimiters
-    keys.update({name: stored_key(path, fmt, config.evaluate.adaptive)
+    keys.update({name: stored_key(path, fmt, config.evaluate.adaptive, code_settings(config, fmt))
                  for name, path in config.evaluate.stored.items()})
     return keys
 
@@ -186,19 +198,35 @@ def read_answer(c: Completion, q: Question, fmt: AnswerFormat) -> tuple[str | No
 
 
 def score_row(row: dict[str, Any], q: Question, completions: list[Completion], fmt: AnswerFormat,
-              adaptive: AdaptiveEvalConfig | None = None) -> dict[str, Any]:
+              adaptive: AdaptiveEvalConfig | None = None, code: CodeChecks | None = None) -> dict[str, Any]:
     """Parse, vote and check one question's sampled completions (shared by live and stored generations), and
     keep per sample what thinking cost: its reasoning and tokens, its finish reason, why it has no answer.
 
     Equivalent answers (\\frac{1}{2}, 0.5) are stored as one answer, the first-seen form, so that the votes
     here and maj@k recomputed from the Parquet both count them together. With `adaptive`, also the adaptive
-    self-consistency columns (adaptive_stop)."""
+    self-consistency columns (adaptive_stop).
+
+    With `code` (answer_format code), each sample's program is run against the question's tests: it is correct
+    when it passes, its answer is its execution class (programs that did the same on the test inputs are one
+    answer: AlphaCode's clustering), and the vote is the largest class."""
     read = [read_answer(c, q, fmt) for c in completions]
-    answers = group_equivalent([extraction.answer for _, _, extraction in read], fmt)
+    if code is not None:
+        verdicts = code.verdicts(q.question_id, [c.text for c in completions], fmt)
+        answers = [v.answer for v in verdicts]
+        correct = [v.passed for v in verdicts]
+        passes = dict(zip(answers, correct))  # one class, one outcome on the tests
+        is_correct = lambda answer: answer is not None and passes.get(answer, False)  # noqa: E731
+        read = [(reasoning, text, Extraction(v.answer, None if v.answer is not None else v.reason))
+                for (reasoning, text, _), v in zip(read, verdicts)]
+        row["sample_verdicts"] = [v.describe() for v in verdicts]
+    else:
+        answers = group_equivalent([extraction.answer for _, _, extraction in read], fmt)
+        correct = [fmt.is_correct(a, q.gold_answer) for a in answers]
+        is_correct = lambda answer: fmt.is_correct(answer, q.gold_answer)  # noqa: E731
     voted, votes = majority_vote(answers)
     row.update(
         samples=[answer for _, answer, _ in read], sample_answers=answers,
-        sample_correct=[fmt.is_correct(a, q.gold_answer) for a in answers],
+        sample_correct=correct,
         sample_tokens=sum(c.completion_tokens for c in completions),
         sample_reasonings=[reasoning for reasoning, _, _ in read],
         sample_answer_reasons=[extraction.reason for _, _, extraction in read],
@@ -206,20 +234,20 @@ def score_row(row: dict[str, Any], q: Question, completions: list[Completion], f
         sample_completion_tokens=[c.completion_tokens for c in completions],
         sample_reasoning_tokens=[c.reasoning_tokens for c in completions],
         votes=[{"answer": a, "count": c} for a, c in votes], voted_answer=voted,
-        voted_correct=fmt.is_correct(voted, q.gold_answer),
+        voted_correct=is_correct(voted),
     )
     if adaptive is not None:
         used, answer = adaptive_stop(answers, adaptive)
-        row.update(adaptive_samples=used, adaptive_answer=answer,
-                   adaptive_correct=fmt.is_correct(answer, q.gold_answer))
+        row.update(adaptive_samples=used, adaptive_answer=answer, adaptive_correct=is_correct(answer))
     return row
 
 
 def evaluate_model(teacher: Teacher, questions: list[Question], template: PromptTemplate, config: RunConfig,
-                   name: str, model: ModelConfig | None = None,
-                   delimiters: tuple[str, str] = THINK_DELIMITERS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                   name: str, model: ModelConfig | None = None, delimiters: tuple[str, str] = THINK_DELIMITERS,
+                   code: CodeChecks | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The core: one model (any teacher backend) on the questions -> per-question rows and cost figures. `model`:
-    its settings (chat_template_kwargs); `delimiters`: where its reasoning ends in its text."""
+    its settings (chat_template_kwargs); `delimiters`: where its reasoning ends in its text; `code`: the sandbox's
+    checks, for answer_format code."""
     ev = config.evaluate
     fmt = answer_format(config, delimiters)
     kwargs = model.chat_template_kwargs if model is not None else {}
@@ -256,18 +284,22 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
 
     for q, row in zip(questions, rows):
         if row["skip_reason"] is not None:  # counts as wrong, with its reason in the row
-            score_row(row, q, [], fmt, ev.adaptive).update(greedy_correct=False if ev.greedy else None,
-                                                           greedy_tokens=0)
+            score_row(row, q, [], fmt, ev.adaptive, code).update(greedy_correct=False if ev.greedy else None,
+                                                                 greedy_tokens=0)
             continue
         s = sampled[q.question_id]
         count_reasoning(s.completions, fmt.delimiters, tokenizer)
-        score_row(row, q, s.completions, fmt, ev.adaptive)
+        score_row(row, q, s.completions, fmt, ev.adaptive, code)
         g = greedy.get(q.question_id)
         if g is not None:
             greedy_text = g.completions[0].text if g.completions else ""
             greedy_answer = read_answer(g.completions[0], q, fmt)[2].answer if g.completions else None
-            row.update(greedy_completion=greedy_text, greedy_answer=greedy_answer,
-                       greedy_correct=fmt.is_correct(greedy_answer, q.gold_answer),
+            greedy_correct = fmt.is_correct(greedy_answer, q.gold_answer)
+            if code is not None:  # its program's verdict on the tests; its answer, its execution class
+                (verdict,) = code.verdicts(q.question_id, [greedy_text], fmt)
+                greedy_answer, greedy_correct = verdict.answer, verdict.passed
+                row["greedy_verdict"] = verdict.describe()
+            row.update(greedy_completion=greedy_text, greedy_answer=greedy_answer, greedy_correct=greedy_correct,
                        greedy_tokens=sum(c.completion_tokens for c in g.completions))
     cost = {
         "greedy_seconds": round(greedy_seconds, 3) if ev.greedy else None,
@@ -288,8 +320,8 @@ def count_reasoning(completions: list[Completion], delimiters: tuple[str, str], 
             c.reasoning_tokens = len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]) if reasoning else 0
 
 
-def stored_rows(path: Path, name: str, fmt: AnswerFormat,
-                adaptive: AdaptiveEvalConfig | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def stored_rows(path: Path, name: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None = None,
+                code: CodeChecks | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score Sample shards someone already generated: the same rows, with no greedy completion.
 
     Rationalized rows (generate.rationalize) are left out, with a count in the log: they were sampled with the
@@ -329,7 +361,7 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat,
         completions = [Completion(text=r["rationale"] or "", finish_reason=r.get("finish_reason") or "stop",
                                   completion_tokens=r["completion_tokens"], reasoning=r.get("reasoning"),
                                   reasoning_tokens=r.get("reasoning_tokens")) for r in samples]
-        rows.append(score_row(row, q, completions, fmt, adaptive))
+        rows.append(score_row(row, q, completions, fmt, adaptive, code))
     sizes = {len(r["samples"]) for r in rows}
     if adaptive_rows:
         raise RuntimeError(f"evaluate.stored.{name}: {path} was generated with generate.adaptive: each question's "
@@ -380,6 +412,8 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     if ev.adaptive is not None:
         metrics.update(adaptive_metrics(rows, maj_by_k[-1] if maj_by_k else [0.0] * n, k_max, ci))
     metrics.update(thinking_metrics(rows, ev.max_reasoning_tokens))
+    if any(r.get("sample_verdicts") for r in rows):
+        metrics["code"] = code_metrics(rows)
     seconds = [s for s in (cost.get("greedy_seconds"), cost.get("sampled_seconds")) if s is not None]
     if seconds and sum(seconds) > 0:
         total_tokens = cost["greedy_tokens"] + sampled_tokens
@@ -388,6 +422,23 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     else:
         metrics["tokens_per_s"] = metrics["seconds_per_question"] = None
     return metrics
+
+
+def code_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """answer_format code: why the sampled programs failed (CODE_REASONS, counted over every sample), and how the
+    votes were taken: by execution class, or by pass / fail where no calls could be recorded."""
+    verdicts = [v for r in rows for v in r.get("sample_verdicts") or []]
+    answers = [a for r in rows for a in r.get("sample_answers") or []]
+    return {
+        "programs": len(verdicts),
+        "passed": sum(v == "passed" for v in verdicts),
+        "failures": dict(Counter(v.split(" ", 1)[0] for v in verdicts if v != "passed").most_common()),
+        "questions_voting_pass_fail": sum(any(a in ("pass", "fail") for a in r.get("sample_answers") or [])
+                                          for r in rows),
+        "execution_classes_per_question": round(
+            sum(len({a for a in r.get("sample_answers") or [] if a is not None}) for r in rows) / max(1, len(rows)),
+            2) if answers else 0.0,
+    }
 
 
 def thinking_metrics(rows: list[dict[str, Any]], budget: int | None = None) -> dict[str, Any]:
@@ -467,6 +518,7 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
         raise ValueError("evaluate: no models and no stored generations to evaluate")
     keys = current_keys(config)
     questions: list[Question] | None = None
+    code: CodeChecks | None = None
     for m in models:
         if _is_done(paths, m.name, keys[m.name]):
             logger.info("evaluate: %s is up to date, skipping", m.name)
@@ -476,10 +528,13 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
         if ev.data is None:
             raise ValueError("evaluate.data is not set: name the test questions to evaluate on")
         model_path = servable(m, paths)
-        questions = questions or list(QuestionSource(ev.data).questions())
+        if questions is None:
+            source = QuestionSource(ev.data)
+            questions = list(source.questions())
+            code = CodeChecks(ev.data, config.sandbox, source) if fmt.name == "code" else None
         teacher = build_teacher(m.model, config.seed, model_path)
         try:
-            rows, cost = evaluate_model(teacher, questions, m.template, config, m.name, m.model, m.delimiters)
+            rows, cost = evaluate_model(teacher, questions, m.template, config, m.name, m.model, m.delimiters, code)
         finally:
             teacher.close()
         cost.update(model_footprint(model_path or m.model.model), fingerprint=keys[m.name])
@@ -487,7 +542,11 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
         write_json_atomic(cost, paths.eval_cost(m.name))  # last: marks the model done
     for name, path in ev.stored.items():
         if not _is_done(paths, name, keys[name]):
-            rows, cost = stored_rows(Path(path), name, fmt, ev.adaptive)
+            if fmt.name == "code" and code is None:
+                if ev.data is None:
+                    raise ValueError("evaluate.data is not set: code answers need the test questions' tests")
+                code = CodeChecks(ev.data, config.sandbox)
+            rows, cost = stored_rows(Path(path), name, fmt, ev.adaptive, code)
             write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), paths.eval_rows(name))
             write_json_atomic({**cost, "parameters": None, "weights_mb": None, "fingerprint": keys[name]},
                               paths.eval_cost(name))

@@ -92,6 +92,16 @@ def data_fingerprint(path: str) -> str:
     return digest({f: file_digest(f) for f in files})
 
 
+CODE_DATA_FIELDS = ("tests_format", "tests_field", "entry_point_field")  # DataConfig's fields for code problems
+
+
+def data_settings(data: Any) -> dict[str, Any]:
+    """A DataConfig's settings and its contents' fingerprint. Its code fields count only when set, so data
+    without tests keeps the fingerprints it had before they existed."""
+    settings = {k: v for k, v in vars(data).items() if k not in CODE_DATA_FIELDS or v is not None}
+    return {**settings, "contents": data_fingerprint(data.path)}
+
+
 def template_fingerprint(name: str) -> str:
     from cotdistill.prompts import resolve_prompt_path
 

@@ -3,12 +3,19 @@ generate (adaptive sampling closes a question on them, rationalization opens one
 
     rationale_reaches_gold(row["rationale"], row["finish_reason"], gold, choices, fmt)  # adaptive, label gold
     rationale_vote(row["rationale"], row["finish_reason"], choices, fmt)  # adaptive's stopping rule, majority
+
+For answer_format code, a rationale's answer is its program's verdict from the sandbox (CodeChecks: the
+question's tests, read from the data source once per question): it reaches the gold when it passes them, and its
+vote is its execution-equivalence class.
 """
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from cotdistill.answers import AnswerFormat, get_answer_format
-from cotdistill.config import RunConfig
+from cotdistill.code_answers import CodeJudge, CodeVerdict, LocalExecutor
+from cotdistill.config import DataConfig, RunConfig, SandboxConfig
 
 
 def teacher_answer_format(config: RunConfig) -> AnswerFormat:
@@ -42,3 +49,57 @@ def rationale_vote(rationale: str | None, finish_reason: str, choices: list[str]
     if finish_reason == "length" or not text.strip():
         return None
     return fmt.extract(text, choices).answer
+
+
+# --- code -------------------------------------------------------------------------------------------------------
+
+
+def code_reaches_gold(rationale: str | None, finish_reason: str, verdict: CodeVerdict) -> bool:
+    """rationale_reaches_gold for code: a finished, non-empty rationale whose program passes its tests."""
+    return bool((rationale or "").strip()) and reaches_gold(verdict.passed, finish_reason)
+
+
+def code_vote(rationale: str | None, finish_reason: str, verdict: CodeVerdict) -> str | None:
+    """rationale_vote for code: a finished, non-empty rationale's execution-equivalence class."""
+    if finish_reason == "length" or not (rationale or "").strip():
+        return None
+    return verdict.answer
+
+
+def code_judge(cfg: SandboxConfig) -> CodeJudge:
+    """The judge that sandbox.executor names: this machine's sandbox, or a Piston service."""
+    from cotdistill.sandbox import PistonExecutor
+
+    executor = PistonExecutor(cfg.url) if cfg.executor == "piston" else LocalExecutor(cfg.allow_unisolated)
+    return CodeJudge(executor, cfg.workers, cfg.limits())
+
+
+class CodeChecks:
+    """Verdicts on code rationales: each question's tests read from its data source, once per question."""
+
+    def __init__(self, data: DataConfig, sandbox: SandboxConfig, source: Any = None):
+        from cotdistill.sources import QuestionSource
+
+        self.path = data.path
+        self.source = source if source is not None else QuestionSource(data)
+        self.judge = code_judge(sandbox)
+
+    def verdicts(self, question_id: str, texts: Sequence[str], fmt: AnswerFormat) -> list[CodeVerdict]:
+        tests = self.source.code_tests(question_id)
+        if tests is None:
+            raise RuntimeError(f"question {question_id} is not in {self.path} (or it holds no tests): its programs "
+                               "cannot be judged; was the corpus generated from other data?")
+        return self.judge.judge_texts(tests, texts, fmt)
+
+
+def code_checks(config: RunConfig) -> CodeChecks | None:
+    """The filter's (and generate's) code checks, when filter.answer_format is code and answers are checked."""
+    if config.filter.answer_format != "code" or config.filter.label == "none":
+        return None
+    return CodeChecks(config.data, config.sandbox)
+
+
+def sandbox_settings(sandbox: SandboxConfig) -> dict[str, Any]:
+    """What code verdicts depend on besides the programs and tests: the limits (a longer timeout passes more). The
+    executor and its workers are interchangeable."""
+    return {"timeout_s": sandbox.timeout_s, "cpu_s": sandbox.cpu_s, "memory_mb": sandbox.memory_mb}

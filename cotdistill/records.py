@@ -163,6 +163,10 @@ EVAL_SCHEMA = pa.schema(
         ("adaptive_samples", pa.int32()),
         ("adaptive_answer", pa.string()),
         ("adaptive_correct", pa.bool_()),
+        # answer_format code: each sample's verdict on the question's tests ("passed", "tests_failed (passed 2 of
+        # 5)", "exec_timeout (passed 0 of 5)", ...) and the greedy one's; null for other formats.
+        ("sample_verdicts", pa.list_(pa.string())),
+        ("greedy_verdict", pa.string()),
     ]
 )
 

@@ -80,11 +80,37 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> st
                          f"accuracy{speed}{size}.")
     if ev.adaptive is not None:
         lines += adaptive_report(ev.adaptive, metrics, pct, interval)
+    if any("code" in m for m in metrics.values()):
+        lines += code_report(metrics, pct)
     lines += thinking_report(metrics, pct, ev.max_reasoning_tokens)
     lines += ["", "![accuracy against k](accuracy_vs_k.png)", "",
               "![accuracy against generated tokens](accuracy_vs_tokens.png)", "",
               "![accuracy against completion length](accuracy_vs_length.png)", ""]
     return "\n".join(lines)
+
+
+def code_report(metrics: dict[str, dict[str, Any]], pct: Any) -> list[str]:
+    """report.md's section for answer_format code: why programs failed, per model, over the sampled programs."""
+    reasons = ("no_code", "syntax_error", "tests_failed", "runtime_error", "exec_timeout", "memory_limit",
+               "output_limit", "unfinished_reasoning")
+    lines = [
+        "", "## Code: verdicts by execution", "",
+        "Every sampled program ran against its question's tests in the sandbox. pass@k counts programs that pass "
+        "them all; maj@k votes by execution class (AlphaCode's clustering: programs with the same outputs on the "
+        "test inputs are one answer, and the largest class is the vote). Why the others failed, as a share of "
+        "all sampled programs:", "",
+        "| model | programs | passed | " + " | ".join(reasons) + " | classes/question | votes by pass/fail |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in reasons) + " | ---: | ---: |",
+    ]
+    for name, m in metrics.items():
+        c = m.get("code")
+        if not c:
+            continue
+        n = max(1, c["programs"])
+        lines.append(f"| {name} | {c['programs']} | {pct(c['passed'] / n)} | "
+                     + " | ".join(pct(c["failures"].get(r, 0) / n) for r in reasons)
+                     + f" | {c['execution_classes_per_question']} | {c['questions_voting_pass_fail']} |")
+    return lines
 
 
 def thinking_report(metrics: dict[str, dict[str, Any]], pct: Any, budget: int | None) -> list[str]:

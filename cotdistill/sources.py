@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 from cotdistill.answers import GOLD_PARSERS, GoldParseError
+from cotdistill.code_answers import CodeTests, parse_code_tests
 from cotdistill.config import DataConfig
-from cotdistill.paths import DATA_SUFFIXES, local_files, looks_local
+from cotdistill.paths import DATA_SUFFIXES, data_suffix, local_files, looks_local
 from cotdistill.records import Question
 
 logger = logging.getLogger(__name__)
@@ -66,15 +67,16 @@ def load_rows(cfg: DataConfig):
         except Exception as e:  # datasets raises many types; the message is what the user needs
             raise SourceError(f"{cfg.path}: could not load dataset (split {cfg.split!r}): {e}") from None
     if not files:
-        raise SourceError(f"{cfg.path}: no .jsonl, .json, .parquet or .csv files there")
-    suffixes = {Path(f).suffix for f in files}
+        raise SourceError(f"{cfg.path}: no .jsonl, .json, .jsonl.gz, .parquet or .csv files there")
+    suffixes = {data_suffix(f) for f in files}
     if len(suffixes) != 1 or next(iter(suffixes)) not in DATA_SUFFIXES:
         raise SourceError(f"{cfg.path}: expected files of one type among {', '.join(DATA_SUFFIXES)}, got {suffixes}")
     for f in files:
         if Path(f).stat().st_size == 0:
             raise SourceError(f"{f}: the file is empty")
-    builder = DATA_SUFFIXES[suffixes.pop()]
-    for f in files:  # name the bad line; datasets' own errors do not
+    suffix = suffixes.pop()
+    builder = DATA_SUFFIXES[suffix]
+    for f in files if suffix != ".jsonl.gz" else []:  # name the bad line; datasets' own errors do not
         problem = (first_non_utf8_line(f) if builder in ("json", "csv") else None) or (
             _first_bad_json_line(f) if builder == "json" else None)
         if problem:
@@ -107,10 +109,12 @@ class QuestionSource:
             rows = rows.select(range(min(cfg.limit, len(rows))))
         # choices_field may reach into a struct column: "choices.text" (CommonsenseQA, ARC).
         self.choices_column, _, self.choices_key = (cfg.choices_field or "").partition(".")
-        wanted = [f for f in (cfg.question_field, cfg.answer_field, self.choices_column, cfg.id_field) if f]
+        wanted = [f for f in (cfg.question_field, cfg.answer_field, self.choices_column, cfg.id_field,
+                              cfg.tests_field, cfg.entry_point_field) if f]
         require_fields(cfg, rows, wanted)
-        self.rows = rows.select_columns(wanted)
+        self.rows = rows.select_columns(list(dict.fromkeys(wanted)))
         self.ids, self.golds = self._check_rows()
+        self.index = {qid: i for i, qid in enumerate(self.ids)}
 
     def _check_rows(self) -> tuple[list[str], list[str | None]]:
         cfg, parse_gold = self.cfg, GOLD_PARSERS[self.cfg.gold_format]
@@ -146,6 +150,8 @@ class QuestionSource:
                     if cfg.gold_format == "choice_letter" and gold is not None and ord(gold) - ord("A") >= len(choices):
                         raise SourceError(f"{where}: field '{cfg.answer_field}': gold choice {gold} is not among "
                                           f"the {len(choices)} choices of field '{cfg.choices_field}'")
+                if cfg.tests_format:  # parsed now to name a bad row; kept in the source, read per question
+                    self._read_tests(batch, offset, where)
                 if cfg.id_field:
                     raw_id = batch[cfg.id_field][offset]
                     if raw_id is None or not str(raw_id).strip():
@@ -168,6 +174,24 @@ class QuestionSource:
             logger.warning("%s: %d questions repeat an earlier question's text; each is kept under its own id",
                            cfg.path, duplicates)
         return ids, golds
+
+    def _read_tests(self, batch: dict, offset: int, where: str) -> CodeTests:
+        cfg = self.cfg
+        entry_point = batch[cfg.entry_point_field][offset] if cfg.entry_point_field else None
+        if cfg.entry_point_field and (not isinstance(entry_point, str) or not entry_point.isidentifier()):
+            raise SourceError(f"{where}: field '{cfg.entry_point_field}': {entry_point!r} is not a function name")
+        try:
+            return parse_code_tests(cfg.tests_format, batch[cfg.tests_field][offset], entry_point)
+        except ValueError as e:
+            raise SourceError(f"{where}: field '{cfg.tests_field}': {e}") from None
+
+    def code_tests(self, question_id: str) -> CodeTests | None:
+        """A code problem's tests (data.tests_format), read from the source when asked: stored once per question,
+        never on rationale rows. None for a question not in this source."""
+        i = self.index.get(question_id)
+        if i is None or not self.cfg.tests_format:
+            return None
+        return self._read_tests(self.rows[i:i + 1], 0, f"{self.cfg.path}: row {i + 1}")
 
     def _choices(self, batch: dict, offset: int) -> list | None:
         value = batch[self.choices_column][offset]

@@ -189,7 +189,7 @@ def test_gold_parsers_name_the_problem():
 
 
 def test_unknown_format_lists_the_known_ones():
-    with pytest.raises(ValueError, match="choice, exact, math, number, yes_no"):
+    with pytest.raises(ValueError, match="choice, code, exact, math, number, yes_no"):
         get_answer_format("latex")
 
 

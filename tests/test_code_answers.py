@@ -79,3 +79,123 @@ def test_humaneval_is_read_from_the_installed_package(executor):
     first = problems[0]
     assert check_program(first["prompt"] + first["canonical_solution"], humaneval_tests(first), executor).passed
     assert not check_program(first["prompt"] + "    return None\n", humaneval_tests(first), executor).passed
+
+
+# --- tests from data rows -----------------------------------------------------------------------------------------
+
+
+def test_functional_tests_are_read_as_humaneval_and_mbpp_hold_them():
+    from cotdistill.code_answers import parse_code_tests
+
+    humaneval = parse_code_tests("functional", FUNCTIONAL.test, "add")
+    assert (humaneval.kind, humaneval.entry_point) == ("functional", "add")
+    mbpp = parse_code_tests("functional", ["assert add(1, 2) == 3", "assert add(0, 0) == 0"])
+    assert mbpp.entry_point == "add" and count_asserts(mbpp.test) == 2  # the entry point, read from the asserts
+    for value, problem in (("", "missing or empty"), ("def check(c):\n  assert (", "not parseable Python"),
+                           ("x = 1\n", "no assert"), (FUNCTIONAL.test, "no entry point")):
+        with pytest.raises(ValueError, match=problem):
+            parse_code_tests("functional", value)
+
+
+def test_stdio_tests_are_read_in_the_shapes_public_datasets_use():
+    import json
+
+    from cotdistill.code_answers import parse_code_tests
+
+    apps = parse_code_tests("stdio", json.dumps({"inputs": ["1 2\n"], "outputs": ["3\n"]}))
+    contests = parse_code_tests("stdio", {"input": ["1 2\n"], "output": ["3\n"]})
+    livecodebench = parse_code_tests("stdio", json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]))
+    assert apps == contests == livecodebench == CodeTests(kind="stdio", inputs=("1 2\n",), outputs=("3\n",))
+    # APPS' call-based problems: fn_name, each input a list of arguments -> one assert per pair
+    call = parse_code_tests("stdio", json.dumps({"fn_name": "add", "inputs": [[1, 2], [0, 0]], "outputs": [[3], 0]}))
+    assert (call.kind, call.entry_point, count_asserts(call.test)) == ("functional", "add", 2)
+    for value, problem in (("{", "not valid JSON"), ({"inputs": [], "outputs": []}, "no input/output pairs"),
+                           ({"inputs": ["1"], "outputs": []}, "1 inputs and 0 outputs"),
+                           ({"inputs": [1], "outputs": [2]}, "must be strings"), ([1, 2], "expected"),
+                           ({"fn_name": "a b", "inputs": [[1]], "outputs": [1]}, "not a Python identifier")):
+        with pytest.raises(ValueError, match=problem):
+            parse_code_tests("stdio", value)
+
+
+def test_a_bad_row_is_named_by_file_row_and_field(tmp_path):
+    import json
+
+    from cotdistill.config import DataConfig
+    from cotdistill.sources import QuestionSource, SourceError
+
+    rows = [{"question": "add", "test": FUNCTIONAL.test, "entry": "add"},
+            {"question": "broken", "test": "def check(candidate):\n    assert candidate(1 ==\n", "entry": "f"}]
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(path=str(path), answer_field=None, tests_format="functional", tests_field="test",
+                     entry_point_field="entry")
+    with pytest.raises(SourceError, match=rf"{path}: row 2: field 'test': test code is not parseable Python"):
+        QuestionSource(cfg)
+    path.write_text(json.dumps(rows[0]) + "\n")
+    source = QuestionSource(cfg)
+    assert source.code_tests(source.ids[0]) == CodeTests(kind="functional", test=FUNCTIONAL.test, entry_point="add")
+    assert source.code_tests("not-a-question") is None
+
+
+def test_humaneval_loads_as_a_data_source_from_the_installed_package():
+    from cotdistill.code_answers import HUMANEVAL_PATH
+    from cotdistill.config import DataConfig
+    from cotdistill.sources import QuestionSource
+
+    source = QuestionSource(DataConfig(path=HUMANEVAL_PATH, question_field="prompt", answer_field="canonical_solution",
+                                       id_field="task_id", tests_format="functional", tests_field="test",
+                                       entry_point_field="entry_point"))
+    assert len(source) == 164 and source.code_tests("HumanEval/3").entry_point == "below_zero"
+
+
+# --- execution equivalence: the answer of a program is what it does on the test inputs -------------------------
+
+
+FIB = CodeTests(kind="functional", entry_point="fib",
+                test="def check(candidate):\n    assert candidate(10) == 55\n    assert candidate(1) == 1\n")
+
+
+def test_programs_that_do_the_same_on_the_test_inputs_are_one_answer(executor):
+    recursive = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    iterative = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
+    off_by_one = "def fib(n):\n    a, b = 1, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
+    verdicts = [check_program(p, FIB, executor, LIMITS) for p in (recursive, iterative, off_by_one)]
+    assert [v.passed for v in verdicts] == [True, True, False]
+    # only the outermost calls are recorded: the recursion's inner calls do not split the class
+    assert verdicts[0].answer == verdicts[1].answer != verdicts[2].answer
+    assert all(v.by_execution and v.answer.startswith("x:") for v in verdicts)
+
+
+def test_execution_classes_never_read_the_expected_outputs(executor):
+    """The same programs on tests whose expected values are all wrong: the verdicts change, the classes do not."""
+    wrong_expectations = CodeTests(kind="functional", entry_point="fib",
+                                   test="def check(candidate):\n    assert candidate(10) == 0\n"
+                                        "    assert candidate(1) == 0\n")
+    for program in ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n", "def fib(n):\n    return 0\n"):
+        right, wrong = (check_program(program, tests, executor, LIMITS) for tests in (FIB, wrong_expectations))
+        assert right.answer == wrong.answer and right.passed != wrong.passed
+    stdio_wrong = CodeTests(kind="stdio", inputs=STDIO.inputs, outputs=("0", "0"))
+    program = "a, b = map(int, input().split())\nprint(a + b)\n"
+    right, wrong = (check_program(program, tests, executor, LIMITS) for tests in (STDIO, stdio_wrong))
+    assert right.answer == wrong.answer and right.passed and not wrong.passed
+    other = check_program("a, b = map(int, input().split())\nprint(b + a)\n", STDIO, executor, LIMITS)
+    assert other.answer == right.answer  # different code, same outputs: one answer
+
+
+def test_without_an_entry_point_votes_fall_back_to_pass_fail(executor):
+    tests = CodeTests(kind="functional", test="assert RESULT == 3\n")  # no call to record
+    good, bad = (check_program(p, tests, executor, LIMITS) for p in ("RESULT = 3\n", "RESULT = 4\n"))
+    assert (good.answer, good.by_execution, bad.answer, bad.reason) == ("pass", False, "fail", "tests_failed")
+
+
+def test_a_rationalized_program_that_copies_its_reference_is_caught():
+    from cotdistill.code_answers import copies_reference
+
+    reference = "def add(a, b):\n    return a + b\n"
+    assert copies_reference("# my own\ndef add(a, b):\n\n    return a + b  # sum\n", reference)
+    assert copies_reference("import sys\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))\n", reference)
+    assert copies_reference("def add(x, y):\n    return x + y\n", reference)  # renamed
+    assert not copies_reference("def add(x, y):\n    total = 0\n    for v in (x, y):\n        total += v\n"
+                                "    return total\n", reference)
+    assert not copies_reference("def add(a, b):\n    for _ in range(b):\n        a += 1\n    return a\n", reference)
+    assert not copies_reference(None, reference)

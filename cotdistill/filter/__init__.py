@@ -41,10 +41,10 @@ from cotdistill.filter.difficulty import length_counts
 from cotdistill.filter.judge import (
     PHASES, REASONS, SAMPLE_COLUMNS, FilterContext, QuestionRows, Verdicts, judge_question, judge_table,
 )
-from cotdistill.judging import teacher_answer_format
+from cotdistill.judging import code_checks, sandbox_settings, teacher_answer_format
 from cotdistill.paths import RunPaths
 from cotdistill.fingerprints import (
-    data_fingerprint, digest, file_digest, make_fingerprint, model_fingerprint, template_fingerprint, upstream,
+    data_settings, digest, file_digest, make_fingerprint, model_fingerprint, template_fingerprint, upstream,
 )
 from cotdistill.shards import (
     list_shards, read_json_or_none, remove_stale_tmp, write_json_atomic, write_parquet_atomic, write_text_atomic,
@@ -124,7 +124,7 @@ def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterCont
     return FilterContext(cfg=cfg, fmt=teacher_answer_format(config), seed=config.seed,
                          contamination=contamination, count_student_tokens=with_prompt if max_tokens else None,
                          max_student_tokens=max_tokens, count_text_tokens=alone,
-                         reasoning_format=config.train.reasoning_format)
+                         reasoning_format=config.train.reasoning_format, code=code_checks(config))
 
 
 def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
@@ -183,6 +183,16 @@ def filter_shard(shard: Path, paths: RunPaths, shard_key: str, ctx: FilterContex
             "questions_served": len({q for q, k in zip(qids, kept) if k}),
             "quotes_hint": sum(bool(h) and why == "quotes_hint" for h, why in zip(hinted, reasons.to_pylist())),
         }
+    if ctx.code is not None:  # answer_format code: what the sandbox found
+        answers = judged.column("extracted_answer").to_pylist()
+        correct = judged.column("is_correct").to_pylist()
+        qids = judged.column("question_id").to_pylist()
+        meta["code"] = {
+            "programs_passed": sum(c is True for c in correct),
+            "programs_failed": sum(c is False for c in correct),
+            # execution classes could not be recorded (no entry point known): their votes were pass / fail
+            "questions_voting_pass_fail": len({q for q, a in zip(qids, answers) if a in ("pass", "fail")}),
+        }
     # Only non-empty shards are written (`datasets` refuses a folder holding a Parquet file of zero rows); the
     # meta, with the key it was judged under, is written last and marks the shard as filtered.
     for folder, table in ((paths.accepted, accepted), (paths.rejected, rejected)):
@@ -215,10 +225,12 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "filter": {k: v for k, v in vars(cfg).items() if k not in (
             "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
-        "decontaminate": [{**vars(d), "contents": data_fingerprint(d.path)} for d in cfg.decontaminate],
+        "decontaminate": [data_settings(d) for d in cfg.decontaminate],
         "seed": config.seed,
     }
     settings.update(answer_rules(config))
+    if code_checks_needed(config):  # only for code: other runs keep their fingerprints
+        settings["sandbox"] = sandbox_settings(config.sandbox)
     if by_length(cfg):  # only when on: runs without them keep their fingerprints
         settings["by_length"] = {"select": cfg.select, "max_length_ratio": cfg.max_length_ratio}
     max_tokens = student_max_tokens(config)
@@ -231,6 +243,10 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     base = digest(settings)
     keys = {s.name: digest([base, file_digest(s)]) for s in list_shards(config.paths.samples)}
     return make_fingerprint({**settings, "inputs": keys})
+
+
+def code_checks_needed(config: RunConfig) -> bool:
+    return config.filter.answer_format == "code" and config.filter.label != "none"
 
 
 def answer_rules(config: RunConfig) -> dict[str, Any]:

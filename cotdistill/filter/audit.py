@@ -46,6 +46,9 @@ def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
         "questions_too_hard": out_of_band.get("too_hard", 0),
         "seconds_in_workers": round(sum(m["seconds"] for m in metas), 3),
     }
+    code = [m["code"] for m in metas if "code" in m]
+    if code:  # answer_format code: programs that passed their tests, and questions whose votes were pass / fail
+        stats["code"] = {key: sum(c[key] for c in code) for key in code[0]}
     rationalized = [m["rationalized"] for m in metas if "rationalized" in m]
     if rationalized:  # generate.rationalize: questions asked again with the gold as a hint, counted apart
         stats["rationalized"] = {key: sum(r[key] for r in rationalized) for key in rationalized[0]}

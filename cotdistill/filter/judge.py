@@ -19,11 +19,12 @@ from typing import Callable
 import pyarrow as pa
 
 from cotdistill.answers import AnswerFormat, after_reasoning, group_equivalent
+from cotdistill.code_answers import CodeVerdict, copies_reference
 from cotdistill.config import FilterConfig, TrainConfig
 from cotdistill.filter.checks import is_degenerate, normalize_whitespace, question_ngrams, quotes_hint
 from cotdistill.filter.dedup import near_duplicate_flags
 from cotdistill.filter.difficulty import band_reason, pass_rate, question_cap
-from cotdistill.judging import reaches_gold
+from cotdistill.judging import CodeChecks, reaches_gold
 from cotdistill.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, student_text
 
 
@@ -48,12 +49,21 @@ RATIONALE_CHECKS = Phase("rationale", {
     "unparseable": "no final answer",
     "ambiguous": "two different marked answers",
     "timeout": "the answer check (math-verify) gave up",
+    "no_code": "(answer_format code) no complete fenced program after the reasoning",
+    "syntax_error": "(answer_format code) the program does not compile",
 })
 LABEL_VERDICTS = Phase("label", {
     "no_majority": "(label majority) no answer won majority_min_share of the question's votes, or a tie",
-    "wrong": "the answer is not the label (the gold, or the teacher's majority answer)",
+    "wrong": "the answer is not the label (the gold, or the teacher's majority answer; for code, its majority "
+             "execution class)",
+    "tests_failed": "(answer_format code, label gold) the program ran and failed some of the question's tests",
+    "runtime_error": "(answer_format code, label gold) the program raised, or exited before its tests had run",
+    "exec_timeout": "(answer_format code, label gold) the program ran past sandbox.timeout_s or cpu_s",
+    "memory_limit": "(answer_format code, label gold) the program ran out of sandbox.memory_mb",
+    "output_limit": "(answer_format code, label gold) the program printed more than the sandbox keeps",
     "quotes_hint": "(generate.rationalize) a rationalized rationale that names its hint or states the gold number "
-                   "before its first calculation (checks.quotes_hint)",
+                   "before its first calculation (checks.quotes_hint); for code, a program that copies the "
+                   "reference solution it was given, or nearly (code_answers.copies_reference)",
 })
 SELECTION = Phase("selection", {
     "overlong": "(filter.max_length_ratio) longer than that many times the median length of the question's "
@@ -81,6 +91,7 @@ class FilterContext:
     max_student_tokens: int | None = None
     count_text_tokens: Callable[[list[str]], list[int]] | None = None  # a student text's tokens (by length)
     reasoning_format: str = TrainConfig.reasoning_format  # train.reasoning_format (its default here)
+    code: CodeChecks | None = None  # answer_format code: the sandbox's verdicts against each question's tests
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Verdicts:
     texts: list[str] = field(init=False)
     hinted: list[bool] = field(init=False)  # rationalized (written with the gold as a hint)
     ordinary: list[int] = field(init=False)  # the teacher's own rationales: the pass rate counts these
+    code: list[CodeVerdict | None] = field(init=False)  # answer_format code: each program's verdict
 
     def __post_init__(self) -> None:
         n = len(self.rows.rationales)
@@ -120,6 +132,7 @@ class Verdicts:
         self.texts = [r or "" for r in self.rows.rationales]
         self.hinted = [bool(h) for h in self.rows.rationalized] if self.rows.rationalized else [False] * n
         self.ordinary = [i for i in self.order if not self.hinted[i]]
+        self.code = [None] * n
 
     def running(self) -> list[int]:
         """The rationales no phase has rejected yet, by sample index."""
@@ -175,6 +188,9 @@ def check_rationales(v: Verdicts, ctx: FilterContext) -> None:
         for i, length in zip(candidates, lengths):
             if length > ctx.max_student_tokens:
                 v.reject(i, "too_long", RATIONALE_CHECKS)
+    if ctx.code is not None:
+        check_programs(v, ctx)
+        return
     for i in v.order:
         if v.filter_reason[i] in ("truncated", "degenerate", "too_long", None) and v.texts[i].strip():
             extraction = ctx.fmt.extract(v.texts[i], rows.choices)
@@ -185,6 +201,23 @@ def check_rationales(v: Verdicts, ctx: FilterContext) -> None:
                 v.is_correct[i] = ctx.fmt.is_correct(extraction.answer, rows.gold_answer)
             if v.filter_reason[i] is None and extraction.answer is None:
                 v.reject(i, extraction.reason or "unparseable", RATIONALE_CHECKS)
+
+
+CODE_LABEL_REASONS = ("tests_failed", "runtime_error", "exec_timeout", "memory_limit", "output_limit")
+
+
+def check_programs(v: Verdicts, ctx: FilterContext) -> None:
+    """RATIONALE_CHECKS for code: each program run against the question's tests in the sandbox (all of the
+    question's programs at once, in the sandbox's pool). Its answer is its execution class, correct when it
+    passes; a rationale still running with no program, one that does not compile, or one whose reasoning never
+    closed is rejected here (the failures of programs that ran are the label's verdicts)."""
+    judged = [i for i in v.order
+              if v.filter_reason[i] in ("truncated", "degenerate", "too_long", None) and v.texts[i].strip()]
+    verdicts = ctx.code.verdicts(v.rows.question_id, [v.texts[i] for i in judged], ctx.fmt)
+    for i, verdict in zip(judged, verdicts):
+        v.code[i], v.extracted_answer[i], v.is_correct[i] = verdict, verdict.answer, verdict.passed
+        if v.filter_reason[i] is None and verdict.reason in ("no_code", "syntax_error", "unfinished_reasoning"):
+            v.reject(i, verdict.reason, RATIONALE_CHECKS)
 
 
 def still_reasoning(v: Verdicts, i: int, ctx: FilterContext) -> bool:
@@ -214,22 +247,32 @@ def judge_label(v: Verdicts, ctx: FilterContext) -> int | None:
                 v.reject(i, "no_majority", LABEL_VERDICTS)
             return None
         for i in v.running():
-            if grouped[i] != top:
+            if grouped.get(i) != top:  # a program stopped by a limit has no class of its own: not the label
                 v.reject(i, "wrong", LABEL_VERDICTS)
         return sum(grouped[i] == top for i in voters)
     if cfg.label == "gold":
-        if rows.gold_answer is None:
+        if rows.gold_answer is None and ctx.code is None:
             raise ValueError(f"question {rows.question_id} has no gold answer; use filter.label: majority")
         for i in v.running():
-            if not v.is_correct[i]:
-                v.reject(i, "wrong", LABEL_VERDICTS)
+            if not v.is_correct[i]:  # for code: why its program failed its tests
+                verdict = v.code[i]
+                v.reject(i, verdict.reason if verdict is not None and verdict.reason in CODE_LABEL_REASONS
+                         else "wrong", LABEL_VERDICTS)
         for i in v.running():
-            if v.hinted[i] and quotes_hint(v.texts[i], rows.gold_answer, rows.question):
+            if v.hinted[i] and rows.gold_answer is not None and copies_hint(v, i, ctx):
                 v.reject(i, "quotes_hint", LABEL_VERDICTS)
         # Reaching the label: a finished rationale with the gold answer (a truncated one never finished, though
         # its last number may be recorded as correct), as the majority vote counts only finished ones.
         return sum(reaches_gold(v.is_correct[i], rows.finish_reasons[i]) for i in v.ordinary)
     return None  # label none: no answer is checked, so no pass rate either
+
+
+def copies_hint(v: Verdicts, i: int, ctx: FilterContext) -> bool:
+    """A rationalized rationale that gives its hint away: names the gold, or for code copies the reference."""
+    rows = v.rows
+    if ctx.code is not None:
+        return copies_reference(ctx.fmt.extract(v.texts[i]).answer, rows.gold_answer)
+    return quotes_hint(v.texts[i], rows.gold_answer, rows.question)
 
 
 def select(v: Verdicts, ctx: FilterContext, passed: int | None) -> None:

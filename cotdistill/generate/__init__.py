@@ -30,10 +30,11 @@ from dataclasses import asdict
 from typing import Any, Iterator
 
 from cotdistill.config import RunConfig
-from cotdistill.fingerprints import data_fingerprint, file_digest, make_fingerprint, template_fingerprint
+from cotdistill.fingerprints import data_settings, file_digest, make_fingerprint, template_fingerprint
 from cotdistill.generate.compaction import Pending, compact, journal_record
 from cotdistill.generate.dry_run import dry_run
 from cotdistill.generate.progress import Policy, Progress, Shard
+from cotdistill.judging import sandbox_settings
 from cotdistill.paths import RunPaths
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import LOGPROB_COLUMNS, Question
@@ -61,7 +62,7 @@ def request_seed(base_seed: int, question_id: str) -> int:
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """What the shards' contents depend on: data, teacher weights and engine, prompt, sampling, seed."""
     return make_fingerprint({
-        "data": {**vars(config.data), "contents": data_fingerprint(config.data.path)},
+        "data": data_settings(config.data),
         "teacher": teacher_settings(config.teacher),
         "generate": generate_settings(config),
         "seed": config.seed,
@@ -87,6 +88,8 @@ def generate_settings(config: RunConfig) -> dict[str, Any]:
         settings["max_reasoning_tokens"] = gen.max_reasoning_tokens
     if gen.adaptive is not None or gen.rationalize:
         settings["answer_check"] = {"answer_format": config.filter.answer_format, "label": config.filter.label}
+        if config.filter.answer_format == "code":  # its verdicts depend on the sandbox's limits
+            settings["answer_check"]["sandbox"] = sandbox_settings(config.sandbox)
     return settings
 
 

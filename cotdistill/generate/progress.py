@@ -12,7 +12,9 @@ from typing import Any
 
 from cotdistill.answers import group_equivalent
 from cotdistill.config import RunConfig
-from cotdistill.judging import rationale_reaches_gold, rationale_vote, teacher_answer_format
+from cotdistill.judging import (
+    code_checks, code_reaches_gold, code_vote, rationale_reaches_gold, rationale_vote, teacher_answer_format,
+)
 from cotdistill.records import Question
 from cotdistill.shards import Journal
 from cotdistill.stopping import should_stop
@@ -40,6 +42,7 @@ class Policy:
         self.gen, self.adaptive, self.label = gen, gen.adaptive, config.filter.label
         # The filter's own answer check (cotdistill/judging.py), only when a verdict is needed here.
         self.fmt = teacher_answer_format(config) if gen.adaptive or gen.rationalize else None
+        self.code = code_checks(config) if self.fmt is not None else None  # answer_format code: the sandbox
 
     def absorb(self, p: Progress, record: dict[str, Any], q: Question) -> bool:
         """Add one journaled record to the question's progress; False for a record that does not follow on (a
@@ -57,6 +60,17 @@ class Policy:
         p.rounds += 1
         if record["error"] or not record["samples"]:
             p.closed = "error"
+            return True
+        if self.code is not None:  # a record's programs judged together, in the sandbox's pool
+            rows = record["samples"]
+            verdicts = self.code.verdicts(q.question_id, [row["rationale"] or "" for row in rows], self.fmt)
+            p.sampled += len(rows)
+            for row, verdict in zip(rows, verdicts):
+                if self.label == "gold":
+                    p.correct += code_reaches_gold(row["rationale"], row["finish_reason"], verdict)
+                else:
+                    p.answers.append(code_vote(row["rationale"], row["finish_reason"], verdict))
+            p.closed = self.close_reason(p)
             return True
         for row in record["samples"]:
             p.sampled += 1
