@@ -134,21 +134,32 @@ def build_parrot_llama(source: Path, target: Path, steps: int = 120) -> Path:
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as demo_models does: this small, one thread is fastest, several on a busy machine slow
+    try:
+        train_parrot(model, optimizer, examples, steps, tokenizer.pad_token_id)
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(target)
+    return target
+
+
+def train_parrot(model, optimizer, examples: list[tuple[list[int], int]], steps: int, pad_token_id: int) -> None:
+    import torch
+
     for step in range(steps):
         batch = [examples[(step * 8 + j) % len(examples)] for j in range(8)]
         width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((8, width), tokenizer.pad_token_id)
+        input_ids = torch.full((8, width), pad_token_id)
         labels = torch.full((8, width), -100)
         for row, (ids, start) in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, start: len(ids)] = torch.tensor(ids[start:])
-        loss = model(input_ids=input_ids, attention_mask=(labels != -100) | (input_ids != tokenizer.pad_token_id),
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100) | (input_ids != pad_token_id),
                      labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.save_pretrained(target)
-    return target
 
 
 @pytest.fixture(scope="session")

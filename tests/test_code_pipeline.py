@@ -36,6 +36,7 @@ def code_config(tmp_path, model, **filter_settings):
     data = tiny_config_dict(tmp_path, model, PROBLEMS)
     data["data"] = dict(CODE_DATA)
     data["filter"] = {"answer_format": "code", "label": "gold", **filter_settings}
+    data["sandbox"] = {"timeout_s": 3, "cpu_s": 3}  # the looping program waits this long
     data["generate"].update(num_samples=2, max_tokens=24)
     data["evaluate"] = {"data": dict(CODE_DATA), "models": ["teacher"], "num_samples": 4, "max_tokens": 24,
                         "stored": {"hand": str(tmp_path / "stored")}, "bootstrap_resamples": 50,
