@@ -1,7 +1,7 @@
 """Code answers: the program a rationale ends with, and its verdict from running it against the problem's tests in
 the sandbox (sandbox.py). Pure functions around one executor call per run.
 
-    program = extract_program(rationale)                       # the last complete ```python block, or None
+    program = answers.extract_program(rationale)               # the last complete ```python block, or None
     verdict = check_program(program, tests, executor)          # CodeVerdict: passed, reason, "passed n of m"
     verdicts = CodeJudge(executor).judge(tests, rationales)    # a question's rationales, with their clusters
 
@@ -35,10 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
-from cotdistill.answers import AnswerFormat, extract_program
+from cotdistill.answers import AnswerFormat
 from cotdistill.sandbox import Execution, Limits, run_python
-
-__all__ = ["extract_program"]  # re-exported: the program a rationale ends with is an answer extraction (answers.py)
 
 # Why a program failed (CodeVerdict.reason). exec_timeout, memory_limit and output_limit are the sandbox's
 # limits, apart from `timeout` (an answer check that gave up).
@@ -76,7 +74,9 @@ class CodeVerdict:
     def describe(self) -> str:
         if self.passed:
             return "passed"
-        return f"{self.reason} (passed {self.tests_passed} of {self.tests_total})" if self.tests_total else str(self.reason)
+        if not self.tests_total:  # stopped before any test: no_code, syntax_error
+            return str(self.reason)
+        return f"{self.reason} (passed {self.tests_passed} of {self.tests_total})"
 
 
 class Executor(Protocol):

@@ -138,12 +138,9 @@ def stored_key(path: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None
 
 
 def code_settings(config: RunConfig, fmt: AnswerFormat) -> dict[str, Any]:
-    """For answer_format code, what the verdicts depend on besides the completions: the sandbox's limits and the
-    tests (the test data); nothing for other formats, so their keys stay as they were."""
-    if fmt.name != "code":
-        return {}
-    data = config.evaluate.data
-    return {"sandbox": sandbox_settings(config.sandbox), "tests": data_settings(data) if data else None}
+    """For answer_format code, what the verdicts depend on besides the completions and the test data (in every
+    model's key already): the sandbox's limits. Nothing for other formats, so their keys stay as they were."""
+    return {"sandbox": sandbox_settings(config.sandbox)} if fmt.name == "code" else {}
 
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
@@ -156,8 +153,12 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
 def current_keys(config: RunConfig) -> dict[str, str]:
     fmt = answer_format(config, config.teacher.delimiters())
     keys = {m.name: model_key(config, m, fmt) for m in eval_models(config)}  # each with its own delimiters
-    keys.update({name: stored_key(path, fmt, config.evaluate.adaptive, code_settings(config, fmt))
-                 for name, path in config.evaluate.stored.items()})
+    if config.evaluate.stored:  # stored generations are judged against the test data's tests, for code
+        code = code_settings(config, fmt)
+        if code and config.evaluate.data is not None:
+            code["tests"] = data_settings(config.evaluate.data)
+        keys.update({name: stored_key(path, fmt, config.evaluate.adaptive, code)
+                     for name, path in config.evaluate.stored.items()})
     return keys
 
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from cotdistill.answers import AnswerFormat, get_answer_format
 from cotdistill.code_answers import CodeJudge, CodeVerdict, LocalExecutor
-from cotdistill.config import DataConfig, RunConfig, SandboxConfig
+from cotdistill.config import DataConfig, RunConfig, SandboxConfig, uses_code
 
 
 def teacher_answer_format(config: RunConfig) -> AnswerFormat:
@@ -52,6 +52,26 @@ def rationale_vote(rationale: str | None, finish_reason: str, choices: list[str]
 
 
 # --- code -------------------------------------------------------------------------------------------------------
+
+
+def question_reaching_gold(question_id: str, gold: str | None, choices: list[str] | None,
+                           rows: Sequence[dict[str, Any]], fmt: AnswerFormat,
+                           code: CodeChecks | None = None) -> list[bool]:
+    """Which of one question's rationales (rows with rationale and finish_reason) reach the gold: by the answer
+    format, or with `code` by the sandbox's verdicts, all of the question's programs at once in its pool."""
+    if code is None:
+        return [rationale_reaches_gold(r["rationale"], r["finish_reason"], gold, choices, fmt) for r in rows]
+    verdicts = code.verdicts(question_id, [r["rationale"] or "" for r in rows], fmt)
+    return [code_reaches_gold(r["rationale"], r["finish_reason"], v) for r, v in zip(rows, verdicts)]
+
+
+def question_votes(question_id: str, choices: list[str] | None, rows: Sequence[dict[str, Any]], fmt: AnswerFormat,
+                   code: CodeChecks | None = None) -> list[str | None]:
+    """One question's rationales' votes (label majority): rationale_vote's, or with `code` their execution classes."""
+    if code is None:
+        return [rationale_vote(r["rationale"], r["finish_reason"], choices, fmt) for r in rows]
+    verdicts = code.verdicts(question_id, [r["rationale"] or "" for r in rows], fmt)
+    return [code_vote(r["rationale"], r["finish_reason"], v) for r, v in zip(rows, verdicts)]
 
 
 def code_reaches_gold(rationale: str | None, finish_reason: str, verdict: CodeVerdict) -> bool:
@@ -94,9 +114,7 @@ class CodeChecks:
 
 def code_checks(config: RunConfig) -> CodeChecks | None:
     """The filter's (and generate's) code checks, when filter.answer_format is code and answers are checked."""
-    if config.filter.answer_format != "code" or config.filter.label == "none":
-        return None
-    return CodeChecks(config.data, config.sandbox)
+    return CodeChecks(config.data, config.sandbox) if uses_code(config)[0] else None
 
 
 def sandbox_settings(sandbox: SandboxConfig) -> dict[str, Any]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from cotdistill.code_answers import (
-    CodeTests, LocalExecutor, check_program, count_asserts, extract_program, humaneval_tests, read_humaneval,
+    CodeTests, LocalExecutor, check_program, count_asserts, humaneval_tests, read_humaneval,
 )
+from cotdistill.answers import extract_program
 from cotdistill.sandbox import Limits
 
 FUNCTIONAL = CodeTests(kind="functional", entry_point="add", test="""

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cotdistill.answers import ANSWER_RULES, THINK_DELIMITERS
-from cotdistill.config import FilterConfig, RunConfig
+from cotdistill.config import FilterConfig, RunConfig, uses_code
 from cotdistill.filter.audit import EXAMPLES_PER_REASON, audit_markdown, dataset_card, summarize
 from cotdistill.filter.checks import (
     build_contamination_index, is_degenerate, normalize_whitespace, question_ngrams, repeated_ngram_share,
@@ -229,7 +229,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "seed": config.seed,
     }
     settings.update(answer_rules(config))
-    if code_checks_needed(config):  # only for code: other runs keep their fingerprints
+    if uses_code(config)[0]:  # only when the filter runs programs: other runs keep their fingerprints
         settings["sandbox"] = sandbox_settings(config.sandbox)
     if by_length(cfg):  # only when on: runs without them keep their fingerprints
         settings["by_length"] = {"select": cfg.select, "max_length_ratio": cfg.max_length_ratio}
@@ -243,10 +243,6 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     base = digest(settings)
     keys = {s.name: digest([base, file_digest(s)]) for s in list_shards(config.paths.samples)}
     return make_fingerprint({**settings, "inputs": keys})
-
-
-def code_checks_needed(config: RunConfig) -> bool:
-    return config.filter.answer_format == "code" and config.filter.label != "none"
 
 
 def answer_rules(config: RunConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from cotdistill.config import RunConfig
 from cotdistill.generate.progress import Shard, record_key
-from cotdistill.judging import code_reaches_gold, rationale_reaches_gold
+from cotdistill.judging import question_reaching_gold
 from cotdistill.paths import RunPaths
 from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, decode_topk, encode_topk, samples_to_table
 from cotdistill.shards import shard_name, write_json_atomic, write_parquet_atomic
@@ -166,19 +166,16 @@ def rounds_meta(shard: Shard, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "questions_without_correct": sum(policy.needs_hint(p) for p in shard.progress.values()),
             "questions": len({row["question_id"] for row in hinted}),
             "rationales": len(hinted),
-            "reaching_gold": sum(hinted_reaching_gold(hinted, by_id, policy)),
+            "reaching_gold": sum(sum(question_reaching_gold(qid, rows[0]["gold_answer"], by_id[qid].choices, rows,
+                                                            policy.fmt, policy.code))
+                                 for qid, rows in by_question(hinted).items()),
             "completion_tokens": sum(row["completion_tokens"] for row in hinted),
         }
     return meta
 
 
-def hinted_reaching_gold(hinted: list[dict[str, Any]], by_id: dict[str, Any], policy: Any) -> list[bool]:
-    """Which rationalized rows reach the gold: by the answer format, or for code by the sandbox's verdicts."""
-    if policy.code is None:
-        return [rationale_reaches_gold(row["rationale"], row["finish_reason"], row["gold_answer"],
-                                       by_id[row["question_id"]].choices, policy.fmt) for row in hinted]
-    reached = []
-    for row in hinted:
-        (verdict,) = policy.code.verdicts(row["question_id"], [row["rationale"] or ""], policy.fmt)
-        reached.append(code_reaches_gold(row["rationale"], row["finish_reason"], verdict))
-    return reached
+def by_question(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["question_id"], []).append(row)
+    return grouped

@@ -12,9 +12,7 @@ from typing import Any
 
 from cotdistill.answers import group_equivalent
 from cotdistill.config import RunConfig
-from cotdistill.judging import (
-    code_checks, code_reaches_gold, code_vote, rationale_reaches_gold, rationale_vote, teacher_answer_format,
-)
+from cotdistill.judging import code_checks, question_reaching_gold, question_votes, teacher_answer_format
 from cotdistill.records import Question
 from cotdistill.shards import Journal
 from cotdistill.stopping import should_stop
@@ -61,24 +59,13 @@ class Policy:
         if record["error"] or not record["samples"]:
             p.closed = "error"
             return True
-        if self.code is not None:  # a record's programs judged together, in the sandbox's pool
-            rows = record["samples"]
-            verdicts = self.code.verdicts(q.question_id, [row["rationale"] or "" for row in rows], self.fmt)
-            p.sampled += len(rows)
-            for row, verdict in zip(rows, verdicts):
-                if self.label == "gold":
-                    p.correct += code_reaches_gold(row["rationale"], row["finish_reason"], verdict)
-                else:
-                    p.answers.append(code_vote(row["rationale"], row["finish_reason"], verdict))
-            p.closed = self.close_reason(p)
-            return True
-        for row in record["samples"]:
-            p.sampled += 1
-            if self.fmt is not None and self.label == "gold":
-                p.correct += rationale_reaches_gold(row["rationale"], row["finish_reason"], q.gold_answer,
-                                                    q.choices, self.fmt)
-            elif self.fmt is not None and self.label == "majority":
-                p.answers.append(rationale_vote(row["rationale"], row["finish_reason"], q.choices, self.fmt))
+        rows = record["samples"]
+        p.sampled += len(rows)
+        if self.fmt is not None and self.label == "gold":
+            p.correct += sum(question_reaching_gold(q.question_id, q.gold_answer, q.choices, rows, self.fmt,
+                                                    self.code))
+        elif self.fmt is not None and self.label == "majority":
+            p.answers.extend(question_votes(q.question_id, q.choices, rows, self.fmt, self.code))
         p.closed = self.close_reason(p)
         return True
 
