@@ -2,7 +2,7 @@
 
     cotdistill run pipelines/demo.yaml                     every stage, skipping those already up to date
     cotdistill generate pipelines/demo.yaml generate.num_samples=4
-    cotdistill filter|prune|score|train|evaluate CONFIG [key=value ...]
+    cotdistill filter|prune|score|train|dpo|evaluate CONFIG [key=value ...]
 
 Every command goes through the same stage contract (cotdistill/stages.py): a stage is skipped when its outputs are
 complete and made with today's settings, redone otherwise, and generate's outputs made with other settings are
@@ -25,7 +25,7 @@ from cotdistill.stages import Stage
 
 logger = logging.getLogger("cotdistill")
 
-STAGES = ("generate", "filter", "prune", "score", "train", "evaluate")  # the order of a run
+STAGES = ("generate", "filter", "prune", "score", "train", "dpo", "evaluate")  # the order of a run
 
 
 def stage(name: str) -> Stage:
@@ -34,15 +34,13 @@ def stage(name: str) -> Stage:
 
 
 def pipeline_stages(config: RunConfig) -> list[str]:
-    """The stages `cotdistill run` runs, in order: prune and score only when configured."""
+    """The stages `cotdistill run` runs, in order: prune, score and dpo only when configured."""
     return [name for name in STAGES if stage(name).wanted(config)]
 
 
 def preflight(config: RunConfig, stages: list[str]) -> None:
     """Read now what the stages about to run will need, so that a bad row or a missing file fails in seconds,
     before any engine starts or any teacher token is paid for (load_config has checked the values)."""
-    import dataclasses
-
     from cotdistill.sources import QuestionSource
 
     if "generate" in stages:
@@ -50,23 +48,35 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
     if "train" in stages:
         from trl import SFTConfig
 
-        fields = {f.name: f for f in dataclasses.fields(SFTConfig)}
-        unknown = sorted(set(config.train.sft) - set(fields))
-        if unknown:
-            raise ConfigError(f"train.sft: unknown SFTConfig field '{unknown[0]}'")
-        for key, value in config.train.sft.items():  # SFTConfig keeps a string where a number belongs
-            default = fields[key].default
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-                raise ConfigError(f"train.sft.{key}: must be a number, got {value!r} (YAML reads 1e-4 as text: "
-                                  "write 1.0e-4)")
+        check_passed_through(SFTConfig, config.train.sft, "train.sft")
         if config.train.loss == "kd":  # the tokenizers alone: a vocabulary mismatch costs seconds, not a run
             from cotdistill.train import check_kd_vocabulary
 
             check_kd_vocabulary(config)
-    if "evaluate" in stages and config.evaluate.models:
+    if "dpo" in stages and config.dpo is not None:
+        from trl import DPOConfig
+
+        check_passed_through(DPOConfig, config.dpo, "dpo")
+    if "evaluate" in stages and (config.evaluate.models or config.evaluate.extra_models):
         if config.evaluate.data is None:
             raise ConfigError("evaluate.data is not set: name the test questions to evaluate on")
         QuestionSource(config.evaluate.data)
+
+
+def check_passed_through(cls: type, values: dict, key: str) -> None:
+    """A section passed to a TRL config as is (train.sft -> SFTConfig, dpo -> DPOConfig): every key one of its
+    fields, and numbers where numbers belong."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{key}: unknown {cls.__name__} field '{unknown[0]}'")
+    for name, value in values.items():  # TRL keeps a string where a number belongs
+        default = fields[name].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            raise ConfigError(f"{key}.{name}: must be a number, got {value!r} (YAML reads 1e-4 as text: "
+                              "write 1.0e-4)")
 
 
 def part_of(text: str) -> tuple[int, int]:

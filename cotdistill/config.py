@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,12 +40,19 @@ LABEL_MODES = ("gold", "majority", "none")  # filter.label
 DIFFICULTY_WEIGHTS = ("none", "harder_more")  # filter.difficulty.weight
 TEACHER_BACKENDS = ("vllm", "openai", "ray")  # teacher.backend (cotdistill/teachers/)
 OPENAI_ENDPOINTS = ("chat", "completions")
-EVAL_MODELS = ("teacher", "base_student", "student")  # evaluate.models: the run's own models
+EVAL_MODELS = ("teacher", "base_student", "student", "student_dpo")  # evaluate.models: the run's own models
+EXTRA_MODEL_PROMPTS = ("student", "teacher")  # evaluate.extra_models.<name>.prompt
 TRAIN_LOSSES = ("sft", "kd")  # train.loss
 KD_INTERPOLATIONS = ("none", "taid")  # train.kd.interpolation
 SCORE_CONTEXTS = ("student", "teacher")  # score.context
 SELECTIONS = ("random", "shortest", "longest")  # filter.select
 SANDBOX_EXECUTORS = ("local", "piston")  # sandbox.executor
+# filter.pair_reasons: the reasons that make a rationale a preference pair's rejected side (a subset of the
+# filter's reasons, filter/judge.py): its answer or program is wrong, or it never reached one. Duplicates, the
+# question's cap and question-level reasons say nothing against the text itself.
+LABEL_PAIR_REASONS = ("wrong", "tests_failed", "runtime_error", "exec_timeout", "memory_limit", "output_limit")
+PAIR_REASONS = (*LABEL_PAIR_REASONS, "truncated", "unfinished_reasoning", "unparseable", "ambiguous", "degenerate",
+                "no_code", "syntax_error", "overlong")
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # in a variable's name: never written into a run's files
 
 
@@ -261,6 +269,14 @@ class ModelConfig:
 
 
 @dataclass
+class ExtraModelConfig(ModelConfig):
+    """evaluate.extra_models: any model scored beside the run's own (a quantized teacher, a public reference
+    student, last month's student), with the student's prompt unless `prompt: teacher`."""
+
+    prompt: str = setting("student", one_of=EXTRA_MODEL_PROMPTS)  # train.prompt, or the teacher's generate prompt
+
+
+@dataclass
 class StudentConfig(ModelConfig):
     """The student: a model as above, which train fine-tunes, and which may first be pruned."""
 
@@ -399,8 +415,21 @@ class FilterConfig:
     # Drop a rationale longer than this many times the median length (student tokens) of its question's rationales
     # that reach the label, as overlong: overthinking. Needs a label. null: off.
     max_length_ratio: float | None = setting(None, at_least=1.0)
+    # Preference pairs for DPO (filter/pairs/, TRL's prompt/chosen/rejected): per question, up to
+    # pairs_per_question pairs drawn with the run's seed, chosen an accepted rationale, rejected one of the same
+    # question rejected for one of pair_reasons; the prompt is the student's (train.prompt).
+    preference_pairs: bool = False
+    pair_reasons: list[str] = setting(factory=lambda: ["wrong"], one_of=PAIR_REASONS)
+    pairs_per_question: int = setting(1, at_least=1)
 
     def rules(self) -> Iterator[tuple[str, str]]:
+        if self.preference_pairs and not self.pair_reasons:
+            yield "pair_reasons", "is empty: name the reasons a rejected rationale may have, e.g. [wrong]"
+        if self.preference_pairs and self.label == "none" and set(self.pair_reasons) <= set(LABEL_PAIR_REASONS):
+            yield "pair_reasons", (f"{self.pair_reasons} are verdicts of a label, and filter.label none checks no "
+                                   "answers: no rationale would ever be rejected so; use label gold or majority")
+        if self.preference_pairs and "overlong" in self.pair_reasons and self.max_length_ratio is None:
+            yield "pair_reasons", "overlong is given only with filter.max_length_ratio, which is not set"
         if self.max_per_question is not None and self.max_per_question < self.min_per_question:
             yield "max_per_question", (f"{self.max_per_question} is below filter.min_per_question "
                                        f"({self.min_per_question})")
@@ -494,6 +523,10 @@ class EvaluateConfig:
     # Stored generations scored without running a model: a name -> a folder of Sample shards, e.g.
     # {teacher_test: runs/teacher-on-test/generate/samples}.
     stored: dict[str, str] = field(default_factory=dict)
+    # Any other model scored exactly like the run's own, each under its name, with its own key (adding one scores
+    # only it): a name -> model settings (model, engine, backend, chat_template_kwargs, ..., and prompt: student
+    # | teacher), e.g. {teacher_int8: {model: org/teacher-W8A8, prompt: teacher}}.
+    extra_models: dict[str, ExtraModelConfig] = field(default_factory=dict)
     # maj@k: exact when there are at most this many k-subsets, else this many draws
     maj_draws: int = setting(1000, at_least=1)
     bootstrap_resamples: int = setting(1000, at_least=1)
@@ -504,6 +537,11 @@ class EvaluateConfig:
         clash = sorted(set(self.stored) & set(self.models))
         if clash:
             yield "stored", f"{clash[0]!r} is also in evaluate.models; name it differently"
+        for name in self.extra_models:
+            if name in EVAL_MODELS or name in self.stored:
+                yield f"extra_models.{name}", "is the name of a run's model or of a stored set; name it differently"
+            elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                yield f"extra_models.{name}", "names files in evaluate/: letters, digits, '_', '.' and '-' only"
 
 
 @dataclass
@@ -546,6 +584,9 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig | None = None  # null: no score step (train.loss kd then reads generate.logprobs' columns)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # for answer_format code
+    # The dpo stage: TRL's DPOTrainer on filter/pairs/ from the SFT student (train/model/); trl.DPOConfig fields,
+    # passed through as they are (e.g. {beta: 0.1, max_steps: 100, learning_rate: 5.0e-7}). null: no dpo stage.
+    dpo: dict[str, Any] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -597,6 +638,9 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        item_hint = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+        if dataclasses.is_dataclass(item_hint):  # named sections (evaluate.extra_models)
+            return {name: _check_type(v, item_hint, f"{key}.{name}", source) for name, v in value.items()}
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -674,6 +718,10 @@ def check_fields(section: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
                     yield from check_fields(item, f"{key}[{i}].")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                if dataclasses.is_dataclass(item):
+                    yield from check_fields(item, f"{key}.{name}.")
     if hasattr(section, "rules"):
         for key, problem in section.rules():
             yield (prefix + key).rstrip("."), problem
@@ -691,14 +739,15 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
     for key, d in data:
         if d is not None and looks_local(d.path) and not local_files(d.path):
             yield f"{key}.path", f"no such file or folder: {d.path}"
-    for key, m in (("teacher", config.teacher), ("student", config.student)):
+    models = [("teacher", config.teacher), ("student", config.student),
+              *((f"evaluate.extra_models.{name}", m) for name, m in config.evaluate.extra_models.items())]
+    for key, m in models:
         name = m.model  # a served model's `model` is the server's name for it, not a local path
         if m.backend != "openai" and not named_model(name) and (name.startswith(("/", ".", "~"))
                                                                      or name.count("/") > 1):
             if not Path(name).expanduser().exists():  # else it would be tried as a hub id, with a puzzling error
                 yield f"{key}.model", f"no such local model folder: {name}"
-    parsers = [(key, m.reasoning_parser) for key, m in (("teacher", config.teacher), ("student", config.student))
-               if m.reasoning_parser is not None]
+    parsers = [(key, m.reasoning_parser) for key, m in models if m.reasoning_parser is not None]
     if parsers:  # vLLM's own registry, imported only when a parser is named (seconds)
         from vllm.reasoning import ReasoningParserManager
 
@@ -773,11 +822,18 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
                              "section (the teacher scores the accepted rationales)")
     if sc is not None and sc.model is None and config.teacher.backend == "openai":
         yield "score.model", "a served teacher cannot score text here: name a local copy of it"
+    if config.dpo is not None and not flt.preference_pairs:
+        yield "dpo", "trains on the filter's preference pairs: set filter.preference_pairs: true"
+    if "student_dpo" in config.evaluate.models and config.dpo is None:
+        yield "evaluate.models", "student_dpo is the dpo stage's model, and there is no dpo: section"
     yield from code_rules(config)
     budgets = [("generate.max_reasoning_tokens", gen.max_reasoning_tokens, "teacher", config.teacher)]
     budgets += [("evaluate.max_reasoning_tokens", config.evaluate.max_reasoning_tokens, name, model)
                 for name, model in (("teacher", config.teacher), ("student", config.student))
-                if name in config.evaluate.models or (name == "student" and "base_student" in config.evaluate.models)]
+                if name in config.evaluate.models or (name == "student" and {"base_student", "student_dpo"}
+                                                      & set(config.evaluate.models))]
+    budgets += [("evaluate.max_reasoning_tokens", config.evaluate.max_reasoning_tokens,
+                 f"evaluate.extra_models.{name}", model) for name, model in config.evaluate.extra_models.items()]
     for key, budget, name, model in budgets:
         problem = budget_problem(model, name) if budget is not None else None
         if problem:
@@ -788,7 +844,8 @@ def uses_code(config: RunConfig) -> tuple[bool, bool]:
     """Whether programs are run: by the filter (and generate's checks), and by evaluate."""
     ev = config.evaluate
     filtering = config.filter.answer_format == "code" and config.filter.label != "none"
-    evaluating = (ev.answer_format or config.filter.answer_format) == "code" and bool(ev.models or ev.stored)
+    evaluating = (ev.answer_format or config.filter.answer_format) == "code" and bool(ev.models or ev.stored
+                                                                                       or ev.extra_models)
     return filtering, evaluating
 
 

@@ -2,12 +2,12 @@
 
     cotdistill evaluate pipelines/demo.yaml
 
-For each model in `evaluate.models` (`teacher`, `base_student`, `student` = the trained model), on the test
-questions: one greedy request (temperature 0) and one request of K samples at `evaluate.temperature`. From
-that single pass, maj@k for every k <= K is the expected accuracy of a vote over random k-subsets, and pass@k
-is Chen et al.'s unbiased estimator (cotdistill/metrics.py). The teacher is asked with its own generate prompt,
-the students with the student prompt they were trained on. `evaluate.stored` scores existing Sample shards
-(e.g. a teacher's generations on the test split) without running a model.
+For each model in `evaluate.models` (`teacher`, `base_student`, `student` = the trained model, `student_dpo` =
+it after the dpo stage), on the test questions: one greedy request (temperature 0) and one request of K samples
+at `evaluate.temperature`. From that single pass, maj@k for every k <= K is the expected accuracy of a vote over
+random k-subsets, and pass@k is Chen et al.'s unbiased estimator (cotdistill/metrics.py). The teacher is asked
+with its own generate prompt, the students with the student prompt they were trained on. `evaluate.stored` scores
+existing Sample shards (e.g. a teacher's generations on the test split) without running a model.
 
 With `evaluate.adaptive`, adaptive self-consistency (Adaptive-Consistency's Beta rule, or ESC's window; see
 cotdistill/stopping.py) is scored on the same K samples: per question, the samples are walked in the order they
@@ -84,8 +84,14 @@ def eval_models(config: RunConfig) -> list[EvalModel]:
             PromptTemplate(config.train.prompt), "prune" if pruned else None, student.delimiters()),
         "student": lambda: EvalModel("student", student, str(paths.trained_model), PromptTemplate(config.train.prompt),
                                      "train", trained or student.delimiters()),
+        # the SFT student after the dpo stage (preference pairs): the same prompt and delimiters
+        "student_dpo": lambda: EvalModel("student_dpo", student, str(paths.dpo_model),
+                                         PromptTemplate(config.train.prompt), "dpo", trained or student.delimiters()),
     }
-    return [known[m]() for m in config.evaluate.models]  # names checked at load (config.EVAL_MODELS)
+    teacher_prompt = PromptTemplate(config.generate.prompt, config.generate.examples)
+    extra = [EvalModel(name, m, None, teacher_prompt if m.prompt == "teacher" else PromptTemplate(config.train.prompt),
+                       delimiters=m.delimiters()) for name, m in config.evaluate.extra_models.items()]
+    return [known[m]() for m in config.evaluate.models] + extra  # names checked at load (config.EVAL_MODELS)
 
 
 def servable(m: EvalModel, paths: RunPaths) -> str | None:
@@ -549,7 +555,8 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
                 code = CodeChecks(ev.data, config.sandbox)
             rows, cost = stored_rows(Path(path), name, fmt, ev.adaptive, code)
             write_parquet_atomic(rows_to_table(rows, EVAL_SCHEMA), paths.eval_rows(name))
-            write_json_atomic({**cost, "parameters": None, "weights_mb": None, "fingerprint": keys[name]},
+            write_json_atomic({**cost, "parameters": None, "weights_mb": None, "weights_format": None,
+                               "fingerprint": keys[name]},
                               paths.eval_cost(name))
 
     all_rows = {name: pq.read_table(paths.eval_rows(name)).to_pylist() for name in names}

@@ -39,6 +39,8 @@ class RunPaths:
         self.rejected = self.filter / "rejected"
         self.filter_meta = self.filter / "meta"
         self.audit = self.filter / "audit.md"
+        # filter.preference_pairs: chosen/rejected pairs per generate shard, in TRL's preference format
+        self.pairs = self.filter / "pairs"
         # prune: the student cut from student.model
         self.prune = self.root / "prune"
         self.pruned_model = self.prune / "model"
@@ -49,6 +51,10 @@ class RunPaths:
         self.train = self.root / "train"
         self.trained_model = self.train / "model"
         self.checkpoints = self.train / "checkpoints"
+        # dpo: the SFT student trained on the preference pairs, and its checkpoints
+        self.dpo = self.root / "dpo"
+        self.dpo_model = self.dpo / "model"
+        self.dpo_checkpoints = self.dpo / "checkpoints"
         # evaluate: per model <name>.parquet and <name>.cost.json, then metrics.json, report.md and the plots
         self.evaluate = self.root / "evaluate"
         self.metrics = self.evaluate / "metrics.json"

@@ -3,7 +3,8 @@
     write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), path)  # generate; the filter adds its columns
 
 generate writes SAMPLE_SCHEMA (one row per rationale); filter writes FILTERED_SCHEMA (the same plus its verdict);
-evaluate writes EVAL_SCHEMA (one row per question and model). Every shard is written with one of these schemas,
+filter.preference_pairs writes PAIR_SCHEMA (one row per chosen/rejected pair); evaluate writes EVAL_SCHEMA (one
+row per question and model). Every shard is written with one of these schemas,
 so a reader never has to guess a type.
 """
 
@@ -128,6 +129,20 @@ FILTERED_SCHEMA = SAMPLE_SCHEMA.append(pa.field("extracted_answer", pa.string())
     # The question's pass rate, on each of its rows: finished rationales reaching the label over all its
     # rationales; null with filter.label none, no majority, or a contaminated question.
     pa.field("pass_rate", pa.float64())
+)
+
+# filter.preference_pairs: one row per (chosen, rejected) pair, in TRL's conversational preference format (prompt,
+# chosen, rejected), which DPOTrainer reads as it is; the other columns say where each side came from.
+PAIR_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.list_(MESSAGE_TYPE)),  # the student's prompt (train.prompt), as train renders it
+        ("chosen", pa.list_(MESSAGE_TYPE)),  # one assistant message: an accepted rationale, as train joins it
+        ("rejected", pa.list_(MESSAGE_TYPE)),  # one assistant message: a rationale of filter.pair_reasons
+        ("question_id", pa.string()),
+        ("chosen_sample_index", pa.int32()),
+        ("rejected_sample_index", pa.int32()),
+        ("rejected_reason", pa.string()),  # its filter_reason
+    ]
 )
 
 VOTE_TYPE = pa.struct([("answer", pa.string()), ("count", pa.int32())])

@@ -78,6 +78,7 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> st
         else:
             lines.append(f"- **{name}** keeps {100 * m['share_of_teacher_maj']:.0f}% of the teacher's maj@{k} "
                          f"accuracy{speed}{size}.")
+    lines += distill_or_quantize(metrics, pct)
     if ev.adaptive is not None:
         lines += adaptive_report(ev.adaptive, metrics, pct, interval)
     if any("code" in m for m in metrics.values()):
@@ -87,6 +88,33 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> st
               "![accuracy against generated tokens](accuracy_vs_tokens.png)", "",
               "![accuracy against completion length](accuracy_vs_length.png)", ""]
     return "\n".join(lines)
+
+
+def distill_or_quantize(metrics: dict[str, dict[str, Any]], pct: Any) -> list[str]:
+    """Every model beside the teacher by what it costs and what it keeps: the question a team asks before
+    distilling (would the teacher in 8 or 4 bits do?). Accuracy is relative to the teacher's at the same K."""
+    teacher = metrics.get("teacher")
+    if teacher is None or len(metrics) < 2:
+        return []
+
+    def relative(value: float | None, base: float | None) -> str:
+        return "-" if value is None or not base else f"{value / base:.2f}x"
+
+    lines = ["", "## Distill or quantize", "",
+             "Each model beside the teacher: its size, its weights on disk (as stored: a quantized model by its "
+             "packed bytes), its speed here, and its accuracy as a share of the teacher's (maj@K at the smaller of "
+             "the two K; greedy). Unknown sizes (a served model, a packing not read here) are shown as -.", "",
+             "| model | weights format | params | weights on disk | tokens/s | maj@K | maj@K vs teacher | greedy "
+             "| greedy vs teacher |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, m in metrics.items():
+        k = min(m["k"], teacher["k"]) or 1
+        maj, teacher_maj = (x["maj_at_k"][k - 1] if len(x["maj_at_k"]) >= k else None for x in (m, teacher))
+        params = f"{m['parameters'] / 1e6:.1f}M" if m.get("parameters") else "-"
+        size = f"{m['weights_mb']:.0f} MB" if m.get("weights_mb") else "-"
+        lines.append(f"| {name} | {m.get('weights_format') or '-'} | {params} | {size} | {m.get('tokens_per_s') or '-'} "
+                     f"| {pct(maj)} | {relative(maj, teacher_maj)} | {pct(m.get('greedy_accuracy'))} "
+                     f"| {relative(m.get('greedy_accuracy'), teacher.get('greedy_accuracy'))} |")
+    return lines
 
 
 def code_report(metrics: dict[str, dict[str, Any]], pct: Any) -> list[str]:

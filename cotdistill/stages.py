@@ -3,7 +3,7 @@
     train.STAGE.run(config)        # what `cotdistill train CONFIG` calls (train.run is the same)
     for name in cli.pipeline_stages(config): cli.stage(name).run(config, force)   # `cotdistill run CONFIG`
 
-Every stage (generate, filter, prune, score, train, evaluate) is a module holding one `Stage`: its name (the
+Every stage (generate, filter, prune, score, train, dpo, evaluate) is a module holding one `Stage`: its name (the
 command, and its folder runs/<run>/<name>/), its fingerprint (a hash of the settings and inputs its outputs depend
 on), whether its outputs are all there, and its work. The runner compares the fingerprint with the one stored in
 the folder and decides, in one place for every stage and every command:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,11 @@ from cotdistill.fingerprints import make_fingerprint, model_fingerprint, templat
 from cotdistill.models import resolve_model
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import student_text
-from cotdistill.shards import list_shards, read_json, read_json_or_none, replace_dir_atomic, write_text_atomic
+from cotdistill.shards import list_shards, read_json_or_none, write_text_atomic
 from cotdistill.stages import Stage, finished_summary
+from cotdistill.training import BOOKKEEPING, save_final_model, trainer_args, train_resuming
 
 logger = logging.getLogger(__name__)
-
-# SFTConfig fields that change how training is logged or checkpointed, never the weights it ends with.
-SFT_BOOKKEEPING = frozenset({
-    "logging_steps", "logging_strategy", "logging_dir", "logging_first_step", "report_to", "run_name",
-    "save_steps", "save_strategy", "save_total_limit", "dataloader_num_workers", "disable_tqdm",
-})
-
 
 def nothing_to_train(accepted_dir: Path) -> RuntimeError:
     return RuntimeError(f"{accepted_dir}: the filter accepted no rationales, so there is nothing to train on; "
@@ -76,18 +68,9 @@ def build_sft_dataset(accepted_dir: Path, template: PromptTemplate, shard_files:
 
 
 def sft_config(config: RunConfig, output_dir: Path) -> Any:
-    import torch
     from trl import SFTConfig
 
-    # bf16 where the hardware has it (TRL's default), float32 on CPU, where bf16 training is refused.
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    defaults = {"seed": config.seed, "report_to": "none", "save_strategy": "steps", "save_steps": 50,
-                "save_total_limit": 2, "logging_steps": 5, "bf16": bf16}
-    fields = {**defaults, **config.train.sft, "output_dir": str(output_dir)}
-    try:
-        return SFTConfig(**fields)
-    except TypeError as e:
-        raise ValueError(f"train.sft: {e}") from None
+    return trainer_args(SFTConfig, config.train.sft, output_dir, config.seed, "train.sft")
 
 
 def logprob_tokenizer_model(config: RunConfig) -> str:
@@ -150,121 +133,13 @@ def build_trainer(config: RunConfig, dataset: Any = None, shards: list[Path] | N
                               peft_config=peft_config, kd=config.train.kd)
 
 
-def checkpoint_problem(checkpoint: Path, *, require_optimizer: bool = True) -> str | None:
-    """Why `checkpoint` (a `checkpoint-N` folder) cannot be resumed from, or None when it is complete.
-
-    `Trainer._save_checkpoint` (transformers 5.x) writes straight into `checkpoint-N`, with no temporary folder
-    and no rename: the model (weights, config, tokenizer, training_args.bin), then optimizer.pt, scheduler.pt,
-    rng_state.pth and, last, trainer_state.json (a plain, non-atomic write). So a kill while saving leaves a
-    folder without trainer_state.json or with a truncated one: a trainer_state.json that parses and names step N
-    is the mark of completion. The weights and optimizer checks catch folders damaged another way (a copy cut
-    short, a file truncated to nothing): transformers refuses a folder without weights, and without an optimizer
-    it silently resumes with a fresh one.
-    """
-    from transformers.trainer import (FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME,
-                                      TRAINER_STATE_NAME)
-    from transformers.utils import (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME,
-                                    SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
-
-    def non_empty(path: Path) -> bool:
-        return path.is_file() and path.stat().st_size > 0
-
-    try:
-        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-    except FileNotFoundError:
-        return f"no {TRAINER_STATE_NAME}, which the trainer writes last"
-    except (ValueError, OSError) as e:  # truncated mid-write: JSONDecodeError, UnicodeDecodeError
-        return f"unreadable {TRAINER_STATE_NAME} ({e})"
-    step = int(checkpoint.name.rsplit("-", 1)[1])
-    if not isinstance(state, dict) or state.get("global_step") != step:
-        return f"{TRAINER_STATE_NAME} is not the state at step {step}"
-    # The weights transformers' Trainer._load_from_checkpoint accepts: single or sharded, full or adapter, FSDP.
-    weights = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME,
-               ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME)
-    subdirs = [p for p in checkpoint.iterdir() if p.is_dir()]
-    if not (any(non_empty(checkpoint / name) for name in weights)
-            or any(FSDP_MODEL_NAME in p.name for p in subdirs) or non_empty(checkpoint / f"{FSDP_MODEL_NAME}.bin")
-            or any(non_empty(p / name) for p in subdirs
-                   for name in (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME))):
-        return "no model weights, or empty ones"
-    if require_optimizer:  # as Trainer._load_optimizer_and_scheduler looks for them (FSDP: an optimizer_* folder)
-        if not (non_empty(checkpoint / OPTIMIZER_NAME) or non_empty(checkpoint / OPTIMIZER_NAME_BIN)
-                or any("optimizer" in p.name for p in subdirs)):
-            return f"no {OPTIMIZER_NAME}, or an empty one"
-        if not non_empty(checkpoint / SCHEDULER_NAME):
-            return f"no {SCHEDULER_NAME}, or an empty one"
-    return None
-
-
-def set_aside(checkpoint: Path) -> Path:
-    """Move a partial checkpoint into `partial/` beside it; returns where it went.
-
-    transformers' get_last_checkpoint and save_total_limit rotation only look at `checkpoint-*` directly in the
-    output folder, so there it is neither resumed from nor rotated away: kept for the user to inspect or delete.
-    """
-    parked = checkpoint.parent / "partial"
-    parked.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target, n = parked / f"{checkpoint.name}.{stamp}", 1
-    while target.exists():
-        target, n = parked / f"{checkpoint.name}.{stamp}-{n}", n + 1
-    checkpoint.rename(target)
-    return target
-
-
-def resume_checkpoint(output_dir: Path, *, require_optimizer: bool = True) -> Path | None:
-    """The newest complete checkpoint in `output_dir`, or None to train from the start.
-
-    Newer partial checkpoints (a run killed while saving) are set aside with a warning: left in place, they
-    would be what transformers' get_last_checkpoint picks, and the trainer would refuse it on every rerun.
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not output_dir.is_dir():
-        return None
-    seen = set()
-    while (last := get_last_checkpoint(str(output_dir))) is not None:
-        checkpoint = Path(last)
-        if checkpoint in seen:  # set aside, yet still there: never loop
-            raise RuntimeError(f"{checkpoint}: could not move this partial checkpoint aside")
-        seen.add(checkpoint)
-        problem = checkpoint_problem(checkpoint, require_optimizer=require_optimizer)
-        if problem is None:
-            return checkpoint
-        try:
-            moved = set_aside(checkpoint)
-        except FileNotFoundError:  # another rank (another node on a shared filesystem) moved it first
-            continue
-        logger.warning("train: %s is a partial checkpoint (%s), left by a run stopped while saving it; "
-                       "moved it aside to %s and resuming from an earlier one", checkpoint.name, problem, moved)
-    return None
-
-
-def step_counter() -> Any:
-    """A TrainerCallback counting the optimizer steps this invocation runs, and the step it started from."""
-    from transformers import TrainerCallback
-
-    class StepCounter(TrainerCallback):
-        def __init__(self) -> None:
-            self.start_step = 0
-            self.count = 0
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.start_step = state.global_step  # after the trainer loaded the checkpoint's trainer_state.json
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.count += 1
-
-    return StepCounter()
-
-
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """What the trained student depends on: the filtered corpus, the base model, the prompt, SFTConfig, seed."""
     return make_fingerprint({
         "filter": upstream(config.paths.filter),
         "student": {"model": config.student.model, "weights": model_fingerprint(config.student.model)},
         "prompt_template": template_fingerprint(config.train.prompt),
-        "sft": {k: v for k, v in config.train.sft.items() if k not in SFT_BOOKKEEPING},
+        "sft": {k: v for k, v in config.train.sft.items() if k not in BOOKKEEPING},
         "loss": config.train.loss,
         "kd": vars(config.train.kd) if config.train.loss == "kd" else None,
         "score": upstream(config.paths.score) if config.score is not None and config.train.loss == "kd" else None,
@@ -297,35 +172,12 @@ def train_student(config: RunConfig) -> dict[str, Any]:
                                     config.student.chat_template_kwargs)
         trainer = build_trainer(config, dataset)
         corpus_size = len(dataset)
-    args, tokenizer = trainer.args, trainer.processing_class
     dropped = corpus_size - len(trainer.train_dataset)
     if dropped:  # SFTTrainer drops examples whose prompt alone fills max_length: say so, never silently
         logger.warning("train: %d of %d examples dropped by SFTTrainer: the prompt fills max_length=%s",
-                       dropped, corpus_size, args.max_length)
-    # The main process sets partial checkpoints aside first, so the other ranks then pick the same checkpoint.
-    with args.main_process_first(desc="choosing the checkpoint to resume from"):
-        checkpoint = resume_checkpoint(Path(args.output_dir),
-                                       require_optimizer=not (args.save_only_model or trainer.is_deepspeed_enabled))
-    if checkpoint is not None:
-        logger.info("train: resuming from the last checkpoint, %s", checkpoint)
-    steps = step_counter()
-    trainer.add_callback(steps)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+                       dropped, corpus_size, trainer.args.max_length)
+    result, checkpoint, steps = train_resuming(trainer, "train")
 
-    # Every rank calls save_model (a collective under FSDP/DeepSpeed); only rank 0 writes files.
-    tmp_dir = paths.train / ".model.tmp"
-    if trainer.is_world_process_zero():
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    if config.train.peft is not None and config.train.merge_adapter:
-        # The LoRA weights folded into the base: an ordinary model folder that vLLM and transformers load.
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        if trainer.is_world_process_zero():
-            merged.save_pretrained(str(tmp_dir))
-    else:  # a full model, or the adapter alone (adapter_config.json names the base; evaluate merges it)
-        trainer.save_model(str(tmp_dir))
-    if not trainer.is_world_process_zero():
-        return {}
-    tokenizer.save_pretrained(str(tmp_dir))
     stats = {
         "base_model": config.student.model,
         "loss": config.train.loss,
@@ -340,8 +192,9 @@ def train_student(config: RunConfig) -> dict[str, Any]:
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
     }
-    (tmp_dir / "README.md").write_text(model_card(config, stats))
-    replace_dir_atomic(tmp_dir, paths.trained_model)
+    merge = config.train.peft is not None and config.train.merge_adapter
+    if not save_final_model(trainer, paths.trained_model, merge, model_card(config, stats)):
+        return {}  # not rank 0
     write_text_atomic(json.dumps(stats, indent=2) + "\n", paths.train / "stats.json")  # last: the stage is done
     logger.info("train: saved %s (%s)", paths.trained_model, stats)
     return stats

@@ -310,7 +310,7 @@ def test_train_resumes_from_its_last_checkpoint(trained, caplog):
     for later in checkpoints.glob("checkpoint-*"):
         if later.name != "checkpoint-2":
             shutil.rmtree(later)
-    with caplog.at_level("INFO", logger="cotdistill.train"):
+    with caplog.at_level("INFO", logger="cotdistill.training"):
         stats = train.run(trained)
     assert "resuming from the last checkpoint" in caplog.text
     assert stats["global_steps"] == 3 and (trained.run_dir / "train" / "model" / "config.json").exists()

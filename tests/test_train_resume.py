@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotdistill import train
+from cotdistill import train, training
 from cotdistill.config import load_config
 from cotdistill.shards import read_json
 from tests.conftest import tiny_config_dict, write_finished_filter
@@ -63,8 +63,8 @@ def test_partial_newest_checkpoint_is_set_aside_and_the_complete_one_chosen(tmp_
     files_before = sorted(p.name for p in partial.iterdir())
     assert get_last_checkpoint(str(out)) == str(partial)  # what transformers alone would resume from
 
-    with caplog.at_level(logging.INFO, logger="cotdistill.train"):
-        chosen = train.resume_checkpoint(out)
+    with caplog.at_level(logging.INFO, logger="cotdistill.training"):
+        chosen = training.resume_checkpoint(out)
 
     assert chosen == complete
     assert not partial.exists()
@@ -74,7 +74,7 @@ def test_partial_newest_checkpoint_is_set_aside_and_the_complete_one_chosen(tmp_
     # Neither resuming nor save_total_limit rotation sees it any more.
     assert get_last_checkpoint(str(out)) == str(complete)
     assert sort_checkpoints(str(out)) == [str(complete)]
-    (record,) = [r for r in caplog.records if r.name == "cotdistill.train" and "checkpoint-4" in r.getMessage()]
+    (record,) = [r for r in caplog.records if r.name == "cotdistill.training" and "checkpoint-4" in r.getMessage()]
     assert record.levelno == logging.WARNING and str(parked) in record.getMessage()
     assert sorted(p.name for p in complete.iterdir()) == sorted([*COMPLETE, "trainer_state.json"])
 
@@ -83,8 +83,8 @@ def test_complete_checkpoints_are_left_alone(tmp_path, caplog):
     out = tmp_path / "checkpoints"
     make_checkpoint(out, 2)
     newest = make_checkpoint(out, 4)
-    with caplog.at_level(logging.INFO, logger="cotdistill.train"):
-        assert train.resume_checkpoint(out) == newest
+    with caplog.at_level(logging.INFO, logger="cotdistill.training"):
+        assert training.resume_checkpoint(out) == newest
     assert not (out / "partial").exists() and (out / "checkpoint-2").is_dir()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -92,17 +92,17 @@ def test_complete_checkpoints_are_left_alone(tmp_path, caplog):
 def test_only_partial_checkpoints_means_a_fresh_start(tmp_path):
     out = tmp_path / "checkpoints"
     no_trainer_state(make_checkpoint(out, 2))
-    assert train.resume_checkpoint(out) is None
+    assert training.resume_checkpoint(out) is None
     assert [p.name.split(".")[0] for p in (out / "partial").iterdir()] == ["checkpoint-2"]
-    assert train.resume_checkpoint(tmp_path / "missing") is None
+    assert training.resume_checkpoint(tmp_path / "missing") is None
 
 
 def test_a_second_partial_of_the_same_step_does_not_overwrite_the_first(tmp_path):
     out = tmp_path / "checkpoints"
     no_trainer_state(make_checkpoint(out, 2))
-    train.resume_checkpoint(out)
+    training.resume_checkpoint(out)
     no_optimizer(make_checkpoint(out, 2))
-    train.resume_checkpoint(out)
+    training.resume_checkpoint(out)
     assert len(list((out / "partial").iterdir())) == 2
 
 
@@ -111,8 +111,8 @@ def test_optimizer_not_required_when_only_the_model_is_saved(tmp_path):
     c = make_checkpoint(out, 2)
     no_optimizer(c)
     os.remove(c / "scheduler.pt")
-    assert train.checkpoint_problem(c, require_optimizer=False) is None
-    assert "optimizer.pt" in train.checkpoint_problem(c)
+    assert training.checkpoint_problem(c, require_optimizer=False) is None
+    assert "optimizer.pt" in training.checkpoint_problem(c)
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_rerun_after_a_kill_mid_checkpoint_resumes_from_the_complete_one(accepte
     kill(checkpoints / "checkpoint-3")
     files_left = sorted(p.name for p in (checkpoints / "checkpoint-3").iterdir())
 
-    with caplog.at_level(logging.INFO, logger="cotdistill.train"):
+    with caplog.at_level(logging.INFO, logger="cotdistill.training"):
         stats = train.run(config)
 
     assert stats["resumed_from_checkpoint"] == "checkpoint-2"
@@ -164,10 +164,10 @@ def test_rerun_after_a_kill_mid_checkpoint_resumes_from_the_complete_one(accepte
     assert read_json(train_dir / "stats.json") == stats
     assert train.is_complete(config)
     warnings = [r.getMessage() for r in caplog.records
-                if r.name == "cotdistill.train" and r.levelno == logging.WARNING]
+                if r.name == "cotdistill.training" and r.levelno == logging.WARNING]
     assert any("checkpoint-3 is a partial checkpoint" in m and "trainer_state.json" in m for m in warnings)
     (parked,) = (checkpoints / "partial").iterdir()
     assert parked.name.startswith("checkpoint-3.") and sorted(p.name for p in parked.iterdir()) == files_left
     assert "resuming from the last checkpoint" in caplog.text
     # The resumed run wrote a new, complete checkpoint-3.
-    assert train.checkpoint_problem(checkpoints / "checkpoint-3") is None
+    assert training.checkpoint_problem(checkpoints / "checkpoint-3") is None

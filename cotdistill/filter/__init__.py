@@ -11,11 +11,12 @@ pass rate is the teacher's own).
 generate writes all of a question's rationales into one shard, so each shard is filtered on its own, in
 `num_workers` worker processes: memory is one shard per worker. Each shard's meta records the key it was judged
 under (the settings and the generate shard's bytes), so a rerun judges only the shards whose key changed.
-Outputs: filter/accepted/ (with a dataset card README.md), filter/rejected/, stats.json and audit.md.
+Outputs: filter/accepted/ (with a dataset card README.md), filter/rejected/, stats.json and audit.md; with
+`preference_pairs`, filter/pairs/ (TRL's prompt/chosen/rejected, with its own card) for the dpo stage.
 
 The package: checks.py (per-text checks, decontamination), dedup.py (near duplicates), difficulty.py (pass
 rates, the band, harder_more caps), judge.py (the phases; one shard's table), audit.py (stats.json, audit.md,
-the dataset card); here, the stage: workers over shards, the fingerprint, the work.
+the dataset card), pairs.py (preference pairs for DPO); here, the stage: workers over shards, the fingerprint, the work.
 """
 
 from __future__ import annotations
@@ -32,17 +33,20 @@ import pyarrow.parquet as pq
 
 from cotdistill.answers import ANSWER_RULES, THINK_DELIMITERS
 from cotdistill.config import FilterConfig, RunConfig, uses_code
-from cotdistill.filter.audit import EXAMPLES_PER_REASON, audit_markdown, dataset_card, summarize
+from cotdistill.filter.audit import EXAMPLES_PER_REASON, audit_markdown, dataset_card, pairs_card, summarize
 from cotdistill.filter.checks import (
     build_contamination_index, is_degenerate, normalize_whitespace, question_ngrams, repeated_ngram_share,
 )
 from cotdistill.filter.dedup import near_duplicate_flags
 from cotdistill.filter.difficulty import length_counts
+from cotdistill.filter.pairs import preference_pairs
 from cotdistill.filter.judge import (
     PHASES, REASONS, SAMPLE_COLUMNS, FilterContext, QuestionRows, Verdicts, judge_question, judge_table,
 )
 from cotdistill.judging import code_checks, sandbox_settings, teacher_answer_format
 from cotdistill.paths import RunPaths
+from cotdistill.prompts import PromptTemplate
+from cotdistill.records import PAIR_SCHEMA, rows_to_table, student_text
 from cotdistill.fingerprints import (
     data_settings, digest, file_digest, make_fingerprint, model_fingerprint, template_fingerprint, upstream,
 )
@@ -124,7 +128,8 @@ def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterCont
     return FilterContext(cfg=cfg, fmt=teacher_answer_format(config), seed=config.seed,
                          contamination=contamination, count_student_tokens=with_prompt if max_tokens else None,
                          max_student_tokens=max_tokens, count_text_tokens=alone,
-                         reasoning_format=config.train.reasoning_format, code=code_checks(config))
+                         reasoning_format=config.train.reasoning_format, code=code_checks(config),
+                         student_prompt=PromptTemplate(config.train.prompt) if cfg.preference_pairs else None)
 
 
 def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
@@ -193,15 +198,31 @@ def filter_shard(shard: Path, paths: RunPaths, shard_key: str, ctx: FilterContex
             # execution classes could not be recorded (no entry point known): their votes were pass / fail
             "questions_voting_pass_fail": len({q for q, a in zip(qids, answers) if a in ("pass", "fail")}),
         }
+    outputs = [(paths.accepted, accepted), (paths.rejected, rejected)]
+    if ctx.student_prompt is not None:  # filter.preference_pairs
+        pairs = shard_pairs(judged, ctx)
+        meta["pairs"] = {"pairs": len(pairs), "questions": len({p["question_id"] for p in pairs}),
+                         "by_reason": dict(Counter(p["rejected_reason"] for p in pairs))}
+        outputs.append((paths.pairs, rows_to_table(pairs, PAIR_SCHEMA)))
+    else:  # pairs of an earlier setting are never left beside this shard's verdicts
+        outputs.append((paths.pairs, None))
     # Only non-empty shards are written (`datasets` refuses a folder holding a Parquet file of zero rows); the
     # meta, with the key it was judged under, is written last and marks the shard as filtered.
-    for folder, table in ((paths.accepted, accepted), (paths.rejected, rejected)):
-        if len(table):
+    for folder, table in outputs:
+        if table is not None and len(table):
             write_parquet_atomic(table, folder / shard.name)
         else:
             (folder / shard.name).unlink(missing_ok=True)
     write_json_atomic(meta, shard_meta(paths, shard))
     return meta
+
+
+def shard_pairs(judged: Any, ctx: FilterContext) -> list[dict[str, Any]]:
+    """The shard's preference pairs (pairs.py), with the student's prompt and text as train renders them."""
+    cfg, template = ctx.cfg, ctx.student_prompt
+    return preference_pairs(judged, cfg.pair_reasons, cfg.pairs_per_question, ctx.seed,
+                            lambda question, choices: template.render(question=question, choices=choices),
+                            lambda rationale, reasoning: student_text(rationale, reasoning, ctx.reasoning_format))
 
 
 def shard_meta(paths: RunPaths, shard: Path) -> Path:
@@ -223,7 +244,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "generate": upstream(config.paths.generate),
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
         "filter": {k: v for k, v in vars(cfg).items() if k not in (
-            "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio")},
+            "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio", "preference_pairs",
+            "pair_reasons", "pairs_per_question")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
         "decontaminate": [data_settings(d) for d in cfg.decontaminate],
         "seed": config.seed,
@@ -233,6 +255,10 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         settings["sandbox"] = sandbox_settings(config.sandbox)
     if by_length(cfg):  # only when on: runs without them keep their fingerprints
         settings["by_length"] = {"select": cfg.select, "max_length_ratio": cfg.max_length_ratio}
+    if cfg.preference_pairs:  # only when on: runs without pairs keep their fingerprints
+        settings["pairs"] = {"reasons": cfg.pair_reasons, "per_question": cfg.pairs_per_question,
+                             "student_prompt": template_fingerprint(config.train.prompt),
+                             "reasoning_format": config.train.reasoning_format}
     max_tokens = student_max_tokens(config)
     if max_tokens is not None or by_length(cfg):  # the student's tokenizer and template count the tokens
         settings["too_long"] = {"max_tokens": max_tokens, "student": model_fingerprint(config.student.model),
@@ -258,7 +284,7 @@ def leftovers(paths: RunPaths, shards: list[Path]) -> list[Path]:
     """Outputs of generate shards that no longer exist (an earlier, larger run): never part of the corpus."""
     names = {s.stem for s in shards}
     return [path for folder, suffix in ((paths.accepted, ".parquet"), (paths.rejected, ".parquet"),
-                                        (paths.filter_meta, ".json"))
+                                        (paths.pairs, ".parquet"), (paths.filter_meta, ".json"))
             for path in sorted(folder.glob(f"[0-9]*{suffix}")) if path.stem not in names]
 
 
@@ -302,7 +328,7 @@ def filter_corpus(config: RunConfig) -> dict[str, Any]:
     if not shards:
         raise RuntimeError(f"{paths.generate}: generate wrote no sample shards; there is nothing to filter")
     keys = fingerprint(config)["settings"]["inputs"]
-    for folder in (paths.accepted, paths.rejected, paths.filter_meta):
+    for folder in (paths.accepted, paths.rejected, paths.pairs, paths.filter_meta):
         remove_stale_tmp(folder)
     for path in leftovers(paths, shards):
         logger.warning("filter: removing %s, left by an earlier run (no such generate shard now)", path)
@@ -314,6 +340,8 @@ def filter_corpus(config: RunConfig) -> dict[str, Any]:
     stats = summarize(paths, shards)
     write_text_atomic(audit_markdown(stats, paths, shards), paths.audit)
     write_text_atomic(dataset_card(config, stats), paths.accepted / "README.md")
+    if "pairs" in stats:
+        write_text_atomic(pairs_card(config, stats), paths.pairs / "README.md")
     write_json_atomic(stats, paths.filter / "stats.json")  # last: the stage is done
     logger.info("filter: %d of %d rationales accepted; rejected: %s",
                 stats["accepted"], stats["rationales"], {k: v for k, v in stats["rejected"].items() if v})

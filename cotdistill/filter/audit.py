@@ -49,6 +49,15 @@ def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
     code = [m["code"] for m in metas if "code" in m]
     if code:  # answer_format code: programs that passed their tests, and questions whose votes were pass / fail
         stats["code"] = {key: sum(c[key] for c in code) for key in code[0]}
+    pairs = [(s, m["pairs"]) for s, m in zip(shards, metas) if "pairs" in m]
+    if pairs:  # filter.preference_pairs: the pairs the dpo stage reads, from these files
+        by_reason: Counter = Counter()
+        for _, p in pairs:
+            by_reason.update(p["by_reason"])
+        stats["pairs"] = {"pairs": sum(p["pairs"] for _, p in pairs),
+                          "questions": sum(p["questions"] for _, p in pairs),
+                          "by_reason": dict(sorted(by_reason.items())),
+                          "files": [s.name for s, p in pairs if p["pairs"]]}
     rationalized = [m["rationalized"] for m in metas if "rationalized" in m]
     if rationalized:  # generate.rationalize: questions asked again with the gold as a hint, counted apart
         stats["rationalized"] = {key: sum(r[key] for r in rationalized) for key in rationalized[0]}
@@ -93,6 +102,11 @@ def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path]) -
                   f"hint): {hinted['questions']:,} questions, {hinted['rationales']:,} rationales, "
                   f"{hinted['accepted']:,} accepted ({hinted['questions_served']:,} questions served by them), "
                   f"{hinted['quotes_hint']:,} dropped as quotes_hint.", ""]
+    if stats.get("pairs"):
+        pairs = stats["pairs"]
+        lines += [f"Preference pairs (filter/pairs/): {pairs['pairs']:,} over {pairs['questions']:,} questions; "
+                  "rejected sides by reason: "
+                  + (", ".join(f"{k} {v:,}" for k, v in pairs["by_reason"].items()) or "none") + ".", ""]
     examples: dict[str, list[dict[str, Any]]] = {}
     for shard in shards:
         for reason, rows in read_json(paths.filter_meta / shard.with_suffix(".json").name)["examples"].items():
@@ -149,4 +163,36 @@ Chain-of-thought rationales sampled from a teacher and filtered by cotdistill, o
   {", ".join(f"{k} {v:,}" for k, v in stats["rejected"].items() if v) or "none"}
 
 Load it with `datasets.load_dataset("parquet", data_dir="{config.paths.accepted}")`.
+"""
+
+
+def pairs_card(config: RunConfig, stats: dict[str, Any]) -> str:
+    """filter/pairs/README.md: what the preference pairs are and how they were drawn."""
+    cfg, pairs = config.filter, stats["pairs"]
+    reasons = ", ".join(f"{k} {v:,}" for k, v in pairs["by_reason"].items()) or "none"
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "*.parquet"
+tags:
+- cotdistill
+- dpo
+- preference
+---
+# {config.run_name}: preference pairs from filtered teacher rationales
+
+Chosen/rejected pairs in TRL's conversational preference format (`prompt`, `chosen`, `rejected`; schema
+`PAIR_SCHEMA` in `cotdistill/records.py`), for `trl.DPOTrainer` as they are.
+
+- Teacher: `{config.teacher.model}`; questions: `{config.data.path}`
+- Prompt: the student's (`{config.train.prompt}`); texts joined as train joins them (`{config.train.reasoning_format!r}`)
+- chosen: a rationale the filter accepted (answer format `{cfg.answer_format}`, label `{cfg.label}`)
+- rejected: a rationale of the same question rejected for one of {cfg.pair_reasons}
+- Drawn uniformly with seed {config.seed}, at most {cfg.pairs_per_question} per question
+- Counts: {pairs["pairs"]:,} pairs over {pairs["questions"]:,} of {stats["questions"]:,} questions; rejected sides
+  by reason: {reasons}
+
+Load it with `datasets.load_dataset("parquet", data_dir="{config.paths.pairs}")`.
 """

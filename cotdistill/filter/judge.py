@@ -25,6 +25,7 @@ from cotdistill.filter.checks import is_degenerate, normalize_whitespace, questi
 from cotdistill.filter.dedup import near_duplicate_flags
 from cotdistill.filter.difficulty import band_reason, pass_rate, question_cap
 from cotdistill.judging import CodeChecks, reaches_gold
+from cotdistill.prompts import PromptTemplate
 from cotdistill.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, student_text
 
 
@@ -92,6 +93,7 @@ class FilterContext:
     count_text_tokens: Callable[[list[str]], list[int]] | None = None  # a student text's tokens (by length)
     reasoning_format: str = TrainConfig.reasoning_format  # train.reasoning_format (its default here)
     code: CodeChecks | None = None  # answer_format code: the sandbox's verdicts against each question's tests
+    student_prompt: PromptTemplate | None = None  # filter.preference_pairs: the pairs' prompt (train.prompt)
 
 
 @dataclass
