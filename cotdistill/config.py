@@ -268,6 +268,32 @@ class ModelConfig:
                                        "the completions endpoint")
 
 
+# A teachers: entry's keys that replace generate's for that teacher alone (unset: generate's).
+TEACHER_GENERATE_KEYS = ("prompt", "examples", "num_samples", "temperature", "top_p", "max_tokens",
+                         "max_reasoning_tokens")
+
+
+@dataclass
+class TeacherEntryConfig(ModelConfig):
+    """teachers: one of several teachers of a run: a model as above (backend, engine, reasoning settings), named,
+    with optionally its own prompt, sampling and number of samples; each unset key is generate's."""
+
+    name: str = ""  # the folder generate/teachers/<name>/, and the rows' teacher_name
+    prompt: str | None = None
+    examples: str | None = None
+    num_samples: int | None = setting(None, at_least=1)
+    temperature: float | None = setting(None, at_least=0.0)
+    top_p: float | None = setting(None, within=(0.0, 1.0), low_open=True)
+    max_tokens: int | None = setting(None, at_least=1)
+    max_reasoning_tokens: int | None = setting(None, at_least=1)
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        yield from super().rules()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            yield "name", (f"{self.name!r}: every teacher needs a name of letters, digits, '_', '.' and '-' (it "
+                           "names its folder and its rows)")
+
+
 @dataclass
 class ExtraModelConfig(ModelConfig):
     """evaluate.extra_models: any model scored beside the run's own (a quantized teacher, a public reference
@@ -418,6 +444,9 @@ class FilterConfig:
     # Preference pairs for DPO (filter/pairs/, TRL's prompt/chosen/rejected): per question, up to
     # pairs_per_question pairs drawn with the run's seed, chosen an accepted rationale, rejected one of the same
     # question rejected for one of pair_reasons; the prompt is the student's (train.prompt).
+    # With several teachers: max_per_question applies to each teacher's rationales of a question (true), or to all
+    # of them together (false).
+    per_teacher: bool = False
     preference_pairs: bool = False
     pair_reasons: list[str] = setting(factory=lambda: ["wrong"], one_of=PAIR_REASONS)
     pairs_per_question: int = setting(1, at_least=1)
@@ -454,6 +483,8 @@ class KDConfig:
     interpolation: str = setting("none", one_of=KD_INTERPOLATIONS)
     taid_start: float = setting(0.1, within=(0.0, 1.0))  # TAID's interpolation weight at the first step ...
     taid_end: float = setting(1.0, within=(0.0, 1.0))  # ... and at the last (linear in the step)
+    # With several teachers: the one whose logprobs the student learns (the score step's model); default the first.
+    teacher: str | None = None
 
 
 @dataclass
@@ -512,7 +543,8 @@ class AdaptiveEvalConfig(StoppingRuleConfig):
 @dataclass
 class EvaluateConfig:
     data: DataConfig | None = None  # the test questions
-    models: list[str] = setting(factory=lambda: ["teacher", "base_student", "student"], one_of=EVAL_MODELS)
+    # the run's own (EVAL_MODELS), or with teachers: any teacher by its name (`teacher` is the first)
+    models: list[str] = field(default_factory=lambda: ["teacher", "base_student", "student"])
     # K: one request of K samples per question gives maj@k and pass@k for every k <= K
     num_samples: int = setting(16, at_least=1)
     temperature: float = setting(0.7, at_least=0.0)
@@ -570,11 +602,15 @@ class SandboxConfig:
         return Limits(wall_s=self.timeout_s, cpu_s=self.cpu_s, memory_mb=self.memory_mb)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunConfig:
     run_name: str
     data: DataConfig
-    teacher: ModelConfig
+    # The teacher; or `teachers`, a list of several (each with a name), whose rows generate tags by teacher_name.
+    # Where one teacher is meant (evaluate's `teacher`, score.model's default, prune's calibration rationales),
+    # it is the first of the list: after loading, `teacher` is that one.
+    teacher: ModelConfig | None = None
+    teachers: list[TeacherEntryConfig] = field(default_factory=list)
     student: StudentConfig
     output_dir: str = "runs"
     seed: int = 0
@@ -594,7 +630,32 @@ class RunConfig:
 
     @property
     def paths(self) -> RunPaths:
-        return RunPaths(self.run_dir)
+        return RunPaths(self.run_dir, self.teacher_name)
+
+    @property
+    def teacher_name(self) -> str | None:
+        """Set on the run as one teacher of `teachers` sees it (for_teacher); None otherwise."""
+        return getattr(self, "_teacher_name", None)
+
+    def for_teacher(self, name: str) -> RunConfig:
+        """The run as the teacher `name` of `teachers` alone sees it: that teacher, generate's settings with its
+        own in their place, and generate's folder generate/teachers/<name>/. generate runs each teacher so, with
+        the single-teacher code, fingerprint, journals and resume."""
+        entry = next(t for t in self.teachers if t.name == name)
+        own = {k: getattr(entry, k) for k in TEACHER_GENERATE_KEYS if getattr(entry, k) is not None}
+        derived = dataclasses.replace(self, teacher=entry, teachers=[],
+                                      generate=dataclasses.replace(self.generate, **own))
+        derived._teacher_name = name
+        return derived
+
+    def kd_teacher(self) -> ModelConfig:
+        """The teacher whose logprobs a KD student learns: train.kd.teacher, else the first (or only) one."""
+        named = self.train.kd.teacher
+        return next(t for t in self.teachers if t.name == named) if named else self.teacher
+
+    def teacher_runs(self) -> list[RunConfig]:
+        """One run per teacher: for_teacher of each of `teachers`, or this run itself for a single teacher."""
+        return [self.for_teacher(t.name) for t in self.teachers] if self.teachers else [self]
 
     def student_base(self) -> str:
         """What the student trains from (and base_student is): the pruned model with student.prune, else
@@ -696,6 +757,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for override in overrides:
         apply_override(data, override, f"{path} (override {override!r})")
     config = _from_dict(RunConfig, data, str(path))
+    if (config.teacher is None) == (not config.teachers):
+        raise ConfigError(f"{path}: " + ("set `teacher` or `teachers`, not both" if config.teachers else
+                                         "missing required key 'teacher' (or 'teachers', a list of named teachers)"))
+    if config.teachers:
+        config.teacher = config.teachers[0]  # the teacher meant where one is
     validate(config, str(path))
     return config
 
@@ -707,6 +773,8 @@ def check_fields(section: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
     """(key, problem) for every field whose value its Check refuses, and every rule of a section, in the order
     the fields are declared, through nested sections and lists of them."""
     for f in dataclasses.fields(section):
+        if f.name == "teacher" and getattr(section, "teachers", None):
+            continue  # the first of `teachers`, checked there under its own key
         value, key = getattr(section, f.name), prefix + f.name
         check = f.metadata.get("check")
         problem = check.problem(value) if check is not None else None
@@ -739,7 +807,8 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
     for key, d in data:
         if d is not None and looks_local(d.path) and not local_files(d.path):
             yield f"{key}.path", f"no such file or folder: {d.path}"
-    models = [("teacher", config.teacher), ("student", config.student),
+    models = [("teacher", config.teacher) if not config.teachers else ("teachers[0]", config.teacher),
+              *((f"teachers[{i}]", t) for i, t in enumerate(config.teachers[1:], 1)), ("student", config.student),
               *((f"evaluate.extra_models.{name}", m) for name, m in config.evaluate.extra_models.items())]
     for key, m in models:
         name = m.model  # a served model's `model` is the server's name for it, not a local path
@@ -761,6 +830,8 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
 
     gen = config.generate
     templates = [("generate.prompt", gen.prompt, gen.examples), ("train.prompt", config.train.prompt, None)]
+    templates += [(f"teachers[{i}].prompt", t.prompt or gen.prompt, t.examples or gen.examples)
+                  for i, t in enumerate(config.teachers) if t.prompt or t.examples]
     if gen.rationalize:
         templates.append(("generate.rationalize_prompt", gen.rationalize_prompt, gen.examples))
     for key, name, examples in templates:
@@ -771,7 +842,8 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
                 if not any("hint 7f3a" in m["content"] for m in shown):
                     yield key, "never shows `hint` (the gold answer): that would ask the question again without it"
         except PromptError as e:
-            yield "generate.examples" if examples and str(e).startswith(str(examples)) else key, str(e)
+            yield (key.replace(".prompt", ".examples") if key.startswith("teachers") else "generate.examples") \
+                if examples and str(e).startswith(str(examples)) else key, str(e)
     if any(uses_code(config)) and config.sandbox.executor == "local" and not config.sandbox.allow_unisolated:
         from cotdistill.sandbox import isolation_problem
 
@@ -798,6 +870,11 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
 def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
     """(key, problem) for the rules that tie one section to another."""
     gen, flt, tr, sc = config.generate, config.filter, config.train, config.score
+    yield from teachers_rules(config)
+    known = (*EVAL_MODELS, *(t.name for t in config.teachers))
+    for name in config.evaluate.models:
+        if name not in known:
+            yield "evaluate.models", f"unknown value {name!r}; known: {', '.join(sorted(known))}"
     if gen.logprobs is not None and config.teacher.backend == "openai":
         yield "generate.logprobs", ("needs a local engine (teacher.backend vllm or ray); for a served teacher's "
                                     "rationales, set score: to have a local copy of the teacher score them")
@@ -827,7 +904,9 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
     if "student_dpo" in config.evaluate.models and config.dpo is None:
         yield "evaluate.models", "student_dpo is the dpo stage's model, and there is no dpo: section"
     yield from code_rules(config)
-    budgets = [("generate.max_reasoning_tokens", gen.max_reasoning_tokens, "teacher", config.teacher)]
+    budgets = [("generate.max_reasoning_tokens", run.generate.max_reasoning_tokens,
+                "teacher" if not config.teachers else f"teachers[{i}]", run.teacher)
+               for i, run in enumerate(config.teacher_runs())]
     budgets += [("evaluate.max_reasoning_tokens", config.evaluate.max_reasoning_tokens, name, model)
                 for name, model in (("teacher", config.teacher), ("student", config.student))
                 if name in config.evaluate.models or (name == "student" and {"base_student", "student_dpo"}
@@ -838,6 +917,32 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
         problem = budget_problem(model, name) if budget is not None else None
         if problem:
             yield key, problem
+
+
+def teachers_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
+    """teachers: names that tell them apart, one reading of answers, one teacher's logprobs for KD."""
+    names = [t.name for t in config.teachers]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        yield "teachers", f"two teachers are named {name!r}: every teacher needs its own name"
+    for name in names:
+        if name in (*EVAL_MODELS, *config.evaluate.extra_models):
+            yield "teachers", f"{name!r} is also the name of a model evaluate scores; name the teacher differently"
+    if len({t.delimiters() for t in config.teachers}) > 1:
+        yield "teachers", ("their reasoning_delimiters differ, and the filter reads every teacher's answers after "
+                           "one reasoning block: give them the same delimiters")
+    if config.filter.per_teacher and len(names) < 2:
+        yield "filter.per_teacher", "applies max_per_question to each of several teachers, and this run has one"
+    kd_teacher = config.train.kd.teacher
+    if kd_teacher is not None and kd_teacher not in names:
+        yield "train.kd.teacher", (f"{kd_teacher!r} is none of the teachers ({', '.join(names)})" if names else
+                                   "names one of several teachers, and this run has one `teacher`")
+    if len(names) > 1 and config.generate.logprobs is not None:
+        yield "generate.logprobs", ("each teacher would store its own distribution, and KD from several teachers' "
+                                    "logprobs is not supported: remove it, and add a score: section, whose model "
+                                    "(train.kd.teacher's by default) scores every accepted rationale")
+    if len(names) > 1 and config.train.loss == "kd" and config.score is None:
+        yield "train.loss", ("kd with several teachers needs one teacher's logprobs on every rationale: add a score: "
+                             "section (its model is train.kd.teacher's, or the first teacher's)")
 
 
 def uses_code(config: RunConfig) -> tuple[bool, bool]:
@@ -886,4 +991,7 @@ def validate(config: RunConfig, source: str) -> None:
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    data = config.to_dict()
+    if config.teachers:  # `teacher` is the first of them, not a key the user wrote
+        del data["teacher"]
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,6 +1,6 @@
 """dpo: the filter's preference pairs -> TRL's DPOTrainer -> the SFT student improved by preference, dpo/model/.
 
-    cotdistill dpo pipelines/demo_dpo_int8.yaml
+    cotdistill dpo pipelines/demo_two_teachers.yaml
 
 After SFT, the rationales the filter rejected still say something: for the same question, an accepted rationale
 is preferred to a wrong one (SkyThought, EasyDistill and distilabel build exactly these pairs). The filter writes

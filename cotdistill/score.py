@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 def scorer_model(config: RunConfig) -> Any:
     """The teacher's ModelConfig, pointed at score.model when set (a local copy of a served teacher)."""
-    model = config.score.model or config.teacher.model
-    return dataclasses.replace(config.teacher, model=model, backend="vllm")
+    teacher = config.kd_teacher()
+    model = config.score.model or teacher.model
+    return dataclasses.replace(teacher, model=model, backend="vllm")
 
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:

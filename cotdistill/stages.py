@@ -48,8 +48,10 @@ class Stage:
     summary_file: str = STATS_FILE  # what work returns, written last; with a matching fingerprint: done
     # Outputs made with other settings: discard them, keep them (each carries its own key and is redone when it no
     # longer matches), or refuse to go on unless forced.
-    on_change: str = "discard"
+    # (or, per run, a function of the config giving one of these)
+    on_change: str | Callable[[RunConfig], str] = "discard"
     wanted: Callable[[RunConfig], bool] = lambda config: True  # whether `cotdistill run` runs it
+    passes_force: bool = False  # the work takes `force` too (generate's teachers: each one's outputs refused or not)
 
     def folder(self, config: RunConfig) -> Path:
         return config.paths.stage(self.name)
@@ -72,7 +74,7 @@ class Stage:
             return read_json(self.folder(config) / self.summary_file)
         self.claim(config, record, force)
         logger.info("%s: starting", self.name)
-        return self.work(config, **inputs)
+        return self.work(config, **inputs, **({"force": force} if self.passes_force else {}))
 
     def claim(self, config: RunConfig, record: dict[str, Any], force: bool) -> None:
         """Make the folder hold work of `record` only, then write `record` into it, before any work starts."""
@@ -86,11 +88,12 @@ class Stage:
             return  # same settings: what is there is resumed (under the fingerprint it was started with)
         changed = ", ".join(changed_keys(stored.get("settings", {}), record["settings"]) if stored
                             else ["(made without a fingerprint)"])
-        if self.on_change == "refuse" and not force:
+        on_change = self.on_change(config) if callable(self.on_change) else self.on_change
+        if on_change == "refuse" and not force:
             raise SettingsChanged(
                 f"{folder} holds {self.name} outputs made with other settings (changed: {changed}); use a new "
                 f"run_name, or add --force to discard them and run {self.name} again")
-        if self.on_change == "keep":
+        if on_change == "keep":
             logger.info("%s: settings or inputs changed (%s): redoing what they change in %s", self.name, changed,
                         folder)
             (folder / self.summary_file).unlink(missing_ok=True)

@@ -77,7 +77,7 @@ def logprob_tokenizer_model(config: RunConfig) -> str:
     """The model whose tokenizer the stored logprobs' ids belong to."""
     if config.score is not None and config.score.model:
         return config.score.model
-    return config.teacher.model
+    return config.kd_teacher().model
 
 
 def check_kd_vocabulary(config: RunConfig, student_tokenizer: Any | None = None,
@@ -141,7 +141,9 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         "prompt_template": template_fingerprint(config.train.prompt),
         "sft": {k: v for k, v in config.train.sft.items() if k not in BOOKKEEPING},
         "loss": config.train.loss,
-        "kd": vars(config.train.kd) if config.train.loss == "kd" else None,
+        # kd.teacher only when set: runs from before it keep their fingerprints
+        "kd": {k: v for k, v in vars(config.train.kd).items() if not (k == "teacher" and v is None)}
+        if config.train.loss == "kd" else None,
         "score": upstream(config.paths.score) if config.score is not None and config.train.loss == "kd" else None,
         "prune": upstream(config.paths.prune) if config.student.prune is not None else None,
         "peft": config.train.peft, "merge_adapter": config.train.merge_adapter if config.train.peft else None,

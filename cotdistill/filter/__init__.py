@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -42,6 +43,7 @@ from cotdistill.filter.difficulty import length_counts
 from cotdistill.filter.pairs import preference_pairs
 from cotdistill.filter.judge import (
     PHASES, REASONS, SAMPLE_COLUMNS, FilterContext, QuestionRows, Verdicts, judge_question, judge_table,
+    with_sample_columns,
 )
 from cotdistill.judging import code_checks, sandbox_settings, teacher_answer_format
 from cotdistill.paths import RunPaths
@@ -137,12 +139,18 @@ def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
     _worker_ctx = make_context(config, contamination)
 
 
-def filter_shard(shard: Path, paths: RunPaths, shard_key: str, ctx: FilterContext | None = None) -> dict[str, Any]:
+def filter_shard(shard: Path | list[Path], paths: RunPaths, shard_key: str,
+                 ctx: FilterContext | None = None) -> dict[str, Any]:
     """Judge one generate shard and write its accepted, rejected and meta files (`shard_key`: the settings and
-    input it was judged with, so a rerun knows whether it still holds)."""
+    input it was judged with, so a rerun knows whether it still holds). With several teachers, `shard` is the
+    list of their shards of that name (the same questions), judged together."""
     ctx = ctx or _worker_ctx
     started = time.perf_counter()
-    judged = judge_table(pq.read_table(shard), ctx)
+    files = [shard] if isinstance(shard, Path) else shard
+    shard = files[0]  # its name names the outputs
+    table = (pq.read_table(shard) if len(files) == 1
+             else pa.concat_tables([with_sample_columns(pq.read_table(f)) for f in files], promote_options="default"))
+    judged = judge_table(table, ctx)
     reasons = judged.column("filter_reason")
     is_accepted = reasons.is_null()
     accepted, rejected = judged.filter(is_accepted), judged.filter(pc.invert(is_accepted))
@@ -188,6 +196,16 @@ def filter_shard(shard: Path, paths: RunPaths, shard_key: str, ctx: FilterContex
             "questions_served": len({q for q, k in zip(qids, kept) if k}),
             "quotes_hint": sum(bool(h) and why == "quotes_hint" for h, why in zip(hinted, reasons.to_pylist())),
         }
+    teacher_names = judged.column("teacher_name").to_pylist()
+    if any(name is not None for name in teacher_names):  # several teachers: every count per teacher too
+        meta["teachers"] = {}
+        for name, why in zip(teacher_names, reasons.to_pylist()):
+            counts = meta["teachers"].setdefault(name, {"rationales": 0, "accepted": 0, "rejected": {}})
+            counts["rationales"] += 1
+            if why is None:
+                counts["accepted"] += 1
+            else:
+                counts["rejected"][why] = counts["rejected"].get(why, 0) + 1
     if ctx.code is not None:  # answer_format code: what the sandbox found
         answers = judged.column("extracted_answer").to_pylist()
         correct = judged.column("is_correct").to_pylist()
@@ -245,7 +263,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
         "filter": {k: v for k, v in vars(cfg).items() if k not in (
             "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio", "preference_pairs",
-            "pair_reasons", "pairs_per_question")},
+            "pair_reasons", "pairs_per_question", "per_teacher")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
         "decontaminate": [data_settings(d) for d in cfg.decontaminate],
         "seed": config.seed,
@@ -255,6 +273,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         settings["sandbox"] = sandbox_settings(config.sandbox)
     if by_length(cfg):  # only when on: runs without them keep their fingerprints
         settings["by_length"] = {"select": cfg.select, "max_length_ratio": cfg.max_length_ratio}
+    if cfg.per_teacher:  # only when on: runs without it keep their fingerprints
+        settings["per_teacher"] = True
     if cfg.preference_pairs:  # only when on: runs without pairs keep their fingerprints
         settings["pairs"] = {"reasons": cfg.pair_reasons, "per_question": cfg.pairs_per_question,
                              "student_prompt": template_fingerprint(config.train.prompt),
@@ -267,8 +287,18 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         if config.student.chat_template_kwargs:
             settings["too_long"]["chat_template_kwargs"] = config.student.chat_template_kwargs
     base = digest(settings)
-    keys = {s.name: digest([base, file_digest(s)]) for s in list_shards(config.paths.samples)}
+    keys = {name: digest([base, *(file_digest(f) for f in files)]) for name, files in sample_shards(config).items()}
     return make_fingerprint({**settings, "inputs": keys})
+
+
+def sample_shards(config: RunConfig) -> dict[str, list[Path]]:
+    """generate's shards by name: one file each, or with several teachers one per teacher (each teacher cuts the
+    same questions into the same shards), which are judged together."""
+    groups: dict[str, list[Path]] = {}
+    for run in config.teacher_runs():
+        for shard in list_shards(run.paths.samples):
+            groups.setdefault(shard.name, []).append(shard)
+    return dict(sorted(groups.items()))
 
 
 def answer_rules(config: RunConfig) -> dict[str, Any]:
@@ -297,26 +327,27 @@ def contamination_index(config: RunConfig) -> frozenset[int]:
     return build_contamination_index(texts, config.filter.decontamination_ngram)
 
 
-def filter_shards(config: RunConfig, shards: list[Path], keys: dict[str, str]) -> None:
-    """Filter the shards in worker processes (or in this one for num_workers <= 1), with a progress bar."""
+def filter_shards(config: RunConfig, shards: list[list[Path]], keys: dict[str, str]) -> None:
+    """Filter the shards (each its teachers' files) in worker processes (or in this one for num_workers <= 1),
+    with a progress bar."""
     from tqdm import tqdm
 
     contamination = contamination_index(config)
     workers = min(config.filter.num_workers, len(shards))
     if workers <= 1:
         ctx = make_context(config, contamination)
-        for shard in tqdm(shards, desc="filter shards", unit="shard"):
-            filter_shard(shard, config.paths, keys[shard.name], ctx)
+        for files in tqdm(shards, desc="filter shards", unit="shard"):
+            filter_shard(files, config.paths, keys[files[0].name], ctx)
         return
     # spawn, not fork: the parent may hold a vLLM engine's threads (cotdistill run).
     with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config, contamination)) as pool:
-        jobs = [(shard, config.paths, keys[shard.name]) for shard in shards]
+        jobs = [(files, config.paths, keys[files[0].name]) for files in shards]
         for _ in tqdm(pool.imap_unordered(_filter_shard_job, jobs), total=len(jobs), desc="filter shards",
                       unit="shard"):
             pass
 
 
-def _filter_shard_job(job: tuple[Path, RunPaths, str]) -> dict[str, Any]:
+def _filter_shard_job(job: tuple[list[Path], RunPaths, str]) -> dict[str, Any]:
     return filter_shard(*job)
 
 
@@ -324,7 +355,8 @@ def filter_corpus(config: RunConfig) -> dict[str, Any]:
     """The stage's work: judge every generate shard not yet judged under its key, then the summary."""
     paths = config.paths
     finished_summary(config, "generate")
-    shards = list_shards(paths.samples)
+    groups = sample_shards(config)
+    shards = [files[0] for files in groups.values()]  # named as every teacher's shard of that name is
     if not shards:
         raise RuntimeError(f"{paths.generate}: generate wrote no sample shards; there is nothing to filter")
     keys = fingerprint(config)["settings"]["inputs"]
@@ -336,7 +368,7 @@ def filter_corpus(config: RunConfig) -> dict[str, Any]:
     todo = [s for s in shards if not _is_filtered(s, paths, keys[s.name])]
     if todo:
         logger.info("filter: %d of %d shards to judge", len(todo), len(shards))
-        filter_shards(config, todo, keys)
+        filter_shards(config, [groups[s.name] for s in todo], keys)
     stats = summarize(paths, shards)
     write_text_atomic(audit_markdown(stats, paths, shards), paths.audit)
     write_text_atomic(dataset_card(config, stats), paths.accepted / "README.md")
@@ -350,7 +382,7 @@ def filter_corpus(config: RunConfig) -> dict[str, Any]:
 
 def shards_judged(config: RunConfig) -> bool:
     """Every generate shard judged under its key, and nothing else in the corpus."""
-    shards = list_shards(config.paths.samples)
+    shards = [files[0] for files in sample_shards(config).values()]
     keys = fingerprint(config)["settings"]["inputs"]
     return (bool(shards) and all(_is_filtered(s, config.paths, keys[s.name]) for s in shards)
             and not leftovers(config.paths, shards))

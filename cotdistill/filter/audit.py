@@ -49,6 +49,17 @@ def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
     code = [m["code"] for m in metas if "code" in m]
     if code:  # answer_format code: programs that passed their tests, and questions whose votes were pass / fail
         stats["code"] = {key: sum(c[key] for c in code) for key in code[0]}
+    teachers = [m["teachers"] for m in metas if "teachers" in m]
+    if teachers:  # several teachers: every count per teacher too
+        stats["teachers"] = {}
+        for per in teachers:
+            for name, counts in per.items():
+                total = stats["teachers"].setdefault(name, {"rationales": 0, "accepted": 0, "rejected": Counter()})
+                total["rationales"] += counts["rationales"]
+                total["accepted"] += counts["accepted"]
+                total["rejected"].update(counts["rejected"])
+        for total in stats["teachers"].values():
+            total["rejected"] = {reason: total["rejected"][reason] for reason in REASONS if total["rejected"][reason]}
     pairs = [(s, m["pairs"]) for s, m in zip(shards, metas) if "pairs" in m]
     if pairs:  # filter.preference_pairs: the pairs the dpo stage reads, from these files
         by_reason: Counter = Counter()
@@ -73,6 +84,13 @@ def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path]) -
     ]
     for reason, count in stats["rejected"].items():
         lines.append(f"| {reason} | {count:,} | {count / max(1, stats['rationales']):.1%} |")
+    if stats.get("teachers"):
+        lines += ["", "By teacher:", "", "| teacher | rationales | accepted | share | rejected by reason |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        for name, t in stats["teachers"].items():
+            lines.append(f"| {name} | {t['rationales']:,} | {t['accepted']:,} | "
+                         f"{t['accepted'] / max(1, t['rationales']):.1%} | "
+                         + (", ".join(f"{k} {v:,}" for k, v in t["rejected"].items()) or "-") + " |")
     lines += ["", "Questions by number of accepted rationales: "
               + ", ".join(f"{k}: {v}" for k, v in stats["questions_by_accepted_count"].items()), ""]
     rates = stats.get("pass_rate") or {}
@@ -134,6 +152,14 @@ def dataset_card(config: RunConfig, stats: dict[str, Any]) -> str:
     gen, cfg = config.generate, config.filter
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "decontaminate"}
     decontaminated = ", ".join(f"`{d.path}`" for d in cfg.decontaminate) or "none"
+    if config.teachers:  # each teacher, its model and what of its rationales was kept
+        counts = stats.get("teachers", {})
+        teachers = "\n".join(
+            f"  - `{t.name}`: `{t.model}`, {counts.get(t.name, {}).get('accepted', 0):,} accepted of "
+            f"{counts.get(t.name, {}).get('rationales', 0):,}" for t in config.teachers)
+        teacher_line = f"Teachers (rows tagged by `teacher_name`):\n{teachers}"
+    else:
+        teacher_line = f"Teacher: `{config.teacher.model}`"
     return f"""---
 configs:
 - config_name: default
@@ -152,7 +178,7 @@ size_categories:
 Chain-of-thought rationales sampled from a teacher and filtered by cotdistill, one row per rationale
 (schema `FILTERED_SCHEMA` in `cotdistill/records.py`).
 
-- Teacher: `{config.teacher.model}`
+- {teacher_line}
 - Questions: `{config.data.path}` (split `{config.data.split}`), {stats["questions"]:,} questions
 - Prompt template: `{gen.prompt}`{f" with few-shot examples `{gen.examples}`" if gen.examples else ""}
 - Sampling: n={gen.num_samples}, temperature={gen.temperature}, top_p={gen.top_p}, top_k={gen.top_k},

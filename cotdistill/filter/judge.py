@@ -110,6 +110,7 @@ class QuestionRows:
     student_texts: list[str] | None = None  # what the student trains on, when not the rationale (reasoning)
     rationalized: list[bool | None] | None = None  # generate.rationalize: written with the gold as a hint
     reasonings: list[str | None] | None = None  # the reasoning kept apart from the rationale (a reasoning model)
+    teacher_names: list[str | None] | None = None  # with several teachers: which one wrote each
 
 
 @dataclass
@@ -304,14 +305,21 @@ def select(v: Verdicts, ctx: FilterContext, passed: int | None) -> None:
                 v.reject(i, "near_duplicate", SELECTION)
     survivors = v.running()
     cap = question_cap(cfg.max_per_question, cfg.min_per_question, cfg.difficulty, passed, len(v.ordinary))
-    if cap is not None and len(survivors) > cap:
+    # filter.per_teacher: the cap applies to each teacher's survivors; else to all of them together
+    names = v.rows.teacher_names if cfg.per_teacher and v.rows.teacher_names else None
+    pools = ({name: [i for i in survivors if names[i] == name] for name in dict.fromkeys(names[i] for i in survivors)}
+             if names else {None: survivors})
+    for teacher, pool in pools.items():
+        if cap is None or len(pool) <= cap:
+            continue
         if cfg.select == "random":  # seeded by question: the draw depends on no shard order nor worker count
-            drawn = set(random.Random(f"{ctx.seed}:{v.rows.question_id}").sample(survivors, cap))
+            seed = f"{ctx.seed}:{v.rows.question_id}" + (f":{teacher}" if teacher is not None else "")
+            drawn = set(random.Random(seed).sample(pool, cap))
         else:  # by length, ties to the lower sample index
-            ranked = sorted(survivors, key=lambda i: (lengths[i] * (1 if cfg.select == "shortest" else -1),
-                                                      v.rows.sample_indices[i]))
+            ranked = sorted(pool, key=lambda i: (lengths[i] * (1 if cfg.select == "shortest" else -1),
+                                                 v.rows.sample_indices[i]))
             drawn = set(ranked[:cap])
-        for i in survivors:
+        for i in pool:
             if i not in drawn:
                 v.reject(i, "over_max_per_question", SELECTION)
     survivors = v.running()
@@ -357,9 +365,11 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
     for row, qid in enumerate(qids):
         groups.setdefault(qid, []).append(row)
     cols = {name: table.column(name).to_pylist() for name in
-            ("question", "gold_answer", "sample_index", "rationale", "finish_reason", "reasoning", "rationalized")}
+            ("question", "gold_answer", "sample_index", "rationale", "finish_reason", "reasoning", "rationalized",
+             "teacher_name")}
     with_reasoning = any(r is not None for r in cols["reasoning"])
     with_hints = any(cols["rationalized"])
+    with_teachers = any(name is not None for name in cols["teacher_name"])
     choices = table.column("choices")
     extracted: list[str | None] = [None] * len(qids)
     correct: list[bool | None] = [None] * len(qids)
@@ -375,6 +385,7 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
             if with_reasoning else None,
             [cols["rationalized"][r] for r in rows] if with_hints else None,
             [cols["reasoning"][r] for r in rows] if with_reasoning else None,
+            [cols["teacher_name"][r] for r in rows] if with_teachers else None,
         ), ctx)
         for r, a, c, why in zip(rows, verdicts.extracted_answer, verdicts.is_correct, verdicts.filter_reason):
             extracted[r], correct[r], reasons[r], rates[r] = a, c, why, verdicts.pass_rate

@@ -60,7 +60,16 @@ def request_seed(base_seed: int, question_id: str) -> int:
 
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
-    """What the shards' contents depend on: data, teacher weights and engine, prompt, sampling, seed."""
+    """The stage's fingerprint: one teacher's (teacher_fingerprint), or with `teachers` each one's by name (adding a
+    teacher adds a key; each teacher's folder holds its own fingerprint, which refuses changed settings)."""
+    if config.teachers:
+        return make_fingerprint({"teachers": {run.teacher_name: teacher_fingerprint(run)["fingerprint"]
+                                              for run in config.teacher_runs()}})
+    return teacher_fingerprint(config)
+
+
+def teacher_fingerprint(config: RunConfig) -> dict[str, Any]:
+    """What one teacher's shards' contents depend on: data, teacher weights and engine, prompt, sampling, seed."""
     return make_fingerprint({
         "data": data_settings(config.data),
         "teacher": teacher_settings(config.teacher),
@@ -349,15 +358,51 @@ def rounds_stats(metas: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def shards_written(config: RunConfig) -> bool:
-    """Every shard the summary counts is on disk."""
+    """Every shard the summary counts is on disk (with `teachers`: every teacher's, under its fingerprint)."""
+    if config.teachers:
+        return all(TEACHER_STAGE.is_complete(run) for run in config.teacher_runs())
     stats = read_json_or_none(config.paths.generate / "stats.json")
     return stats is not None and len(list_shards(config.paths.samples)) == stats["shards"]
 
 
-STAGE = Stage(
-    name="generate", help="teacher rationales with vLLM -> runs/<run>/generate/samples/*.parquet",
-    fingerprint=fingerprint, outputs_complete=shards_written, work=generate,
+def generate_teachers(config: RunConfig, teacher: Teacher | None = None, part: tuple[int, int] | None = None,
+                      force: bool = False) -> dict[str, Any]:
+    """The stage's work: one teacher's (generate), or with `teachers` each one's in turn, each through the stage
+    runner in its own folder: a finished teacher is skipped, one whose settings changed refused (unless forced),
+    a new one generated; then the summed stats, with each teacher's under `teachers`."""
+    if not config.teachers:
+        return generate(config, teacher, part)
+    if teacher is not None:
+        raise ValueError("generate: a teacher built beforehand serves a run of one teacher, not `teachers`")
+    per_teacher = {}
+    for run in config.teacher_runs():
+        logger.info("generate: teacher %s (%s)", run.teacher_name, run.teacher.model)
+        per_teacher[run.teacher_name] = TEACHER_STAGE.run(run, force=force, **({"part": part} if part else {}))
+    if part is not None:
+        return {"teachers": per_teacher}
+    summed = ("rationales", "prompt_tokens", "completion_tokens", "generation_seconds", "truncated", "num_skipped",
+              "num_failed", "num_short", "retries")
+    stats = {"shards": max(s["shards"] for s in per_teacher.values()),
+             "questions": max(s["questions"] for s in per_teacher.values()),
+             **{key: sum(s[key] for s in per_teacher.values()) for key in summed},
+             "teachers": per_teacher}
+    write_json_atomic(stats, config.paths.generate / "stats.json")
+    logger.info("generate: %d rationales from %d teachers", stats["rationales"], len(per_teacher))
+    return stats
+
+
+# One teacher's generate, in its own folder: what a run of one teacher is, and each teacher of several.
+TEACHER_STAGE = Stage(
+    name="generate", help="one teacher's rationales", fingerprint=teacher_fingerprint, outputs_complete=shards_written,
+    work=generate,
     # Remaking teacher rationales costs hours or money: settings changed under finished shards stop the run.
     on_change="refuse",
+)
+STAGE = Stage(
+    name="generate", help="teacher rationales with vLLM -> runs/<run>/generate/samples/*.parquet",
+    fingerprint=fingerprint, outputs_complete=shards_written, work=generate_teachers, passes_force=True,
+    # One teacher: refused (above). Several: a teacher added or removed changes only the list; each teacher's
+    # folder refuses its own changed settings.
+    on_change=lambda config: "keep" if config.teachers else "refuse",
 )
 run, is_complete = STAGE.run, STAGE.is_complete

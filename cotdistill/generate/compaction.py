@@ -72,6 +72,7 @@ class Pending:
                 round=self.round if gen.adaptive is not None else None,
                 rationalized=self.rationalize if gen.rationalize else None, hint_prompt_text=self.hint_prompt_text,
                 reasoning_tokens=c.reasoning_tokens, reasoning_budget_hit=c.budget_hit,
+                teacher_name=config.teacher_name,
             ))
             if c.topk_ids is not None:  # journaled compactly; compact() turns them into the Parquet columns
                 row.update(completion_token_ids=c.token_ids, logprobs_context="teacher",

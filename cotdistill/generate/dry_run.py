@@ -13,6 +13,13 @@ from cotdistill.teachers import render_prompt
 
 
 def dry_run(config: RunConfig) -> dict[str, Any]:
+    """teacher_plan for each teacher (one, or each of `teachers`), summed."""
+    plans = [teacher_plan(run) for run in config.teacher_runs()]
+    return {key: round(sum(p.get(key, 0) for p in plans), 4) if key == "max_estimated_cost"
+            else sum(p.get(key, 0) for p in plans) for key in dict.fromkeys(k for p in plans for k in p)}
+
+
+def teacher_plan(config: RunConfig) -> dict[str, Any]:
     """What generate would send, counted before anything is sent and without starting an engine: the requests,
     the prompt tokens (counted with the teacher's tokenizer), the most completion tokens they can return, and
     with prices in the config, the estimated cost. Shards already finished and questions already journaled
