@@ -23,9 +23,8 @@ from typing import Any
 from cotdistill.config import RunConfig
 from cotdistill.fingerprints import file_digest, folder_digest, make_fingerprint, upstream
 from cotdistill.models import is_adapter, merge_adapter
-from cotdistill.shards import write_text_atomic
 from cotdistill.stages import Stage, finished_summary
-from cotdistill.training import BOOKKEEPING, save_final_model, train_resuming, trainer_args
+from cotdistill.training import BOOKKEEPING, finish, run_stats, train_resuming, trainer_args
 
 logger = logging.getLogger(__name__)
 
@@ -107,21 +106,12 @@ def train_dpo(config: RunConfig) -> dict[str, Any]:
         "started_from": start,
         "pairs": len(trainer.train_dataset),
         "pairs_dropped_prompt_over_max_length": dropped,
-        "global_steps": result.global_step,
-        "resumed_from_checkpoint": checkpoint.name if checkpoint is not None else None,
-        "resumed_from_step": steps.start_step,
-        "steps_this_run": steps.count,
-        "train_loss": result.training_loss,
+        **run_stats(result, checkpoint, steps),
         # the last logged share of pairs whose chosen side the policy prefers more than the reference does
         "rewards_accuracy": logged[-1]["rewards/accuracies"] if logged else None,
-        "train_runtime_s": result.metrics.get("train_runtime"),
     }
     merge = config.train.peft is not None and config.train.merge_adapter
-    if not save_final_model(trainer, paths.dpo_model, merge, model_card(config, stats)):
-        return {}  # not rank 0
-    write_text_atomic(json.dumps(stats, indent=2) + "\n", paths.dpo / "stats.json")  # last: the stage is done
-    logger.info("dpo: saved %s (%s)", paths.dpo_model, stats)
-    return stats
+    return finish(trainer, paths.dpo_model, merge, model_card(config, stats), stats)
 
 
 def model_card(config: RunConfig, stats: dict[str, Any]) -> str:

@@ -27,9 +27,9 @@ from cotdistill.fingerprints import make_fingerprint, model_fingerprint, templat
 from cotdistill.models import resolve_model
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import student_text
-from cotdistill.shards import list_shards, read_json_or_none, write_text_atomic
+from cotdistill.shards import list_shards, read_json_or_none
 from cotdistill.stages import Stage, finished_summary
-from cotdistill.training import BOOKKEEPING, save_final_model, trainer_args, train_resuming
+from cotdistill.training import BOOKKEEPING, finish, run_stats, train_resuming, trainer_args
 
 logger = logging.getLogger(__name__)
 
@@ -187,19 +187,10 @@ def train_student(config: RunConfig) -> dict[str, Any]:
             "adapter" if config.train.peft is not None else None),
         "examples": len(trainer.train_dataset),
         "examples_dropped_prompt_over_max_length": dropped,
-        "global_steps": result.global_step,
-        "resumed_from_checkpoint": checkpoint.name if checkpoint is not None else None,
-        "resumed_from_step": steps.start_step,  # as the trainer loaded it, not as the folder name claims
-        "steps_this_run": steps.count,
-        "train_loss": result.training_loss,
-        "train_runtime_s": result.metrics.get("train_runtime"),
+        **run_stats(result, checkpoint, steps),
     }
     merge = config.train.peft is not None and config.train.merge_adapter
-    if not save_final_model(trainer, paths.trained_model, merge, model_card(config, stats)):
-        return {}  # not rank 0
-    write_text_atomic(json.dumps(stats, indent=2) + "\n", paths.train / "stats.json")  # last: the stage is done
-    logger.info("train: saved %s (%s)", paths.trained_model, stats)
-    return stats
+    return finish(trainer, paths.trained_model, merge, model_card(config, stats), stats)
 
 
 def model_card(config: RunConfig, stats: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cotdistill.shards import replace_dir_atomic
+from cotdistill.shards import replace_dir_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,28 @@ def trainer_args(cls: type, fields: dict[str, Any], output_dir: Path, seed: int,
         return cls(**{**defaults, **fields, "output_dir": str(output_dir)})
     except TypeError as e:
         raise ValueError(f"{section}: {e}") from None
+
+
+def run_stats(result: Any, checkpoint: Path | None, steps: Any) -> dict[str, Any]:
+    """What one training invocation did (train_resuming's results), for the stage's stats.json."""
+    return {
+        "global_steps": result.global_step,
+        "resumed_from_checkpoint": checkpoint.name if checkpoint is not None else None,
+        "resumed_from_step": steps.start_step,  # as the trainer loaded it, not as the folder name claims
+        "steps_this_run": steps.count,
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+    }
+
+
+def finish(trainer: Any, target: Path, merge_adapter: bool, card: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """The final model swapped into `target` (save_final_model), then the stage's stats.json beside it, last: the
+    stage is done. Returns the stats on rank 0, {} on the others."""
+    if not save_final_model(trainer, target, merge_adapter, card):
+        return {}
+    write_text_atomic(json.dumps(stats, indent=2) + "\n", target.parent / "stats.json")
+    logger.info("%s: saved %s (%s)", target.parent.name, target, stats)
+    return stats
 
 
 def save_final_model(trainer: Any, target: Path, merge_adapter: bool, card: str) -> bool:

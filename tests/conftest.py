@@ -105,6 +105,13 @@ def tiny_config_dict(tmp_path: Path, model: Path, questions: Path, test_question
     }
 
 
+def set_dotted(data: dict, changes: dict) -> None:
+    """{"section.key": value, ...} into a config mapping (a test's variations of tiny_config_dict)."""
+    for key, value in changes.items():
+        section, _, field = key.partition(".")
+        data[section][field] = value
+
+
 PARROT_ANSWER = "We count them all. The answer is 7."
 
 

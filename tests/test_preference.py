@@ -16,7 +16,7 @@ from cotdistill.fingerprints import make_fingerprint, write_fingerprint
 from cotdistill.prompts import PromptTemplate
 from cotdistill.records import FILTERED_SCHEMA, PAIR_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
 from cotdistill.shards import read_json, write_json_atomic, write_parquet_atomic
-from tests.conftest import tiny_config_dict
+from tests.conftest import set_dotted, tiny_config_dict
 
 
 def sample(qid: str, index: int, rationale: str, question: str = "", gold: str | None = None, **judged) -> Sample:
@@ -67,9 +67,7 @@ def run_config(tmp_path, model, **changes):
     data["dpo"] = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "learning_rate": 1e-3,
                    "save_steps": 1, "logging_steps": 1, "beta": 0.1}
     data["evaluate"].update(models=["student", "student_dpo"], num_samples=2, greedy=False)
-    for key, value in changes.items():
-        section, _, field = key.partition(".")
-        data[section][field] = value
+    set_dotted(data, changes)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(path)

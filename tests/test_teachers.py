@@ -13,7 +13,7 @@ import yaml
 
 from cotdistill.config import ConfigError, dump_config, load_config
 from cotdistill.stages import SettingsChanged
-from tests.conftest import TINY_ENGINE, tiny_config_dict
+from tests.conftest import TINY_ENGINE, set_dotted, tiny_config_dict
 
 
 def teachers_config(tmp_path, teachers: list[dict], **changes):
@@ -25,9 +25,7 @@ def teachers_config(tmp_path, teachers: list[dict], **changes):
     data["teachers"] = [{"engine": dict(TINY_ENGINE), **t} for t in teachers]
     data["generate"].update(num_samples=2)
     data["filter"] = {"answer_format": "number", "near_duplicates": False}
-    for key, value in changes.items():
-        section, _, field = key.partition(".")
-        data[section][field] = value
+    set_dotted(data, changes)
     path = tmp_path / "teachers.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(path)

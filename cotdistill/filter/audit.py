@@ -148,6 +148,12 @@ def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path]) -
     return "\n".join(lines) + "\n"
 
 
+def card_header(tags: list[str]) -> str:
+    """A dataset card's YAML header, up to its tags: every Parquet file of the folder is the train split."""
+    return ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: \"*.parquet\"\ntags:\n"
+            + "".join(f"- {tag}\n" for tag in tags))
+
+
 def dataset_card(config: RunConfig, stats: dict[str, Any]) -> str:
     gen, cfg = config.generate, config.filter
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "decontaminate"}
@@ -160,17 +166,7 @@ def dataset_card(config: RunConfig, stats: dict[str, Any]) -> str:
         teacher_line = f"Teachers (rows tagged by `teacher_name`):\n{teachers}"
     else:
         teacher_line = f"Teacher: `{config.teacher.model}`"
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: "*.parquet"
-tags:
-- cotdistill
-- chain-of-thought
-- distillation
-size_categories:
+    return card_header(["cotdistill", "chain-of-thought", "distillation"]) + f"""size_categories:
 - {"n<1K" if stats["accepted"] < 1000 else "1K<n<10K" if stats["accepted"] < 10000 else "10K<n<100K" if stats["accepted"] < 100000 else "n>100K"}
 ---
 # {config.run_name}: filtered teacher rationales
@@ -196,17 +192,7 @@ def pairs_card(config: RunConfig, stats: dict[str, Any]) -> str:
     """filter/pairs/README.md: what the preference pairs are and how they were drawn."""
     cfg, pairs = config.filter, stats["pairs"]
     reasons = ", ".join(f"{k} {v:,}" for k, v in pairs["by_reason"].items()) or "none"
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: "*.parquet"
-tags:
-- cotdistill
-- dpo
-- preference
----
+    return card_header(["cotdistill", "dpo", "preference"]) + f"""---
 # {config.run_name}: preference pairs from filtered teacher rationales
 
 Chosen/rejected pairs in TRL's conversational preference format (`prompt`, `chosen`, `rejected`; schema
