@@ -903,6 +903,15 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
         yield "dpo", "trains on the filter's preference pairs: set filter.preference_pairs: true"
     if "student_dpo" in config.evaluate.models and config.dpo is None:
         yield "evaluate.models", "student_dpo is the dpo stage's model, and there is no dpo: section"
+    for i, run in enumerate(config.teacher_runs()):  # vLLM refuses n > 1 at temperature 0: every request would fail
+        if run.teacher.backend != "openai" and run.generate.temperature == 0 and run.generate.num_samples > 1:
+            yield ("generate.temperature" if not config.teachers or config.teachers[i].temperature is None
+                   else f"teachers[{i}].temperature"), (
+                f"0 samples greedily, and vLLM refuses n > 1 with greedy sampling ({run.generate.num_samples} copies "
+                "of one text): use a temperature above 0, or num_samples 1")
+    if config.evaluate.temperature == 0 and config.evaluate.num_samples > 1:
+        yield "evaluate.temperature", ("0 samples greedily, and vLLM refuses n > 1 with greedy sampling: K samples "
+                                       "need a temperature above 0 (evaluate.greedy adds the greedy answer)")
     yield from code_rules(config)
     budgets = [("generate.max_reasoning_tokens", run.generate.max_reasoning_tokens,
                 "teacher" if not config.teachers else f"teachers[{i}]", run.teacher)

@@ -118,6 +118,9 @@ def test_one_teacher_keeps_its_fingerprint_and_rows(tmp_path, tiny_model):
     ({"train": {"loss": "kd"}}, "train.loss: kd with several teachers"),
     ({"evaluate": {"models": ["teacher", "b", "c"]}}, "evaluate.models: unknown value 'c'"),
     ({"teachers": [{"name": "a", "num_samples": 0}]}, r"teachers\[0\].num_samples"),
+    ({"teachers": [{"name": "a"}, {"name": "b", "temperature": 0.0}]}, r"teachers\[1\].temperature: 0 samples"),
+    ({"generate": {"temperature": 0.0}}, "generate.temperature: 0 samples greedily"),
+    ({"evaluate": {"temperature": 0.0}}, "evaluate.temperature: 0 samples greedily"),
 ])
 def test_teachers_settings_are_checked_at_load(tmp_path, tiny_model, change, key):
     data = tiny_config_dict(tmp_path, tiny_model, tmp_path / "q.jsonl")
