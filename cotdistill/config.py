@@ -53,6 +53,7 @@ SANDBOX_EXECUTORS = ("local", "piston")  # sandbox.executor
 LABEL_PAIR_REASONS = ("wrong", "tests_failed", "runtime_error", "exec_timeout", "memory_limit", "output_limit")
 PAIR_REASONS = (*LABEL_PAIR_REASONS, "truncated", "unfinished_reasoning", "unparseable", "ambiguous", "degenerate",
                 "no_code", "syntax_error", "overlong")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # a teacher's or an extra model's name: it names files and folders
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # in a variable's name: never written into a run's files
 
 
@@ -289,7 +290,7 @@ class TeacherEntryConfig(ModelConfig):
 
     def rules(self) -> Iterator[tuple[str, str]]:
         yield from super().rules()
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+        if not re.fullmatch(NAME_PATTERN, self.name):
             yield "name", (f"{self.name!r}: every teacher needs a name of letters, digits, '_', '.' and '-' (it "
                            "names its folder and its rows)")
 
@@ -572,7 +573,7 @@ class EvaluateConfig:
         for name in self.extra_models:
             if name in EVAL_MODELS or name in self.stored:
                 yield f"extra_models.{name}", "is the name of a run's model or of a stored set; name it differently"
-            elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            elif not re.fullmatch(NAME_PATTERN, name):
                 yield f"extra_models.{name}", "names files in evaluate/: letters, digits, '_', '.' and '-' only"
 
 
@@ -655,7 +656,13 @@ class RunConfig:
 
     def teacher_runs(self) -> list[RunConfig]:
         """One run per teacher: for_teacher of each of `teachers`, or this run itself for a single teacher."""
-        return [self.for_teacher(t.name) for t in self.teachers] if self.teachers else [self]
+        return [run for _, run in self.keyed_teacher_runs()]
+
+    def keyed_teacher_runs(self) -> list[tuple[str, RunConfig]]:
+        """teacher_runs, each with the key its settings are written under: "teacher", or "teachers[i]"."""
+        if not self.teachers:
+            return [("teacher", self)]
+        return [(f"teachers[{i}]", self.for_teacher(t.name)) for i, t in enumerate(self.teachers)]
 
     def student_base(self) -> str:
         """What the student trains from (and base_student is): the pruned model with student.prune, else
@@ -807,8 +814,8 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
     for key, d in data:
         if d is not None and looks_local(d.path) and not local_files(d.path):
             yield f"{key}.path", f"no such file or folder: {d.path}"
-    models = [("teacher", config.teacher) if not config.teachers else ("teachers[0]", config.teacher),
-              *((f"teachers[{i}]", t) for i, t in enumerate(config.teachers[1:], 1)), ("student", config.student),
+    teachers = config.keyed_teacher_runs()
+    models = [*((key, run.teacher) for key, run in teachers), ("student", config.student),
               *((f"evaluate.extra_models.{name}", m) for name, m in config.evaluate.extra_models.items())]
     for key, m in models:
         name = m.model  # a served model's `model` is the server's name for it, not a local path
@@ -830,8 +837,8 @@ def check_references(config: RunConfig) -> Iterator[tuple[str, str]]:
 
     gen = config.generate
     templates = [("generate.prompt", gen.prompt, gen.examples), ("train.prompt", config.train.prompt, None)]
-    templates += [(f"teachers[{i}].prompt", t.prompt or gen.prompt, t.examples or gen.examples)
-                  for i, t in enumerate(config.teachers) if t.prompt or t.examples]
+    templates += [(f"{key}.prompt", run.generate.prompt, run.generate.examples)
+                  for key, run in teachers if run.teacher_name and (run.teacher.prompt or run.teacher.examples)]
     if gen.rationalize:
         templates.append(("generate.rationalize_prompt", gen.rationalize_prompt, gen.examples))
     for key, name, examples in templates:
@@ -903,19 +910,18 @@ def cross_section_rules(config: RunConfig) -> Iterator[tuple[str, str]]:
         yield "dpo", "trains on the filter's preference pairs: set filter.preference_pairs: true"
     if "student_dpo" in config.evaluate.models and config.dpo is None:
         yield "evaluate.models", "student_dpo is the dpo stage's model, and there is no dpo: section"
-    for i, run in enumerate(config.teacher_runs()):  # vLLM refuses n > 1 at temperature 0: every request would fail
+    for key, run in config.keyed_teacher_runs():  # vLLM refuses n > 1 at temperature 0: every request would fail
         if run.teacher.backend != "openai" and run.generate.temperature == 0 and run.generate.num_samples > 1:
-            yield ("generate.temperature" if not config.teachers or config.teachers[i].temperature is None
-                   else f"teachers[{i}].temperature"), (
+            yield (f"{key}.temperature" if getattr(run.teacher, "temperature", None) is not None
+                   else "generate.temperature"), (
                 f"0 samples greedily, and vLLM refuses n > 1 with greedy sampling ({run.generate.num_samples} copies "
                 "of one text): use a temperature above 0, or num_samples 1")
     if config.evaluate.temperature == 0 and config.evaluate.num_samples > 1:
         yield "evaluate.temperature", ("0 samples greedily, and vLLM refuses n > 1 with greedy sampling: K samples "
                                        "need a temperature above 0 (evaluate.greedy adds the greedy answer)")
     yield from code_rules(config)
-    budgets = [("generate.max_reasoning_tokens", run.generate.max_reasoning_tokens,
-                "teacher" if not config.teachers else f"teachers[{i}]", run.teacher)
-               for i, run in enumerate(config.teacher_runs())]
+    budgets = [("generate.max_reasoning_tokens", run.generate.max_reasoning_tokens, key, run.teacher)
+               for key, run in config.keyed_teacher_runs()]
     budgets += [("evaluate.max_reasoning_tokens", config.evaluate.max_reasoning_tokens, name, model)
                 for name, model in (("teacher", config.teacher), ("student", config.student))
                 if name in config.evaluate.models or (name == "student" and {"base_student", "student_dpo"}

@@ -75,13 +75,14 @@ def eval_models(config: RunConfig) -> list[EvalModel]:
     paths, pruned, student = config.paths, config.student.prune is not None, config.student
     trained = tuple(student.reasoning_delimiters or ()) or delimiters_of(config.train.reasoning_format)
     runs = {run.teacher_name: run for run in config.teacher_runs()}  # {None: config} for a single teacher
+    first = next(iter(runs.values()))
 
     def teacher(name: str, run: RunConfig) -> EvalModel:  # asked with its own generate prompt
         return EvalModel(name, run.teacher, None, PromptTemplate(run.generate.prompt, run.generate.examples),
                          delimiters=run.teacher.delimiters())
 
     known = {
-        "teacher": lambda: teacher("teacher", next(iter(runs.values()))),  # with several: the first
+        "teacher": lambda: teacher("teacher", first),  # with several: the first
         **{name: (lambda name=name: teacher(name, runs[name])) for name in runs if name is not None},
         # With student.prune, the base student is the pruned model, untrained.
         "base_student": lambda: EvalModel(
@@ -93,7 +94,6 @@ def eval_models(config: RunConfig) -> list[EvalModel]:
         "student_dpo": lambda: EvalModel("student_dpo", student, str(paths.dpo_model),
                                          PromptTemplate(config.train.prompt), "dpo", trained or student.delimiters()),
     }
-    first = next(iter(runs.values()))
     teacher_prompt = PromptTemplate(first.generate.prompt, first.generate.examples)
     extra = [EvalModel(name, m, None, teacher_prompt if m.prompt == "teacher" else PromptTemplate(config.train.prompt),
                        delimiters=m.delimiters()) for name, m in config.evaluate.extra_models.items()]
