@@ -20,7 +20,7 @@ import json
 import logging
 from typing import Any
 
-from cotdistill.config import RunConfig
+from cotdistill.config import ConfigError, RunConfig
 from cotdistill.fingerprints import file_digest, folder_digest, make_fingerprint, upstream
 from cotdistill.models import is_adapter, merge_adapter
 from cotdistill.stages import Stage, finished_summary
@@ -32,10 +32,13 @@ logger = logging.getLogger(__name__)
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """What the DPO student depends on: the pairs (the filter's outputs), the SFT student (train's fingerprint),
     DPOConfig, LoRA, the seed."""
+    if config.dpo is None:  # `cotdistill dpo` on a config without the stage
+        raise ConfigError("dpo is not set: there is nothing to train by DPO; add a dpo: section (trl.DPOConfig "
+                          "fields, e.g. {beta: 0.1}) and filter.preference_pairs: true")
     return make_fingerprint({
         "filter": upstream(config.paths.filter),
         "train": upstream(config.paths.train),
-        "dpo": {k: v for k, v in (config.dpo or {}).items() if k not in BOOKKEEPING},
+        "dpo": {k: v for k, v in config.dpo.items() if k not in BOOKKEEPING},
         "peft": config.train.peft, "merge_adapter": config.train.merge_adapter if config.train.peft else None,
         "seed": config.seed,
         **({"chat_template_kwargs": config.student.chat_template_kwargs}
@@ -86,7 +89,7 @@ def train_dpo(config: RunConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(start)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    args = trainer_args(DPOConfig, config.dpo or {}, paths.dpo_checkpoints, config.seed, "dpo")
+    args = trainer_args(DPOConfig, config.dpo, paths.dpo_checkpoints, config.seed, "dpo")
     dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(start, dtype=dtype)
     peft_config = None

@@ -191,3 +191,16 @@ def test_an_unknown_dpo_field_is_refused_before_any_stage(tmp_path, tiny_model):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="dpo: unknown DPOConfig field 'betta'"):
         preflight(load_config(path), ["dpo"])
+
+
+def test_the_dpo_command_without_a_dpo_section_says_so(tmp_path, tiny_model, caplog):
+    from cotdistill.cli import main
+
+    data = tiny_config_dict(tmp_path, tiny_model, tmp_path / "q.jsonl")
+    (tmp_path / "q.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as stopped:
+        main(["dpo", str(path)])
+    assert stopped.value.code == 2 and not (tmp_path / "runs" / "tiny" / "dpo").exists()
+    assert "dpo is not set" in caplog.text
