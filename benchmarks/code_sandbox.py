@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/code_sandbox.py [--workers 2]
     .venv/bin/python benchmarks/code_sandbox.py --smoke     # 8 problems: the same steps in seconds
 
-Verifies, `--workers` sandboxes at a time (cotdistill.code_answers.check_many), HumanEval's 164 canonical
+Verifies, `--workers` sandboxes at a time (cotdistill.verify.code.check_many), HumanEval's 164 canonical
 solutions (prompt + canonical_solution) and one mutant of each. The mutant rule: the entry point's body replaced
 by `return None` (the prompt, which ends with the entry point's signature and docstring, then `    return None`).
 Every canonical solution should pass and every mutant fail.
@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill.code_answers import LocalExecutor, check_many, humaneval_tests, read_humaneval  # noqa: E402
-from cotdistill.sandbox import Limits, isolation_problem, run_python  # noqa: E402
+from cotdistill.verify.code import LocalExecutor, check_many, humaneval_tests, read_humaneval  # noqa: E402
+from cotdistill.verify.sandbox import Limits, isolation_problem, run_python  # noqa: E402
 
 
 def mean_ms(run, times: int) -> float:

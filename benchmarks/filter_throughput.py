@@ -11,7 +11,7 @@ with rationales_per_s_exact, rationales_per_s_near_dup and peak_rss_mb.
 Targets on 2 cores: >= 50,000/s without near duplicates, >= 10,000/s with them, peak RSS <= 1,500 MB.
 `--smoke` runs the same steps on 2,000 rationales (tests/test_benchmarks.py): its figures say only that it runs.
 
-Rows are built as cotdistill.records.Sample and written with every SAMPLE_SCHEMA column, so a column added to the
+Rows are built as cotdistill.core.records.Sample and written with every SAMPLE_SCHEMA column, so a column added to the
 schema later (with a default in Sample) cannot break this benchmark.
 """
 
@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO))
 
 import pyarrow as pa  # noqa: E402
 
-from cotdistill import filter as filter_stage  # noqa: E402
-from cotdistill.config import load_config  # noqa: E402
-from cotdistill.fingerprints import make_fingerprint, write_fingerprint  # noqa: E402
-from cotdistill.records import SAMPLE_SCHEMA, Sample  # noqa: E402
-from cotdistill.shards import shard_name, write_json_atomic, write_parquet_atomic  # noqa: E402
+from cotdistill.stages import filter as filter_stage  # noqa: E402
+from cotdistill.config.load import load_config  # noqa: E402
+from cotdistill.core.fingerprints import make_fingerprint, write_fingerprint  # noqa: E402
+from cotdistill.core.records import SAMPLE_SCHEMA, Sample  # noqa: E402
+from cotdistill.core.shards import shard_name, write_json_atomic, write_parquet_atomic  # noqa: E402
 
 SMOKE = {"rationales": 2_000, "questions_per_shard": 20}  # --smoke: 40 questions of 50 in 2 shards, 2 workers
 NAMES = ["Tom", "Mia", "Sam", "Ava", "Leo", "Zoe"]
@@ -129,7 +129,7 @@ def main() -> None:
                 "filter.max_per_question=null", "train.sft={max_length: null}",  # too_long off, as before
             ])
             started = time.perf_counter()
-            stats = filter_stage.run(config)
+            stats = filter_stage.STAGE.run(config)
             seconds = time.perf_counter() - started
             assert stats["rationales"] == total
             results[label] = total / seconds

@@ -31,12 +31,12 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill import generate  # noqa: E402
-from cotdistill.config import load_config  # noqa: E402
-from cotdistill.prompts import PromptTemplate  # noqa: E402
-from cotdistill.shards import read_json  # noqa: E402
-from cotdistill.sources import QuestionSource  # noqa: E402
-from cotdistill.teachers import render_prompt  # noqa: E402
+from cotdistill.stages import generate  # noqa: E402
+from cotdistill.config.load import load_config  # noqa: E402
+from cotdistill.core.prompts import PromptTemplate  # noqa: E402
+from cotdistill.core.shards import read_json  # noqa: E402
+from cotdistill.questions.sources import QuestionSource  # noqa: E402
+from cotdistill.teachers.base import render_prompt  # noqa: E402
 from cotdistill.teachers.vllm_local import VLLMTeacher, build_llm  # noqa: E402
 
 SMOKE = {"questions": 4, "num_samples": 2, "max_tokens": 16, "rounds": 1, "shards": 2}  # --smoke
@@ -61,7 +61,7 @@ def raw_generate(llm, config) -> tuple[int, float]:
 
 def stage_generate(llm, config) -> tuple[int, float]:
     started = time.perf_counter()
-    stats = generate.run(config, teacher=VLLMTeacher(llm, config.teacher.model))
+    stats = generate.STAGE.run(config, teacher=VLLMTeacher(llm, config.teacher.model))
     seconds = time.perf_counter() - started
     return stats["completion_tokens"], seconds
 

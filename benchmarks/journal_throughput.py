@@ -5,7 +5,7 @@
 
 generate appends one journal record per answered question (its samples, as the shards will hold them) and must
 not lose it when the process is killed. This appends `--questions` records of `--samples` rationales of
-`--chars` characters each (2,000 characters: about 500 tokens) with cotdistill.shards.Journal three ways, in
+`--chars` characters each (2,000 characters: about 500 tokens) with cotdistill.core.shards.Journal three ways, in
 this run, into a temporary folder beside the repository (local disk):
 
 - fsync_each: an fsync after every record (the journal before group commit);
@@ -31,13 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill.shards import JOURNAL_SYNC_INTERVAL_S, Journal  # noqa: E402
+from cotdistill.core.shards import JOURNAL_SYNC_INTERVAL_S, Journal  # noqa: E402
 
 MODES = {"fsync_each": 0.0, "grouped": JOURNAL_SYNC_INTERVAL_S, "no_fsync": float("inf")}
 
 
 def record(i: int, samples: int, chars: int) -> dict:
-    """A journal record shaped as generate writes it (cotdistill.generate.compaction.journal_record)."""
+    """A journal record shaped as generate writes it (cotdistill.stages.generate.compaction.journal_record)."""
     text = ("Step by step: 3 + 4 = 7, then 7 * 2 = 14. " * (chars // 40 + 1))[:chars]
     return {"question_id": f"q{i:08d}", "source_row": i + 1, "prompt_tokens": 120, "seconds": 0.5, "retries": 0,
             "skipped": None, "error": None, "missing": 0, "round": 1, "rationalize": False,

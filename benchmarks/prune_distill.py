@@ -40,10 +40,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill.cli import pipeline_stages  # noqa: E402
-from cotdistill.config import load_config  # noqa: E402
-from cotdistill.metrics import bootstrap_ci  # noqa: E402
-from cotdistill.shards import read_json  # noqa: E402
+from cotdistill.stages import pipeline  # noqa: E402
+from cotdistill.config.load import load_config  # noqa: E402
+from cotdistill.stages.evaluate.metrics import bootstrap_ci  # noqa: E402
+from cotdistill.core.shards import read_json  # noqa: E402
 
 PIPELINE = REPO / "pipelines" / "prune_distill_smollm2_cpu.yaml"
 SHARED = ("generate", "filter", "prune")  # what the SFT run takes from the KD run
@@ -59,16 +59,13 @@ SMOKE_OVERRIDES = ["generate.num_samples=2", "student.prune.calibration_samples=
 
 
 def run_stages(config, stages) -> float:
-    import importlib
-
     started = time.perf_counter()
     for stage in stages:
-        module = importlib.import_module(f"cotdistill.{stage}")
-        if module.is_complete(config):
-            logging.info("%s: %s up to date", config.run_name, stage)
+        if stage.is_complete(config):
+            logging.info("%s: %s up to date", config.run_name, stage.name)
             continue
-        logging.info("%s: %s", config.run_name, stage)
-        module.run(config)
+        logging.info("%s: %s", config.run_name, stage.name)
+        stage.run(config)
     return time.perf_counter() - started
 
 
@@ -79,8 +76,8 @@ def kl_to_teacher(models: dict[str, str], teacher: str, rationales: list[tuple[s
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotdistill.prompts import PromptTemplate
-    from cotdistill.teachers import render_prompt
+    from cotdistill.core.prompts import PromptTemplate
+    from cotdistill.teachers.base import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     template = PromptTemplate(prompt)
@@ -141,11 +138,11 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> None:
     sft = load_config(PIPELINE, [*common, "run_name=prune-distill-sft", "train.loss=sft", "evaluate.models=[student]"])
     os.chdir(REPO)  # the pipeline's data paths are relative to the repository
     started = time.perf_counter()
-    kd_seconds = run_stages(kd, pipeline_stages(kd))
+    kd_seconds = run_stages(kd, pipeline(kd))
     for stage in SHARED:
         if not sft.paths.stage(stage).exists():
             shutil.copytree(kd.paths.stage(stage), sft.paths.stage(stage))
-    sft_seconds = run_stages(sft, pipeline_stages(sft))
+    sft_seconds = run_stages(sft, pipeline(sft))
 
     kd_metrics = read_json(kd.paths.metrics)["models"]
     sft_metrics = read_json(sft.paths.metrics)["models"]
@@ -154,7 +151,7 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> None:
 
     import pyarrow.parquet as pq
 
-    from cotdistill.models import resolve_model
+    from cotdistill.models.resolve import resolve_model
 
     held_out = pq.read_table(kd.paths.eval_rows("teacher"), columns=["question", "samples"]).to_pylist()
     rationales = [(r["question"], s) for r in held_out for s in (r["samples"] or []) if s.strip()]

@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cotdistill.config import ModelConfig, RayConfig  # noqa: E402
-from cotdistill.teachers import Sampling, TeacherRequest  # noqa: E402
+from cotdistill.config.sections import ModelConfig
+from cotdistill.teachers.ray_pool import RayConfig  # noqa: E402
+from cotdistill.teachers.base import Sampling, TeacherRequest  # noqa: E402
 from cotdistill.teachers.ray_pool import RayPoolTeacher  # noqa: E402
 from tests.teacher_requests import zero_shot_requests  # noqa: E402
 
@@ -88,7 +89,7 @@ def main() -> None:
         for replicas in (1, 2):
             started = time.perf_counter()
             config = ModelConfig(model=args.model, backend="ray", engine=dict(CPU_ENGINE),
-                                 ray=RayConfig(replicas=replicas, num_cpus=1, num_gpus=0, chunk_size=args.chunk_size,
+                                 settings=RayConfig(replicas=replicas, num_cpus=1, num_gpus=0, chunk_size=args.chunk_size,
                                                chunks_per_actor=args.chunks_per_actor))
             pools[replicas] = RayPoolTeacher(config, seed=0)
             print(f"{replicas} replica(s) up in {time.perf_counter() - started:.1f} s")

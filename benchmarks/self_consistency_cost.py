@@ -5,7 +5,7 @@
 
 On one vLLM engine (SmolLM2-135M-Instruct) and the same test questions, it times
   - this project's evaluate core: one request of 16 samples per question, then maj@k for k = 1, 2, 4, 8, 16
-    as expected values over k-subsets (cotdistill.metrics), and
+    as expected values over k-subsets (cotdistill.stages.evaluate.metrics), and
   - the way tools that repeat the request per k do it: one pass of k samples per question for each k
     (1 + 2 + 4 + 8 + 16 = 31 samples per question), voting over each pass.
 Each pass starts with an empty prefix cache. The last line is a JSON object with both times and their ratio.
@@ -27,13 +27,14 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill.answers import get_answer_format  # noqa: E402
-from cotdistill.config import load_config  # noqa: E402
-from cotdistill.evaluate import evaluate_model, summarize_model  # noqa: E402
-from cotdistill.metrics import majority_vote  # noqa: E402
-from cotdistill.prompts import PromptTemplate  # noqa: E402
-from cotdistill.sources import QuestionSource  # noqa: E402
-from cotdistill.teachers import build_teacher, render_prompt  # noqa: E402
+from cotdistill.verify.answers import get_answer_format  # noqa: E402
+from cotdistill.config.load import load_config  # noqa: E402
+from cotdistill.stages.evaluate.scoring import evaluate_model, summarize_model  # noqa: E402
+from cotdistill.stages.evaluate.metrics import majority_vote  # noqa: E402
+from cotdistill.core.prompts import PromptTemplate  # noqa: E402
+from cotdistill.questions.sources import QuestionSource  # noqa: E402
+from cotdistill.teachers import build_teacher
+from cotdistill.teachers.base import render_prompt  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 SMOKE = {"questions": 2, "max_tokens": 16}  # --smoke

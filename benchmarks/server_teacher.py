@@ -27,9 +27,10 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill.config import ModelConfig, OpenAIConfig  # noqa: E402
-from cotdistill.models import resolve_model  # noqa: E402
-from cotdistill.teachers import TeacherRequest  # noqa: E402
+from cotdistill.config.sections import ModelConfig
+from cotdistill.teachers.openai_server import OpenAIConfig  # noqa: E402
+from cotdistill.models.resolve import resolve_model  # noqa: E402
+from cotdistill.teachers.base import TeacherRequest  # noqa: E402
 from tests.servers import start_vllm_server, stop_server  # noqa: E402
 from tests.teacher_requests import zero_shot_requests  # noqa: E402
 
@@ -83,7 +84,7 @@ def main() -> None:
     try:
         for concurrency in args.concurrency:
             config = ModelConfig(model=model_dir, engine=ENGINE, backend="openai",
-                                 openai=OpenAIConfig(base_url=base_url, max_concurrency=concurrency))
+                                 settings=OpenAIConfig(base_url=base_url, max_concurrency=concurrency))
             served = openai_server.build(config, seed=0)
             try:
                 tokens, seconds = timed(served, requests)

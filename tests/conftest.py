@@ -124,7 +124,7 @@ def build_parrot_llama(source: Path, target: Path, steps: int = 120) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from cotdistill.prompts import PromptTemplate
+    from cotdistill.core.prompts import PromptTemplate
 
     shutil.copytree(source, target)
     tokenizer = AutoTokenizer.from_pretrained(target)
@@ -142,7 +142,7 @@ def build_parrot_llama(source: Path, target: Path, steps: int = 120) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as demo_models does: this small, one thread is fastest, several on a busy machine slow
+    torch.set_num_threads(1)  # as models/tiny_thinker does: this small, one thread is fastest, several on a busy machine slow
     try:
         train_parrot(model, optimizer, examples, steps, tokenizer.pad_token_id)
     finally:
@@ -177,9 +177,9 @@ def parrot_model(tmp_path_factory, tiny_model) -> Path:
 def write_finished_filter(run_dir: Path, gsm8k_rows: list[dict]) -> None:
     """What a finished filter stage leaves for train, with GSM8K's own worked answers as the accepted corpus
     (so training has real rationales to learn): the accepted shard, stats naming it, and a fingerprint."""
-    from cotdistill.fingerprints import make_fingerprint, write_fingerprint
-    from cotdistill.records import FILTERED_SCHEMA, Sample, samples_to_table
-    from cotdistill.shards import write_json_atomic, write_parquet_atomic
+    from cotdistill.core.fingerprints import make_fingerprint, write_fingerprint
+    from cotdistill.core.records import FILTERED_SCHEMA, Sample, samples_to_table
+    from cotdistill.core.shards import write_json_atomic, write_parquet_atomic
 
     samples = [
         Sample(question_id=f"q{i}", sample_index=0, question=r["question"],

@@ -54,7 +54,7 @@ def main() -> None:
     if point == "generate-shard":
         import pyarrow.parquet as pq
 
-        import cotdistill.generate.compaction as stage  # where compact() writes the shard
+        import cotdistill.stages.generate.compaction as stage  # where compact() writes the shard
 
         real = stage.write_parquet_atomic
 
@@ -67,11 +67,11 @@ def main() -> None:
 
         stage.write_parquet_atomic = write_parquet_atomic
     elif point == "journal-append":
-        from cotdistill.shards import Journal
+        from cotdistill.core.shards import Journal
 
         die_after(Journal, "append")
     elif point == "filter-shard":
-        import cotdistill.filter as stage
+        import cotdistill.stages.filter as stage
 
         die_after(stage, "write_parquet_atomic")
     elif point == "train-checkpoint":
@@ -87,7 +87,7 @@ def main() -> None:
 
         torch.save = save
     elif point == "evaluate-model":
-        import cotdistill.evaluate as stage
+        import cotdistill.stages.evaluate as stage
 
         real = stage.write_json_atomic
 
@@ -98,7 +98,7 @@ def main() -> None:
 
         stage.write_json_atomic = write_json_atomic
     elif point == "prune-save":
-        import cotdistill.prune as stage
+        import cotdistill.stages.prune as stage
 
         def replace_dir_atomic(tmp_dir, final_dir):
             if due():
@@ -106,7 +106,7 @@ def main() -> None:
 
         stage.replace_dir_atomic = replace_dir_atomic
     elif point == "score-shard":
-        import cotdistill.score as stage
+        import cotdistill.stages.score as stage
 
         die_after(stage, "write_parquet_atomic")
     else:

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Iterator
 
-from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest
+from cotdistill.teachers.base import Completion, Finished, Sampling, TeacherRequest
 from cotdistill.teachers.ray_actor import EngineActor
 from cotdistill.teachers.ray_pool import RayPoolTeacher
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cotdistill.prompts import PromptTemplate
-from cotdistill.teachers import Sampling, TeacherRequest, render_prompt
+from cotdistill.core.prompts import PromptTemplate
+from cotdistill.teachers.base import Sampling, TeacherRequest, render_prompt
 
 
 def zero_shot_requests(tokenizer: Any, questions: list[str], prefix: str = "q", **sampling: Any) -> list[TeacherRequest]:

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill.config import AdaptiveEvalConfig, ConfigError, load_config
-from cotdistill.evaluate import adaptive_stop, score_row
-from cotdistill.report import format_table
-from cotdistill.stopping import (
-    beta_should_stop, leader_beats_runner_up, should_stop, window_should_stop,
-)
+from cotdistill.config.load import load_config
+from cotdistill.config.sections import AdaptiveEvalConfig
+from cotdistill.core.fields import ConfigError
+from cotdistill.stages.evaluate.report import format_table
+from cotdistill.stages.evaluate.scoring import adaptive_stop, score_row
+from cotdistill.verify.stopping import beta_should_stop, leader_beats_runner_up, should_stop, window_should_stop
 from tests.conftest import tiny_config_dict
 
 # --- the stopping rules ------------------------------------------------------------------------------------------
@@ -98,9 +98,9 @@ def test_adaptive_walk_window(answers, window, round_size, used, answer):
 
 
 def test_score_row_stores_the_adaptive_columns_and_groups_equivalent_answers():
-    from cotdistill.answers import get_answer_format
-    from cotdistill.records import Question
-    from cotdistill.teachers import Completion
+    from cotdistill.verify.answers import get_answer_format
+    from cotdistill.core.records import Question
+    from cotdistill.teachers.base import Completion
 
     fmt = get_answer_format("math")
     # 0.5 and \frac{1}{2} are one answer: four votes after the 4th sample, so the rule stops there.
@@ -135,9 +135,9 @@ def test_adaptive_settings_are_checked_at_load(tmp_path, settings, key):
 def test_evaluate_reports_adaptive_self_consistency(tmp_path, parrot_model, gsm8k_rows):
     """The parrot answers 7 to everything: each question's vote settles after 4 of its 8 samples (31/32 >= 0.95),
     right on the questions whose gold is 7. A stored model whose samples are hand-written has known outcomes."""
-    from cotdistill import evaluate
-    from cotdistill.records import EVAL_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
-    from cotdistill.shards import read_json, write_parquet_atomic
+    from cotdistill.stages import evaluate
+    from cotdistill.core.records import EVAL_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
+    from cotdistill.core.shards import read_json, write_parquet_atomic
 
     rows = [{"question": r["question"], "answer": "We count.\n#### 7"} for r in gsm8k_rows[:2]] + gsm8k_rows[2:4]
     questions = tmp_path / "test.jsonl"
@@ -159,7 +159,7 @@ def test_evaluate_reports_adaptive_self_consistency(tmp_path, parrot_model, gsm8
     path = tmp_path / "adaptive.yaml"
     path.write_text(yaml.safe_dump(data))
     config = load_config(path)
-    result = evaluate.run(config)
+    result = evaluate.STAGE.run(config)
     out = config.run_dir / "evaluate"
     metrics = read_json(out / "metrics.json")
     assert metrics["adaptive"] == {"rule": "beta", "confidence": 0.95, "window": 4, "round_size": 1}
@@ -195,16 +195,16 @@ def test_evaluate_reports_adaptive_self_consistency(tmp_path, parrot_model, gsm8
     report = (out / "report.md").read_text()
     assert "## Adaptive self-consistency" in report and "| hand |" in report
     assert "adapt" in format_table(result["models"])
-    assert evaluate.is_complete(config)
+    assert evaluate.STAGE.is_complete(config)
     # The adaptive settings key the stored rows: another confidence is scored again, and only then complete.
     changed = load_config(path, ["evaluate.adaptive.confidence=0.9"])
-    assert not evaluate.is_complete(changed)
+    assert not evaluate.STAGE.is_complete(changed)
 
 
 def stored_shard(path, rows):
     """A Sample shard of (question_id, sample_index, rationale, round, rationalized) rows; gold 7 throughout."""
-    from cotdistill.records import SAMPLE_SCHEMA, Sample, samples_to_table
-    from cotdistill.shards import write_parquet_atomic
+    from cotdistill.core.records import SAMPLE_SCHEMA, Sample, samples_to_table
+    from cotdistill.core.shards import write_parquet_atomic
 
     samples = [Sample(question_id=q, sample_index=i, question=f"question {q}", gold_answer="7", choices=None,
                       prompt_messages=[], prompt_text="", rationale=text, finish_reason="stop", prompt_tokens=1,
@@ -215,8 +215,8 @@ def stored_shard(path, rows):
 
 
 def test_stored_shards_leave_rationalized_rows_out(tmp_path):
-    from cotdistill.answers import get_answer_format
-    from cotdistill.evaluate import stored_rows
+    from cotdistill.verify.answers import get_answer_format
+    from cotdistill.stages.evaluate.scoring import stored_rows
 
     # Fixed N = 2 with rationalization: q2 got no correct sample, then two hinted ones that reach the gold.
     stored_shard(tmp_path, [("q1", 0, "The answer is 7", None, False), ("q1", 1, "The answer is 7", None, False),
@@ -230,8 +230,8 @@ def test_stored_shards_leave_rationalized_rows_out(tmp_path):
 
 
 def test_stored_adaptive_shards_are_refused_naming_why(tmp_path):
-    from cotdistill.answers import get_answer_format
-    from cotdistill.evaluate import stored_rows
+    from cotdistill.verify.answers import get_answer_format
+    from cotdistill.stages.evaluate.scoring import stored_rows
 
     stored_shard(tmp_path, [("q1", 0, "The answer is 7", 1, None),
                             ("q2", 0, "The answer is 5", 1, None), ("q2", 1, "The answer is 7", 2, None)])

@@ -14,14 +14,16 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from cotdistill import generate
-from cotdistill.answers import get_answer_format
-from cotdistill.config import ConfigError, FilterConfig, load_config
-from cotdistill.filter import FilterContext, judge_table
-from cotdistill.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
-from cotdistill.shards import read_json, read_shards
-from cotdistill.stages import SettingsChanged
-from cotdistill.teachers import Completion, Finished
+from cotdistill.config.load import load_config
+from cotdistill.config.sections import FilterConfig
+from cotdistill.core.fields import ConfigError
+from cotdistill.core.records import SAMPLE_SCHEMA, Question, Sample, samples_to_table
+from cotdistill.core.shards import read_json, read_shards
+from cotdistill.stages import generate
+from cotdistill.stages.base import SettingsChanged
+from cotdistill.stages.filter.phases import FilterContext, judge_table
+from cotdistill.teachers.base import Completion, Finished
+from cotdistill.verify.answers import get_answer_format
 from tests.conftest import REPO, tiny_config_dict
 
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -98,7 +100,7 @@ def test_questions_close_in_the_round_their_script_says(tmp_path):
     config = scripted_config(tmp_path, {"A": "7", "B": "7", "C": "7"}, [
         "generate.adaptive.round_size=2", "generate.adaptive.target_correct=2"])
     teacher = ScriptedTeacher(script)
-    stats = generate.run(config, teacher=teacher)
+    stats = generate.STAGE.run(config, teacher=teacher)
     rows = rows_by_question(config)
     expected = {"A": (2, 4), "B": (3, 6), "C": (4, 8)}  # rounds, samples
     for q, (rounds, samples) in expected.items():
@@ -127,7 +129,7 @@ def test_a_crash_inside_a_round_resumes_where_the_journal_stops(tmp_path):
     config = scripted_config(tmp_path, {"A": "7", "B": "7", "C": "7"}, overrides)
     dying = ScriptedTeacher(script, crash_after=4)
     with pytest.raises(RuntimeError, match="the teacher died"):
-        generate.run(config, teacher=dying)
+        generate.STAGE.run(config, teacher=dying)
     journal = config.run_dir / "generate" / "journal" / "00000.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
     assert [json.loads(line)["round"] for line in lines] == [1, 1, 2]  # A, B in round 1 and A's round 2
@@ -135,7 +137,7 @@ def test_a_crash_inside_a_round_resumes_where_the_journal_stops(tmp_path):
         f.write(lines[0])  # the same record twice: counted once
     again = ScriptedTeacher(script)
     again.given = Counter(dying.given)
-    stats = generate.run(config, teacher=again)
+    stats = generate.STAGE.run(config, teacher=again)
     # Left to send: B's rounds 2-3 (A closed in round 2), C's rounds 2-4 (its round 1 is in shard 1's journal).
     assert Counter(q for q, _, _ in again.sent) == {"B": 2, "C": 3}
     rows = rows_by_question(config)
@@ -149,7 +151,7 @@ def test_a_crash_inside_a_round_resumes_where_the_journal_stops(tmp_path):
 def test_the_last_round_asks_only_what_is_left_of_n(tmp_path):
     config = scripted_config(tmp_path, {"C": "7"}, ["generate.num_samples=5", "generate.adaptive.round_size=2"])
     teacher = ScriptedTeacher({"C": [WRONG] * 5})
-    generate.run(config, teacher=teacher)
+    generate.STAGE.run(config, teacher=teacher)
     assert [n for _, n, _ in teacher.sent] == [2, 2, 1]
     assert [r["sample_index"] for r in rows_by_question(config)["C"]] == [0, 1, 2, 3, 4]
 
@@ -160,7 +162,7 @@ def test_without_gold_the_stopping_rule_closes_a_settled_majority(tmp_path):
     script = {"A": [RIGHT] * 8, "B": [RIGHT, WRONG] * 4, "C": ["no idea"] + [RIGHT] * 7}
     config = scripted_config(tmp_path, {"A": None, "B": None, "C": None}, [
         "filter.label=majority", "generate.adaptive.round_size=2"])
-    generate.run(config, teacher=ScriptedTeacher(script))
+    generate.STAGE.run(config, teacher=ScriptedTeacher(script))
     rows = rows_by_question(config)
     # C: its first answer does not vote, so its fourth vote comes with sample 4 (round 3).
     assert {q: (len(rows[q]), rows[q][0]["rounds"]) for q in rows} == {"A": (4, 2), "B": (8, 4), "C": (6, 3)}
@@ -173,7 +175,7 @@ def test_window_rule_closes_on_agreeing_answers(tmp_path):
     config = scripted_config(tmp_path, {"A": None}, [
         "filter.label=majority", "generate.adaptive.round_size=1", "generate.adaptive.rule=window",
         "generate.adaptive.window=3"])
-    generate.run(config, teacher=ScriptedTeacher(script))
+    generate.STAGE.run(config, teacher=ScriptedTeacher(script))
     assert len(rows_by_question(config)["A"]) == 4
 
 
@@ -182,7 +184,7 @@ def test_fixed_n_rationalizes_only_questions_without_a_correct_rationale(tmp_pat
     config = scripted_config(tmp_path, {"A": "7", "B": "8"}, [
         "generate.rationalize=true", "generate.rationalize_samples=2"])
     teacher = ScriptedTeacher(script)
-    stats = generate.run(config, teacher=teacher)
+    stats = generate.STAGE.run(config, teacher=teacher)
     rows = rows_by_question(config)
     assert [r["rationalized"] for r in rows["A"]] == [False] * 8
     assert [r["rationalized"] for r in rows["B"]] == [False] * 8 + [True] * 2
@@ -268,7 +270,7 @@ def test_quotes_hint_drops_rationalized_rationales_that_quote_instead_of_derive(
 
 
 def test_quotes_hint_spares_numbers_the_question_already_holds():
-    from cotdistill.filter.checks import quotes_hint
+    from cotdistill.stages.filter.checks import quotes_hint
 
     assert not quotes_hint("There are 8 boxes, so 8 * 1 = 8. The answer is 8", "8", "Tom has 8 boxes of 1 pen.")
     assert quotes_hint("The hint says 8 and 8 * 1 = 8", "8", "Tom has 8 boxes of 1 pen.")
@@ -300,9 +302,9 @@ def test_fixed_n_fingerprint_is_unchanged_and_adaptive_keys_are_named(tmp_path):
     settings = generate.fingerprint(fixed)["settings"]["generate"]
     assert not {"adaptive", "rationalize", "rationalize_prompt", "rationalize_samples", "answer_check"} & set(settings)
     adaptive = scripted_config(tmp_path, {"A": "7"}, ["generate.adaptive.round_size=2"])
-    generate.run(fixed, teacher=ScriptedTeacher({"A": [RIGHT] * 8}))
+    generate.STAGE.run(fixed, teacher=ScriptedTeacher({"A": [RIGHT] * 8}))
     with pytest.raises(SettingsChanged, match="generate.adaptive.confidence, generate.adaptive.round_size"):
-        generate.run(adaptive, teacher=ScriptedTeacher({"A": [RIGHT] * 8}))
+        generate.STAGE.run(adaptive, teacher=ScriptedTeacher({"A": [RIGHT] * 8}))
 
 
 # --- the real engine: the parrot model ---------------------------------------------------------------------------
@@ -344,7 +346,7 @@ def rounds_of(run_dir):
 def test_parrot_gold_7_closes_in_round_1_and_gold_8_runs_all_n(parrot):
     tmp, config_path, teacher, golds = parrot
     config = load_config(config_path, [f"output_dir={tmp / 'uninterrupted'}"])
-    stats = generate.run(config, teacher=teacher)
+    stats = generate.STAGE.run(config, teacher=teacher)
     got = rounds_of(config.run_dir)
     for q, gold in golds.items():
         assert got[q] == ((list(range(2)), {1}) if gold == 7 else (list(range(6)), {3})), q
@@ -385,24 +387,24 @@ def test_kill_9_between_and_inside_rounds_resumes_without_loss_or_duplicates(par
                     yield r
             return teacher.generate(counted())
 
-    generate.run(config, teacher=Counting())
+    generate.STAGE.run(config, teacher=Counting())
     # Only the missing rounds: 16 samples in all (2 + 6 + 2 + 6), less those journaled before the kills.
     assert sum(n for _, n in sent) == 16 - sum(len(r["samples"]) for r in journals) == 6
     uninterrupted = load_config(config_path, [f"output_dir={tmp / 'reference'}"])
-    generate.run(uninterrupted, teacher=teacher)
+    generate.STAGE.run(uninterrupted, teacher=teacher)
     assert rounds_of(config.run_dir) == rounds_of(uninterrupted.run_dir)
 
 
 def test_rationalized_rows_keep_the_hint_out_of_the_students_prompt(parrot, tmp_path):
-    from cotdistill import train
-    from cotdistill.prompts import PromptTemplate
-    from cotdistill.records import FILTERED_SCHEMA
-    from cotdistill.shards import write_parquet_atomic
+    from cotdistill.stages import train
+    from cotdistill.core.prompts import PromptTemplate
+    from cotdistill.core.records import FILTERED_SCHEMA
+    from cotdistill.core.shards import write_parquet_atomic
 
     _, config_path, teacher, golds = parrot
     config = load_config(config_path, [f"output_dir={tmp_path}", "generate.rationalize=true",
                                        "generate.rationalize_samples=2"])
-    stats = generate.run(config, teacher=teacher)
+    stats = generate.STAGE.run(config, teacher=teacher)
     table = read_shards(config.run_dir / "generate" / "samples").to_pylist()
     hinted = [r for r in table if r["rationalized"]]
     # The parrot never reaches 8: both gold-8 questions are asked again, with the hint; gold 7 ones are not.
@@ -446,8 +448,8 @@ def test_seeded_rounds_draw_exactly_fixed_ns_first_samples(tmp_path, tiny_model,
     teacher = build(fixed.teacher, fixed.seed)
     try:
         assert teacher.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
-        generate.run(fixed, teacher=teacher)
-        stats = generate.run(adaptive, teacher=teacher)
+        generate.STAGE.run(fixed, teacher=teacher)
+        stats = generate.STAGE.run(adaptive, teacher=teacher)
     finally:
         teacher.close()
     assert stats["adaptive"]["closed"]["cap"] == 4 and stats["adaptive"]["rounds_mean"] == 3

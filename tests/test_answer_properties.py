@@ -7,7 +7,7 @@ import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cotdistill.answers import ANSWER_FORMATS, extract_math, math_equal
+from cotdistill.verify.answers import ANSWER_FORMATS, extract_math, math_equal
 
 LIMIT_S = 5.0
 FORMATS = sorted(ANSWER_FORMATS)

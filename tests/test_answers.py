@@ -1,6 +1,6 @@
 import pytest
 
-from cotdistill.answers import (
+from cotdistill.verify.answers import (
     Extraction, GoldParseError, extract_choice, extract_number, get_answer_format, parse_choice_letter_gold,
     parse_gsm8k_gold,
 )
@@ -62,7 +62,7 @@ def test_number_extraction_failures(text, reason):
 
 
 def test_answer_lines_keep_their_case_and_survive_length_changing_lower_case():
-    from cotdistill.answers import answer_lines
+    from cotdistill.verify.answers import answer_lines
 
     assert answer_lines("THE ANSWER IS $\\Sigma X$.") == ["$\\Sigma X$"]
     assert answer_lines("İİ The answer is 7") == ["7"]  # "İ".lower() is two characters long
@@ -222,7 +222,7 @@ def test_math_reads_plain_answers_with_units_reasons_or_no_marker(text):
 
 
 def test_group_equivalent_maps_equal_answers_to_the_first_seen():
-    from cotdistill.answers import ANSWER_FORMATS, group_equivalent
+    from cotdistill.verify.answers import ANSWER_FORMATS, group_equivalent
 
     grouped = group_equivalent(["\\frac{1}{2}", "0.5", "\\dfrac12", "3", None, "0.5"], ANSWER_FORMATS["math"])
     assert grouped == ["\\frac{1}{2}", "\\frac{1}{2}", "\\frac{1}{2}", "3", None, "\\frac{1}{2}"]
@@ -231,7 +231,7 @@ def test_group_equivalent_maps_equal_answers_to_the_first_seen():
 
 @pytest.mark.parametrize("a, b", [("1 < x < 2", "(1, 2)"), ("3 + 6 = 9", "9")])
 def test_math_equal_is_symmetric(a, b):
-    from cotdistill.answers import math_equal
+    from cotdistill.verify.answers import math_equal
 
     assert math_equal(a, b) and math_equal(b, a)
 
@@ -240,7 +240,7 @@ def test_math_verify_timeout_is_a_reason_not_an_escaping_base_exception(monkeypa
     import math_verify
     from math_verify.errors import TimeoutException
 
-    from cotdistill import answers
+    from cotdistill.verify import answers
 
     def hang(*args, **kwargs):
         raise TimeoutException("Operation timed out!")  # a BaseException, as math-verify raises it
@@ -252,7 +252,7 @@ def test_math_verify_timeout_is_a_reason_not_an_escaping_base_exception(monkeypa
 
 
 def test_gsm8k_gold_with_a_superscript_is_a_gold_parse_error():
-    from cotdistill.answers import canonical_number
+    from cotdistill.verify.answers import canonical_number
 
     assert canonical_number("5²") is None
     with pytest.raises(GoldParseError, match="not a number"):
@@ -276,7 +276,7 @@ THINK_CASES = {  # format: (a marked answer inside the block, another after it, 
 
 @pytest.mark.parametrize("name", sorted(THINK_CASES))
 def test_every_format_reads_only_after_the_reasoning(name):
-    from cotdistill.answers import get_answer_format
+    from cotdistill.verify.answers import get_answer_format
 
     inside, after, expected = THINK_CASES[name]
     fmt = get_answer_format(name)
@@ -290,7 +290,7 @@ def test_every_format_reads_only_after_the_reasoning(name):
 
 
 def test_the_issues_examples_and_other_delimiters():
-    from cotdistill.answers import delimiters_of, get_answer_format
+    from cotdistill.verify.answers import delimiters_of, get_answer_format
 
     number = get_answer_format("number")
     assert number.extract("<think>The answer is 40.</think> 36").answer == "36"

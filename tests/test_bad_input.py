@@ -11,9 +11,11 @@ import time
 import pytest
 import yaml
 
-from cotdistill.config import ConfigError, DataConfig, load_config
-from cotdistill.prompts import PromptError, PromptTemplate
-from cotdistill.sources import QuestionSource, SourceError
+from cotdistill.config.load import load_config
+from cotdistill.config.sections import DataConfig
+from cotdistill.core.fields import ConfigError
+from cotdistill.core.prompts import PromptError, PromptTemplate
+from cotdistill.questions.sources import QuestionSource, SourceError
 from tests.conftest import REPO
 
 QUESTIONS = str(REPO / "data" / "arithmetic" / "train.jsonl")

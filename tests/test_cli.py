@@ -3,14 +3,14 @@ import sys
 
 import pytest
 
-from cotdistill.cli import STAGES
+from cotdistill.stages import STAGES
 
 
 def cotdistill(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "cotdistill", *args], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize("command", [*STAGES, "run"])
+@pytest.mark.parametrize("command", [*(s.name for s in STAGES), "run"])
 def test_every_command_has_help(command):
     result = cotdistill(command, "--help")
     assert result.returncode == 0

@@ -1,15 +1,15 @@
-"""The `code` answer's pieces (cotdistill/code_answers.py): the program a rationale ends with, and its verdict
+"""The `code` answer's pieces (cotdistill/verify/code.py): the program a rationale ends with, and its verdict
 from the sandbox, for functional (HumanEval-style) and stdin/stdout tests."""
 
 from __future__ import annotations
 
 import pytest
 
-from cotdistill.code_answers import (
+from cotdistill.verify.answers import extract_program
+from cotdistill.verify.code import (
     CodeTests, LocalExecutor, check_program, count_asserts, humaneval_tests, read_humaneval,
 )
-from cotdistill.answers import extract_program
-from cotdistill.sandbox import Limits
+from cotdistill.verify.sandbox import Limits
 
 FUNCTIONAL = CodeTests(kind="functional", entry_point="add", test="""
 def check(candidate):
@@ -86,7 +86,7 @@ def test_humaneval_is_read_from_the_installed_package(executor):
 
 
 def test_functional_tests_are_read_as_humaneval_and_mbpp_hold_them():
-    from cotdistill.code_answers import parse_code_tests
+    from cotdistill.verify.code import parse_code_tests
 
     humaneval = parse_code_tests("functional", FUNCTIONAL.test, "add")
     assert (humaneval.kind, humaneval.entry_point) == ("functional", "add")
@@ -101,7 +101,7 @@ def test_functional_tests_are_read_as_humaneval_and_mbpp_hold_them():
 def test_stdio_tests_are_read_in_the_shapes_public_datasets_use():
     import json
 
-    from cotdistill.code_answers import parse_code_tests
+    from cotdistill.verify.code import parse_code_tests
 
     apps = parse_code_tests("stdio", json.dumps({"inputs": ["1 2\n"], "outputs": ["3\n"]}))
     contests = parse_code_tests("stdio", {"input": ["1 2\n"], "output": ["3\n"]})
@@ -121,8 +121,8 @@ def test_stdio_tests_are_read_in_the_shapes_public_datasets_use():
 def test_a_bad_row_is_named_by_file_row_and_field(tmp_path):
     import json
 
-    from cotdistill.config import DataConfig
-    from cotdistill.sources import QuestionSource, SourceError
+    from cotdistill.config.sections import DataConfig
+    from cotdistill.questions.sources import QuestionSource, SourceError
 
     rows = [{"question": "add", "test": FUNCTIONAL.test, "entry": "add"},
             {"question": "broken", "test": "def check(candidate):\n    assert candidate(1 ==\n", "entry": "f"}]
@@ -139,9 +139,9 @@ def test_a_bad_row_is_named_by_file_row_and_field(tmp_path):
 
 
 def test_humaneval_loads_as_a_data_source_from_the_installed_package():
-    from cotdistill.code_answers import HUMANEVAL_PATH
-    from cotdistill.config import DataConfig
-    from cotdistill.sources import QuestionSource
+    from cotdistill.verify.code import HUMANEVAL_PATH
+    from cotdistill.config.sections import DataConfig
+    from cotdistill.questions.sources import QuestionSource
 
     source = QuestionSource(DataConfig(path=HUMANEVAL_PATH, question_field="prompt", answer_field="canonical_solution",
                                        id_field="task_id", tests_format="functional", tests_field="test",
@@ -190,7 +190,7 @@ def test_without_an_entry_point_votes_fall_back_to_pass_fail(executor):
 
 
 def test_a_rationalized_program_that_copies_its_reference_is_caught():
-    from cotdistill.code_answers import copies_reference
+    from cotdistill.verify.code import copies_reference
 
     reference = "def add(a, b):\n    return a + b\n"
     assert copies_reference("# my own\ndef add(a, b):\n\n    return a + b  # sum\n", reference)

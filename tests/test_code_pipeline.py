@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill.config import load_config
+from cotdistill.config.load import load_config
 from tests.conftest import REPO, tiny_config_dict
 
 PROBLEMS = REPO / "data" / "code" / "functional.jsonl"  # the project's own: add, subtract, ... (tests and solutions)
@@ -48,8 +48,8 @@ def code_config(tmp_path, model, **filter_settings):
 
 
 def test_the_filter_judges_programs_by_running_them(tmp_path, tiny_model):
-    from cotdistill.filter import make_context
-    from cotdistill.filter.judge import QuestionRows, judge_question
+    from cotdistill.stages.filter import make_context
+    from cotdistill.stages.filter.phases import QuestionRows, judge_question
 
     config = code_config(tmp_path, tiny_model, max_per_question=None)
     ctx = make_context(config, frozenset())
@@ -75,9 +75,11 @@ def test_the_filter_judges_programs_by_running_them(tmp_path, tiny_model):
 
 
 def test_generate_filter_and_evaluate_run_code_on_the_real_engine(tmp_path, parrot_model):
-    from cotdistill import evaluate, filter as filter_stage, generate
-    from cotdistill.records import EVAL_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
-    from cotdistill.shards import read_json, write_parquet_atomic
+    from cotdistill.stages import evaluate
+    from cotdistill.stages import filter as filter_stage
+    from cotdistill.stages import generate
+    from cotdistill.core.records import EVAL_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
+    from cotdistill.core.shards import read_json, write_parquet_atomic
 
     stored = {"cotdistill/add": [ADD, ADD_LOOP, ADD_WRONG, NO_CODE],
               "cotdistill/subtract": [SUB_WRONG, SUB_WRONG_TOO, SUB, SUB_RAISES]}
@@ -88,13 +90,13 @@ def test_generate_filter_and_evaluate_run_code_on_the_real_engine(tmp_path, parr
     write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), tmp_path / "stored" / "00000.parquet")
     config = code_config(tmp_path, parrot_model)
 
-    generate.run(config)
-    stats = filter_stage.run(config)  # the parrot writes prose, never a program: every rationale is no_code
+    generate.STAGE.run(config)
+    stats = filter_stage.STAGE.run(config)  # the parrot writes prose, never a program: every rationale is no_code
     assert stats["rationales"] == 4 and stats["accepted"] == 0 and stats["rejected"]["no_code"] == 4
     assert stats["code"] == {"programs_passed": 0, "programs_failed": 4, "questions_voting_pass_fail": 0}
     assert "no_code" in (config.paths.audit).read_text()
 
-    evaluate.run(config)
+    evaluate.STAGE.run(config)
     metrics = read_json(config.paths.metrics)["models"]
     hand = metrics["hand"]
     # add: 2 of 4 pass, and its vote (the two adding programs, one class) is right; subtract: 1 of 4 passes, and
@@ -130,7 +132,7 @@ def test_generate_filter_and_evaluate_run_code_on_the_real_engine(tmp_path, parr
     ({"sandbox": {"timeout_s": 0}}, "sandbox.timeout_s"),
 ])
 def test_code_settings_are_checked_at_load(tmp_path, change, key):
-    from cotdistill.config import ConfigError
+    from cotdistill.core.fields import ConfigError
 
     data = tiny_config_dict(tmp_path, tmp_path, PROBLEMS)
     data.update(data={**CODE_DATA}, filter={"answer_format": "code"}, evaluate={"data": dict(CODE_DATA)})
@@ -142,8 +144,8 @@ def test_code_settings_are_checked_at_load(tmp_path, change, key):
 
 
 def test_without_isolation_programs_run_only_on_explicit_opt_in(tmp_path, monkeypatch):
-    from cotdistill import sandbox
-    from cotdistill.config import ConfigError
+    from cotdistill.verify import sandbox
+    from cotdistill.core.fields import ConfigError
 
     monkeypatch.setattr(sandbox, "isolation_problem", lambda: "unshare: Operation not permitted")
     data = tiny_config_dict(tmp_path, tmp_path, PROBLEMS)
@@ -157,9 +159,9 @@ def test_without_isolation_programs_run_only_on_explicit_opt_in(tmp_path, monkey
 def test_adaptive_sampling_and_rationalization_close_on_passing_programs(tmp_path, tiny_model):
     """generate's Policy asks the same sandbox: a question closes once target_correct programs pass its tests, a
     question left with none is rationalized, and under label majority the stopping rule votes by execution class."""
-    from cotdistill.generate.progress import Policy, Progress
-    from cotdistill.generate.compaction import journal_record
-    from cotdistill.records import Question
+    from cotdistill.stages.generate.progress import Policy, Progress
+    from cotdistill.stages.generate.compaction import journal_record
+    from cotdistill.core.records import Question
 
     data = tiny_config_dict(tmp_path, tiny_model, PROBLEMS)
     data.update(data=dict(CODE_DATA), filter={"answer_format": "code"}, evaluate={"data": dict(CODE_DATA)})
@@ -195,10 +197,10 @@ def test_adaptive_sampling_and_rationalization_close_on_passing_programs(tmp_pat
 
 
 def test_decontamination_reads_code_problems_as_text():
-    from cotdistill.code_answers import HUMANEVAL_PATH, read_humaneval
-    from cotdistill.config import DataConfig
-    from cotdistill.filter import build_contamination_index, question_ngrams
-    from cotdistill.sources import load_question_texts
+    from cotdistill.verify.code import HUMANEVAL_PATH, read_humaneval
+    from cotdistill.config.sections import DataConfig
+    from cotdistill.stages.filter.checks import build_contamination_index, question_ngrams
+    from cotdistill.questions.sources import load_question_texts
 
     index = build_contamination_index(load_question_texts(DataConfig(path=HUMANEVAL_PATH, question_field="prompt")),
                                       13)
@@ -210,9 +212,9 @@ def test_decontamination_reads_code_problems_as_text():
 @pytest.mark.parametrize("name, tests_format, tests_field, entry_point_field", [
     ("functional.jsonl", "functional", "test", "entry_point"), ("stdio.jsonl", "stdio", "input_output", None)])
 def test_the_projects_own_problems_load_and_their_solutions_pass(name, tests_format, tests_field, entry_point_field):
-    from cotdistill.code_answers import LocalExecutor, check_many
-    from cotdistill.config import DataConfig
-    from cotdistill.sources import QuestionSource
+    from cotdistill.verify.code import LocalExecutor, check_many
+    from cotdistill.config.sections import DataConfig
+    from cotdistill.questions.sources import QuestionSource
 
     source = QuestionSource(DataConfig(path=str(PROBLEMS.parent / name), answer_field="solution",
                                        tests_format=tests_format, tests_field=tests_field,

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotdistill.config import ConfigError, load_config
+from cotdistill.config.load import load_config
+from cotdistill.core.fields import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,5 +92,5 @@ def test_ray_runtime_env_secrets_are_refused_at_load(tmp_path):
     with pytest.raises(ConfigError, match="teacher.ray.runtime_env.env_vars.HF_TOKEN.*secret"):
         load_config(write(tmp_path, {**BASE, "teacher": teacher}))
     teacher["ray"]["runtime_env"]["env_vars"] = {"HF_HOME": "/shared/hf"}
-    assert load_config(write(tmp_path, {**BASE, "teacher": teacher})).teacher.ray.runtime_env == {
+    assert load_config(write(tmp_path, {**BASE, "teacher": teacher})).teacher.settings.runtime_env == {
         "env_vars": {"HF_HOME": "/shared/hf"}}

@@ -14,7 +14,7 @@ from collections import Counter
 
 import yaml
 
-from cotdistill.shards import read_json, read_shards
+from cotdistill.core.shards import read_json, read_shards
 from tests.conftest import REPO, tiny_config_dict
 
 ENV_KEYS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

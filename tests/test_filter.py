@@ -3,13 +3,13 @@ real generations in test_pipeline)."""
 
 import pytest
 
-from cotdistill.answers import get_answer_format
-from cotdistill.config import FilterConfig
-from cotdistill.filter import (
-    FilterContext, build_contamination_index, is_degenerate, judge_table, near_duplicate_flags, repeated_ngram_share,
-)
-from cotdistill.paths import RunPaths
-from cotdistill.records import SAMPLE_SCHEMA, Sample, samples_to_table
+from cotdistill.config.sections import FilterConfig
+from cotdistill.core.paths import RunPaths
+from cotdistill.core.records import SAMPLE_SCHEMA, Sample, samples_to_table
+from cotdistill.stages.filter.checks import build_contamination_index, is_degenerate, repeated_ngram_share
+from cotdistill.stages.filter.dedup import near_duplicate_flags
+from cotdistill.stages.filter.phases import FilterContext, judge_table
+from cotdistill.verify.answers import get_answer_format
 
 
 def sample(qid, index, rationale, finish="stop", gold="12", question="What is 3 times 4?"):
@@ -155,7 +155,7 @@ def test_majority_mode_counts_equivalent_answers_as_one():
 
 
 def test_decontamination_hashes_are_64_bit():
-    from cotdistill.filter import question_ngrams
+    from cotdistill.stages.filter.checks import question_ngrams
 
     hashes = question_ngrams("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
                              "clips in May. How many clips did Natalia sell altogether?", 13)
@@ -203,9 +203,9 @@ def test_repeated_ngram_share_and_its_shortcut():
 
 
 def test_every_reason_gets_examples_however_late_in_the_shard(tmp_path):
-    from cotdistill.filter import filter_shard
-    from cotdistill.records import SAMPLE_SCHEMA, samples_to_table
-    from cotdistill.shards import write_parquet_atomic
+    from cotdistill.stages.filter import filter_shard
+    from cotdistill.core.records import SAMPLE_SCHEMA, samples_to_table
+    from cotdistill.core.shards import write_parquet_atomic
 
     samples = [sample(f"q{i}", 0, "The answer is 13") for i in range(2500)]  # all wrong
     samples.append(sample("last", 0, "no number at all"))  # the only unparseable one, at row 2501
@@ -221,8 +221,8 @@ def test_too_long_counts_the_reasoning_the_student_will_train_on():
     # A short answer with a long reasoning kept apart: the student trains on both, so both are counted.
     import pyarrow as pa
 
-    from cotdistill.filter import judge_table
-    from cotdistill.records import SAMPLE_SCHEMA, samples_to_table
+    from cotdistill.stages.filter.phases import judge_table
+    from cotdistill.core.records import SAMPLE_SCHEMA, samples_to_table
 
     rows = [sample("a", 0, "The answer is 12"), sample("a", 1, "So the answer is 12")]
     rows[1].reasoning = " ".join(f"step{j}" for j in range(40))
@@ -238,7 +238,7 @@ def test_too_long_counts_the_reasoning_the_student_will_train_on():
 
 
 def difficulty_context(**difficulty):
-    from cotdistill.config import DifficultyConfig
+    from cotdistill.config.sections import DifficultyConfig
 
     ctx = context(near_duplicates=False)
     ctx.cfg.difficulty = DifficultyConfig(**difficulty)
@@ -287,8 +287,8 @@ def test_label_none_still_drops_too_long_and_contaminated():
 
 
 def test_pass_rate_counts_finished_rationales_reaching_the_label():
-    from cotdistill.filter import judge_table
-    from cotdistill.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, samples_to_table
+    from cotdistill.stages.filter.phases import judge_table
+    from cotdistill.core.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, samples_to_table
 
     rows = question_with("a", 2, 1, truncated_right=1)  # 2 of 4: the truncated 12 never finished
     rows += question_with("b", 3, 0) + question_with("c", 0, 5)
@@ -344,7 +344,7 @@ def test_difficulty_band_in_majority_mode():
 
 
 def test_harder_more_gives_hard_questions_more_of_the_cap():
-    from cotdistill.filter.difficulty import question_cap
+    from cotdistill.stages.filter.difficulty import question_cap
 
     # max_per_question 4: cap = max(min_per_question, ceil(4 * (1 - pass rate))).
     samples = (question_with("p100", 4, 0)  # cap max(1, 0) = 1
@@ -375,9 +375,10 @@ def test_harder_more_gives_hard_questions_more_of_the_cap():
 
 
 def test_pass_rates_and_out_of_band_questions_in_stats_and_audit(tmp_path):
-    from cotdistill.filter import audit_markdown, filter_shard, summarize
-    from cotdistill.records import SAMPLE_SCHEMA, samples_to_table
-    from cotdistill.shards import write_parquet_atomic
+    from cotdistill.stages.filter import filter_shard
+    from cotdistill.stages.filter.audit import audit_markdown, summarize
+    from cotdistill.core.records import SAMPLE_SCHEMA, samples_to_table
+    from cotdistill.core.shards import write_parquet_atomic
 
     samples = question_with("easy", 4, 0) + question_with("hard", 0, 4) + question_with("mid", 1, 3)
     shards = []
@@ -411,7 +412,8 @@ def test_pass_rates_and_out_of_band_questions_in_stats_and_audit(tmp_path):
 def test_difficulty_and_length_settings_are_checked_at_load(tmp_path, filter_settings, key, phrase):
     import yaml
 
-    from cotdistill.config import ConfigError, load_config
+    from cotdistill.core.fields import ConfigError
+    from cotdistill.config.load import load_config
     from tests.test_config import BASE
 
     path = tmp_path / "run.yaml"
@@ -421,7 +423,8 @@ def test_difficulty_and_length_settings_are_checked_at_load(tmp_path, filter_set
 
 
 def test_difficulty_and_label_none_load():
-    from cotdistill.config import DifficultyConfig, load_config
+    from cotdistill.config.sections import DifficultyConfig
+    from cotdistill.config.load import load_config
     from tests.test_config import REPO
 
     config = load_config(REPO / "pipelines" / "demo.yaml", [
@@ -483,8 +486,9 @@ def test_max_length_ratio_drops_overthinking_as_overlong():
 
 
 def test_stats_and_audit_give_lengths_per_pass_rate_decile(tmp_path):
-    from cotdistill.filter import audit_markdown, filter_shard, summarize
-    from cotdistill.shards import write_parquet_atomic
+    from cotdistill.stages.filter import filter_shard
+    from cotdistill.stages.filter.audit import audit_markdown, summarize
+    from cotdistill.core.shards import write_parquet_atomic
 
     samples = [thinking("a", i, f"Step {i}. The answer is {12 if i < 3 else 13}", tokens=20 + 10 * i)
                for i in range(4)]

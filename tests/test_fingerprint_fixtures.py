@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from cotdistill import evaluate
-from cotdistill import filter as filter_stage
-from cotdistill.cli import STAGES, stage
-from cotdistill.config import load_config
-from cotdistill.fingerprints import read_fingerprint
+from cotdistill.config.load import load_config
+from cotdistill.core.fingerprints import read_fingerprint
+from cotdistill.stages import evaluate
+from cotdistill.stages import filter as filter_stage
+from cotdistill.stages import BY_NAME, STAGES
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "finished_run"
@@ -27,9 +27,10 @@ LATER = ("dpo",)  # stages added since the fixture was recorded: a run has them 
 
 def test_the_fixture_holds_every_stage():
     config = load_config(PIPELINE)
-    recorded = [name for name in STAGES if (config.paths.stage(name) / "fingerprint.json").is_file()]
-    assert recorded == [name for name in STAGES if name not in LATER]
-    assert not any(stage(name).wanted(config) for name in LATER)
+    names = [s.name for s in STAGES]
+    recorded = [name for name in names if (config.paths.stage(name) / "fingerprint.json").is_file()]
+    assert recorded == [name for name in names if name not in LATER]
+    assert not any(BY_NAME[name].wanted(config) for name in LATER)
 
 
 @pytest.fixture
@@ -41,27 +42,27 @@ def config(monkeypatch):
 @pytest.mark.parametrize("name", UNCHANGED)
 def test_todays_code_computes_the_recorded_fingerprint(config, name):
     recorded = read_fingerprint(config.paths.stage(name))
-    computed = stage(name).fingerprint(config)
+    computed = BY_NAME[name].fingerprint(config)
     assert computed["fingerprint"] == recorded["fingerprint"]
     assert computed["settings"] == recorded["settings"]
-    assert stage(name).is_complete(config)
+    assert BY_NAME[name].is_complete(config)
 
 
 def test_the_filter_fingerprint_changed_by_the_answer_rules_alone(config, monkeypatch):
     recorded = read_fingerprint(config.paths.filter)
-    computed = stage("filter").fingerprint(config)
-    assert computed["fingerprint"] != recorded["fingerprint"] and not stage("filter").is_complete(config)
+    computed = BY_NAME["filter"].fingerprint(config)
+    assert computed["fingerprint"] != recorded["fingerprint"] and not BY_NAME["filter"].is_complete(config)
     assert computed["settings"]["answer_rules"] == 2
     monkeypatch.setattr(filter_stage, "answer_rules", lambda config: {})  # as the code before the rules had it
-    assert stage("filter").fingerprint(config) == recorded
+    assert BY_NAME["filter"].fingerprint(config) == recorded
 
 
 def test_the_evaluate_fingerprint_changed_by_the_answer_rules_alone(config, monkeypatch):
     recorded = read_fingerprint(config.paths.evaluate)
-    assert stage("evaluate").fingerprint(config) != recorded
+    assert BY_NAME["evaluate"].fingerprint(config) != recorded
     # Each model's key as the code before the rules wrote it: the answer format's name alone.
     monkeypatch.setattr(evaluate, "answer_settings", lambda name, delimiters: {"answer_format": name})
-    assert stage("evaluate").fingerprint(config) == recorded
+    assert BY_NAME["evaluate"].fingerprint(config) == recorded
 
 
 def test_cotdistill_skips_the_stages_whose_fingerprint_held_and_judges_the_corpus_again(tmp_path):
@@ -83,4 +84,4 @@ def test_cotdistill_skips_the_stages_whose_fingerprint_held_and_judges_the_corpu
     result = cotdistill("filter")  # the corpus is judged again, saying why
     assert result.returncode == 0, result.stderr
     assert "filter: settings or inputs changed (answer_rules, inputs.00000.parquet" in result.stderr
-    assert stage("filter").is_complete(load_config(PIPELINE, [f"output_dir={runs}"]))
+    assert BY_NAME["filter"].is_complete(load_config(PIPELINE, [f"output_dir={runs}"]))

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill import generate
 from cotdistill.cli import main
-from cotdistill.config import load_config
-from cotdistill.shards import read_json
+from cotdistill.config.load import load_config
+from cotdistill.core.shards import read_json
+from cotdistill.stages import generate
 from tests.conftest import REPO, tiny_config_dict
 
 NUM_QUESTIONS, PER_SHARD, PARTS = 12, 2, 3  # 6 shards: 2 a part
@@ -64,7 +64,7 @@ def in_process(config_file, *args: str) -> int:
 
 def test_three_parts_at_once_one_killed_and_rerun_give_what_one_process_gives(config_file, caplog):
     single = load_config(config_file, ["run_name=single"])
-    generate.run(single)
+    generate.STAGE.run(single)
     parts = load_config(config_file, ["run_name=parts"])
 
     running = [cli(config_file, "generate", "run_name=parts", "--part", f"{i}/{PARTS}",

@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 import yaml
 
-from cotdistill import generate
-from cotdistill.config import load_config
-from cotdistill.shards import Journal, read_shards
+from cotdistill.config.load import load_config
+from cotdistill.core.shards import Journal, read_shards
+from cotdistill.stages import generate
 from tests.conftest import REPO, tiny_config_dict
 
 
@@ -33,7 +33,7 @@ def test_journal_keeps_whole_records_and_cuts_a_torn_line(tmp_path):
 
 
 def test_group_commit_batches_fsyncs_but_every_record_reaches_the_os_at_once(tmp_path, monkeypatch):
-    import cotdistill.shards as shards
+    import cotdistill.core.shards as shards
 
     synced = []
     real_fsync = shards.os.fsync
@@ -106,7 +106,7 @@ def test_kill_9_mid_shard_resends_only_the_questions_not_journaled(local_run):
 
     teacher = CountingTeacher(build(config.teacher, config.seed))
     try:
-        stats = generate.run(config, teacher=teacher)
+        stats = generate.STAGE.run(config, teacher=teacher)
     finally:
         teacher.close()
     assert len(teacher.sent) == 6 - 3 and not set(teacher.sent) & set(journaled)  # only what was missing
@@ -124,8 +124,8 @@ def test_kill_9_mid_shard_resends_only_the_questions_not_journaled(local_run):
 def test_dry_run_counts_requests_tokens_and_cost_and_sends_nothing(local_run, tmp_path, gsm8k_rows):
     from transformers import AutoTokenizer
 
-    from cotdistill.prompts import PromptTemplate
-    from cotdistill.teachers import render_prompt
+    from cotdistill.core.prompts import PromptTemplate
+    from cotdistill.teachers.base import render_prompt
 
     _, config_path = local_run
     overrides = [f"output_dir={tmp_path}", "teacher.openai.price_per_million_input=1.0",
@@ -154,10 +154,10 @@ def test_dry_run_counts_requests_tokens_and_cost_and_sends_nothing(local_run, tm
 def test_a_reasoning_teachers_reasoning_and_answer_are_joined_for_the_student(tmp_path):
     import pyarrow as pa
 
-    from cotdistill import train
-    from cotdistill.prompts import PromptTemplate
-    from cotdistill.records import FILTERED_SCHEMA, student_text
-    from cotdistill.shards import write_parquet_atomic
+    from cotdistill.stages import train
+    from cotdistill.core.prompts import PromptTemplate
+    from cotdistill.core.records import FILTERED_SCHEMA, student_text
+    from cotdistill.core.shards import write_parquet_atomic
 
     fmt = "<think>\n{reasoning}\n</think>\n\n{answer}"
     assert student_text(" The answer is 7. ", "  3 + 4 = 7 ", fmt) == "<think>\n3 + 4 = 7\n</think>\n\nThe answer is 7."

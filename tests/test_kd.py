@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cotdistill import filter as filter_stage, generate, score, train
-from cotdistill.config import load_config
-from cotdistill.losses import bucket_logprobs, kd_loss, taid_lambda
-from cotdistill.shards import list_shards, read_json
+from cotdistill.config.load import load_config
+from cotdistill.core.shards import list_shards, read_json
+from cotdistill.stages import filter as filter_stage
+from cotdistill.stages import generate
+from cotdistill.stages import score
+from cotdistill.stages import train
+from cotdistill.trainers.losses import bucket_logprobs, kd_loss, taid_lambda
 from tests.conftest import REPO, tiny_config_dict
 
 
@@ -112,7 +115,7 @@ def test_taid_moves_the_target_from_the_student_to_the_teacher():
 def test_the_collator_lays_teacher_columns_out_as_trl_lays_out_tokens():
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from cotdistill.distill import TeacherCollator
+    from cotdistill.trainers.kd import TeacherCollator
 
     def example(n: int, start: int) -> dict:
         return {"input_ids": list(range(start, start + n)), "labels": list(range(start, start + n)),
@@ -152,8 +155,8 @@ def kd_run(tmp_path_factory, parrot_model, gsm8k_rows):
     path = tmp / "kd.yaml"
     path.write_text(yaml.safe_dump(raw))
     config = load_config(path)
-    stats = generate.run(config)
-    filter_stage.run(config)
+    stats = generate.STAGE.run(config)
+    filter_stage.STAGE.run(config)
     return config, path, stats, raw
 
 
@@ -184,7 +187,7 @@ def test_logprob_columns_pass_through_the_filter_unchanged(kd_run):
 def test_score_in_the_teachers_context_reproduces_what_generate_captured(kd_run, tmp_path):
     config, path, _, raw = kd_run
     scored_config = load_config(path, ["score={logprobs: 5, context: teacher}"])
-    stats = score.run(scored_config)
+    stats = score.STAGE.run(scored_config)
     assert stats["context"] == "teacher" and stats["rationales"] > 0
     made = {(r["question_id"], r["sample_index"]): r for r in accepted_rows(config.run_dir / "filter")}
     for r in accepted_rows(config.run_dir / "score"):
@@ -193,12 +196,12 @@ def test_score_in_the_teachers_context_reproduces_what_generate_captured(kd_run,
         assert r["teacher_topk_ids"][0] == source["teacher_topk_ids"][0]
         a, b = np.array(r["teacher_topk_logprobs"], float), np.array(source["teacher_topk_logprobs"], float)
         assert np.abs(a[:, 0] - b[:, 0]).max() < 2e-2  # float16 storage, prefill against decode numerics
-    assert score.is_complete(scored_config)
+    assert score.STAGE.is_complete(scored_config)
 
 
 def test_kd_training_reads_the_teacher_tokens_and_their_distributions(kd_run):
     config = kd_run[0]
-    stats = train.run(config)
+    stats = train.STAGE.run(config)
     assert stats["loss"] == "kd" and stats["global_steps"] == 2 and math.isfinite(stats["train_loss"])
     assert (config.run_dir / "train" / "model" / "config.json").exists()
     trainer = train.build_trainer(config, shards=list_shards(config.run_dir / "filter" / "accepted"))
@@ -260,6 +263,7 @@ def test_a_vocabulary_mismatch_is_refused_before_training(kd_run, tiny_model, tm
 def test_run_prunes_scores_in_the_students_context_trains_kd_and_evaluates(kd_run, tmp_path):
     """`cotdistill run` with every optional step: prune, score (student context), kd; a rerun skips them all."""
     from cotdistill import cli
+    from cotdistill.stages import pipeline
 
     config, _, _, raw = kd_run
     raw = json.loads(json.dumps(raw))
@@ -272,7 +276,7 @@ def test_run_prunes_scores_in_the_students_context_trains_kd_and_evaluates(kd_ru
     path.write_text(yaml.safe_dump(raw))
     cli.main(["run", str(path)])
     full = load_config(path)
-    assert cli.pipeline_stages(full) == ["generate", "filter", "prune", "score", "train", "evaluate"]
+    assert [s.name for s in pipeline(full)] == ["generate", "filter", "prune", "score", "train", "evaluate"]
     prune_stats = read_json(full.run_dir / "prune" / "stats.json")
     assert prune_stats["parameters_after"] < prune_stats["parameters_before"]
     scored = accepted_rows(full.run_dir / "score")
@@ -302,7 +306,7 @@ def test_run_prunes_scores_in_the_students_context_trains_kd_and_evaluates(kd_ru
     (["teacher.backend=openai", "score=null"], "generate.logprobs: needs a local engine"),
 ])
 def test_kd_configuration_mistakes_are_caught_at_load(kd_run, override, message):
-    from cotdistill.config import ConfigError
+    from cotdistill.core.fields import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         load_config(kd_run[1], override)

@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
-from cotdistill import evaluate, train
-from cotdistill.config import load_config
+from cotdistill.config.load import load_config
+from cotdistill.stages import evaluate
+from cotdistill.stages import train
 from tests.conftest import tiny_config_dict, write_finished_filter
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "lora_dropout": 0.0}
@@ -41,7 +42,7 @@ def weights(folder) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("merge", [True, False])
 def test_lora_student_is_saved_as_asked_and_evaluate_serves_it(tmp_path, tiny_model, gsm8k_rows, merge):
     config = lora_config(tmp_path, tiny_model, gsm8k_rows, merge)
-    stats = train.run(config)
+    stats = train.STAGE.run(config)
     model_dir = config.run_dir / "train" / "model"
     assert stats["peft"] == ("merged" if merge else "adapter")
     if merge:  # an ordinary model folder, with the adapter folded in: weights moved, names unchanged
@@ -52,7 +53,7 @@ def test_lora_student_is_saved_as_asked_and_evaluate_serves_it(tmp_path, tiny_mo
         assert all(torch.equal(trained[k], base[k]) for k in base if "norm" in k)  # LoRA touched only linears
     else:
         assert (model_dir / "adapter_config.json").exists() and not (model_dir / "config.json").exists()
-    metrics = evaluate.run(config)["models"]
+    metrics = evaluate.STAGE.run(config)["models"]
     assert metrics["student"]["questions"] == 4
     if not merge:  # evaluate merged the adapter into its base once, and serves that
         merged = config.run_dir / "evaluate" / "student.merged"
@@ -61,7 +62,7 @@ def test_lora_student_is_saved_as_asked_and_evaluate_serves_it(tmp_path, tiny_mo
 
 
 def test_an_unknown_lora_field_is_refused_at_load(tmp_path, tiny_model, gsm8k_rows):
-    from cotdistill.config import ConfigError
+    from cotdistill.core.fields import ConfigError
 
     config = lora_config(tmp_path, tiny_model, gsm8k_rows, True)
     with pytest.raises(ConfigError, match="train.peft.rank: not a peft.LoraConfig field"):

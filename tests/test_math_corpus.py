@@ -8,7 +8,7 @@ correct and the wrong one is not.
 
 import re
 
-from cotdistill.answers import ANSWER_FORMATS, parse_gsm8k_gold
+from cotdistill.verify.answers import ANSWER_FORMATS, parse_gsm8k_gold
 
 ROWS = 40
 

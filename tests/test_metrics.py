@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from cotdistill.metrics import agreement, bootstrap_ci, expected_maj_at_k, majority_vote, pass_at_k
+from cotdistill.stages.evaluate.metrics import agreement, bootstrap_ci, expected_maj_at_k, majority_vote, pass_at_k
 
 
 def maj(answers, gold, k, **kw):
@@ -90,10 +90,10 @@ def test_majority_vote_and_agreement():
 def test_equivalent_answers_are_one_vote_in_evaluate():
     # \frac{1}{2}, 0.5 and \dfrac12 are one answer with 3 votes against 1/3's 2: the vote, and maj@k recomputed
     # from the stored answers, both see one answer.
-    from cotdistill.answers import get_answer_format
-    from cotdistill.evaluate import score_row
-    from cotdistill.records import Question
-    from cotdistill.teachers import Completion
+    from cotdistill.verify.answers import get_answer_format
+    from cotdistill.stages.evaluate.scoring import score_row
+    from cotdistill.core.records import Question
+    from cotdistill.teachers.base import Completion
 
     fmt = get_answer_format("math")
     texts = ["The answer is $\\frac{1}{3}$", "The answer is $\\frac{1}{2}$", "The answer is $0.5$",

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cotdistill.config import ModelConfig, OpenAIConfig
-from cotdistill.teachers import TeacherRequest
+from cotdistill.config.sections import ModelConfig
+from cotdistill.teachers.base import TeacherRequest
+from cotdistill.teachers.openai_server import OpenAIConfig
 from cotdistill.teachers.openai_server import (
     OpenAITeacher, build, is_loopback, resolve_api_key, retry_after_seconds, split_tokens,
 )
@@ -57,7 +58,7 @@ def make_requests(tokenizer, questions: list[str], prefix: str, n: int = 3, max_
 
 
 def make_teacher(stack: ExitStack, base_url: str, model_dir: Path, **openai) -> OpenAITeacher:
-    config = ModelConfig(model=str(model_dir), backend="openai", openai=OpenAIConfig(base_url=base_url, **openai))
+    config = ModelConfig(model=str(model_dir), backend="openai", settings=OpenAIConfig(base_url=base_url, **openai))
     # Short backoff windows keep the fault tests quick; Retry-After still waits what it says.
     return stack.enter_context(OpenAITeacher(config, seed=0, backoff_multiplier=0.05, backoff_max=0.2))
 
@@ -112,7 +113,7 @@ def test_api_key_rules(monkeypatch):
         resolve_api_key(OpenAIConfig(base_url="https://api.example.com/v1", api_key_env="COTDISTILL_TEST_UNSET_KEY"))
     # The teacher refuses before starting anything, and sends no traffic.
     config = ModelConfig(model="gpt-4o-mini", backend="openai",
-                         openai=OpenAIConfig(base_url="https://api.example.com/v1",
+                         settings=OpenAIConfig(base_url="https://api.example.com/v1",
                                              api_key_env="COTDISTILL_TEST_UNSET_KEY"))
     threads = threading.active_count()
     with pytest.raises(ValueError, match="COTDISTILL_TEST_UNSET_KEY"):
@@ -350,7 +351,7 @@ def test_client_side_token_limit(server, parrot_model, tokenizer, questions, sta
 def test_stopping_early_leaves_nothing_running(server, parrot_model, tokenizer, questions, stack):
     proxy = stack.enter_context(FaultProxy(server, rate_slow=1.0, slow_s=1.0, lifetime_s=60))
     config = ModelConfig(model=str(parrot_model), backend="openai",
-                         openai=OpenAIConfig(base_url=proxy.url, max_concurrency=2))
+                         settings=OpenAIConfig(base_url=proxy.url, max_concurrency=2))
     before = {t.name for t in threading.enumerate()}
     teacher = build(config, seed=0)
     try:
@@ -375,7 +376,7 @@ def test_without_a_local_tokenizer(server, parrot_model, tokenizer, questions, s
     from tests.servers import free_port
 
     config = ModelConfig(model="hosted-model-without-tokenizer", backend="openai",
-                         openai=OpenAIConfig(base_url=server, model=str(parrot_model)))
+                         settings=OpenAIConfig(base_url=server, model=str(parrot_model)))
     teacher = stack.enter_context(OpenAITeacher(config, seed=0))
     assert teacher.name == str(parrot_model) and teacher.tokenizer() is None
     assert teacher.max_model_len() == 512
@@ -386,11 +387,11 @@ def test_without_a_local_tokenizer(server, parrot_model, tokenizer, questions, s
         assert len(counts) == 3 and max(counts) - min(counts) <= 2 and min(counts) > 0
 
     nowhere = ModelConfig(model="hosted-model-without-tokenizer", backend="openai",
-                          openai=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
+                          settings=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
     assert stack.enter_context(OpenAITeacher(nowhere, seed=0)).max_model_len() is None
     local = ModelConfig(model=str(parrot_model), backend="openai",
-                        openai=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
+                        settings=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
     assert stack.enter_context(OpenAITeacher(local, seed=0)).max_model_len() == 512  # its config.json
     configured = ModelConfig(model=str(parrot_model), backend="openai", engine={"max_model_len": 256},
-                             openai=OpenAIConfig(base_url=server))
+                             settings=OpenAIConfig(base_url=server))
     assert stack.enter_context(OpenAITeacher(configured, seed=0)).max_model_len() == 256

@@ -12,13 +12,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill import evaluate, filter as filter_stage, generate, train
-from cotdistill.config import load_config
-from cotdistill.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA
-from cotdistill.prompts import PromptTemplate
-from cotdistill.report import format_table
-from cotdistill.shards import list_shards, read_json, read_shards, write_parquet_atomic
-from cotdistill.stages import SettingsChanged
+from cotdistill.config.load import load_config
+from cotdistill.core.prompts import PromptTemplate
+from cotdistill.core.records import EVAL_SCHEMA, FILTERED_SCHEMA, SAMPLE_SCHEMA
+from cotdistill.core.shards import list_shards, read_json, read_shards, write_parquet_atomic
+from cotdistill.stages import evaluate
+from cotdistill.stages import filter as filter_stage
+from cotdistill.stages import generate
+from cotdistill.stages import train
+from cotdistill.stages.base import SettingsChanged
+from cotdistill.stages.evaluate.report import format_table
 from tests.conftest import tiny_config_dict, write_finished_filter
 
 LONG_QUESTION = "How many apples are there? " + "The farmer counts apples in the orchard again. " * 60
@@ -38,7 +41,7 @@ def pipeline(tmp_path_factory, parrot_model, gsm8k_rows):
     config_path = tmp / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config_dict(tmp, parrot_model, questions, test_questions)))
     config = load_config(config_path)
-    stats = generate.run(config)
+    stats = generate.STAGE.run(config)
     return config, config_path, stats
 
 
@@ -82,7 +85,7 @@ def test_rerun_regenerates_only_the_missing_shard(pipeline):
     before = {p.name: p.stat().st_mtime_ns for p in list_shards(out)}
     ids_before = pq.read_table(out / "00001.parquet").column("question_id").to_pylist()
     os.remove(out / "00001.parquet")
-    generate.run(config)
+    generate.STAGE.run(config)
     after = {p.name: p.stat().st_mtime_ns for p in list_shards(out)}
     assert set(after) == set(before)
     assert after["00000.parquet"] == before["00000.parquet"]
@@ -98,7 +101,7 @@ def test_a_run_killed_mid_shard_is_resumed_without_loss_or_duplicates(pipeline):
     # What a kill leaves behind: a half-written temporary file, and a meta whose shard was never renamed in.
     (out / "samples" / ".00002.parquet.tmp-99999").write_bytes(b"PAR1 half written")
     os.remove(out / "samples" / "00002.parquet")
-    stats = generate.run(config)
+    stats = generate.STAGE.run(config)
     assert not list((out / "samples").glob(".*tmp*"))
     assert stats["rationales"] == 15 and stats["questions"] == 6
     table = read_shards(out / "samples")
@@ -113,8 +116,8 @@ def test_rerun_of_a_finished_stage_starts_no_engine(pipeline, monkeypatch):
         raise AssertionError("a finished generate stage must not start vLLM")
 
     monkeypatch.setattr(generate, "build_teacher", no_engine)
-    assert generate.run(config)["rationales"] == 15
-    assert generate.is_complete(config)
+    assert generate.STAGE.run(config)["rationales"] == 15
+    assert generate.STAGE.is_complete(config)
 
 
 def test_changed_settings_are_refused_on_rerun(pipeline):
@@ -122,8 +125,8 @@ def test_changed_settings_are_refused_on_rerun(pipeline):
     changed = load_config(config_path, ["generate.num_samples=5", "generate.top_p=0.9"])
     with pytest.raises(SettingsChanged, match=r"changed: generate.num_samples, generate.top_p\); use a "
                        r"new run_name, or add --force"):
-        generate.run(changed)
-    assert not generate.is_complete(changed)  # so `cotdistill run` does not skip it either
+        generate.STAGE.run(changed)
+    assert not generate.STAGE.is_complete(changed)  # so `cotdistill run` does not skip it either
 
 
 def test_force_discards_shards_of_other_settings_and_generates_again(pipeline):
@@ -131,18 +134,18 @@ def test_force_discards_shards_of_other_settings_and_generates_again(pipeline):
     forced = load_config(config_path, ["run_name=tiny-forced", "generate.num_samples=2"])
     shutil.copytree(config.run_dir / "generate", forced.run_dir / "generate")
     with pytest.raises(SettingsChanged, match="changed: generate.num_samples"):
-        generate.run(forced)
-    stats = generate.run(forced, force=True)
+        generate.STAGE.run(forced)
+    stats = generate.STAGE.run(forced, force=True)
     table = read_shards(forced.run_dir / "generate" / "samples")
     assert stats["rationales"] == len(table) == 10  # 5 questions x 2: none of the 3-sample shards kept
     assert {s["n"] for s in table.column("sampling").to_pylist()} == {2}
-    assert generate.is_complete(forced)
-    assert not generate.is_complete(load_config(config_path, ["run_name=tiny-forced"]))  # the old settings
+    assert generate.STAGE.is_complete(forced)
+    assert not generate.STAGE.is_complete(load_config(config_path, ["run_name=tiny-forced"]))  # the old settings
 
 
 def test_filter_on_real_generations_accounts_for_every_row(pipeline, tmp_path):
     config, _, _ = pipeline
-    stats = filter_stage.run(config)
+    stats = filter_stage.STAGE.run(config)
     out = config.run_dir / "filter"
     accepted, rejected = read_shards(out / "accepted"), read_shards(out / "rejected")
     assert accepted.schema.equals(FILTERED_SCHEMA) and rejected.schema.equals(FILTERED_SCHEMA)
@@ -175,7 +178,7 @@ def test_filter_workers_give_the_same_verdicts_as_one_process(pipeline):
     assert config.filter.num_workers == 2
     single = load_config(config_path, ["run_name=tiny-one-worker", "filter.num_workers=1"])
     shutil.copytree(config.run_dir / "generate", single.run_dir / "generate")
-    filter_stage.run(single)
+    filter_stage.STAGE.run(single)
     for sub in ("accepted", "rejected"):
         assert read_shards(single.run_dir / "filter" / sub).equals(read_shards(config.run_dir / "filter" / sub))
     assert len(read_shards(single.run_dir / "filter" / "accepted")) > 0  # not two empty tables
@@ -183,34 +186,34 @@ def test_filter_workers_give_the_same_verdicts_as_one_process(pipeline):
 
 def test_a_changed_filter_setting_refilters_and_retrains(pipeline):
     config, config_path, _ = pipeline
-    filter_stage.run(config)
-    assert filter_stage.is_complete(config)
+    filter_stage.STAGE.run(config)
+    assert filter_stage.STAGE.is_complete(config)
     meta = config.run_dir / "filter" / "meta" / "00000.json"
     before = meta.stat().st_mtime_ns
-    assert filter_stage.run(config) and meta.stat().st_mtime_ns == before  # unchanged: skipped
+    assert filter_stage.STAGE.run(config) and meta.stat().st_mtime_ns == before  # unchanged: skipped
 
     changed = load_config(config_path, ["filter.drop_duplicates=false", "filter.near_duplicates=false"])
-    assert not filter_stage.is_complete(changed)
-    stats = filter_stage.run(changed)
+    assert not filter_stage.STAGE.is_complete(changed)
+    stats = filter_stage.STAGE.run(changed)
     assert meta.stat().st_mtime_ns != before and stats["rejected"]["duplicate"] == 0
     card = (config.run_dir / "filter" / "accepted" / "README.md").read_text()
     assert "'drop_duplicates': False" in card  # the card and the verdicts describe the same settings
-    assert filter_stage.is_complete(changed) and not filter_stage.is_complete(config)
-    filter_stage.run(config)  # back to the fixture's settings for the tests that follow
+    assert filter_stage.STAGE.is_complete(changed) and not filter_stage.STAGE.is_complete(config)
+    filter_stage.STAGE.run(config)  # back to the fixture's settings for the tests that follow
 
 
 def test_filter_outputs_of_vanished_generate_shards_are_removed(pipeline):
     config, _, _ = pipeline
     accepted = config.run_dir / "filter" / "accepted"
     shutil.copy(accepted / "00000.parquet", accepted / "00099.parquet")  # a leftover of an earlier, larger run
-    stats = filter_stage.run(config)
+    stats = filter_stage.STAGE.run(config)
     assert not (accepted / "00099.parquet").exists()
     assert stats["shards"] == 3 and set(stats["accepted_files"]) <= {"00000.parquet", "00001.parquet", "00002.parquet"}
 
 
 def test_a_regenerated_shard_is_filtered_again(pipeline):
     config, _, _ = pipeline
-    filter_stage.run(config)
+    filter_stage.STAGE.run(config)
     meta = config.run_dir / "filter" / "meta" / "00001.json"
     before = read_json(meta)["fingerprint"]
     untouched = (config.run_dir / "filter" / "meta" / "00000.json").stat().st_mtime_ns
@@ -222,15 +225,15 @@ def test_a_regenerated_shard_is_filtered_again(pipeline):
     write_parquet_atomic(original.set_column(original.schema.get_field_index("rationale"), "rationale",
                                              pa.array(rationales, pa.string())), shard)
     try:
-        assert not filter_stage.is_complete(config)
-        filter_stage.run(config)
+        assert not filter_stage.STAGE.is_complete(config)
+        filter_stage.STAGE.run(config)
         assert read_json(meta)["fingerprint"] != before
         assert (config.run_dir / "filter" / "meta" / "00000.json").stat().st_mtime_ns == untouched
         assert "Seven, by counting. The answer is 7." in read_shards(config.run_dir / "filter" / "rejected").column(
             "rationale").to_pylist() + read_shards(config.run_dir / "filter" / "accepted").column("rationale").to_pylist()
     finally:
         write_parquet_atomic(original, shard)
-        filter_stage.run(config)
+        filter_stage.STAGE.run(config)
 
 
 @pytest.fixture(scope="module")
@@ -292,13 +295,13 @@ def trained_config_path(config):
 
 
 def test_train_runs_and_saves_model_and_card(trained):
-    stats = train.run(trained)
+    stats = train.STAGE.run(trained)
     model_dir = trained.run_dir / "train" / "model"
     assert stats["global_steps"] == 3 and stats["examples"] == 8
     assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
     card = (model_dir / "README.md").read_text()
     assert "8 accepted rationales" in card and str(trained.run_dir / "filter" / "accepted") in card
-    assert train.is_complete(trained)
+    assert train.STAGE.is_complete(trained)
 
 
 def test_train_resumes_from_its_last_checkpoint(trained, caplog):
@@ -310,8 +313,8 @@ def test_train_resumes_from_its_last_checkpoint(trained, caplog):
     for later in checkpoints.glob("checkpoint-*"):
         if later.name != "checkpoint-2":
             shutil.rmtree(later)
-    with caplog.at_level("INFO", logger="cotdistill.training"):
-        stats = train.run(trained)
+    with caplog.at_level("INFO", logger="cotdistill.trainers.checkpoints"):
+        stats = train.STAGE.run(trained)
     assert "resuming from the last checkpoint" in caplog.text
     assert stats["global_steps"] == 3 and (trained.run_dir / "train" / "model" / "config.json").exists()
     # Resumed, not restarted: one step ran in this invocation, from step 2.
@@ -321,7 +324,7 @@ def test_train_resumes_from_its_last_checkpoint(trained, caplog):
 def test_evaluate_writes_every_output(trained, pipeline):
     teacher_generations = pipeline[0].run_dir / "generate" / "samples"
     config = load_config(pipeline[1], ["run_name=tiny-train", f"evaluate.stored={{stored_teacher: {teacher_generations}}}"])
-    result = evaluate.run(config)
+    result = evaluate.STAGE.run(config)
     out = config.run_dir / "evaluate"
     metrics = read_json(out / "metrics.json")
     assert set(metrics["models"]) == {"teacher", "base_student", "student", "stored_teacher"}
@@ -345,21 +348,21 @@ def test_evaluate_writes_every_output(trained, pipeline):
     for plot in ("accuracy_vs_k.png", "accuracy_vs_tokens.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "student" in format_table(result["models"]) and "maj@K" in format_table(result["models"])
-    assert evaluate.is_complete(config)
+    assert evaluate.STAGE.is_complete(config)
 
 
 def test_a_retrained_student_is_evaluated_again_and_only_it(trained, pipeline):
     config = load_config(pipeline[1], ["run_name=tiny-train"])
-    evaluate.run(config)
+    evaluate.STAGE.run(config)
     out = config.run_dir / "evaluate"
     before = {name: (out / f"{name}.cost.json").stat().st_mtime_ns for name in ("teacher", "base_student", "student")}
     retrain = load_config(pipeline[1], ["run_name=tiny-train", "train.sft.learning_rate=0.002"])
-    assert not train.is_complete(retrain)
-    stats = train.run(retrain)
+    assert not train.STAGE.is_complete(retrain)
+    stats = train.STAGE.run(retrain)
     assert stats["resumed_from_step"] == 0  # checkpoints of the old settings were not resumed
-    assert not evaluate.is_complete(retrain)
-    evaluate.run(retrain)
+    assert not evaluate.STAGE.is_complete(retrain)
+    evaluate.STAGE.run(retrain)
     after = {name: (out / f"{name}.cost.json").stat().st_mtime_ns for name in before}
     assert after["teacher"] == before["teacher"] and after["base_student"] == before["base_student"]
     assert after["student"] != before["student"]
-    assert evaluate.is_complete(retrain)
+    assert evaluate.STAGE.is_complete(retrain)

@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill.config import ConfigError, load_config
-from cotdistill.filter.pairs import preference_pairs
-from cotdistill.fingerprints import make_fingerprint, write_fingerprint
-from cotdistill.prompts import PromptTemplate
-from cotdistill.records import FILTERED_SCHEMA, PAIR_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
-from cotdistill.shards import read_json, write_json_atomic, write_parquet_atomic
+from cotdistill.config.load import load_config
+from cotdistill.core.fields import ConfigError
+from cotdistill.core.fingerprints import make_fingerprint, write_fingerprint
+from cotdistill.core.prompts import PromptTemplate
+from cotdistill.core.records import FILTERED_SCHEMA, PAIR_SCHEMA, SAMPLE_SCHEMA, Sample, samples_to_table
+from cotdistill.core.shards import read_json, write_json_atomic, write_parquet_atomic
+from cotdistill.stages.filter.pairs import preference_pairs
 from tests.conftest import set_dotted, tiny_config_dict
 
 
@@ -54,7 +55,7 @@ def test_pairs_take_accepted_against_the_named_reasons_of_the_same_question():
     assert {p["rejected_reason"] for p in draw(judged_table(rows), reasons=("wrong", "truncated"), per_question=10)} \
         == {"wrong", "truncated"}
     # the pairs fit the schema the filter writes them with
-    from cotdistill.records import rows_to_table
+    from cotdistill.core.records import rows_to_table
 
     assert rows_to_table(pairs, PAIR_SCHEMA).num_rows == 3
 
@@ -89,13 +90,16 @@ def write_generate(config, gsm8k_rows, questions: int = 4) -> dict[str, str]:
 
 
 def test_filter_pairs_then_dpo_then_evaluate_student_dpo(tmp_path, tiny_model, gsm8k_rows):
-    from cotdistill import dpo, evaluate, filter as filter_stage, train
+    from cotdistill.stages import dpo
+    from cotdistill.stages import evaluate
+    from cotdistill.stages import filter as filter_stage
+    from cotdistill.stages import train
 
     (tmp_path / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:4]))
     config = run_config(tmp_path, tiny_model)
     write_generate(config, gsm8k_rows)
 
-    stats = filter_stage.run(config)
+    stats = filter_stage.STAGE.run(config)
     assert stats["accepted"] == 8 and stats["rejected"]["wrong"] == 8
     assert stats["pairs"] == {"pairs": 8, "questions": 4, "by_reason": {"wrong": 8}, "files": ["00000.parquet"]}
     pairs = pq.read_table(config.paths.pairs / "00000.parquet")
@@ -113,12 +117,12 @@ def test_filter_pairs_then_dpo_then_evaluate_student_dpo(tmp_path, tiny_model, g
     assert "8 pairs over 4" in (config.paths.pairs / "README.md").read_text()
     assert "Preference pairs (filter/pairs/): 8 over 4 questions" in config.paths.audit.read_text()
 
-    train.run(config)
-    result = dpo.run(config)
+    train.STAGE.run(config)
+    result = dpo.STAGE.run(config)
     assert result["global_steps"] == 2 and result["pairs"] == 8 and result["steps_this_run"] == 2
     assert (config.paths.dpo_model / "config.json").is_file() and read_json(config.paths.dpo / "stats.json") == result
     assert "trained by DPO" in (config.paths.dpo_model / "README.md").read_text()
-    assert dpo.is_complete(config)
+    assert dpo.STAGE.is_complete(config)
     # the weights moved: DPO trained the SFT student, not a copy of it
     from safetensors.numpy import load_file
 
@@ -126,32 +130,33 @@ def test_filter_pairs_then_dpo_then_evaluate_student_dpo(tmp_path, tiny_model, g
                      for folder in (config.paths.trained_model, config.paths.dpo_model))
     assert any(abs(before[k] - after[k]).max() > 0 for k in before)
 
-    metrics = evaluate.run(config)["models"]
+    metrics = evaluate.STAGE.run(config)["models"]
     assert set(metrics) == {"student", "student_dpo"}
     assert metrics["student_dpo"]["k"] == 2 and config.paths.eval_rows("student_dpo").is_file()
     assert "student_dpo" in (config.paths.evaluate / "report.md").read_text()
 
     # a rerun with another DPO setting redoes dpo, and evaluate then scores only student_dpo again
     changed = run_config(tmp_path, tiny_model, **{"dpo.beta": 0.2})
-    assert not dpo.is_complete(changed) and train.STAGE.is_complete(changed)
-    dpo.run(changed)
+    assert not dpo.STAGE.is_complete(changed) and train.STAGE.is_complete(changed)
+    dpo.STAGE.run(changed)
     keys = evaluate.current_keys(changed)
     assert evaluate._is_done(changed.paths, "student", keys["student"])
     assert not evaluate._is_done(changed.paths, "student_dpo", keys["student_dpo"])
 
 
 def test_a_filter_without_pairs_stops_dpo_with_a_clear_message(tmp_path, tiny_model, gsm8k_rows):
-    from cotdistill import dpo, filter as filter_stage
+    from cotdistill.stages import dpo
+    from cotdistill.stages import filter as filter_stage
 
     (tmp_path / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:2]))
     config = run_config(tmp_path, tiny_model, **{"filter.pair_reasons": ["truncated"]})
     write_generate(config, gsm8k_rows, questions=2)
-    assert filter_stage.run(config)["pairs"]["pairs"] == 0  # nothing was truncated
+    assert filter_stage.STAGE.run(config)["pairs"]["pairs"] == 0  # nothing was truncated
     assert not (config.paths.pairs / "00000.parquet").exists()
     write_json_atomic({}, config.paths.train / "stats.json")
     write_fingerprint(config.paths.train, make_fingerprint({"train": "by hand"}))
     with pytest.raises(RuntimeError, match="wrote no preference pairs"):
-        dpo.run(config)
+        dpo.STAGE.run(config)
 
 
 @pytest.mark.parametrize("change, key", [
@@ -181,7 +186,7 @@ def test_pair_and_dpo_settings_are_checked_at_load(tmp_path, tiny_model, change,
 
 
 def test_an_unknown_dpo_field_is_refused_before_any_stage(tmp_path, tiny_model):
-    from cotdistill.cli import preflight
+    from cotdistill.stages import dpo
 
     data = tiny_config_dict(tmp_path, tiny_model, tmp_path / "q.jsonl")
     (tmp_path / "q.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
@@ -190,7 +195,7 @@ def test_an_unknown_dpo_field_is_refused_before_any_stage(tmp_path, tiny_model):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="dpo: unknown DPOConfig field 'betta'"):
-        preflight(load_config(path), ["dpo"])
+        dpo.STAGE.preflight(load_config(path))
 
 
 def test_the_dpo_command_without_a_dpo_section_says_so(tmp_path, tiny_model, caplog):

@@ -1,6 +1,6 @@
 import pytest
 
-from cotdistill.prompts import PromptError, PromptTemplate
+from cotdistill.core.prompts import PromptError, PromptTemplate
 
 REPO_FEWSHOT = "data/fewshot/arithmetic.jsonl"
 

@@ -10,11 +10,13 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from cotdistill import prune
-from cotdistill.config import ConfigError, PruneConfig, load_config
-from cotdistill.fingerprints import make_fingerprint, write_fingerprint
-from cotdistill.models import count_parameters
-from cotdistill.shards import read_json, write_json_atomic, write_parquet_atomic
+from cotdistill.config.load import load_config
+from cotdistill.config.sections import PruneConfig
+from cotdistill.core.fields import ConfigError
+from cotdistill.core.fingerprints import make_fingerprint, write_fingerprint
+from cotdistill.core.shards import read_json, write_json_atomic, write_parquet_atomic
+from cotdistill.models.footprint import count_parameters
+from cotdistill.stages import prune
 from tests.conftest import REPO, TINY_ENGINE, tiny_config_dict
 
 QUESTIONS = REPO / "data" / "arithmetic" / "train.jsonl"
@@ -219,9 +221,9 @@ def test_run_prunes_skips_when_done_and_redoes_on_new_settings(tmp_path, small_l
     assert texts == as_text[2:] + as_text[:1]  # the finished ones first, then topped up with truncated ones
     assert config.student_base() == str(config.run_dir / "prune" / "model")
 
-    stats = prune.run(config)
+    stats = prune.STAGE.run(config)
     out = config.run_dir / "prune"
-    assert prune.is_complete(config)
+    assert prune.STAGE.is_complete(config)
     assert stats == read_json(out / "stats.json")
     assert (stats["num_layers_after"], stats["intermediate_size_after"], stats["num_attention_heads_after"],
             stats["num_key_value_heads_after"]) == (3, 128, 2, 1)
@@ -238,35 +240,35 @@ def test_run_prunes_skips_when_done_and_redoes_on_new_settings(tmp_path, small_l
 
     # Same settings: skipped, nothing measured again.
     monkeypatch.setattr(prune, "measure_importance", lambda *a, **k: pytest.fail("measured again"))
-    assert prune.run(config) == stats
+    assert prune.STAGE.run(config) == stats
     monkeypatch.undo()
 
     # Other settings: redone. A budget between 3 and 4 full-width blocks keeps 3.
     per_layer = (stats["parameters_before"] - expected_parameters(model.config.vocab_size, 0, 0, 0, 0)) // LAYERS
     budget = expected_parameters(model.config.vocab_size, 0, 0, 0, 0) + 3 * per_layer + per_layer // 2
     config2 = stage_config(tmp_path, small_llama, parameter_budget=budget, calibration_samples=6)
-    assert not prune.is_complete(config2)
-    stats2 = prune.run(config2)
+    assert not prune.STAGE.is_complete(config2)
+    stats2 = prune.STAGE.run(config2)
     assert stats2["num_layers_after"] == 3 and stats2["intermediate_size_after"] == WIDTH
     assert stats2["parameters_after"] <= budget < stats2["parameters_after"] + per_layer
-    assert prune.is_complete(config2) and not prune.is_complete(config)
+    assert prune.STAGE.is_complete(config2) and not prune.STAGE.is_complete(config)
 
 
 def test_targets_the_model_cannot_meet_are_refused(tmp_path, small_llama, gsm8k_rows):
     config = stage_config(tmp_path, small_llama, num_attention_heads=3)
     write_generate(config.run_dir, gsm8k_rows)
     with pytest.raises(ConfigError, match=r"student.prune.num_attention_heads: 3 is not a multiple of 2"):
-        prune.run(config)
+        prune.STAGE.run(config)
     config = stage_config(tmp_path, small_llama, intermediate_size=512)
     with pytest.raises(ConfigError, match=r"student.prune.intermediate_size: 512 is more than the model's 256"):
-        prune.run(config)
+        prune.STAGE.run(config)
 
 
 def test_vllm_and_transformers_agree_on_the_pruned_model(pruned):
     import torch
     from vllm import SamplingParams
 
-    from cotdistill.config import ModelConfig
+    from cotdistill.config.sections import ModelConfig
     from cotdistill.teachers.vllm_local import build_llm, release_llm
 
     folder = pruned[0]

@@ -25,8 +25,8 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
-from cotdistill import generate
-from cotdistill.config import load_config
+from cotdistill.config.load import load_config
+from cotdistill.stages import generate
 from cotdistill.teachers.ray_pool import RayPoolTeacher
 from tests.conftest import tiny_config_dict
 from tests.ray_echo import EchoActor, pickled_by_value

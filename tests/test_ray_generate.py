@@ -8,10 +8,10 @@ import json
 import pyarrow.compute as pc
 import yaml
 
-from cotdistill import generate
-from cotdistill.config import load_config
-from cotdistill.fingerprints import read_fingerprint
-from cotdistill.shards import list_shards, read_shards
+from cotdistill.config.load import load_config
+from cotdistill.core.fingerprints import read_fingerprint
+from cotdistill.core.shards import list_shards, read_shards
+from cotdistill.stages import generate
 from tests.conftest import tiny_config_dict
 
 
@@ -25,7 +25,7 @@ def test_ray_backend_writes_what_the_local_engine_writes(tmp_path, parrot_model,
     local = load_config(path, ["run_name=local"])
     pooled = load_config(path, ["run_name=pooled", "teacher.backend=ray", "teacher.ray.replicas=2",
                                 "teacher.ray.num_cpus=1"])
-    local_stats, pooled_stats = generate.run(local), generate.run(pooled)
+    local_stats, pooled_stats = generate.STAGE.run(local), generate.STAGE.run(pooled)
 
     local_dir, pooled_dir = local.run_dir / "generate", pooled.run_dir / "generate"
     assert [p.name for p in list_shards(pooled_dir / "samples")] == [p.name for p in list_shards(local_dir / "samples")]

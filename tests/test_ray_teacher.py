@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from cotdistill.config import ModelConfig, RayConfig
-from cotdistill.teachers import Finished, TeacherRequest
+from cotdistill.config.sections import ModelConfig
+from cotdistill.teachers.base import Finished, TeacherRequest
 from cotdistill.teachers.ray_actor import ACTOR_ENV
+from cotdistill.teachers.ray_pool import RayConfig
 from cotdistill.teachers.ray_pool import RayPoolTeacher
 from tests.conftest import PARROT_ANSWER, TINY_ENGINE
 from tests.ray_echo import EchoPool, echo_requests, pickled_by_value
@@ -35,7 +36,7 @@ def questions(gsm8k_rows) -> list[str]:
 
 def parrot_config(model_dir: Path, **ray_options) -> ModelConfig:
     return ModelConfig(model=str(model_dir), backend="ray", engine=dict(TINY_ENGINE),
-                       ray=RayConfig(replicas=2, num_cpus=1, num_gpus=0, **ray_options))
+                       settings=RayConfig(replicas=2, num_cpus=1, num_gpus=0, **ray_options))
 
 
 @pytest.fixture(scope="class")
@@ -150,7 +151,7 @@ class TestParrotPool:
 def echo_model(own_ray):
     with pickled_by_value():
         yield lambda **ray_options: ModelConfig(model="echo", backend="ray", engine={"delay": 0.05},
-                                                ray=RayConfig(**{"replicas": 2, "num_cpus": 0, **ray_options}))
+                                                settings=RayConfig(**{"replicas": 2, "num_cpus": 0, **ray_options}))
 
 
 def test_chunks_share_one_engine_run(echo_model):

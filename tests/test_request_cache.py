@@ -13,9 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill import generate
-from cotdistill.config import ConfigError, ModelConfig, load_config
-from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest
+from cotdistill.config.load import load_config
+from cotdistill.config.sections import ModelConfig
+from cotdistill.core.fields import ConfigError
+from cotdistill.stages import generate
+from cotdistill.teachers.base import Completion, Finished, Sampling, TeacherRequest
 from cotdistill.teachers.cache import CachedTeacher, RequestCache, request_key
 from tests.conftest import tiny_config_dict
 
@@ -39,7 +41,7 @@ def test_second_run_sends_nothing_and_one_change_sends_only_what_changed(tmp_pat
     path.write_text(yaml.safe_dump(data))
 
     first = load_config(path, ["run_name=first"])
-    first_stats = generate.run(first)
+    first_stats = generate.STAGE.run(first)
     assert first_stats["cache"] == {"hits": 0, "prompt_tokens_saved": 0, "completion_tokens_saved": 0}
 
     # The same settings under another name: every request hits, and no engine may start.
@@ -51,7 +53,7 @@ def test_second_run_sends_nothing_and_one_change_sends_only_what_changed(tmp_pat
     with monkeypatch.context() as patch:
         patch.setattr(vllm_local, "build_llm", no_engine)
         second = load_config(path, ["run_name=second"])
-        second_stats = generate.run(second)
+        second_stats = generate.STAGE.run(second)
     assert second_stats["cache"] == {"hits": 6, "prompt_tokens_saved": first_stats["prompt_tokens"],
                                      "completion_tokens_saved": first_stats["completion_tokens"]}
     assert [{**r, "run_id": None} for r in rows(second)] == [{**r, "run_id": None} for r in rows(first)]
@@ -60,14 +62,14 @@ def test_second_run_sends_nothing_and_one_change_sends_only_what_changed(tmp_pat
 
     # Two more questions: only those two are sent; the six others hit.
     third = load_config(path, ["run_name=third", "data.limit=8"])
-    third_stats = generate.run(third)
+    third_stats = generate.STAGE.run(third)
     assert third_stats["questions"] == 8 and third_stats["cache"]["hits"] == 6
     assert [r for r in rows(third) if r["question_id"] in {q["question_id"] for q in rows(first)}] == [
         {**r, "run_id": "third"} for r in rows(first)]
 
     # Another temperature changes every request: nothing hits.
     fourth = load_config(path, ["run_name=fourth", "generate.temperature=0.7"])
-    assert generate.run(fourth)["cache"]["hits"] == 0
+    assert generate.STAGE.run(fourth)["cache"]["hits"] == 0
 
 
 def test_unseeded_cache_needs_an_opt_in_at_load(tmp_path, tiny_model, gsm8k_rows):

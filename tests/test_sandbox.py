@@ -1,4 +1,4 @@
-"""The code sandbox (cotdistill/sandbox.py) against hostile programs, as real processes: each gets its verdict and
+"""The code sandbox (cotdistill/verify/sandbox.py) against hostile programs, as real processes: each gets its verdict and
 leaves the host unchanged (no new file outside the sandbox, no surviving process, no connection received, the
 planted secret in no output)."""
 
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from cotdistill.sandbox import Limits, isolation_problem, run_python
+from cotdistill.verify.sandbox import Limits, isolation_problem, run_python
 
 FAST = Limits(wall_s=3, cpu_s=3)
 
@@ -183,8 +183,8 @@ def piston_service():
 
 
 def test_piston_client_against_a_local_piston_service(piston_service):
-    from cotdistill.code_answers import check_program, humaneval_tests, read_humaneval
-    from cotdistill.sandbox import PistonExecutor
+    from cotdistill.verify.code import check_program, humaneval_tests, read_humaneval
+    from cotdistill.verify.sandbox import PistonExecutor
 
     remote = PistonExecutor(piston_service)
     assert remote.run("print(input() * 2)", "ab\n", FAST).stdout == "abab\n"

@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill import evaluate, generate
-from cotdistill.config import load_config
-from cotdistill.records import SAMPLE_SCHEMA
-from cotdistill.report import format_table
-from cotdistill.shards import Journal, read_json, read_shards
+from cotdistill.config.load import load_config
+from cotdistill.core.records import SAMPLE_SCHEMA
+from cotdistill.core.shards import Journal, read_json, read_shards
+from cotdistill.stages import evaluate
+from cotdistill.stages import generate
+from cotdistill.stages.evaluate.report import format_table
 from tests.conftest import REPO, tiny_config_dict
 from tests.servers import FaultProxy
 from tests.test_journal import CountingTeacher
@@ -58,7 +59,7 @@ def test_served_teacher_writes_what_the_local_engine_writes(runs, served_parrot)
     tmp, path = runs
     local = load_config(path, ["run_name=local"])
     remote = served(path, served_parrot, "served")
-    local_stats, remote_stats = generate.run(local), generate.run(remote)
+    local_stats, remote_stats = generate.STAGE.run(local), generate.STAGE.run(remote)
     local_table = read_shards(local.run_dir / "generate" / "samples")
     remote_table = read_shards(remote.run_dir / "generate" / "samples")
     assert remote_table.schema.equals(SAMPLE_SCHEMA)
@@ -71,7 +72,7 @@ def test_served_teacher_writes_what_the_local_engine_writes(runs, served_parrot)
     assert remote_stats["completion_tokens"] == sum(remote_table.column("completion_tokens").to_pylist()) > 0
     assert all("The answer is 7" in t for t in remote_table.column("rationale").to_pylist()[:3])
 
-    result = evaluate.run(remote)  # evaluate scores a served model through the same backend
+    result = evaluate.STAGE.run(remote)  # evaluate scores a served model through the same backend
     metrics = read_json(remote.run_dir / "evaluate" / "metrics.json")["models"]["teacher"]
     assert metrics["questions"] == NUM_QUESTIONS and metrics["k"] == 3 and metrics["sampled_tokens"] > 0
     assert "teacher" in format_table(result["models"])
@@ -82,7 +83,7 @@ def test_faults_are_retried_and_counted_and_every_sample_lands_once(runs, served
     with FaultProxy(served_parrot, seed=7, rate_429=0.25, rate_500=0.2, rate_drop=0.1, rate_slow=0.1,
                     retry_after="0") as proxy:
         config = served(path, proxy.url, "faults", "teacher.openai.max_retries=8", "teacher.openai.timeout_s=30")
-        stats = generate.run(config)
+        stats = generate.STAGE.run(config)
         injected = proxy.injected()
     table = read_shards(config.run_dir / "generate" / "samples")
     assert len(keys_of(table)) == len(set(keys_of(table))) == NUM_QUESTIONS * 3
@@ -94,7 +95,7 @@ def test_requests_that_fail_after_their_retries_are_recorded_not_dropped(runs, s
     _, path = runs
     with FaultProxy(served_parrot, seed=3, rate_500=0.5) as proxy:
         config = served(path, proxy.url, "failures", "teacher.openai.max_retries=1")
-        stats = generate.run(config)
+        stats = generate.STAGE.run(config)
         injected = proxy.injected()
     # Each injected fault was either retried or ended its request: the counts add up.
     assert stats["num_failed"] > 0 and stats["retries"] + stats["num_failed"] == injected
@@ -137,7 +138,7 @@ def test_kill_9_mid_shard_resends_only_the_questions_not_journaled(runs, served_
     assert len(journaled) == 3
     teacher = CountingTeacher(build(config.teacher, config.seed))
     try:
-        generate.run(config, teacher=teacher)
+        generate.STAGE.run(config, teacher=teacher)
     finally:
         teacher.close()
     assert len(teacher.sent) == NUM_QUESTIONS - 3 and not set(teacher.sent) & journaled
@@ -172,7 +173,7 @@ def test_two_servers_one_killed_mid_run_nothing_lost_or_doubled(runs, served_par
             killer.start()
             config = served(path, json.dumps([served_parrot, proxy.url]), "two-servers", f"data.path={questions}",
                             "teacher.openai.max_concurrency=4", "generate.seed_per_request=true")
-            stats = generate.run(config)
+            stats = generate.STAGE.run(config)
             killer.join(timeout=30)
             served_by_second = sum(status == 200 for _, _, status, _ in proxy.exchanges)
     finally:

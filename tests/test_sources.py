@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cotdistill.config import DataConfig
-from cotdistill.sources import QuestionSource, SourceError
+from cotdistill.config.sections import DataConfig
+from cotdistill.questions.sources import QuestionSource, SourceError
 
 
 def write_jsonl(path, rows):

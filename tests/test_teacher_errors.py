@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from cotdistill.cli import main
-from cotdistill.config import load_config
-from cotdistill.shards import read_json
+from cotdistill.config.load import load_config
+from cotdistill.core.shards import read_json
 from tests.conftest import tiny_config_dict
 from tests.servers import StubOpenAI, free_port
 
@@ -188,8 +188,8 @@ def test_several_servers_share_the_work_and_one_that_dies_is_left_out(config_fil
 
 
 def test_servers_are_left_out_of_fingerprints_and_older_runs_that_named_one_are_the_same_work(config_file):
-    from cotdistill.fingerprints import digest, make_fingerprint, same_work
-    from cotdistill.generate import STAGE
+    from cotdistill.core.fingerprints import digest, make_fingerprint, same_work
+    from cotdistill.stages.generate import STAGE
 
     one = STAGE.fingerprint(load_config(config_file, ["teacher.openai.base_url=http://10.0.0.1:8000/v1"]))
     two = STAGE.fingerprint(load_config(config_file, ['teacher.openai.base_url=["http://a:1/v1", "http://b:2/v1"]']))
@@ -208,7 +208,7 @@ def test_servers_are_left_out_of_fingerprints_and_older_runs_that_named_one_are_
                                             ('["http://a/v1", "http://a/v1"]', "several different ones"),
                                             ('["http://a/v1", "a:8000/v1"]', "must start with http://")])
 def test_bad_server_lists_are_refused_at_load_naming_the_key(config_file, servers, phrase):
-    from cotdistill.config import ConfigError
+    from cotdistill.core.fields import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         load_config(config_file, [f"teacher.openai.base_url={servers}"])

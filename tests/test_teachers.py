@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cotdistill.config import ConfigError, dump_config, load_config
-from cotdistill.stages import SettingsChanged
+from cotdistill.config.load import dump_config, load_config
+from cotdistill.core.fields import ConfigError
+from cotdistill.stages.base import SettingsChanged
 from tests.conftest import TINY_ENGINE, set_dotted, tiny_config_dict
 
 
@@ -32,7 +33,8 @@ def teachers_config(tmp_path, teachers: list[dict], **changes):
 
 
 def test_two_teachers_then_a_third_added_to_the_finished_run(tmp_path, tiny_model, parrot_model, monkeypatch):
-    from cotdistill import filter as filter_stage, generate
+    from cotdistill.stages import filter as filter_stage
+    from cotdistill.stages import generate
     from cotdistill.teachers import build_teacher
 
     built = []
@@ -46,7 +48,7 @@ def test_two_teachers_then_a_third_added_to_the_finished_run(tmp_path, tiny_mode
            {"name": "tiny", "model": str(tiny_model), "num_samples": 3, "temperature": 0.5}]
     config = teachers_config(tmp_path, two)
     assert config.teacher.model == str(parrot_model)  # the first is the one meant where one teacher is
-    stats = generate.run(config)
+    stats = generate.STAGE.run(config)
     assert built == [str(parrot_model), str(tiny_model)]
     assert set(stats["teachers"]) == {"parrot", "tiny"} and stats["rationales"] == 3 * 2 + 3 * 3
     rows = pq.read_table(config.for_teacher("tiny").paths.samples / "00000.parquet").to_pylist()
@@ -55,7 +57,7 @@ def test_two_teachers_then_a_third_added_to_the_finished_run(tmp_path, tiny_mode
     assert sorted(Counter(r["question_id"] for r in rows).values()) == [3, 3, 3]
     assert sorted(r["sample_index"] for r in rows if r["question_id"] == rows[0]["question_id"]) == [0, 1, 2]
 
-    stats = filter_stage.run(config)
+    stats = filter_stage.STAGE.run(config)
     accepted = pq.read_table(config.paths.accepted / "00000.parquet").to_pylist()
     by_teacher = stats["teachers"]
     assert set(by_teacher) == {"parrot", "tiny"}
@@ -76,22 +78,22 @@ def test_two_teachers_then_a_third_added_to_the_finished_run(tmp_path, tiny_mode
     before = {p: p.read_bytes() for run in config.teacher_runs() for p in run.paths.samples.glob("*.parquet")}
     three = two + [{"name": "parrot_cool", "model": str(parrot_model), "temperature": 0.3}]
     config = teachers_config(tmp_path, three)
-    assert not generate.is_complete(config)
+    assert not generate.STAGE.is_complete(config)
     built.clear()
-    stats = generate.run(config)
+    stats = generate.STAGE.run(config)
     assert built == [str(parrot_model)] and stats["teachers"]["parrot_cool"]["rationales"] == 6
     assert {p: p.read_bytes() for p in before} == before
-    assert generate.is_complete(config) and not filter_stage.is_complete(config)
-    assert filter_stage.run(config)["teachers"]["parrot_cool"]["rationales"] == 6
+    assert generate.STAGE.is_complete(config) and not filter_stage.STAGE.is_complete(config)
+    assert filter_stage.STAGE.run(config)["teachers"]["parrot_cool"]["rationales"] == 6
 
     # A teacher's own settings changed under its finished rows: refused, naming what changed.
     changed = three[:1] + [{**three[1], "temperature": 0.9}] + three[2:]
     with pytest.raises(SettingsChanged, match="generate/teachers/tiny.*generate.temperature"):
-        generate.run(teachers_config(tmp_path, changed))
+        generate.STAGE.run(teachers_config(tmp_path, changed))
 
 
 def test_one_teacher_keeps_its_fingerprint_and_rows(tmp_path, tiny_model):
-    from cotdistill import generate
+    from cotdistill.stages import generate
 
     data = tiny_config_dict(tmp_path, tiny_model, tmp_path / "q.jsonl")
     (tmp_path / "q.jsonl").write_text('{"question": "How many?", "answer": "#### 7"}\n')
@@ -101,7 +103,7 @@ def test_one_teacher_keeps_its_fingerprint_and_rows(tmp_path, tiny_model):
     assert config.teachers == [] and config.teacher_name is None
     assert generate.fingerprint(config) == generate.teacher_fingerprint(config)
     assert config.paths.generate == config.run_dir / "generate" and config.teacher_runs() == [config]
-    stats = generate.run(config)
+    stats = generate.STAGE.run(config)
     rows = pq.read_table(config.paths.samples / "00000.parquet").to_pylist()
     assert len(rows) == stats["rationales"] and {r["teacher_name"] for r in rows} == {None}
     assert "teachers" not in yaml.safe_load(dump_config(config)) or not yaml.safe_load(dump_config(config))["teachers"]
@@ -142,7 +144,7 @@ def test_teachers_settings_are_checked_at_load(tmp_path, tiny_model, change, key
 
 
 def test_evaluate_names_each_teacher_and_teacher_is_the_first(tmp_path, tiny_model, parrot_model):
-    from cotdistill.evaluate import eval_models
+    from cotdistill.stages.evaluate import eval_models
 
     config = teachers_config(tmp_path, [{"name": "parrot", "model": str(parrot_model), "prompt": "student_question.jinja"},
                                         {"name": "tiny", "model": str(tiny_model)}],

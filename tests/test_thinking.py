@@ -1,4 +1,4 @@
-"""Reasoning teachers and students on every backend, with tiny-thinker (cotdistill/demo_models.py: a tiny Llama
+"""Reasoning teachers and students on every backend, with tiny-thinker (cotdistill/models/tiny_thinker.py: a tiny Llama
 whose vocabulary holds <think> and </think>, with a thinking switch in its chat template, trained in seconds to
 think before it answers):
 
@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill.config import ModelConfig, OpenAIConfig, RayConfig
-from cotdistill.demo_models import build_tiny_thinker
-from cotdistill.teachers import Sampling, TeacherRequest, render_prompt, teacher_settings
+from cotdistill.config.sections import ModelConfig
+from cotdistill.models.tiny_thinker import build_tiny_thinker
+from cotdistill.teachers import teacher_settings
+from cotdistill.teachers.base import Sampling, TeacherRequest, render_prompt
+from cotdistill.teachers.openai_server import OpenAIConfig
+from cotdistill.teachers.ray_pool import RayConfig
 from tests.conftest import TINY_ENGINE
 
 QUESTIONS = [
@@ -91,7 +94,8 @@ def test_a_local_parser_splits_as_vllms_server_does(thinker, served_thinker, bac
     compared = 0
     for switch in SWITCHES:
         kwargs = {"chat_template_kwargs": switch}
-        local = build_teacher(thinker_config(thinker, backend=backend, ray=RayConfig(replicas=1, num_cpus=1),
+        local = build_teacher(thinker_config(thinker, backend=backend,
+                                             settings=RayConfig(replicas=1, num_cpus=1) if backend == "ray" else None,
                                              **kwargs), seed=0)
         try:
             tokenizer = local.tokenizer()
@@ -100,7 +104,7 @@ def test_a_local_parser_splits_as_vllms_server_does(thinker, served_thinker, bac
             local.close()
             if ray.is_initialized():
                 ray.shutdown()
-        served = build_teacher(ModelConfig(model=str(thinker), backend="openai", **kwargs, openai=OpenAIConfig(
+        served = build_teacher(ModelConfig(model=str(thinker), backend="openai", **kwargs, settings=OpenAIConfig(
             base_url=served_thinker, api_key_env=None, model=str(thinker))), seed=0)
         try:
             got = splits(served, requests(tokenizer, switch))
@@ -147,7 +151,7 @@ def test_budget_forcing_through_the_completions_endpoint(thinker, served_thinker
 
     budget = 3
     config = ModelConfig(model=str(thinker), backend="openai", reasoning_delimiters=["<think>", "</think>"],
-                         openai=OpenAIConfig(base_url=served_thinker, api_key_env=None, model=str(thinker),
+                         settings=OpenAIConfig(base_url=served_thinker, api_key_env=None, model=str(thinker),
                                              endpoint="completions"))
     teacher = build_teacher(config, seed=0)
     try:
@@ -173,7 +177,7 @@ def test_chat_template_kwargs_go_to_the_server_and_off_settings_keep_fingerprint
     settings = teacher_settings(thinking)
     assert settings["chat_template_kwargs"] == {"enable_thinking": False} and settings["reasoning_parser"] == PARSER
     served = ModelConfig(model="m", backend="openai", chat_template_kwargs={"enable_thinking": False},
-                         openai=OpenAIConfig(base_url="http://127.0.0.1:9/v1", api_key_env=None))
+                         settings=OpenAIConfig(base_url="http://127.0.0.1:9/v1", api_key_env=None))
     teacher = OpenAITeacher(served, seed=0)
     try:
         body = teacher._request_kwargs(TeacherRequest("q", [{"role": "user", "content": "2+3?"}], "", None,
@@ -201,7 +205,8 @@ BUDGET_MISTAKES = [  # (overrides, the key the message names, a phrase of it)
 
 @pytest.mark.parametrize("overrides, key, phrase", BUDGET_MISTAKES, ids=[m[1] + ":" + m[2] for m in BUDGET_MISTAKES])
 def test_reasoning_settings_that_cannot_work_are_refused_at_load(overrides, key, phrase):
-    from cotdistill.config import ConfigError, load_config
+    from cotdistill.core.fields import ConfigError
+    from cotdistill.config.load import load_config
     from tests.conftest import REPO
 
     with pytest.raises(ConfigError) as caught:
@@ -210,7 +215,7 @@ def test_reasoning_settings_that_cannot_work_are_refused_at_load(overrides, key,
 
 
 def test_evaluate_reports_what_thinking_costs():
-    from cotdistill.evaluate import thinking_metrics
+    from cotdistill.stages.evaluate.scoring import thinking_metrics
 
     rows = [{"sample_answer_reasons": [None, "unfinished_reasoning", None, "unparseable"],
              "sample_finish_reasons": ["stop", "length", "length", "stop"],

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotdistill import train, training
-from cotdistill.config import load_config
-from cotdistill.shards import read_json
+from cotdistill.config.load import load_config
+from cotdistill.core.shards import read_json
+from cotdistill.stages import train
+from cotdistill.trainers import checkpoints as training
 from tests.conftest import tiny_config_dict, write_finished_filter
 
 COMPLETE = {"model.safetensors": b"weights", "config.json": b"{}", "optimizer.pt": b"optimizer",
@@ -63,7 +64,7 @@ def test_partial_newest_checkpoint_is_set_aside_and_the_complete_one_chosen(tmp_
     files_before = sorted(p.name for p in partial.iterdir())
     assert get_last_checkpoint(str(out)) == str(partial)  # what transformers alone would resume from
 
-    with caplog.at_level(logging.INFO, logger="cotdistill.training"):
+    with caplog.at_level(logging.INFO, logger="cotdistill.trainers.checkpoints"):
         chosen = training.resume_checkpoint(out)
 
     assert chosen == complete
@@ -74,7 +75,7 @@ def test_partial_newest_checkpoint_is_set_aside_and_the_complete_one_chosen(tmp_
     # Neither resuming nor save_total_limit rotation sees it any more.
     assert get_last_checkpoint(str(out)) == str(complete)
     assert sort_checkpoints(str(out)) == [str(complete)]
-    (record,) = [r for r in caplog.records if r.name == "cotdistill.training" and "checkpoint-4" in r.getMessage()]
+    (record,) = [r for r in caplog.records if r.name == "cotdistill.trainers.checkpoints" and "checkpoint-4" in r.getMessage()]
     assert record.levelno == logging.WARNING and str(parked) in record.getMessage()
     assert sorted(p.name for p in complete.iterdir()) == sorted([*COMPLETE, "trainer_state.json"])
 
@@ -83,7 +84,7 @@ def test_complete_checkpoints_are_left_alone(tmp_path, caplog):
     out = tmp_path / "checkpoints"
     make_checkpoint(out, 2)
     newest = make_checkpoint(out, 4)
-    with caplog.at_level(logging.INFO, logger="cotdistill.training"):
+    with caplog.at_level(logging.INFO, logger="cotdistill.trainers.checkpoints"):
         assert training.resume_checkpoint(out) == newest
     assert not (out / "partial").exists() and (out / "checkpoint-2").is_dir()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -145,7 +146,7 @@ def test_rerun_after_a_kill_mid_checkpoint_resumes_from_the_complete_one(accepte
     train_dir = config.run_dir / "train"
     checkpoints = train_dir / "checkpoints"
 
-    fresh = train.run(config)  # max_steps=3, save_steps=2: checkpoint-2, and checkpoint-3 at the end
+    fresh = train.STAGE.run(config)  # max_steps=3, save_steps=2: checkpoint-2, and checkpoint-3 at the end
     assert fresh["global_steps"] == 3 and fresh["steps_this_run"] == 3
     assert fresh["resumed_from_checkpoint"] is None and fresh["resumed_from_step"] == 0
     assert (checkpoints / "checkpoint-2").is_dir() and (checkpoints / "checkpoint-3").is_dir()
@@ -156,15 +157,15 @@ def test_rerun_after_a_kill_mid_checkpoint_resumes_from_the_complete_one(accepte
     kill(checkpoints / "checkpoint-3")
     files_left = sorted(p.name for p in (checkpoints / "checkpoint-3").iterdir())
 
-    with caplog.at_level(logging.INFO, logger="cotdistill.training"):
-        stats = train.run(config)
+    with caplog.at_level(logging.INFO, logger="cotdistill.trainers.checkpoints"):
+        stats = train.STAGE.run(config)
 
     assert stats["resumed_from_checkpoint"] == "checkpoint-2"
     assert stats["resumed_from_step"] == 2 and stats["steps_this_run"] == 1 and stats["global_steps"] == 3
     assert read_json(train_dir / "stats.json") == stats
-    assert train.is_complete(config)
+    assert train.STAGE.is_complete(config)
     warnings = [r.getMessage() for r in caplog.records
-                if r.name == "cotdistill.training" and r.levelno == logging.WARNING]
+                if r.name == "cotdistill.trainers.checkpoints" and r.levelno == logging.WARNING]
     assert any("checkpoint-3 is a partial checkpoint" in m and "trainer_state.json" in m for m in warnings)
     (parked,) = (checkpoints / "partial").iterdir()
     assert parked.name.startswith("checkpoint-3.") and sorted(p.name for p in parked.iterdir()) == files_left

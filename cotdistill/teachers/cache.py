@@ -29,15 +29,16 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from cotdistill.config import ModelConfig, RequestCacheConfig
-from cotdistill.models import cache_dir
-from cotdistill.teachers import Completion, Finished, Teacher, TeacherRequest, load_tokenizer
+from cotdistill.models.resolve import cache_dir
+from cotdistill.teachers.base import Completion, Finished, Teacher, TeacherRequest, load_tokenizer
+
+if TYPE_CHECKING:
+    from cotdistill.config.sections import ModelConfig, RequestCacheConfig
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,9 @@ class CachedTeacher:
     def tokenizer(self) -> Any | None:
         # A local engine's tokenizer without the engine (as the ray backend's driver loads it): the same prompt
         # token ids, so the same keys, whether or not this run starts an engine.
-        if self.model.backend in ("vllm", "ray"):
+        from cotdistill.teachers import backend_of
+
+        if backend_of(self.model).local_engine:
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizer(self.model)
             return self._tokenizer

@@ -1,7 +1,7 @@
 """The `openai` teacher backend: rationales from any OpenAI-compatible server (`vllm serve` on a cluster, OpenAI,
 DeepSeek, a gateway), with bounded concurrency, client-side rate limits and retries.
 
-    teacher = build(model_config, seed=0)           # model_config.backend == "openai"
+    teacher = build(model_config, seed=0)           # a model whose backend is openai
     for done in teacher.generate(requests):         # each Finished as soon as all its samples are back
         ...
     teacher.close()
@@ -41,13 +41,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import urlsplit
 
-from cotdistill.answers import after_reasoning
-from cotdistill.config import ModelConfig, OpenAIConfig
-from cotdistill.teachers import Completion, Finished, TeacherRequest, TeacherUnavailable
+from cotdistill.core.fields import setting
+from cotdistill.teachers.base import Backend, Completion, Finished, TeacherRequest, TeacherUnavailable
 from cotdistill.teachers.reasoning import split_by_delimiters
+from cotdistill.verify.answers import after_reasoning
+
+if TYPE_CHECKING:
+    from cotdistill.config.sections import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,44 @@ ERROR_MESSAGE_CHARS = 1000  # recorded errors are cut here (a 400 body can quote
 SERVER_FAILURES_TO_REST = 3  # failures in a row (connections, 5xx, bad bodies) that take one of several servers out
 SERVER_REST_S = 30.0  # how long it stays out before a request tries it again
 _UNSET: Any = object()
+
+
+@dataclass
+class OpenAIConfig:
+    """teacher.backend: openai. Any OpenAI-compatible server: `vllm serve`, OpenAI, DeepSeek, a gateway."""
+
+    # one server, or a list of servers of the same model: each request goes to the one with the fewest in flight,
+    # and one that keeps failing is left out for a while (interchangeable: not part of any fingerprint)
+    base_url: str | list[str] = "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the environment variable holding the key, never the key
+    model: str | None = None  # the served model name; defaults to the model's `model`
+    # chat (/v1/chat/completions, messages) | completions (/v1/completions, prompt text)
+    endpoint: str = setting("chat", one_of=("chat", "completions"))
+    max_concurrency: int = setting(16, at_least=1)  # requests in flight at once
+    requests_per_minute: float | None = setting(None, above=0)  # client-side limits, for APIs that meter them
+    tokens_per_minute: float | None = setting(None, above=0)
+    timeout_s: float = setting(600.0, above=0)  # per request
+    # on 429, 5xx, timeouts and dropped connections, with exponential backoff and jitter
+    max_retries: int = setting(6, at_least=0)
+    # every request failing for this long (servers unreachable, each request refused) stops the run
+    failing_timeout_s: float = setting(300.0, above=0)
+    n_per_request: bool = True  # one request with n=N (vLLM and OpenAI support it), else N requests of n=1
+    tokenizer: str | None = None  # a Hugging Face tokenizer for counting prompt tokens; defaults to `model`
+    price_per_million_input: float | None = None  # for the estimated cost in stats.json and --dry-run
+    price_per_million_output: float | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)  # passed as is (e.g. top_k for vLLM servers)
+
+    def servers(self) -> list[str]:
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    def rules(self, run: Any) -> Iterator[tuple[str, str]]:
+        servers = self.servers()
+        if not servers or len(set(servers)) != len(servers):
+            yield "base_url", f"must name one server, or several different ones; got {servers}"
+        for url in servers:
+            if not url.startswith(("http://", "https://")):
+                yield "base_url", f"must start with http:// or https://, got {url!r}"
+
 
 
 def build(model: ModelConfig, seed: int, model_path: str | None = None) -> "OpenAITeacher":
@@ -286,7 +327,7 @@ class OpenAITeacher:
                  backoff_multiplier: float = 1.0, backoff_max: float = 60.0) -> None:
         """backoff_*: tenacity's wait_random_exponential window (seconds) between retries that carry no
         Retry-After: attempt k waits uniformly up to min(backoff_max, backoff_multiplier * 2**(k-1))."""
-        config = model.openai
+        config = model.settings
         self._config = config
         self._model = model
         self._model_path = model_path
@@ -744,3 +785,37 @@ def _parse(response: Any, endpoint: str) -> _Response:
     return _Response(choices=choices,
                      prompt_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
                      completion_tokens=getattr(usage, "completion_tokens", None) if usage else None)
+
+
+# --- how this backend declares itself (teachers/base.Backend) -------------------------------------------------------
+
+
+def answer_settings(model: ModelConfig) -> dict[str, Any]:
+    """How the server is asked changes the answers; which server answers does not (base_url is left out)."""
+    o = model.settings
+    return {"served": {"model": o.model, "endpoint": o.endpoint, "n_per_request": o.n_per_request,
+                       "extra_body": o.extra_body}}
+
+
+def price(model: ModelConfig) -> tuple[float, float] | None:
+    o = model.settings
+    if not (o.price_per_million_input or o.price_per_million_output):
+        return None
+    return o.price_per_million_input or 0.0, o.price_per_million_output or 0.0
+
+
+def budget_problem(model: ModelConfig, key: str) -> str | None:
+    """Budget forcing continues a sample after closing its reasoning: only the completions endpoint can."""
+    if model.settings.endpoint == "chat":
+        return (f"cannot continue a chat reply ({key}.openai.endpoint chat returns the reasoning finished or not): "
+                f"use endpoint completions with {key}.reasoning_delimiters")
+    if not model.reasoning_delimiters:
+        return f"needs to know where the thinking ends in the completion text: set {key}.reasoning_delimiters"
+    return None
+
+
+BACKEND = Backend(
+    name="openai", build=build, settings=OpenAIConfig, answer_settings=answer_settings,
+    tokenizer=lambda model: model.settings.tokenizer or model.model,
+    n_per_request=lambda model: model.settings.n_per_request, price=price, budget_problem=budget_problem,
+)

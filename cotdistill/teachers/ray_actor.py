@@ -20,10 +20,12 @@ import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from cotdistill.config import ModelConfig
-from cotdistill.teachers import Finished, TeacherRequest
+from cotdistill.teachers.base import Finished, TeacherRequest
+
+if TYPE_CHECKING:
+    from cotdistill.config.sections import ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -40,13 +40,50 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from cotdistill.config import ModelConfig
-from cotdistill.teachers import Finished, TeacherRequest, load_tokenizer
+from cotdistill.core.fields import SECRET_WORDS, setting
+from cotdistill.teachers.base import Backend, Finished, TeacherRequest, load_tokenizer
 from cotdistill.teachers.ray_actor import ACTOR_ENV, EngineActor, EngineFailed
 
+if TYPE_CHECKING:
+    from cotdistill.config.sections import ModelConfig
+
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RayConfig:
+    """teacher.backend: ray. `replicas` actors, each holding one vLLM engine with the model's `engine` args."""
+
+    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001" for a running cluster
+    replicas: int = setting(2, at_least=1)
+    num_gpus: float = setting(0.0, at_least=0)  # per replica: usually engine.tensor_parallel_size (0 on CPU)
+    num_cpus: float = setting(1.0, at_least=0)  # per replica
+    # a chunk whose actor died is handed to another, this many times at most; as many replacements are started
+    max_actor_restarts: int = setting(3, at_least=0)
+    chunk_size: int = setting(32, at_least=1)  # requests sent to an actor at once
+    chunks_per_actor: int = setting(4, at_least=1)  # chunks in flight on each actor: its engine never runs dry
+    # an actor whose chunk runs this long is killed and the chunk re-sent (null: no limit)
+    chunk_timeout_s: float | None = setting(3600.0, above=0)
+    # an actor (first start or replacement) not up by then is given up; with no actor up for this long, the run stops
+    start_timeout_s: float = setting(1800.0, above=0)
+    # passed to Ray as is for every actor (working_dir, pip, env_vars, ...), for nodes without the package;
+    # its env_vars join those the actors need. Written to the run's config.yaml: never put secrets here.
+    runtime_env: dict[str, Any] | None = None
+
+    def rules(self, run: Any) -> Iterator[tuple[str, str]]:
+        if self.runtime_env is None:
+            return
+        env_vars = self.runtime_env.get("env_vars") or {}
+        if not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values()):
+            yield "runtime_env.env_vars", "must map variable names to strings"
+            return
+        for name in env_vars:
+            if any(word in name.upper() for word in SECRET_WORDS):
+                yield f"runtime_env.env_vars.{name}", (
+                    "looks like a secret, and runtime_env is written to the run's config.yaml: set it in the "
+                    "environment of `ray start` on every node instead")
 
 
 @dataclass
@@ -90,7 +127,7 @@ def _death_errors() -> tuple[type[BaseException], ...]:
 
 
 class RayPoolTeacher:
-    """`model.ray.replicas` engines as Ray actors behind the Teacher interface (see the module docstring)."""
+    """`model.settings.replicas` engines as Ray actors behind the Teacher interface (see the module docstring)."""
 
     actor_class: type = EngineActor  # what each actor runs (tests put a light stand-in here)
 
@@ -99,7 +136,7 @@ class RayPoolTeacher:
 
         self.name = model.model
         self.model, self.seed, self.model_path = model, seed, model_path
-        self.config = cfg = model.ray
+        self.config = cfg = model.settings
         self.chunk_size, self.chunks_per_actor = cfg.chunk_size, cfg.chunks_per_actor
         self.start_timeout_s, self.chunk_timeout_s = cfg.start_timeout_s, cfg.chunk_timeout_s
         self.max_in_flight = max_in_flight
@@ -447,3 +484,6 @@ def absolute_if_local(path: str) -> str:
 
 def build(model: ModelConfig, seed: int, model_path: str | None = None) -> RayPoolTeacher:
     return RayPoolTeacher(model, seed, model_path)
+
+
+BACKEND = Backend(name="ray", build=build, settings=RayConfig, local_engine=True, logprobs=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cotdistill.teachers import TeacherRequest
+from cotdistill.teachers.base import TeacherRequest
 
 
 class ReasoningSplitter:

@@ -14,11 +14,13 @@ import gc
 import itertools
 import logging
 import os
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from cotdistill.config import ModelConfig
-from cotdistill.models import resolve_model
-from cotdistill.teachers import Completion, Finished, Sampling, TeacherRequest
+from cotdistill.models.resolve import resolve_model
+from cotdistill.teachers.base import Backend, Completion, Finished, Sampling, TeacherRequest
+
+if TYPE_CHECKING:
+    from cotdistill.config.sections import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +192,6 @@ class VLLMTeacher:
 def build(model: ModelConfig, seed: int, model_path: str | None = None) -> VLLMTeacher:
     return VLLMTeacher(build_llm(model, seed, model_path), name=model.model, reasoning_parser=model.reasoning_parser,
                        chat_template_kwargs=model.chat_template_kwargs)
+
+
+BACKEND = Backend(name="vllm", build=build, local_engine=True, logprobs=True)

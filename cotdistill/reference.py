@@ -1,0 +1,197 @@
+"""The generated reference pages, written from the code so that they cannot drift from it:
+
+    python -m cotdistill.reference            # (make docs) rewrites docs/config.md and docs/reasons.md
+
+docs/config.md lists every configuration key: each section's dataclass, its fields in order with their type,
+default, allowed values (their Check) and the comments written beside them in config/sections.py, config/run.py
+and the teacher backends' settings. docs/reasons.md lists the filter's reasons, phase by phase, from the phases
+the filter applies (stages/filter/phases.py). tests/test_docs.py checks that both files are current.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment: the `#` lines right above it and the one at the end of its line, joined."""
+    source = inspect.getsource(cls)
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    body = tree.body[0].body
+    comments = {}
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above = []
+        i = node.lineno - 2
+        while i >= 0 and lines[i].strip().startswith("#"):
+            above.insert(0, lines[i].strip().lstrip("#").strip())
+            i -= 1
+        last = lines[node.end_lineno - 1]
+        trailing = last.split("  # ", 1)[1].strip() if "  # " in last else ""
+        comments[node.target.id] = " ".join(p for p in (*above, trailing) if p)
+    return comments
+
+
+def type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"list[{type_name(typing.get_args(hint)[0])}]"
+    if origin is dict:
+        args = typing.get_args(hint)
+        return f"dict[{type_name(args[0])}, {type_name(args[1])}]" if args else "dict"
+    if hint is type(None):
+        return "null"
+    if hint is Any:
+        return "any"
+    return getattr(hint, "__name__", str(hint))
+
+
+def default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        if dataclasses.is_dataclass(value):
+            return "(its section's defaults)"
+    else:
+        return "required"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"`{value!r}`" if isinstance(value, str) else f"`{value}`"
+
+
+def check_text(f: dataclasses.Field) -> str:
+    check = f.metadata.get("check")
+    if check is None:
+        return ""
+    parts = []
+    if check.one_of is not None:
+        parts.append("one of " + ", ".join(f"`{v}`" for v in sorted(check.one_of)))
+    if check.at_least is not None:
+        parts.append(f"at least {check.at_least:g}")
+    if check.above is not None:
+        parts.append(f"above {check.above:g}")
+    if check.within is not None:
+        low, high = check.within
+        parts.append(f"in {'(' if check.low_open else '['}{low:g}, {high:g}]")
+    if check.off is not None:
+        parts.append(f"`{check.off}` turns it off")
+    return "; ".join(parts)
+
+
+def section_classes() -> list[tuple[type, list[str]]]:
+    """Every section class reachable from RunConfig, in order of first appearance, with the keys it is written
+    under; each backend's settings under `<model>.<backend>`."""
+    from cotdistill.config.run import RunConfig
+    from cotdistill.teachers import BACKENDS
+
+    found: dict[type, list[str]] = {}
+
+    def visit(cls: type, key: str) -> None:
+        for parent in reversed([b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)]):
+            visit(parent, key)  # the fields it inherits are listed under the class that declares them
+        first = cls not in found
+        found.setdefault(cls, []).append(key)
+        if not first:  # its fields are listed once, under its first key
+            return
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in vars(cls).get("__annotations__", {}):
+                continue  # inherited: visited with its own class
+            if "key_named_by" in f.metadata:  # a model's backend settings, under each backend's name
+                for name, backend in BACKENDS.items():
+                    if backend.settings is not None:
+                        visit(backend.settings, f"<model>.{name}")
+                continue
+            for inner, suffix in nested(hints[f.name]):
+                visit(inner, f"{key}.{f.name}{suffix}".lstrip("."))
+
+    visit(RunConfig, "")
+    found[RunConfig] = ["(top level)"]
+    return list(found.items())
+
+
+def nested(hint: Any) -> list[tuple[type, str]]:
+    """The section classes a field holds, with the suffix of their key ([i] in a list, .<name> in a mapping)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return [(hint, "")]
+    if origin is list:
+        return [(c, "[i]" + s) for c, s in nested(typing.get_args(hint)[0])]
+    if origin is dict:
+        args = typing.get_args(hint)
+        return [(c, ".<name>" + s) for c, s in nested(args[1])] if args else []
+    return [pair for arg in typing.get_args(hint) for pair in nested(arg)]
+
+
+def config_reference() -> str:
+    lines = ["# Configuration reference", "",
+             "[back to the README](../README.md) · generated by `python -m cotdistill.reference` (`make docs`) from "
+             "the dataclasses of `cotdistill/config/` and the teacher backends' settings; `tests/test_docs.py` "
+             "checks that it is current. A key that is not listed here is an error at load.", ""]
+    for cls, keys in section_classes():
+        comments = field_comments(cls)
+        hints = typing.get_type_hints(cls)
+        doc = inspect.getdoc(cls) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
+        lines += [f"## {', '.join(f'`{k}`' for k in keys)}", "", f"`{cls.__module__}.{cls.__name__}`"
+                  + (f": {' '.join(doc.split())}" if doc else ""), ""]
+        own = [f for f in dataclasses.fields(cls) if f.name in vars(cls).get("__annotations__", {})]
+        parents = [b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)]
+        if parents:
+            lines += [f"And every key of `{parents[0].__name__}` (above).", ""]
+        for f in own:
+            if "key_named_by" in f.metadata:
+                lines.append(f"- `<{f.metadata['key_named_by']}>`: {comments.get(f.name, '')}")
+                continue
+            facts = [type_name(hints[f.name]), "default " + default_text(f)]
+            check = check_text(f)
+            if check:
+                facts.append(check)
+            comment = comments.get(f.name, "")
+            lines.append(f"- `{f.name}` ({', '.join(facts)})" + (f": {comment}" if comment else ""))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def reasons_reference() -> str:
+    from cotdistill.stages.filter.phases import PHASES
+
+    lines = ["# The filter's reasons", "",
+             "[back to the README](../README.md) · generated by `python -m cotdistill.reference` (`make docs`) from "
+             "the phases the filter applies (`cotdistill/stages/filter/phases.py`). A rejected rationale carries the "
+             "first reason it fails, in this order; `stats.json` counts them, `audit.md` shows examples of those "
+             "that occurred.", ""]
+    for phase in PHASES:
+        lines += [f"## {phase.name}", "", "| reason | what it means |", "| --- | --- |"]
+        lines += [f"| `{reason}` | {meaning} |" for reason, meaning in phase.reasons.items()]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+PAGES = {"config.md": config_reference, "reasons.md": reasons_reference}
+
+
+def main() -> None:
+    DOCS.mkdir(exist_ok=True)
+    for name, make in PAGES.items():
+        (DOCS / name).write_text(make())
+        print(f"wrote {DOCS / name}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The generated reference pages are current: docs/config.md lists every configuration key as the dataclasses
+declare it, and docs/reasons.md every reason the filter gives. `make docs` rewrites them."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from cotdistill.reference import DOCS, PAGES, section_classes
+from cotdistill.stages.filter.phases import REASONS
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_the_generated_page_is_current(name):
+    assert (DOCS / name).read_text() == PAGES[name](), f"docs/{name} is stale: run `make docs`"
+
+
+def test_every_config_key_is_in_the_reference():
+    text = (DOCS / "config.md").read_text()
+    for cls, _ in section_classes():
+        for f in dataclasses.fields(cls):
+            if "key_named_by" not in f.metadata:
+                assert f"- `{f.name}` (" in text, f"{cls.__name__}.{f.name}"
+
+
+def test_every_filter_reason_is_in_the_reference():
+    text = (DOCS / "reasons.md").read_text()
+    assert set(re.findall(r"^\| `(\w+)` \|", text, re.M)) == set(REASONS)
+
+
+def test_every_doc_page_is_linked_from_the_readme():
+    readme = (REPO / "README.md").read_text()
+    for page in DOCS.glob("*.md"):
+        assert f"docs/{page.name}" in readme, page.name
+    for target in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (REPO / target).is_file(), target
