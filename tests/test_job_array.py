@@ -1,7 +1,8 @@
 """Job arrays without Ray: `cotdistill generate CONFIG --part i/K` as K independent processes (or Slurm array
 tasks), each with its own local engine, sharing one run folder. Three parts run at once on the tiny model, one is
 killed with SIGKILL and rerun, and the run gets exactly the (question_id, sample_index, rationale) set a single
-process gets with per-request seeds; until every part is done, the filter refuses, naming the missing part."""
+process gets with per-request seeds; until every part is done, the filter refuses, naming the missing part, and
+the part that finishes last completes the stage, so that the filter can follow it directly."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_three_parts_at_once_one_killed_and_rerun_give_what_one_process_gives(co
     results = [finish(p) for p in running]
     assert [code for code, _ in results] == [0, -9, 0], [out[-2000:] for _, out in results]
     assert parts.paths.missing_parts() == [1]
-    assert not (parts.paths.generate / "stats.json").exists()  # no part writes the stage's own stats
+    assert not (parts.paths.generate / "stats.json").exists()  # not while a part is missing
 
     with caplog.at_level(logging.INFO, logger="cotdistill"):
         assert in_process(config_file, "filter", "run_name=parts") == 2  # refused at once, naming the part
@@ -82,10 +83,8 @@ def test_three_parts_at_once_one_killed_and_rerun_give_what_one_process_gives(co
 
     code, out = finish(cli(config_file, "generate", "run_name=parts", "--part", f"1/{PARTS}"))  # the rerun
     assert code == 0, out[-2000:]
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="cotdistill"):  # every part done: their stats combined
-        assert in_process(config_file, "generate", "run_name=parts") == 0
-    assert not any("starting vLLM" in r.getMessage() for r in caplog.records)
+    assert "was the last one: the stage is complete" in out  # the last part to finish writes the stage's stats
+    assert in_process(config_file, "filter", "run_name=parts") == 0  # no extra step before the next stage
 
     assert rationales(parts) == rationales(single) and len(rationales(single)) == NUM_QUESTIONS * 2
     combined = read_json(parts.paths.generate / "stats.json")
@@ -95,11 +94,22 @@ def test_three_parts_at_once_one_killed_and_rerun_give_what_one_process_gives(co
     assert combined["rationales"] == NUM_QUESTIONS * 2 and combined["num_failed"] == 0
 
 
-def test_parts_must_agree_on_k(config_file):
+def test_parts_must_agree_on_k_and_inherit_the_first_parts_overrides(config_file, caplog):
     # 2 questions: 1 shard, which part 0 owns; part 1 has nothing to do (no engine starts) but writes the plan.
-    code, out = finish(cli(config_file, "generate", "run_name=k", "--part", "1/2", "data.limit=2"))
-    assert code == 0 and "starting vLLM" not in out, out[-2000:]
-    code, out = finish(cli(config_file, "generate", "run_name=k", "--part", "1/3", "data.limit=2"))
-    assert code == 2 and "run every part with the same K" in out, out[-2000:]
+    assert in_process(config_file, "generate", "run_name=k", "--part", "1/2", "data.limit=2") == 0
+    assert not any("starting vLLM" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.ERROR, logger="cotdistill"):
+        assert in_process(config_file, "generate", "run_name=k", "--part", "1/3", "data.limit=2") == 2
+        assert "run every part with the same K" in caplog.text
+        assert in_process(config_file, "generate", "run_name=k", "--part", "0/2", "data.limit=3") == 2
+        assert "data.limit: this command sets data.limit=3, and the first part" in caplog.text
     code, out = finish(cli(config_file, "generate", "run_name=k", "--part", "3/3"))
     assert code == 2 and "I must be at least 0 and less than K" in out
+    # Part 0 with no override at all: it runs with the first part's data.limit=2 (else it would plan 6 shards),
+    # and, the last to finish, completes the stage.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cotdistill"):
+        assert in_process(config_file, "generate", "run_name=k", "--part", "0/2") == 0
+    assert "running with the first part's overrides too" in caplog.text
+    stats = read_json(load_config(config_file, ["run_name=k", "data.limit=2"]).paths.generate / "stats.json")
+    assert stats["questions"] == 2

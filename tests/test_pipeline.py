@@ -340,7 +340,7 @@ def test_evaluate_writes_every_output(trained, pipeline):
         table = pq.read_table(out / f"{name}.parquet")
         assert table.schema.equals(EVAL_SCHEMA) and len(table) == 3
         assert all(len(s) == 3 for s in table.column("samples").to_pylist())
-    assert 0.0 <= metrics["models"]["student"]["agreement_with_teacher"] <= 1.0
+    assert 0.0 <= metrics["models"]["student"]["vs_teacher"]["agreement"] <= 1.0
     stored = metrics["models"]["stored_teacher"]
     assert stored["questions"] == 5 and stored["k"] == 3 and stored["greedy_accuracy"] is None
     report = (out / "report.md").read_text()

@@ -3,8 +3,11 @@
 
 - errors no request can get past (401, 403, a 429 with `insufficient_quota`) stop the run at once, non-zero,
   one line naming the cause and the server; what was journaled stays, and the rerun finishes the rest;
-- a server that refuses connections stops the run after `teacher.openai.failing_timeout_s`, with nothing
-  recorded as failed, so the rerun sends every question; a run whose every request is refused (400s) stops too;
+- no server answering stops the run at once, before the first request, writing nothing; requests that run out of
+  retries while every request is failing are held back (also at the end of a run), so the rerun sends them; a
+  run whose every request is refused (400s) stops after `teacher.openai.failing_timeout_s`;
+- a failed question is not done work: over generate.max_failed_fraction the stage stops non-zero, and a rerun
+  sends the failed (and short) questions again, and nothing else;
 - cut-off and undecodable bodies are retried; a response short of n choices is topped up, and a shortfall that
   stays is recorded with its count, never silent."""
 
@@ -96,22 +99,95 @@ def test_fatal_errors_stop_the_run_and_the_rerun_resumes(config_file, caplog, st
     assert len(keys) == len(set(keys)) == NUM_QUESTIONS * NUM_SAMPLES
 
 
-def test_unreachable_servers_stop_the_run_after_the_bound_and_lose_nothing(config_file, caplog):
+def test_unreachable_servers_stop_the_run_at_once_and_lose_nothing(config_file, caplog):
     nothing_there = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
     with caplog.at_level(logging.ERROR, logger="cotdistill"):
         code, seconds = generate(config_file, json.dumps(nothing_there))
     stop = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert code == 2 and len(stop) == 1
-    assert all(url in stop[0] for url in nothing_there) and "every request has failed for over 3 s" in stop[0]
-    assert "failing_timeout_s" in stop[0] and "APIConnectionError" in stop[0]
-    assert seconds < 3 + 30  # the bound, and the retries' backoff in flight: never a wait without a bound
-    assert not any(r["error"] for r in journaled(config_file))  # held back, not recorded as failed
+    assert all(url in stop[0] for url in nothing_there) and "no server answers" in stop[0]
+    assert "APIConnectionError" in stop[0]
+    assert seconds < 15  # checked before the first request: no retries, no failing_timeout_s to wait out
+    paths = load_config(config_file).paths
+    assert not paths.generate.exists()  # nothing written: not a journal, not a fingerprint, not the config
 
     with StubOpenAI() as stub:  # a server is up now: every question is sent, none was lost to the outage
         assert generate(config_file, stub.url)[0] == 0
         assert len(stub.log) == NUM_QUESTIONS
-    stats = read_json(load_config(config_file).paths.generate / "stats.json")
+    stats = read_json(paths.generate / "stats.json")
     assert stats["num_failed"] == 0 and stats["rationales"] == NUM_QUESTIONS * NUM_SAMPLES
+
+
+def test_the_default_base_url_with_no_server_stops_at_once(tmp_path, config_file, caplog):
+    data = yaml.safe_load(config_file.read_text())
+    data["teacher"]["openai"].pop("base_url", None)
+    port = free_port()
+    data["teacher"]["openai"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+    path = tmp_path / "default.yaml"
+    path.write_text(yaml.safe_dump(data))
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as stopped, caplog.at_level(logging.ERROR, logger="cotdistill"):
+        main(["generate", str(path)])
+    assert stopped.value.code == 2 and time.monotonic() - start < 15
+    assert f"127.0.0.1:{port}" in caplog.text and "no server answers" in caplog.text
+
+
+def test_requests_failing_when_the_run_ends_are_held_back_and_sent_again(config_file, caplog):
+    """The servers go down near the end, and the run ends before failing_timeout_s: the questions that ran out of
+    retries then were never recorded as failed; the run stops non-zero, and the rerun sends exactly them."""
+    with StubOpenAI() as stub:
+        stub.behave = lambda request, attempt: ("status", 503, error(503, "overloaded")) if len(stub.log) >= 30 \
+            else None
+        with caplog.at_level(logging.ERROR, logger="cotdistill"):
+            code, _ = generate(config_file, stub.url, "teacher.openai.failing_timeout_s=300",
+                               "teacher.openai.max_retries=1")
+    assert code == 2 and "held back" in caplog.text
+    assert not any(r["error"] for r in journaled(config_file))
+    answered = {r["question_id"] for r in journaled(config_file)} | {q for q, _ in rows(config_file)}
+    assert 0 < len(answered) < NUM_QUESTIONS
+    with StubOpenAI() as stub:
+        assert generate(config_file, stub.url)[0] == 0
+        resent = len(stub.log)
+    assert resent == NUM_QUESTIONS - len(answered)
+    keys = rows(config_file)
+    assert len(keys) == len(set(keys)) == NUM_QUESTIONS * NUM_SAMPLES
+    assert read_json(load_config(config_file).paths.generate / "stats.json")["num_failed"] == 0
+
+
+def test_failed_questions_are_sent_again_by_a_rerun(config_file, caplog):
+    """A failed question is not done work: with more failures than generate.max_failed_fraction the stage stops
+    non-zero and writes no summary; a rerun with the same settings sends only the failed questions and keeps the
+    rest; within the fraction the stage ends well, and is still redone for them by the next rerun."""
+    unlucky: set[str] = set()
+
+    def refuse_two(request, attempt):  # two questions' prompts are refused (a 400: the request's own fault)
+        question = request["messages"][-1]["content"]
+        if len(unlucky) < 2 or question in unlucky:
+            unlucky.add(question)
+            return "status", 400, error(400, "This request was refused by a content filter")
+        return None
+
+    with StubOpenAI(refuse_two) as stub, caplog.at_level(logging.ERROR, logger="cotdistill"):
+        code, _ = generate(config_file, stub.url)
+    assert code == 2
+    message = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR][-1]
+    assert "2 of 40 questions failed" in message and "max_failed_fraction" in message
+    assert "content filter" in message and "rerun" in message
+    paths = load_config(config_file).paths
+    assert not (paths.generate / "stats.json").exists()  # nothing downstream starts on it
+    with pytest.raises(SystemExit):
+        main(["filter", str(config_file)])
+    assert len(rows(config_file)) == (NUM_QUESTIONS - 2) * NUM_SAMPLES
+
+    with StubOpenAI() as stub:  # the cause fixed: only the two are sent again
+        assert generate(config_file, stub.url)[0] == 0
+        assert len(stub.log) == 2
+    keys = rows(config_file)
+    assert len(keys) == len(set(keys)) == NUM_QUESTIONS * NUM_SAMPLES
+    stats = read_json(paths.generate / "stats.json")
+    assert stats["num_failed"] == 0 and not list(paths.journals.glob("*.jsonl"))
+    with StubOpenAI() as stub:  # done: a rerun sends nothing
+        assert generate(config_file, stub.url)[0] == 0 and not stub.log
 
 
 def test_per_question_errors_are_recorded_until_every_request_fails_too_long(config_file, caplog):
@@ -161,14 +237,19 @@ def test_short_responses_are_topped_up_and_a_lasting_shortfall_is_recorded(confi
         return "choices", min(request["n"], 2)  # a gateway that returns 2 choices at most
 
     stubborn = json.loads(Path(load_config(config_file).data.path).read_text().splitlines()[5])["question"]
-    with StubOpenAI(behave) as stub:
-        assert generate(config_file, stub.url)[0] == 0
+    with StubOpenAI(behave) as stub:  # one question of 40 short: within a max_failed_fraction of 5%
+        assert generate(config_file, stub.url, "generate.max_failed_fraction=0.05")[0] == 0
     stats = read_json(load_config(config_file).paths.generate / "stats.json")
     assert stats["num_short"] == 1 and stats["short"][0]["missing"] == NUM_SAMPLES
     assert stats["short"][0]["source_row"] == 6  # the file's 6th line: rows count from 1
     assert stats["rationales"] == (NUM_QUESTIONS - 1) * NUM_SAMPLES  # every other question topped up to n
     keys = rows(config_file)
     assert len(keys) == len(set(keys))
+    with StubOpenAI() as stub:  # a short question is not done work either: the rerun asks for it again
+        assert generate(config_file, stub.url, "generate.max_failed_fraction=0.05")[0] == 0
+        assert len(stub.log) == 1 and stubborn in stub.log[0][1]["messages"][-1]["content"]
+    assert read_json(load_config(config_file).paths.generate / "stats.json")["num_short"] == 0
+    assert len(rows(config_file)) == NUM_QUESTIONS * NUM_SAMPLES
 
 
 def test_several_servers_share_the_work_and_one_that_dies_is_left_out(config_file):

@@ -156,8 +156,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                                          "missing required key 'teacher' (or 'teachers', a list of named teachers)"))
     if config.teachers:
         config.teacher = config.teachers[0]  # the teacher meant where one is
+    config._overrides = list(overrides)
     validate(config, str(path))
     return config
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].strip()
+
+
+def merge_overrides(recorded: list[str], own: list[str], where: str) -> list[str]:
+    """`own` after `recorded` (what an earlier command of the same job ran with): an override of `own` that sets a
+    recorded key to another value is refused, naming both; one it leaves out is inherited."""
+    own_values = {override_key(o): yaml.safe_load(o.split("=", 1)[1]) for o in own if "=" in o}
+    for old in recorded:
+        key = override_key(old)
+        if key in own_values and own_values[key] != yaml.safe_load(old.split("=", 1)[1]):
+            raise ConfigError(f"{key}: this command sets {key}={own_values[key]!r}, and {where} ran with {old!r}; "
+                              "run every part with the same settings (or leave it out to inherit it)")
+    return [o for o in recorded if override_key(o) not in own_values] + list(own)
 
 
 def check_fields(section: Any, run: RunConfig, prefix: str = "") -> Iterator[tuple[str, str]]:

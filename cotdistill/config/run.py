@@ -67,6 +67,11 @@ class RunConfig:
             yield "dpo", "trains on the filter's preference pairs: set filter.preference_pairs: true"
 
     @property
+    def overrides(self) -> list[str]:
+        """The command line's dotted overrides this config was loaded with (config/load.py)."""
+        return getattr(self, "_overrides", [])
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
 
@@ -87,7 +92,7 @@ class RunConfig:
         own = {k: getattr(entry, k) for k in TEACHER_GENERATE_KEYS if getattr(entry, k) is not None}
         derived = dataclasses.replace(self, teacher=entry, teachers=[],
                                       generate=dataclasses.replace(self.generate, **own))
-        derived._teacher_name = name
+        derived._teacher_name, derived._overrides = name, self.overrides
         return derived
 
     def kd_teacher(self) -> ModelConfig:

@@ -317,6 +317,10 @@ class GenerateConfig:
     rationalize_prompt: str = "math_rationalize.jinja"
     rationalize_samples: int = setting(4, at_least=1)
     cache: RequestCacheConfig = field(default_factory=RequestCacheConfig)
+    # The share of questions that may fail (a request refused or out of retries, or answered short) for the stage
+    # to end well: above it, it stops with exit 2, naming the count and the commonest reason. 0 demands every
+    # question; 1 accepts any. Either way a rerun sends the failed questions again and keeps the rest.
+    max_failed_fraction: float = setting(0.01, within=(0.0, 1.0))
 
     def rules(self, run: RunConfig) -> Problems:
         flt = run.filter
@@ -560,6 +564,18 @@ class AdaptiveEvalConfig(StoppingRuleConfig):
 
 
 @dataclass
+class SpeedConfig:
+    """evaluate.speed: each model's tokens/s, measured alike for every model so that the same weights give the same
+    figure within noise: after one warm-up batch, `repeats` batches of the first `prompts` test questions, each
+    generating exactly `max_tokens` tokens (the end-of-sequence token ignored), greedily, n = 1. The report gives
+    the median and the range over the repeats."""
+
+    prompts: int = setting(8, at_least=1)
+    max_tokens: int = setting(32, at_least=1)
+    repeats: int = setting(3, at_least=1)
+
+
+@dataclass
 class EvaluateConfig:
     """evaluate: every model on the test questions, side by side (cotdistill/stages/evaluate/)."""
 
@@ -585,6 +601,7 @@ class EvaluateConfig:
     bootstrap_resamples: int = setting(1000, at_least=1)
     max_reasoning_tokens: int | None = setting(None, at_least=1)  # budget forcing, as generate.max_reasoning_tokens
     adaptive: AdaptiveEvalConfig | None = None  # adaptive self-consistency beside maj@K (above); null: off
+    speed: SpeedConfig | None = field(default_factory=SpeedConfig)  # tokens/s per model (above); null: not measured
 
     def rules(self, run: RunConfig) -> Problems:
         known = (*EVAL_MODELS, *(t.name for t in run.teachers))

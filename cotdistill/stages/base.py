@@ -30,8 +30,9 @@ from typing import Any, Callable
 
 from cotdistill.config.run import RunConfig
 from cotdistill.core.fingerprints import FINGERPRINT_FILE, changed_keys, read_fingerprint, same_work, write_fingerprint
+from cotdistill.core.logs import open_run_log
 from cotdistill.core.paths import StageOutputs
-from cotdistill.core.shards import create_json_once, read_json
+from cotdistill.core.shards import create_json_once, read_json, write_text_atomic
 
 logger = logging.getLogger("cotdistill")
 
@@ -57,6 +58,9 @@ class Option:
     instead: Callable[[RunConfig], str] | None = None
     # Given to `cotdistill run`, the run is this stage alone (a job array's part: the rest runs once all are done).
     alone: bool = False
+    # The overrides an earlier command of the same job recorded (a job array's first part), which this command
+    # inherits (the command line refuses one it sets to another value); None: nothing recorded.
+    inherits: Callable[[RunConfig], list[str] | None] | None = None
 
     @property
     def dest(self) -> str:
@@ -84,6 +88,9 @@ class Stage:
     preflight: Callable[[RunConfig], None] = lambda config: None
     options: tuple[Option, ...] = ()  # its command's own options
     show: Callable[[dict[str, Any]], str | None] = lambda summary: None  # printed when the command ends
+    example: str = ""  # an override its command's help shows, e.g. "generate.num_samples=4"
+    # What must hold, given the command's options, before anything is written (a job array's plan): raises.
+    checks: Callable[..., None] = lambda config, **options: None
     passes_force: bool = False  # the work takes `force` too (several teachers: each one's outputs refused or not)
 
     @property
@@ -115,9 +122,14 @@ class Stage:
         if self.is_complete(config, record):
             logger.info("%s: up to date, skipping", self.name)
             return read_json(self.folder(config) / self.outputs.summary)
-        self.claim(config, record, force)
-        logger.info("%s: starting", self.name)
         options = {k: v for k, v in options.items() if v is not None}
+        self.checks(config, **options)
+        refused = self.refusal(config, record, force)
+        if refused:
+            raise SettingsChanged(refused)
+        self.claim(config, record, force)
+        record_config(config, self.folder(config))
+        logger.info("%s: starting", self.name)
         return self.work(config, **options, **({"force": force} if self.passes_force else {}))
 
     def refusal(self, config: RunConfig, record: dict[str, Any], force: bool) -> str | None:
@@ -159,9 +171,23 @@ class Stage:
         write_fingerprint(folder, record)
 
 
+def record_config(config: RunConfig, folder: Path) -> None:
+    """The configuration a stage runs with, written as it starts: in its folder (what produced these outputs; the
+    stages of one run may have had other overrides) and as the run's config.yaml (the latest). Written only by a
+    stage that runs, so a refused command leaves the run folder as it was."""
+    from cotdistill.config.load import dump_config
+
+    open_run_log(config.run_dir)
+    text = dump_config(config)
+    if config.overrides:
+        text = "# overrides: " + " ".join(config.overrides) + "\n" + text
+    write_text_atomic(text, folder / "config.yaml")
+    write_text_atomic(text, config.run_dir / "config.yaml")
+
+
 def holds_work(folder: Path) -> bool:
     """Anything in the folder besides a fingerprint and the temporary files a killed write leaves (dot names)."""
-    return folder.is_dir() and any(p.name != FINGERPRINT_FILE and not p.name.startswith(".")
+    return folder.is_dir() and any(p.name not in (FINGERPRINT_FILE, "config.yaml") and not p.name.startswith(".")
                                    for p in folder.iterdir())
 
 

@@ -146,4 +146,5 @@ STAGE = Stage(
     outputs=DPO, help="DPO on the filter's preference pairs from the SFT student (dpo:) -> runs/<run>/dpo/model/",
     needs=lambda config: (FILTER, TRAIN), fingerprint=fingerprint, outputs_complete=trained, work=train_dpo,
     wanted=lambda config: config.dpo is not None, preflight=preflight,
+    example="dpo.beta=0.1",
 )

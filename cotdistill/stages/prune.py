@@ -441,4 +441,5 @@ STAGE = Stage(
     needs=lambda config: (GENERATE,), fingerprint=fingerprint,
     outputs_complete=lambda config: (config.paths.pruned_model / "config.json").is_file(),
     work=prune_student, wanted=lambda config: config.student.prune is not None,
+    example="student.prune.num_layers=20",
 )

@@ -140,4 +140,5 @@ STAGE = Stage(
     outputs=SCORE, help="the teacher's top-k logprobs for the accepted rationales -> runs/<run>/score/ (with score:)",
     needs=lambda config: (FILTER,), fingerprint=fingerprint, outputs_complete=lambda config: True, work=score_corpus,
     wanted=lambda config: config.score is not None,
+    example="score.logprobs=20",
 )

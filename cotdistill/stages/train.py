@@ -237,4 +237,5 @@ def trained(config: RunConfig) -> bool:
 STAGE = Stage(
     outputs=TRAIN, help="fine-tune the student with TRL's SFTTrainer (sft or kd loss) -> runs/<run>/train/model/",
     needs=needs, fingerprint=fingerprint, outputs_complete=trained, work=train_student, preflight=preflight,
+    example="train.sft.max_steps=10",
 )

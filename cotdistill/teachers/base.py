@@ -29,6 +29,8 @@ class Sampling:
     logprobs: int | None = None  # the top-k logprobs of every generated token (generate.logprobs), else none
     # Budget forcing: reasoning still open after this many tokens is closed, and the completion goes on to answer.
     max_reasoning_tokens: int | None = None
+    # Generate max_tokens whatever the text: evaluate's speed measurement, the same work for every model.
+    ignore_eos: bool = False
 
 
 @dataclass

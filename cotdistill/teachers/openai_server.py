@@ -18,10 +18,12 @@ length, a content filter) comes back as `Finished(key, [], 0, error="<type>: <me
 `Finished.retries` counts the retried attempts behind each result. Errors no request can get past stop the run
 with `TeacherUnavailable`, one line naming the cause and the server: 401/403, a 429 whose code is
 `insufficient_quota` (an empty account, not a rate limit), and every request failing for
-`openai.failing_timeout_s` (servers unreachable, every request refused). Requests that ran out of retries while
-every request was failing are held back rather than returned as failed, so a stop leaves them out of the journal
-and the rerun sends them again. A response with fewer choices than n is topped up by asking for the missing
-samples; what still lacks after `max_retries` top-ups is `Finished.missing`.
+`openai.failing_timeout_s` (servers unreachable, every request refused). Before the first request each server is
+asked for its models: when none answers, the run stops at once. Requests that ran out of retries while every
+request was failing are held back rather than returned as failed, also when the run would end before the outage
+does (it then stops instead), so a stop leaves them out of the journal and the rerun sends them again. A response
+with fewer choices than n is topped up by asking for the missing samples; what still lacks after `max_retries`
+top-ups is `Finished.missing`.
 
 The API key is read from the environment variable that `openai.api_key_env` names, handed to the client and
 nowhere else: not kept on this object, not logged. A loopback server (vLLM accepts any key) needs none.
@@ -60,6 +62,7 @@ MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is taken as this: a run m
 ERROR_MESSAGE_CHARS = 1000  # recorded errors are cut here (a 400 body can quote the whole prompt)
 SERVER_FAILURES_TO_REST = 3  # failures in a row (connections, 5xx, bad bodies) that take one of several servers out
 SERVER_REST_S = 30.0  # how long it stays out before a request tries it again
+PROBE_TIMEOUT_S = 10.0  # each try of the check that a server answers, before the first request
 _UNSET: Any = object()
 
 
@@ -355,6 +358,11 @@ class OpenAITeacher:
             self.close()
             raise
         del api_key  # the client holds it now; nothing on this object does
+        try:
+            self._check_servers()
+        except BaseException:
+            self.close()
+            raise
         logger.info("openai teacher: %s at %s (%s endpoint, %d in flight, %d retries)", self.name,
                     config.base_url, config.endpoint, config.max_concurrency, config.max_retries)
 
@@ -397,6 +405,11 @@ class OpenAITeacher:
                     prompt = self._estimate_prompt_tokens(request) if self._config.tokens_per_minute else 0
                     pending[self._submit(self._run(request, prompt))] = request
                 if not pending:
+                    if held and self._failing_since is not None:  # still failing: never recorded as failed
+                        raise TeacherUnavailable(
+                            f"teacher.openai at {', '.join(self._config.servers())}: every request was failing when "
+                            f"the run ended ({len(held)} questions held back, not recorded; the last failure: "
+                            f"{self._last_failure}); rerun when the servers answer to send them again")
                     yield from held
                     return
                 # Woken every second at least: a fatal error stops the run while requests sleep between retries.
@@ -463,6 +476,49 @@ class OpenAITeacher:
 
     def _submit(self, coroutine: Any) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def _check_servers(self) -> None:
+        """Before the first request, each server is asked for its models (GET /v1/models): a server that does not
+        answer at all, however often it is asked, is one no request could reach. None answering stops the run at
+        once, naming each URL and its error; one of several not answering is warned about and left out for a while
+        (its requests go to the others). Any HTTP answer, even an error status, means the server is there; a
+        refused key stops the run here too."""
+        import openai
+
+        results = self._submit(asyncio.gather(*(self._probe(s) for s in self._servers))).result(
+            timeout=3 * (PROBE_TIMEOUT_S + 1) + 5)
+        down = [(server, error) for server, error in zip(self._servers, results) if error is not None]
+        for server, error in down:
+            if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+                raise TeacherUnavailable(f"teacher.openai at {server.url}: {fatal_cause(error)}: "
+                                         f"{describe_error(error)}")
+        if len(down) == len(self._servers):
+            raise TeacherUnavailable("teacher.openai: no server answers: " + "; ".join(
+                f"{server.url}: {describe_error(error)}" for server, error in down)
+                + " (is the server running, and is teacher.openai.base_url right?)")
+        for server, error in down:
+            server.out_until = time.monotonic() + SERVER_REST_S
+            logger.warning("teacher.openai: %s does not answer (%s): its requests go to the other servers for %g s",
+                           server.url, describe_error(error), SERVER_REST_S)
+
+    async def _probe(self, server: _Server) -> BaseException | None:
+        """None when the server answers GET /models (with any status), else the last connection error of a few
+        tries."""
+        import openai
+
+        error: BaseException | None = None
+        for attempt in range(3):
+            try:
+                await asyncio.wait_for(server.client.models.list(), timeout=PROBE_TIMEOUT_S)
+                return None
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                return e
+            except openai.APIStatusError:
+                return None  # it answered: a gateway without /models is still a server
+            except (openai.APIConnectionError, asyncio.TimeoutError, OSError, ValueError) as e:
+                error = e
+                await asyncio.sleep(0.5 * (attempt + 1))
+        return error
 
     async def _setup(self, api_key: str) -> None:
         from aiolimiter import AsyncLimiter
@@ -648,6 +704,8 @@ class OpenAITeacher:
             kwargs["seed"] = seed
         if sampling.top_k != -1:  # not an OpenAI field; vLLM servers take it in the body
             extra_body["top_k"] = sampling.top_k
+        if sampling.ignore_eos:  # nor this one (evaluate's speed measurement)
+            extra_body["ignore_eos"] = True
         if extra_body:
             kwargs["extra_body"] = extra_body
         return kwargs

@@ -116,7 +116,7 @@ def sampling_params(sampling: Sampling) -> Any:
                             flat_logprobs=sampling.logprobs is not None,
                             # s1's budget forcing, by the engine: past the budget it writes the end of the reasoning
                             # and the completion goes on, so the answer continues the same text
-                            thinking_token_budget=sampling.max_reasoning_tokens)
+                            thinking_token_budget=sampling.max_reasoning_tokens, ignore_eos=sampling.ignore_eos)
     params.output_kind = RequestOutputKind.FINAL_ONLY  # only finished questions come back from step()
     return params
 

@@ -42,9 +42,11 @@ from cotdistill.models.adapters import is_adapter, merge_adapter
 from cotdistill.models.footprint import model_footprint
 from cotdistill.questions.sources import QuestionSource
 from cotdistill.stages.base import Stage
-from cotdistill.stages.evaluate.metrics import agreement
+from cotdistill.stages.evaluate.metrics import bootstrap_ci, paired_bootstrap_ci
 from cotdistill.stages.evaluate.report import format_table, report_markdown, write_plots
-from cotdistill.stages.evaluate.scoring import answer_format, evaluate_model, stored_rows, summarize_model
+from cotdistill.stages.evaluate.scoring import (
+    answer_format, evaluate_model, question_maj_at_k, stored_rows, summarize_model,
+)
 from cotdistill.teachers import build_teacher, teacher_settings
 from cotdistill.verify.answers import ANSWER_RULES, THINK_DELIMITERS, AnswerFormat, delimiters_of
 from cotdistill.verify.judging import CodeChecks, sandbox_settings
@@ -221,39 +223,76 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
     all_rows = {name: pq.read_table(paths.eval_rows(name)).to_pylist() for name in names}
     metrics = {name: summarize_model(rows, read_json(paths.eval_cost(name)), config)
                for name, rows in all_rows.items()}
-    add_comparisons(metrics, all_rows, fmt)
+    add_comparisons(metrics, all_rows, fmt, config)
     result = {"temperature": ev.temperature, "answer_format": fmt.name,
               "tie_rule": "a tie among t answers scores 1/t when the gold is among them",
               "adaptive": vars(ev.adaptive) if ev.adaptive is not None else None, "models": metrics}
-    write_text_atomic(report_markdown(config, metrics), paths.evaluate / "report.md")
-    write_plots(metrics, paths.evaluate)
+    plots = write_plots(metrics, paths.evaluate)
+    write_text_atomic(report_markdown(config, metrics, plots), paths.evaluate / "report.md")
     write_json_atomic(result, paths.metrics)  # last: the stage is done
     logger.info("evaluate: wrote %s and report.md", paths.metrics)
     return result
 
 
 def add_comparisons(metrics: dict[str, dict[str, Any]], all_rows: dict[str, list[dict[str, Any]]],
-                    fmt: AnswerFormat) -> None:
-    """Teacher-student agreement, and how much of the teacher's accuracy each student keeps at what cost."""
-    teacher = "teacher" if "teacher" in metrics else None
-    if teacher is None:
-        return
-    teacher_votes = {r["question_id"]: r["voted_answer"] for r in all_rows[teacher]}
-    t = metrics[teacher]
-    for name, m in metrics.items():
-        if name == teacher:
+                    fmt: AnswerFormat, config: RunConfig) -> None:
+    """Each model beside the teacher (how much of its accuracy it keeps, how often it agrees, its speed and size)
+    and beside the base student (what training gained). Every ratio and difference of accuracies comes with a
+    paired bootstrap interval over the same questions; the speed ratio with its range over the repeats; sizes are
+    exact ratios, of parameters and of bytes on disk, each named."""
+    ev = config.evaluate
+
+    def paired(a: list[float], b: list[float], statistic: str) -> list[float] | None:
+        ci = paired_bootstrap_ci(a, b, statistic, seed=config.seed, resamples=ev.bootstrap_resamples)
+        return [round(x, 4) for x in ci] if ci is not None else None
+
+    def scores(name: str, k: int, ids: list[str]) -> tuple[list[float], list[float] | None]:
+        by_id = {r["question_id"]: r for r in all_rows[name]}
+        maj = [question_maj_at_k(by_id[q], k, config) for q in ids]
+        greedy = ([float(bool(by_id[q].get("greedy_correct"))) for q in ids]
+                  if metrics[name].get("greedy_accuracy") is not None else None)
+        return maj, greedy
+
+    for base_name, prefix in (("teacher", "vs_teacher"), ("base_student", "vs_base")):
+        if base_name not in metrics:
             continue
-        rows = [r for r in all_rows[name] if r["question_id"] in teacher_votes]
-        m["agreement_with_teacher"] = agreement([r["voted_answer"] for r in rows],
-                                                [teacher_votes[r["question_id"]] for r in rows], fmt.equal)
-        k = min(m["k"], t["k"])
-        if k:
-            m["share_of_teacher_maj"] = (round(m["maj_at_k"][k - 1] / t["maj_at_k"][k - 1], 4)
-                                         if t["maj_at_k"][k - 1] else None)
-        if m.get("tokens_per_s") and t.get("tokens_per_s"):
-            m["speed_vs_teacher"] = round(m["tokens_per_s"] / t["tokens_per_s"], 2)
-        if m.get("parameters") and t.get("parameters"):
-            m["size_vs_teacher"] = round(t["parameters"] / m["parameters"], 2)
+        base = metrics[base_name]
+        base_ids = {r["question_id"] for r in all_rows[base_name]}
+        for name, m in metrics.items():
+            if name == base_name:
+                continue
+            ids = [r["question_id"] for r in all_rows[name] if r["question_id"] in base_ids]
+            k = min(m["k"], base["k"])
+            if not ids or not k:
+                continue
+            maj, greedy = scores(name, k, ids)
+            base_maj, base_greedy = scores(base_name, k, ids)
+            comparison: dict[str, Any] = {"k": k, "questions": len(ids),
+                                          "maj_difference": round(sum(maj) / len(ids) - sum(base_maj) / len(ids), 4),
+                                          "maj_difference_ci": paired(maj, base_maj, "difference")}
+            if greedy is not None and base_greedy is not None:
+                comparison["greedy_difference"] = round((sum(greedy) - sum(base_greedy)) / len(ids), 4)
+                comparison["greedy_difference_ci"] = paired(greedy, base_greedy, "difference")
+            if base_name == "teacher":
+                comparison["maj_share"] = round(sum(maj) / sum(base_maj), 4) if sum(base_maj) else None
+                comparison["maj_share_ci"] = paired(maj, base_maj, "ratio") if sum(base_maj) else None
+                votes = {r["question_id"]: r["voted_answer"] for r in all_rows[base_name]}
+                own = {r["question_id"]: r["voted_answer"] for r in all_rows[name]}
+                agree = [float(own[q] is not None and votes[q] is not None and (own[q] == votes[q]
+                                                                                 or fmt.equal(own[q], votes[q])))
+                         for q in ids]
+                comparison["agreement"] = round(sum(agree) / len(agree), 4)
+                comparison["agreement_ci"] = [round(x, 4) for x in bootstrap_ci(
+                    agree, seed=config.seed, resamples=ev.bootstrap_resamples)]
+                if m.get("tokens_per_s_range") and base.get("tokens_per_s_range"):
+                    (low, high), (base_low, base_high) = m["tokens_per_s_range"], base["tokens_per_s_range"]
+                    comparison["speed"] = round(m["tokens_per_s"] / base["tokens_per_s"], 3)
+                    comparison["speed_range"] = [round(low / base_high, 3), round(high / base_low, 3)]
+                if m.get("parameters") and base.get("parameters"):
+                    comparison["parameters_share"] = round(m["parameters"] / base["parameters"], 4)
+                if m.get("weights_mb") and base.get("weights_mb"):
+                    comparison["bytes_share"] = round(m["weights_mb"] / base["weights_mb"], 4)
+            m[prefix] = comparison
 
 
 def models_scored(config: RunConfig) -> bool:
@@ -284,4 +323,5 @@ STAGE = Stage(
     needs=needs, fingerprint=fingerprint, outputs_complete=models_scored, work=evaluate_models, preflight=preflight,
     on_change="keep",  # each model's cost file holds its key: only the models that changed are scored again
     show=lambda summary: format_table(summary["models"]),
+    example="evaluate.num_samples=8",
 )

@@ -98,6 +98,27 @@ def bootstrap_ci(scores: Sequence[float], seed: int = 0, resamples: int = 1000,
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def paired_bootstrap_ci(first: Sequence[float], second: Sequence[float], statistic: str = "difference",
+                        seed: int = 0, resamples: int = 1000, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of mean(first) - mean(second) (`difference`) or mean(first) / mean(second)
+    (`ratio`), the same questions drawn for both in each resample: what two models scored on the same questions
+    is compared question by question. None for a ratio whose denominator is 0 in any resample."""
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if len(a) == 0 or len(a) != len(b):
+        return None
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(a), size=(resamples, len(a)))
+    mean_a, mean_b = a[draws].mean(axis=1), b[draws].mean(axis=1)
+    if statistic == "ratio":
+        if (mean_b == 0).any():
+            return None
+        values = mean_a / mean_b
+    else:
+        values = mean_a - mean_b
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
 def agreement(first: Sequence[str | None], second: Sequence[str | None],
               equal: Callable[[str, str], bool] = lambda a, b: a == b) -> float:
     """The share of questions where two models' voted answers are the same (both unparseable counts as not)."""

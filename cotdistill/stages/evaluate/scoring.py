@@ -135,20 +135,25 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
                 max_reasoning_tokens=ev.max_reasoning_tokens)))
         rows.append(row)
 
-    def answers(requests: list[TeacherRequest]) -> tuple[dict[str, Finished], float]:
-        started = time.perf_counter()
-        done = {f.key: f for f in teacher.generate(requests)}
+    def answers(requests: list[TeacherRequest], what: str) -> tuple[dict[str, Finished], float]:
+        from tqdm import tqdm
+
+        started, tokens = time.perf_counter(), 0
+        done = {}
+        with tqdm(total=len(requests), desc=f"evaluate {name} ({what})", unit="question") as bar:
+            for f in teacher.generate(requests):
+                done[f.key] = f
+                tokens += sum(c.completion_tokens for c in f.completions)
+                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s", refresh=False)
+                bar.update(1)
         for f in done.values():
             if f.error:  # a served model that failed after its retries: no answer, which scores as wrong
                 logger.warning("evaluate: %s on question %s failed: %s", name, f.key, f.error)
         return done, time.perf_counter() - started
 
-    if greedy_requests:  # one tiny request first: the engine's one-time start-up costs stay out of tokens/s
-        warm = greedy_requests[0]
-        list(teacher.generate([TeacherRequest(warm.key, warm.messages, warm.prompt_text, warm.prompt_token_ids,
-                                              Sampling(n=1, temperature=0.0, max_tokens=1))]))
-    greedy, greedy_seconds = answers(greedy_requests) if ev.greedy else ({}, 0.0)
-    sampled, sampled_seconds = answers(sampled_requests)
+    speed = measure_speed(teacher, greedy_requests, ev.speed, name) if ev.speed is not None else {}
+    greedy, greedy_seconds = answers(greedy_requests, "greedy") if ev.greedy else ({}, 0.0)
+    sampled, sampled_seconds = answers(sampled_requests, f"{ev.num_samples} samples")
 
     for q, row in zip(questions, rows):
         if row["skip_reason"] is not None:  # counts as wrong, with its reason in the row
@@ -175,8 +180,34 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
         "greedy_tokens": sum(r.get("greedy_tokens") or 0 for r in rows),
         "sampled_tokens": sum(r["sample_tokens"] for r in rows),
         "failed_requests": sum(bool(f.error) for f in [*greedy.values(), *sampled.values()]),
+        **speed,
     }
     return rows, cost
+
+
+def measure_speed(teacher: Teacher, requests: list[TeacherRequest], speed: Any, name: str) -> dict[str, Any]:
+    """evaluate.speed: tokens/s over `speed.repeats` identical batches after a warm-up one (SpeedConfig says how),
+    as {"tokens_per_s": median, "tokens_per_s_range": [min, max], "speed_batch": ...}; empty when it cannot be
+    measured (no request fits the context, or a served model refuses ignore_eos)."""
+    batch = [TeacherRequest(f"{r.key}/speed", r.messages, r.prompt_text, r.prompt_token_ids,
+                            Sampling(n=1, temperature=0.0, max_tokens=speed.max_tokens, ignore_eos=True))
+             for r in requests[:speed.prompts]]
+    if not batch:
+        return {}
+    rates = []
+    for repeat in range(speed.repeats + 1):  # the first is the warm-up: one-time costs stay out
+        started = time.perf_counter()
+        done = list(teacher.generate(batch))
+        seconds = time.perf_counter() - started
+        if any(f.error for f in done):
+            logger.warning("evaluate: %s: tokens/s not measured (%s)", name, next(f.error for f in done if f.error))
+            return {}
+        if repeat:
+            rates.append(sum(c.completion_tokens for f in done for c in f.completions) / seconds)
+    rates.sort()
+    return {"tokens_per_s": round(rates[len(rates) // 2], 1), "tokens_per_s_range": [round(rates[0], 1),
+                                                                                    round(rates[-1], 1)],
+            "speed_batch": {"prompts": len(batch), "max_tokens": speed.max_tokens, "repeats": speed.repeats}}
 
 
 def count_reasoning(completions: list[Completion], delimiters: tuple[str, str], tokenizer: Any) -> None:
@@ -242,6 +273,14 @@ def stored_rows(path: Path, name: str, fmt: AnswerFormat, adaptive: AdaptiveEval
                   "sampled_tokens": sum(r["sample_tokens"] for r in rows)}
 
 
+def question_maj_at_k(row: dict[str, Any], k: int, config: RunConfig) -> float:
+    """One question's maj@k, as summarize_model computes it (the same seeded draws)."""
+    if not row["samples"]:
+        return 0.0
+    return expected_maj_at_k(row["sample_answers"], row["sample_correct"], k,
+                             seed=question_seed(config.seed, row["question_id"], k), draws=config.evaluate.maj_draws)
+
+
 def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: RunConfig) -> dict[str, Any]:
     """Every figure of one model, with 95% bootstrap intervals over questions for the headline ones."""
     ev = config.evaluate
@@ -249,9 +288,7 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     k_max = min((len(r["samples"]) for r in rows if r["skip_reason"] is None), default=0)
     ci = lambda scores: bootstrap_ci(scores, seed=config.seed, resamples=ev.bootstrap_resamples)  # noqa: E731
     # Per question, for k = 1..K: the expected maj@k and pass@k (0 for a question with no samples).
-    maj_by_k = [[expected_maj_at_k(r["sample_answers"], r["sample_correct"], k,
-                                   seed=question_seed(config.seed, r["question_id"], k), draws=ev.maj_draws)
-                 if r["samples"] else 0.0 for r in rows] for k in range(1, k_max + 1)]
+    maj_by_k = [[question_maj_at_k(r, k, config) for r in rows] for k in range(1, k_max + 1)]
     pass_by_k = [[pass_at_k(len(r["samples"]), sum(r["sample_correct"]), k) if r["samples"] else 0.0
                   for r in rows] for k in range(1, k_max + 1)]
     maj_curve = [sum(scores) / n for scores in maj_by_k]
@@ -283,12 +320,9 @@ def summarize_model(rows: list[dict[str, Any]], cost: dict[str, Any], config: Ru
     if any(r.get("sample_verdicts") for r in rows):
         metrics["code"] = code_metrics(rows)
     seconds = [s for s in (cost.get("greedy_seconds"), cost.get("sampled_seconds")) if s is not None]
-    if seconds and sum(seconds) > 0:
-        total_tokens = cost["greedy_tokens"] + sampled_tokens
-        metrics["tokens_per_s"] = round(total_tokens / sum(seconds), 2)
-        metrics["seconds_per_question"] = round(sum(seconds) / n, 3) if n else None
-    else:
-        metrics["tokens_per_s"] = metrics["seconds_per_question"] = None
+    # tokens/s: evaluate.speed's measurement (in cost, above), the same batches for every model; None without it
+    metrics["tokens_per_s"] = cost.get("tokens_per_s")
+    metrics["seconds_per_question"] = round(sum(seconds) / n, 3) if n and seconds and sum(seconds) > 0 else None
     return metrics
 
 

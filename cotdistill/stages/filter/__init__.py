@@ -124,6 +124,9 @@ def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterCont
 
 
 def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
     global _worker_ctx
     _worker_ctx = make_context(config, contamination)
 
@@ -297,7 +300,7 @@ def filter_corpus(config: RunConfig) -> dict[str, Any]:
         logger.info("filter: %d of %d shards to judge", len(todo), len(shards))
         filter_shards(config, [groups[s.name] for s in todo], keys)
     stats = summarize(paths, shards)
-    write_text_atomic(audit_markdown(stats, paths, shards), paths.audit)
+    write_text_atomic(audit_markdown(stats, paths, shards, config.teacher.model), paths.audit)
     write_text_atomic(dataset_card(config, stats), paths.accepted / "README.md")
     if "pairs" in stats:
         write_text_atomic(pairs_card(config, stats), paths.pairs / "README.md")
@@ -319,4 +322,5 @@ STAGE = Stage(
     outputs=FILTER, help="check answers, drop bad and duplicate rationales -> runs/<run>/filter/{accepted,rejected}/",
     needs=lambda config: (GENERATE,), fingerprint=fingerprint, outputs_complete=shards_judged, work=filter_corpus,
     on_change="keep",  # each shard's meta holds the key it was judged under: only changed shards are judged again
+    example="filter.max_per_question=4",
 )

@@ -21,9 +21,10 @@ from cotdistill.core.shards import read_json
 from cotdistill.stages.filter.difficulty import (
     LENGTH_EDGES, length_counts, length_summary, merge_length_counts, pass_rate_summary,
 )
-from cotdistill.stages.filter.phases import REASONS
+from cotdistill.stages.filter.phases import PHASES, REASONS
 
 EXAMPLES_PER_REASON = 3
+MEANINGS = {reason: meaning for phase in PHASES for reason, meaning in phase.reasons.items()}
 
 
 EXAMPLE_COLUMNS = ["question_id", "sample_index", "question", "gold_answer", "rationale", "extracted_answer",
@@ -149,15 +150,23 @@ def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
     return stats
 
 
-def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path]) -> str:
+def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path], config_teacher: str = "teacher") -> str:
+    """audit.md: the counts of the reasons that occurred, with their meanings, by teacher, and examples of each
+    (naming the teacher that wrote it: sample indices repeat across teachers). `config_teacher`: the model of a
+    run's one teacher, for rows without teacher_name."""
     lines = [
         "# Filter audit", "",
         f"{stats['accepted']:,} of {stats['rationales']:,} rationales accepted "
         f"({stats['accepted'] / max(1, stats['rationales']):.1%}), over {stats['questions']:,} questions.", "",
-        "| reason | rationales | share |", "| --- | ---: | ---: |",
+        "The reasons that occurred (a rationale carries the first it fails; every reason the filter can give is in "
+        "docs/reasons.md):", "",
+        "| reason | rationales | share | what it means |", "| --- | ---: | ---: | --- |",
     ]
     for reason, count in stats["rejected"].items():
-        lines.append(f"| {reason} | {count:,} | {count / max(1, stats['rationales']):.1%} |")
+        if count:
+            lines.append(f"| {reason} | {count:,} | {count / max(1, stats['rationales']):.1%} | {MEANINGS[reason]} |")
+    if not any(stats["rejected"].values()):
+        lines.append("| (none) | 0 | 0.0% | every rationale was accepted |")
     if stats.get("teachers"):
         lines += ["", "By teacher:", "", "| teacher | rationales | accepted | share | rejected by reason |",
                   "| --- | ---: | ---: | ---: | --- |"]
@@ -207,13 +216,14 @@ def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path]) -
     for reason in REASONS:
         if not examples.get(reason):
             continue
-        lines += [f"## {reason}", ""]
+        lines += [f"## {reason}", "", f"{MEANINGS[reason][0].upper()}{MEANINGS[reason][1:]}.", ""]
         for row in examples[reason]:
             rationale = (row["rationale"] or "").strip()
             if len(rationale) > 600:
                 rationale = rationale[:300] + " [...] " + rationale[-300:]
+            teacher = row.get("teacher_name") or config_teacher
             lines += [
-                f"- question `{row['question_id']}`, sample {row['sample_index']}: extracted "
+                f"- question `{row['question_id']}`, teacher `{teacher}`, sample {row['sample_index']}: extracted "
                 f"`{row['extracted_answer']}`, gold `{row['gold_answer']}`"
                 + (f", pass rate {row['pass_rate']:.2f}" if row.get("pass_rate") is not None else "")
                 + (", rationalized (written with the gold as a hint)" if row.get("rationalized") else ""), "",

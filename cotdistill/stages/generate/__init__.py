@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -38,7 +39,7 @@ from cotdistill.core.shards import (
     write_json_atomic,
 )
 from cotdistill.questions.sources import QuestionSource
-from cotdistill.stages.base import Option, Stage
+from cotdistill.stages.base import InputsMissing, Option, SettingsChanged, Stage
 from cotdistill.stages.generate.dry_run import dry_run
 from cotdistill.stages.generate.requests import RequestLoop
 from cotdistill.teachers import backend_of, build_teacher, teacher_settings
@@ -72,8 +73,9 @@ def generate_settings(config: RunConfig) -> dict[str, Any]:
     the fingerprint it had before they existed; when on, so does what their verdicts depend on (the filter's
     answer format and label)."""
     gen = config.generate
+    # the request cache changes what is paid for, never a row; max_failed_fraction only whether the stage ends well
     extra = ("adaptive", "rationalize", "rationalize_prompt", "rationalize_samples", "max_reasoning_tokens",
-             "cache")  # the request cache changes what is paid for, never a row
+             "cache", "max_failed_fraction")
     settings = {**{k: v for k, v in vars(gen).items() if k not in extra},
                 "prompt_template": template_fingerprint(gen.prompt),
                 "examples_file": file_digest(gen.examples) if gen.examples else None}
@@ -105,19 +107,17 @@ def generate(config: RunConfig, teacher: Teacher | None = None,
     num_shards = math.ceil(len(source) / per_shard)
     shards = list(range(num_shards))
     if part is not None:
-        shards = plan_part(paths, part, num_shards)
-    elif paths.missing_parts():
-        raise RuntimeError(paths.parts_missing_message())
+        shards = plan_part(config, part, num_shards)
     # The temporary files of these shards only: the other parts of a job array may be writing theirs.
     remove_stale_tmp(paths.samples, [shard_name(i) for i in shards])
     remove_stale_tmp(paths.generate_meta, [shard_name(i, ".json") for i in shards])
 
     todo = []
     for i in shards:
-        if (paths.samples / shard_name(i)).exists() and (paths.generate_meta / shard_name(i, ".json")).exists():
+        if shard_done(paths, i):
             (paths.journals / shard_name(i, ".jsonl")).unlink(missing_ok=True)  # compacted, then killed
         else:
-            todo.append(i)
+            todo.append(i)  # never written, or written with failed questions: its journal sends those again
     logger.info("generate: %d questions in %d shards, %d to do%s", len(source), num_shards, len(todo),
                 f" (part {part[0]}/{part[1]}: {len(shards)} shards)" if part else "")
     if todo:
@@ -131,34 +131,98 @@ def generate(config: RunConfig, teacher: Teacher | None = None,
                                     RequestCache.open(config.generate.cache),
                                     build=lambda: given or build_teacher(config.teacher, config.seed))
         teacher = teacher or build_teacher(config.teacher, config.seed)
+        questions = sum(min(per_shard, len(source) - i * per_shard) for i in todo)
+        bar = tqdm(total=questions, desc=f"generate{f' {config.teacher_name}' if config.teacher_name else ''}",
+                   unit="question")
         try:
-            for _ in tqdm(RequestLoop(teacher, source, todo, template, config).shards(), total=len(todo),
-                          desc="generate shards", unit="shard"):
+            for _ in RequestLoop(teacher, source, todo, template, config, bar).shards():
                 pass
         finally:
+            bar.close()
             if own_teacher:  # a teacher handed in stays open, cached or not
                 teacher.close()
 
     stats = summarize(paths, shards, config)
+    check_failures(stats, config, part)
     if part is not None:
         write_json_atomic(stats, paths.part_stats(*part))
-        logger.info("generate: part %d/%d done (%s); once every part is, `cotdistill run` (or generate) without "
-                    "--part combines their stats and goes on", part[0], part[1], paths.part_stats(*part))
-        return stats
+        missing = paths.missing_parts()
+        if missing:
+            logger.info("generate: part %d/%d done (%s); %d parts still to finish, and the last one to finish "
+                        "completes the stage", part[0], part[1], paths.part_stats(*part), len(missing))
+            return stats
+        logger.info("generate: part %d/%d was the last one: the stage is complete", *part)
+        shards = list(range(num_shards))  # every part's: the stage's summary
+        stats = summarize(paths, shards, config)
+    if paths.journals.is_dir() and not any(paths.journals.iterdir()):
+        paths.journals.rmdir()  # every shard compacted (every part done): no empty folder left behind
     write_json_atomic(stats, paths.generate / "stats.json")
     logger.info("generate: %s", {k: v for k, v in stats.items() if k not in ("skipped", "failed", "short")})
     return stats
 
 
-def plan_part(paths: RunPaths, part: tuple[int, int], num_shards: int) -> list[int]:
-    """Part i of K's shards (index = i mod K), after checking that every part plans the same K and shards: the
-    first part to start writes the plan, the others must agree with it."""
+def shard_done(paths: RunPaths, index: int) -> bool:
+    """A shard compacted with every question answered (one with failed or short questions is sent again)."""
+    meta = read_json_or_none(paths.generate_meta / shard_name(index, ".json"))
+    return (meta is not None and (paths.samples / shard_name(index)).exists() and not meta["failed"]
+            and not meta.get("short"))
+
+
+def check_failures(stats: dict[str, Any], config: RunConfig, part: tuple[int, int] | None) -> None:
+    """Stop non-zero when more questions failed than generate.max_failed_fraction allows: the shards and the
+    journals of their failed questions stay, and the stage's summary is not written, so nothing downstream
+    starts on an incomplete corpus."""
+    failed = stats["failed"] + [{"reason": f"{s['missing']} samples short"} for s in stats["short"]]
+    allowed = config.generate.max_failed_fraction
+    if not failed or len(failed) <= allowed * stats["questions"]:
+        return
+    reasons = Counter(f["reason"][:200] for f in failed).most_common(1)[0]
+    command = f"cotdistill generate CONFIG{f' --part {part[0]}/{part[1]}' if part else ''}"
+    raise GenerateFailed(
+        f"generate: {len(failed)} of {stats['questions']} questions failed ({len(failed) / stats['questions']:.1%}, "
+        f"above generate.max_failed_fraction {allowed:g}); the commonest reason ({reasons[1]}x): {reasons[0]}. "
+        f"Everything answered is kept: once the cause is fixed, rerun `{command}` with the same settings to send "
+        "only the failed questions again")
+
+
+class GenerateFailed(RuntimeError):
+    """More questions failed than generate.max_failed_fraction allows."""
+
+
+def plan_part(config: RunConfig, part: tuple[int, int], num_shards: int) -> list[int]:
+    """Part i of K's shards (index = i mod K). The first part to start writes the plan, with its overrides: the
+    later parts run with them too (the command line inherits them: recorded_overrides), and check_parts has
+    refused any part that plans otherwise."""
     index, count = part
-    plan = {"parts": count, "shards": num_shards}
-    if not create_json_once(plan, paths.parts_plan) and read_json(paths.parts_plan) != plan:
-        raise RuntimeError(f"{paths.parts_plan} plans {read_json(paths.parts_plan)}, but this is --part "
-                           f"{index}/{count} of {num_shards} shards: run every part with the same K")
+    create_json_once({"parts": count, "shards": num_shards, "overrides": list(config.overrides)},
+                     config.paths.parts_plan)
     return list(range(index, num_shards, count))
+
+
+def check_parts(config: RunConfig, part: tuple[int, int] | None = None, **options: Any) -> None:
+    """Before anything is written: a part must plan what the first part planned (K, the shards); a run without
+    --part never starts while parts of a job array are not done (it would generate their shards twice)."""
+    for run in config.teacher_runs():
+        paths = run.paths
+        if part is None:
+            if paths.missing_parts():
+                raise InputsMissing(paths.parts_missing_message())
+            continue
+        plan = read_json_or_none(paths.parts_plan)
+        if plan is None:
+            continue
+        num_shards = math.ceil(len(QuestionSource(run.data)) / run.generate.questions_per_shard)
+        if (plan["parts"], plan["shards"]) != (part[1], num_shards):
+            raise SettingsChanged(f"{paths.parts_plan} plans {plan['parts']} parts of {plan['shards']} shards, and "
+                                  f"this is --part {part[0]}/{part[1]} of {num_shards} shards: run every part with "
+                                  "the same K and the same settings")
+
+
+def recorded_overrides(config: RunConfig) -> list[str] | None:
+    """The overrides the first part of a job array ran with (None: no part has started): every later part inherits
+    them, so that `--part I/K` needs no more than the first part's command line with another I."""
+    plans = [read_json_or_none(run.paths.parts_plan) for run in config.teacher_runs()]
+    return next((plan.get("overrides", []) for plan in plans if plan is not None), None)
 
 
 def summarize(paths: RunPaths, shards: list[int], config: RunConfig) -> dict[str, Any]:
@@ -166,6 +230,7 @@ def summarize(paths: RunPaths, shards: list[int], config: RunConfig) -> dict[str
     seconds = sum(m["seconds"] for m in metas)
     prompt = sum(m["prompt_tokens"] for m in metas)
     completion = sum(m["completion_tokens"] for m in metas)
+    generated = sum(m.get("generated_tokens", m["completion_tokens"]) for m in metas)  # older metas: all generated
     stats = {
         "shards": len(shards),
         "questions": sum(m["questions"] for m in metas),
@@ -173,7 +238,8 @@ def summarize(paths: RunPaths, shards: list[int], config: RunConfig) -> dict[str
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "generation_seconds": round(seconds, 3),
-        "tokens_per_s": round(completion / seconds, 2) if seconds else None,
+        # tokens the teacher generated in this stage over its time (what the request cache answered is not here)
+        "tokens_per_s": round(generated / seconds, 2) if seconds and generated else None,
         "truncated": sum(m["truncated"] for m in metas),
         "skipped": [s for m in metas for s in m["skipped"]],
         "num_skipped": sum(len(m["skipped"]) for m in metas),
@@ -229,11 +295,13 @@ def rounds_stats(metas: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def shards_written(config: RunConfig) -> bool:
-    """Every shard the summary counts is on disk (with `teachers`: every teacher's, under its fingerprint)."""
+    """Every shard the summary counts is on disk, each with every question answered (with `teachers`: every
+    teacher's, under its fingerprint): a failed question is not done work."""
     if config.teachers:
         return all(STAGE.is_complete(run) for run in config.teacher_runs())
     stats = read_json_or_none(config.paths.generate / "stats.json")
-    return stats is not None and len(list_shards(config.paths.samples)) == stats["shards"]
+    return (stats is not None and len(list_shards(config.paths.samples)) == stats["shards"]
+            and all(shard_done(config.paths, i) for i in range(stats["shards"])))
 
 
 def generate_teachers(config: RunConfig, teacher: Teacher | None = None, part: tuple[int, int] | None = None,
@@ -292,12 +360,14 @@ STAGE = Stage(
     # several teachers the stage holds each teacher's run in its own folder, which refuses its own changed settings;
     # a teacher added or removed changes only the list.
     on_change=lambda config: "keep" if config.teachers else "refuse",
-    preflight=read_questions,
+    preflight=read_questions, checks=check_parts,
     options=(
         Option("--part", "a job array's part I of K (0 <= I < K): generate only the shards whose index is I modulo "
-               "K, then stop; K processes or Slurm array tasks share one run folder", parse=part_of, metavar="I/K",
-               alone=True),
+               "K; K processes or Slurm array tasks share one run folder, the parts after the first run with its "
+               "overrides, and the last part to finish completes the stage", parse=part_of, metavar="I/K",
+               alone=True, inherits=recorded_overrides),
         Option("--dry-run", "count the requests, prompt tokens and estimated cost; send nothing",
                instead=show_dry_run),
     ),
+    example="generate.num_samples=4",
 )

@@ -92,12 +92,9 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
 def journaled_records(shard: Shard) -> dict[str, list[dict[str, Any]]]:
     """Each question's journal records, in the order written, read back from the journal (rows are not kept in
     memory while a question waits for its next round): the ones its progress was built from, each once."""
-    seen: set[tuple[str, int | None, bool]] = set()
     records: dict[str, list[dict[str, Any]]] = {q.question_id: [] for q in shard.questions}
-    for record in shard.journal.read():
-        key = record_key(record)
-        if key in shard.taken and key not in seen:
-            seen.add(key)
+    for position, record in enumerate(shard.journal.read()):
+        if shard.taken.get(record_key(record)) == position:
             records[record["question_id"]].append(record)
     return records
 
@@ -119,6 +116,9 @@ def compact(shard: Shard, paths: RunPaths) -> dict[str, Any]:
         "rationales": len(rows),
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(row["completion_tokens"] for row in rows),
+        # generated here, in `seconds` (the request cache's answers took no time and are counted apart)
+        "generated_tokens": sum(row["completion_tokens"] for r in records if not r.get("cached")
+                                for row in r["samples"]),
         "truncated": sum(row["finish_reason"] == "length" for row in rows),
         "seconds": sum(r["seconds"] for r in records),
         "retries": sum(r["retries"] for r in records),
@@ -143,7 +143,10 @@ def compact(shard: Shard, paths: RunPaths) -> dict[str, Any]:
     write_json_atomic(meta, paths.generate_meta / shard_name(shard.index, ".json"))
     write_parquet_atomic(samples_to_table([Sample(**row) for row in rows], SAMPLE_SCHEMA),
                          paths.samples / shard_name(shard.index))
-    shard.journal.remove()
+    if meta["failed"] or meta["short"]:  # kept: a rerun replays it and sends only those again
+        shard.journal.close()
+    else:
+        shard.journal.remove()
     shard.compacted = True
     return meta
 

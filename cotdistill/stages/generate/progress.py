@@ -42,9 +42,13 @@ class Policy:
         self.fmt = teacher_answer_format(config) if gen.adaptive or gen.rationalize else None
         self.code = config.code_checks() if self.fmt is not None else None  # answer_format code: the sandbox
 
-    def absorb(self, p: Progress, record: dict[str, Any], q: Question) -> bool:
+    def absorb(self, p: Progress, record: dict[str, Any], q: Question, replaying: bool = False) -> bool:
         """Add one journaled record to the question's progress; False for a record that does not follow on (a
-        duplicate), which is then ignored, here and at compaction (Shard.taken)."""
+        duplicate), which is then ignored, here and at compaction (Shard.taken). A request that failed (or came
+        back short) ends its question for the run it happened in; replayed by a rerun it is ignored, so the rerun
+        sends that request again: a failed question is not done work."""
+        if replaying and (record["error"] or record.get("missing")):
+            return False
         if record.get("rationalize"):
             if p.closed is None or p.hinted or not self.needs_hint(p):
                 return False
@@ -106,17 +110,21 @@ class Shard:
     progress: dict[str, Progress] = field(default_factory=dict)  # question_id -> its progress
     all_sent: bool = False  # every question has been through one pass
     compacted: bool = False
-    taken: set[tuple[str, int | None, bool]] = field(default_factory=set)  # the journal records absorbed
+    # the journal records absorbed: each one's key -> its position in the journal (a retried request's record
+    # follows the failed one it replaces, under the same key)
+    taken: dict[tuple[str, int | None, bool], int] = field(default_factory=dict)
+    records: int = 0  # journal records seen so far, replayed or written
 
     def __post_init__(self) -> None:
         self.progress = {q.question_id: Progress() for q in self.questions}
         self._by_id = {q.question_id: q for q in self.questions}
 
-    def absorb(self, record: dict[str, Any]) -> bool:
+    def absorb(self, record: dict[str, Any], replaying: bool = False) -> bool:
+        position, self.records = self.records, self.records + 1
         qid = record["question_id"]
-        if qid not in self._by_id or not self.policy.absorb(self.progress[qid], record, self._by_id[qid]):
+        if qid not in self._by_id or not self.policy.absorb(self.progress[qid], record, self._by_id[qid], replaying):
             return False
-        self.taken.add(record_key(record))
+        self.taken[record_key(record)] = position
         return True
 
     @property
@@ -126,7 +134,7 @@ class Shard:
 
     def replay(self) -> int:
         """Rebuild every question's progress from the journal (a rerun); returns the records taken."""
-        return sum(self.absorb(record) for record in self.journal.read())
+        return sum(self.absorb(record, replaying=True) for record in self.journal.read())
 
     def record(self, record: dict[str, Any]) -> None:
         self.journal.append(record)

@@ -37,7 +37,8 @@ class RequestLoop:
     """One teacher's requests for the `todo` shards, and what comes back: the loop's state is here, in one place."""
 
     def __init__(self, teacher: Teacher, source: QuestionSource, todo: list[int], template: PromptTemplate,
-                 config: RunConfig):
+                 config: RunConfig, bar: Any = None):
+        """`bar`: a tqdm bar counting the questions done, with the tokens generated per second."""
         gen = config.generate
         self.teacher, self.source, self.todo, self.template, self.config = teacher, source, todo, template, config
         self.policy = Policy(config)
@@ -47,6 +48,7 @@ class RequestLoop:
         self.loaded: list[Shard] = []  # every shard walked so far, in order
         self.finished: list[Shard] = []  # shards whose questions are all in, not yet compacted
         self.clock = time.perf_counter()
+        self.bar, self.started, self.tokens = bar, time.perf_counter(), 0
 
     def shards(self) -> Iterator[dict[str, Any]]:
         """Every `todo` shard's meta, as it is compacted: passes over the open questions until none is."""
@@ -81,6 +83,8 @@ class RequestLoop:
                 logger.info("generate: shard %d: %d of %d questions already journaled", index,
                             sum(p.closed is not None for p in shard.progress.values()), len(shard.questions))
             self.loaded.append(shard)
+            if self.bar is not None:
+                self.bar.update(sum(self.policy.next(p) is None for p in shard.progress.values()))
             for q in shard.questions:
                 request = self.request(shard, q)
                 if request is not None:
@@ -153,6 +157,11 @@ class RequestLoop:
         now = time.perf_counter()
         seconds, self.clock = now - self.clock, now
         pending.shard.record(pending.answered(done, self.config, seconds))
+        if self.bar is not None:
+            self.tokens += sum(c.completion_tokens for c in done.completions if not done.cached)
+            self.bar.set_postfix_str(f"{self.tokens / max(now - self.started, 1e-9):,.0f} tok/s", refresh=False)
+            if self.policy.next(pending.shard.progress[q.question_id]) is None:
+                self.bar.update(1)
         if pending.shard.done and pending.shard not in self.finished:
             self.finished.append(pending.shard)
 
