@@ -96,6 +96,7 @@ def test_fatal_errors_stop_the_run_and_the_rerun_resumes(config_file, caplog, st
     assert len(keys) == len(set(keys)) == NUM_QUESTIONS * NUM_SAMPLES
 
 
+@pytest.mark.slow
 def test_unreachable_servers_stop_the_run_after_the_bound_and_lose_nothing(config_file, caplog):
     nothing_there = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
     with caplog.at_level(logging.ERROR, logger="cotdistill"):
@@ -114,6 +115,7 @@ def test_unreachable_servers_stop_the_run_after_the_bound_and_lose_nothing(confi
     assert stats["num_failed"] == 0 and stats["rationales"] == NUM_QUESTIONS * NUM_SAMPLES
 
 
+@pytest.mark.slow
 def test_per_question_errors_are_recorded_until_every_request_fails_too_long(config_file, caplog):
     too_long = error(400, "This model's maximum context length is 512 tokens")
     first = {}
@@ -136,6 +138,7 @@ def test_per_question_errors_are_recorded_until_every_request_fails_too_long(con
     assert len(failed) >= 2 and all("BadRequestError" in e for e in failed)  # recorded, one per question
 
 
+@pytest.mark.slow
 def test_cut_off_and_undecodable_bodies_are_retried(config_file):
     broken = {}
 
@@ -171,6 +174,7 @@ def test_short_responses_are_topped_up_and_a_lasting_shortfall_is_recorded(confi
     assert len(keys) == len(set(keys))
 
 
+@pytest.mark.slow
 def test_several_servers_share_the_work_and_one_that_dies_is_left_out(config_file):
     from cotdistill.teachers.openai_server import SERVER_FAILURES_TO_REST
 
