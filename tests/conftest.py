@@ -18,6 +18,41 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 REPO = Path(__file__).resolve().parent.parent
+
+# What a test needs, by the fixtures it uses: markers (pyproject.toml) that `make test-fast` leaves out. A test that
+# starts an engine, a server or Ray in its own body carries the marker itself; what_runs_is_marked fails one that
+# starts an engine or a server in this process without it.
+NEEDS = {
+    "served_parrot": "server", "served_thinker": "server", "server": "server",
+    "own_ray": "ray", "echo_model": "ray",
+    "pipeline": "engine", "trained": "engine", "kd_run": "engine", "local_run": "engine",
+    "parrot_model": "slow", "thinker": "slow",  # built once, in 20 to 30 seconds
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        for fixture in item.fixturenames:
+            if fixture in NEEDS:
+                item.add_marker(NEEDS[fixture])
+
+
+@pytest.fixture(autouse=True)
+def what_runs_is_marked(request, monkeypatch):
+    """A test that starts a vLLM engine (or server) in this process must say so (@pytest.mark.engine, server), so that
+    `make test-fast` stays fast: here it fails at once, naming the marker, instead of running."""
+    marks = {m.name for m in request.node.iter_markers()}
+
+    def refuse(what: str, mark: str):
+        def stop(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} starts {what} and is not marked @pytest.mark.{mark}")
+        return stop
+
+    if "engine" not in marks:
+        monkeypatch.setattr("cotdistill.teachers.vllm_local.build_llm", refuse("a vLLM engine", "engine"))
+    if "server" not in marks:
+        monkeypatch.setattr("tests.servers.start_vllm_server", refuse("a vLLM server", "server"))
+    yield
 SHARED_DATA = REPO.parent / "shared" / "data"
 GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
 GSM8K_TRAIN = SHARED_DATA / "gsm8k" / "train.jsonl"
@@ -205,3 +240,81 @@ def served_parrot(parrot_model):
         yield base_url
     finally:
         stop_server(process)
+
+
+# --- one run on the real engine, shared by the stages' test files (tests/test_generate.py, test_filter.py,
+# test_train.py, test_evaluate.py): generated once per session; each file's tests leave it as they found it ---
+
+LONG_QUESTION = "How many apples are there? " + "The farmer counts apples in the orchard again. " * 60
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, parrot_model, gsm8k_rows):
+    """generate on the parrot model (it answers 7 to everything): questions 1-3 have gold 7, so the filter has
+    rationales to accept, and questions 4-5 keep their real gold, so it has wrong ones to reject; the last one's
+    prompt is over the context."""
+    import yaml
+
+    from cotdistill.config.load import load_config
+    from cotdistill.stages import generate
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    rows = [{"question": r["question"], "answer": "We count.\n#### 7"} for r in gsm8k_rows[:3]] + gsm8k_rows[3:5]
+    rows.append({"question": LONG_QUESTION, "answer": "They count.\n#### 7"})
+    questions = tmp / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test_questions = tmp / "test.jsonl"
+    test_questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[100:103]))
+    config_path = tmp / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config_dict(tmp, parrot_model, questions, test_questions)))
+    config = load_config(config_path)
+    stats = generate.STAGE.run(config)
+    return config, config_path, stats
+
+
+@pytest.fixture(scope="session")
+def trained(pipeline, gsm8k_rows):
+    """A run whose accepted corpus is GSM8K's own worked answers (so training has real rationales to learn), and
+    its student trained (3 steps, a checkpoint at step 2)."""
+    from cotdistill.config.load import load_config
+    from cotdistill.stages import train
+
+    config, config_path, _ = pipeline
+    config = load_config(config_path, ["run_name=tiny-train"])
+    write_finished_filter(config.run_dir, gsm8k_rows[200:208])
+    train.STAGE.run(config)
+    return config
+
+
+def trained_config_path(config) -> Path:
+    return config.run_dir.parent.parent / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def kd_run(tmp_path_factory, parrot_model, gsm8k_rows):
+    """generate with logprobs on the parrot model (every question has gold 7, so the filter accepts), filter: the
+    corpus tests/test_kd.py trains on and tests/test_score.py scores."""
+    import yaml
+
+    from cotdistill.config.load import load_config
+    from cotdistill.stages import filter as filter_stage
+    from cotdistill.stages import generate
+
+    tmp = tmp_path_factory.mktemp("kd")
+    rows = [{"question": r["question"], "answer": "We count.\n#### 7"} for r in gsm8k_rows[:4]]
+    questions = tmp / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = tiny_config_dict(tmp, parrot_model, questions)
+    raw["generate"]["logprobs"] = 5
+    raw["filter"]["near_duplicates"] = False
+    raw["filter"]["drop_duplicates"] = False  # the parrot says the same thing every time
+    raw["train"]["loss"] = "kd"
+    raw["train"]["kd"] = {"alpha": 0.5, "temperature": 2.0}
+    raw["train"]["sft"] = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 512,
+                           "learning_rate": 1e-3, "save_steps": 50, "logging_steps": 1}
+    path = tmp / "kd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    stats = generate.STAGE.run(config)
+    filter_stage.STAGE.run(config)
+    return config, path, stats, raw

@@ -13,6 +13,7 @@ import yaml
 from cotdistill.config.load import load_config
 from cotdistill.config.sections import AdaptiveEvalConfig
 from cotdistill.core.fields import ConfigError
+from cotdistill.stages.evaluate.metrics import majority_vote
 from cotdistill.stages.evaluate.report import format_table
 from cotdistill.stages.evaluate.scoring import adaptive_stop, score_row
 from cotdistill.verify.stopping import beta_should_stop, leader_beats_runner_up, should_stop, window_should_stop
@@ -132,6 +133,7 @@ def test_adaptive_settings_are_checked_at_load(tmp_path, settings, key):
 # --- the evaluate stage with evaluate.adaptive -----------------------------------------------------------------
 
 
+@pytest.mark.engine
 def test_evaluate_reports_adaptive_self_consistency(tmp_path, parrot_model, gsm8k_rows):
     """The parrot answers 7 to everything: each question's vote settles after 4 of its 8 samples (31/32 >= 0.95),
     right on the questions whose gold is 7. A stored model whose samples are hand-written has known outcomes."""
@@ -178,7 +180,7 @@ def test_evaluate_reports_adaptive_self_consistency(tmp_path, parrot_model, gsm8
         assert lo <= m["adaptive_accuracy"] <= hi
         assert m["adaptive_gap_to_maj_at_K"] == pytest.approx(m["adaptive_accuracy"] - m["maj@8"])
         for r in rows:  # the adaptive answer is the vote of the samples it used
-            assert r["adaptive_answer"] == evaluate.majority_vote(r["sample_answers"][:r["adaptive_samples"]])[0]
+            assert r["adaptive_answer"] == majority_vote(r["sample_answers"][:r["adaptive_samples"]])[0]
 
     hand = {r["question_id"]: r for r in pq.read_table(out / "hand.parquet").to_pylist()}
     assert {q: (r["adaptive_samples"], r["adaptive_answer"], r["adaptive_correct"]) for q, r in hand.items()} == {

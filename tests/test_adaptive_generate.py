@@ -22,6 +22,7 @@ from cotdistill.core.shards import read_json, read_shards
 from cotdistill.stages import generate
 from cotdistill.stages.base import SettingsChanged
 from cotdistill.stages.filter.phases import FilterContext, judge_table
+from cotdistill.stages.generate.progress import Policy, Progress
 from cotdistill.teachers.base import Completion, Finished
 from cotdistill.verify.answers import get_answer_format
 from tests.conftest import REPO, tiny_config_dict
@@ -226,7 +227,7 @@ def test_generate_and_filter_agree_on_which_rationales_reach_the_gold(tmp_path, 
     gold, choices, cases = VERDICT_CASES[answer_format]
     config = scripted_config(tmp_path, {"A": "7"}, [
         f"filter.answer_format={answer_format}", "generate.adaptive.target_correct=1"])
-    policy = generate.Policy(config)
+    policy = Policy(config)
     q = Question("q", "What?", gold, choices)
     samples = [Sample(question_id=f"q{i}", sample_index=0, question="What?", gold_answer=gold, choices=choices,
                       prompt_messages=[], prompt_text="", rationale=text, finish_reason=finish, prompt_tokens=1,
@@ -236,7 +237,7 @@ def test_generate_and_filter_agree_on_which_rationales_reach_the_gold(tmp_path, 
     judged = judge_table(samples_to_table(samples, SAMPLE_SCHEMA),
                          FilterContext(cfg=cfg, fmt=get_answer_format(answer_format), seed=0)).to_pylist()
     for (text, finish), row in zip(cases, judged):
-        progress = generate.Progress()
+        progress = Progress()
         policy.absorb(progress, {"question_id": "q", "samples": [{"rationale": text, "finish_reason": finish}],
                                  "skipped": None, "error": None, "round": 1}, q)
         in_filter = bool(row["is_correct"]) and row["finish_reason"] != "length"
@@ -427,6 +428,7 @@ def test_rationalized_rows_keep_the_hint_out_of_the_students_prompt(parrot, tmp_
         assert example["prompt"] == PromptTemplate(config.train.prompt).render(question=row["question"])
 
 
+@pytest.mark.engine
 def test_seeded_rounds_draw_exactly_fixed_ns_first_samples(tmp_path, tiny_model, gsm8k_rows):
     """generate.seed_per_request on the real CPU engine: adaptive rounds of 2 (later passes, other batches) draw
     the very samples one request of N draws. The token budget is small enough that chunked prefill would split the

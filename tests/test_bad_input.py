@@ -102,6 +102,7 @@ def cotdistill(*args, cwd):
 @pytest.mark.parametrize("override", ["generate.num_samples=-3", "generate.max_tokens=0", "generate.temperature=-1",
                                       "filter.answer_format=numbr", "evaluate.answer_format=numbr",
                                       "train.sft.max_lenght=128", "evaluate.data=null"])
+@pytest.mark.slow
 def test_cli_refuses_a_bad_config_in_seconds_with_exit_code_2(tmp_path, override):
     started = time.monotonic()
     result = cotdistill("run", write(tmp_path, base()), override, cwd=tmp_path)

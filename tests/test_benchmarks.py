@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The keys the README ("## Tests and benchmarks") and each benchmark's docstring name for its last JSON line.

@@ -36,6 +36,7 @@ def test_extract_takes_the_last_complete_python_block_outside_the_thinking():
     assert extract_program("thinking opened by the prompt\n```python\nbad\n```\n</think>\n```python\nok\n```") == "ok\n"
 
 
+@pytest.mark.slow
 def test_functional_verdicts(executor):
     def verdict(program):
         return check_program(program, FUNCTIONAL, executor, LIMITS)

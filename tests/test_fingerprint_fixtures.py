@@ -65,6 +65,7 @@ def test_the_evaluate_fingerprint_changed_by_the_answer_rules_alone(config, monk
     assert BY_NAME["evaluate"].fingerprint(config) == recorded
 
 
+@pytest.mark.slow
 def test_cotdistill_skips_the_stages_whose_fingerprint_held_and_judges_the_corpus_again(tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(FIXTURE / "finished", runs / "finished")

@@ -22,6 +22,8 @@ from cotdistill.core.shards import read_json
 from cotdistill.stages import generate
 from tests.conftest import REPO, tiny_config_dict
 
+pytestmark = [pytest.mark.engine]
+
 NUM_QUESTIONS, PER_SHARD, PARTS = 12, 2, 3  # 6 shards: 2 a part
 
 

@@ -128,20 +128,20 @@ def test_dry_run_counts_requests_tokens_and_cost_and_sends_nothing(local_run, tm
     from cotdistill.teachers.base import render_prompt
 
     _, config_path = local_run
-    overrides = [f"output_dir={tmp_path}", "teacher.openai.price_per_million_input=1.0",
-                 "teacher.openai.price_per_million_output=4.0"]
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, [f"output_dir={tmp_path}"])
     tokenizer = AutoTokenizer.from_pretrained(config.teacher.model)
     template = PromptTemplate(config.generate.prompt)
     prompt_tokens = sum(len(render_prompt(tokenizer, template.render(question=r["question"].strip()))[1])
                         for r in gsm8k_rows[:6])
     plan = generate.dry_run(config)
-    assert plan == {"questions": 6, "requests": 6, "prompt_tokens": prompt_tokens,
-                    "max_completion_tokens": 6 * 3 * 24,
-                    "max_estimated_cost": round((prompt_tokens * 1.0 + 6 * 3 * 24 * 4.0) / 1e6, 4)}
+    assert plan == {"questions": 6, "requests": 6, "prompt_tokens": prompt_tokens, "max_completion_tokens": 6 * 3 * 24}
+    # The same teacher served at a price: the same requests, and what they may cost.
+    overrides = [f"output_dir={tmp_path}", "teacher.backend=openai", f"teacher.openai.tokenizer={config.teacher.model}",
+                 "teacher.openai.price_per_million_input=1.0", "teacher.openai.price_per_million_output=4.0"]
+    priced = generate.dry_run(load_config(config_path, overrides))
+    assert priced == {**plan, "max_estimated_cost": round((prompt_tokens * 1.0 + 6 * 3 * 24 * 4.0) / 1e6, 4)}
     # An API teacher asked for one sample a request: N requests a question, each billed for its prompt.
-    split = generate.dry_run(load_config(config_path, overrides + [
-        "teacher.backend=openai", "teacher.openai.n_per_request=false", f"teacher.openai.tokenizer={config.teacher.model}"]))
+    split = generate.dry_run(load_config(config_path, overrides + ["teacher.openai.n_per_request=false"]))
     assert split["requests"] == 18 and split["prompt_tokens"] == 3 * prompt_tokens
     assert not (tmp_path / "tiny").exists()  # nothing written, no engine started
 

@@ -17,12 +17,9 @@ import yaml
 
 from cotdistill.config.load import load_config
 from cotdistill.core.shards import list_shards, read_json
-from cotdistill.stages import filter as filter_stage
-from cotdistill.stages import generate
-from cotdistill.stages import score
 from cotdistill.stages import train
 from cotdistill.trainers.losses import bucket_logprobs, kd_loss, taid_lambda
-from tests.conftest import REPO, tiny_config_dict
+from tests.conftest import REPO
 
 
 # --- the loss, by hand -------------------------------------------------------------------------------------------
@@ -137,29 +134,6 @@ def accepted_rows(stage_dir) -> list[dict]:
 
 # --- teacher logprobs through the stages, on the real engine and trainer -----------------------------------------
 
-@pytest.fixture(scope="module")
-def kd_run(tmp_path_factory, parrot_model, gsm8k_rows):
-    """generate with logprobs on the parrot model (every question has gold 7, so the filter accepts), filter."""
-    tmp = tmp_path_factory.mktemp("kd")
-    rows = [{"question": r["question"], "answer": "We count.\n#### 7"} for r in gsm8k_rows[:4]]
-    questions = tmp / "questions.jsonl"
-    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    raw = tiny_config_dict(tmp, parrot_model, questions)
-    raw["generate"]["logprobs"] = 5
-    raw["filter"]["near_duplicates"] = False
-    raw["filter"]["drop_duplicates"] = False  # the parrot says the same thing every time
-    raw["train"]["loss"] = "kd"
-    raw["train"]["kd"] = {"alpha": 0.5, "temperature": 2.0}
-    raw["train"]["sft"] = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 512,
-                           "learning_rate": 1e-3, "save_steps": 50, "logging_steps": 1}
-    path = tmp / "kd.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    config = load_config(path)
-    stats = generate.STAGE.run(config)
-    filter_stage.STAGE.run(config)
-    return config, path, stats, raw
-
-
 def test_generate_stores_top_k_logprobs_per_completion_token(kd_run):
     config, _, stats, _ = kd_run
     rows = pq.read_table(config.run_dir / "generate" / "samples").to_pylist()
@@ -182,21 +156,6 @@ def test_logprob_columns_pass_through_the_filter_unchanged(kd_run):
         source = made[(r["question_id"], r["sample_index"])]
         for column in ("completion_token_ids", "teacher_topk_ids", "teacher_topk_logprobs", "logprobs_context"):
             assert r[column] == source[column]
-
-
-def test_score_in_the_teachers_context_reproduces_what_generate_captured(kd_run, tmp_path):
-    config, path, _, raw = kd_run
-    scored_config = load_config(path, ["score={logprobs: 5, context: teacher}"])
-    stats = score.STAGE.run(scored_config)
-    assert stats["context"] == "teacher" and stats["rationales"] > 0
-    made = {(r["question_id"], r["sample_index"]): r for r in accepted_rows(config.run_dir / "filter")}
-    for r in accepted_rows(config.run_dir / "score"):
-        source = made[(r["question_id"], r["sample_index"])]
-        assert r["completion_token_ids"] == source["completion_token_ids"]
-        assert r["teacher_topk_ids"][0] == source["teacher_topk_ids"][0]
-        a, b = np.array(r["teacher_topk_logprobs"], float), np.array(source["teacher_topk_logprobs"], float)
-        assert np.abs(a[:, 0] - b[:, 0]).max() < 2e-2  # float16 storage, prefill against decode numerics
-    assert score.STAGE.is_complete(scored_config)
 
 
 def test_kd_training_reads_the_teacher_tokens_and_their_distributions(kd_run):
@@ -289,9 +248,8 @@ def test_run_prunes_scores_in_the_students_context_trains_kd_and_evaluates(kd_ru
     assert stats["loss"] == "kd" and stats["global_steps"] == 2
     metrics = read_json(full.run_dir / "evaluate" / "metrics.json")["models"]
     assert metrics["base_student"]["parameters"] == prune_stats["parameters_after"] == metrics["student"]["parameters"]
-    for stage in ("generate", "filter", "prune", "score", "train", "evaluate"):
-        module = __import__(f"cotdistill.{stage}", fromlist=["is_complete"])
-        assert module.is_complete(full), stage
+    for stage in pipeline(full):
+        assert stage.is_complete(full), stage.name
 
 
 @pytest.mark.parametrize("override,message", [
@@ -325,14 +283,3 @@ def test_packing_carries_the_teacher_columns_along_and_trains(kd_run, tmp_path):
         assert n <= 400 and len(row["labels"]) == len(row["teacher_ids"]) == len(row["teacher_mask"]) == n
         assert all(label != -100 for label, known in zip(row["labels"], row["teacher_mask"]) if known)
     assert trainer.train().global_step == 1
-
-
-def test_score_and_prune_without_their_sections_say_so(kd_run, caplog):
-    from cotdistill import cli
-
-    for command, message in (("score", "score: is not set"), ("prune", "student.prune is not set")):
-        caplog.clear()
-        with pytest.raises(SystemExit) as exited:
-            cli.main([command, str(kd_run[1])])
-        assert exited.value.code == 2
-        assert any(message in r.getMessage() for r in caplog.records), command

@@ -13,6 +13,8 @@ from cotdistill.stages import evaluate
 from cotdistill.stages import train
 from tests.conftest import tiny_config_dict, write_finished_filter
 
+pytestmark = [pytest.mark.engine]
+
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "lora_dropout": 0.0}
 
 

@@ -31,6 +31,8 @@ from cotdistill.teachers.ray_pool import RayPoolTeacher
 from tests.conftest import tiny_config_dict
 from tests.ray_echo import EchoActor, pickled_by_value
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 NUM_QUESTIONS, NUM_SAMPLES = 64, 2
 # Node deaths seen in about a second instead of Ray's default half a minute.
 FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 250,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.compute as pc
+import pytest
 import yaml
 
 from cotdistill.config.load import load_config
@@ -13,6 +14,8 @@ from cotdistill.core.fingerprints import read_fingerprint
 from cotdistill.core.shards import list_shards, read_shards
 from cotdistill.stages import generate
 from tests.conftest import tiny_config_dict
+
+pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
 
 def test_ray_backend_writes_what_the_local_engine_writes(tmp_path, parrot_model, gsm8k_rows):

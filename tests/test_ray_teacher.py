@@ -26,6 +26,8 @@ from tests.conftest import PARROT_ANSWER, TINY_ENGINE
 from tests.ray_echo import EchoPool, echo_requests, pickled_by_value
 from tests.teacher_requests import zero_shot_requests
 
+pytestmark = [pytest.mark.ray]
+
 RAY_LOGGER = "cotdistill.teachers.ray_pool"
 
 
@@ -84,6 +86,7 @@ def check_all_back(results: list[Finished], requests: list[TeacherRequest], n: i
             assert c.completion_tokens > 0
 
 
+@pytest.mark.engine
 class TestParrotPool:
     """Two one-core replicas of the parrot model on a local Ray, shared by these tests in this order."""
 

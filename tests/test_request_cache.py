@@ -29,6 +29,7 @@ def rows(config) -> list[dict]:
                   key=lambda r: (r["question_id"], r["sample_index"]))
 
 
+@pytest.mark.engine
 def test_second_run_sends_nothing_and_one_change_sends_only_what_changed(tmp_path, tiny_model, gsm8k_rows,
                                                                          monkeypatch):
     questions = tmp_path / "questions.jsonl"

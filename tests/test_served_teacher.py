@@ -26,6 +26,8 @@ from tests.conftest import REPO, tiny_config_dict
 from tests.servers import FaultProxy
 from tests.test_journal import CountingTeacher
 
+pytestmark = [pytest.mark.server]
+
 NUM_QUESTIONS = 6
 
 
@@ -55,6 +57,7 @@ def keys_of(table):
     return list(zip(table.column("question_id").to_pylist(), table.column("sample_index").to_pylist()))
 
 
+@pytest.mark.engine
 def test_served_teacher_writes_what_the_local_engine_writes(runs, served_parrot):
     tmp, path = runs
     local = load_config(path, ["run_name=local"])

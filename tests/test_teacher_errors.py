@@ -190,6 +190,7 @@ def test_failed_questions_are_sent_again_by_a_rerun(config_file, caplog):
         assert generate(config_file, stub.url)[0] == 0 and not stub.log
 
 
+@pytest.mark.slow
 def test_per_question_errors_are_recorded_until_every_request_fails_too_long(config_file, caplog):
     too_long = error(400, "This model's maximum context length is 512 tokens")
     first = {}
@@ -212,6 +213,7 @@ def test_per_question_errors_are_recorded_until_every_request_fails_too_long(con
     assert len(failed) >= 2 and all("BadRequestError" in e for e in failed)  # recorded, one per question
 
 
+@pytest.mark.slow
 def test_cut_off_and_undecodable_bodies_are_retried(config_file):
     broken = {}
 
@@ -252,6 +254,7 @@ def test_short_responses_are_topped_up_and_a_lasting_shortfall_is_recorded(confi
     assert len(rows(config_file)) == NUM_QUESTIONS * NUM_SAMPLES
 
 
+@pytest.mark.slow
 def test_several_servers_share_the_work_and_one_that_dies_is_left_out(config_file):
     from cotdistill.teachers.openai_server import SERVER_FAILURES_TO_REST
 

@@ -16,6 +16,8 @@ from cotdistill.core.fields import ConfigError
 from cotdistill.stages.base import SettingsChanged
 from tests.conftest import TINY_ENGINE, set_dotted, tiny_config_dict
 
+pytestmark = [pytest.mark.engine]
+
 
 def teachers_config(tmp_path, teachers: list[dict], **changes):
     questions = tmp_path / "questions.jsonl"

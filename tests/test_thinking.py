@@ -72,6 +72,7 @@ def served_thinker(thinker):
         stop_server(process)
 
 
+@pytest.mark.engine
 def test_the_thinker_thinks_and_its_tokenizer_has_the_think_tokens(thinker):
     from transformers import AutoTokenizer
 
@@ -83,7 +84,8 @@ def test_the_thinker_thinks_and_its_tokenizer_has_the_think_tokens(thinker):
     assert opened == on + "<think>\n"  # the block opened by the prompt, as R1's distills have it
 
 
-@pytest.mark.parametrize("backend", ["vllm", "ray"])
+@pytest.mark.engine
+@pytest.mark.parametrize("backend", ["vllm", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_local_parser_splits_as_vllms_server_does(thinker, served_thinker, backend):
     """The same prompts, greedy, through vLLM's server (--reasoning-parser) and through a local backend with the
     same parser: the same reasoning and the same answer, thinking on, off, and opened by the prompt."""
@@ -117,6 +119,7 @@ def test_a_local_parser_splits_as_vllms_server_does(thinker, served_thinker, bac
     assert compared == len(SWITCHES) * len(QUESTIONS)
 
 
+@pytest.mark.engine
 def test_budget_forcing_on_a_local_engine_closes_the_reasoning_then_answers(thinker):
     from cotdistill.teachers.vllm_local import build
 
@@ -233,6 +236,7 @@ def test_evaluate_reports_what_thinking_costs():
     assert by_length["accuracy"][:3] == [0.0, 1.0, None] and by_length["wrong"][-1] == 2
 
 
+@pytest.mark.engine
 def test_the_thinking_demo_runs_end_to_end(tmp_path):
     """pipelines/demo_thinking.yaml, as a user runs it from a fresh clone: tiny-thinker built into an empty cache,
     every stage, and a report with the thinking figures and the length plot."""

@@ -89,6 +89,7 @@ def write_generate(config, gsm8k_rows, questions: int = 4) -> dict[str, str]:
     return gold
 
 
+@pytest.mark.engine
 def test_filter_pairs_then_dpo_then_evaluate_student_dpo(tmp_path, tiny_model, gsm8k_rows):
     from cotdistill.stages import dpo
     from cotdistill.stages import evaluate

@@ -1,4 +1,6 @@
-"""Resuming training after a kill while a checkpoint was being written (a partial `checkpoint-N`)."""
+"""train on the real trainer (TRL's SFTTrainer, the tiny Llama): the corpus as prompt/completion pairs with the loss
+on the completion only, the model and its card saved, checkpoints resumed, and a partial checkpoint (a kill while
+one was being written) set aside."""
 
 from __future__ import annotations
 
@@ -8,14 +10,21 @@ import os
 import shutil
 from pathlib import Path
 
+import datasets
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from cotdistill.config.load import load_config
+from cotdistill.core.prompts import PromptTemplate
+from cotdistill.core.records import FILTERED_SCHEMA
 from cotdistill.core.shards import read_json
+from cotdistill.stages import filter as filter_stage
 from cotdistill.stages import train
+from cotdistill.stages.filter.audit import dataset_card
+from cotdistill.stages.filter.phases import REASONS
 from cotdistill.trainers import checkpoints as training
-from tests.conftest import tiny_config_dict, write_finished_filter
+from tests.conftest import tiny_config_dict, trained_config_path, write_finished_filter
 
 COMPLETE = {"model.safetensors": b"weights", "config.json": b"{}", "optimizer.pt": b"optimizer",
             "scheduler.pt": b"scheduler", "rng_state.pth": b"rng"}
@@ -118,7 +127,7 @@ def test_optimizer_not_required_when_only_the_model_is_saved(tmp_path):
 
 @pytest.fixture
 def accepted_corpus(tmp_path, tiny_model, gsm8k_rows):
-    """A run whose accepted corpus is GSM8K's own worked answers (as tests/test_pipeline.py's `trained`)."""
+    """A run whose accepted corpus is GSM8K's own worked answers (as tests/conftest.py's `trained`)."""
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows[:5]))
     config_path = tmp_path / "tiny.yaml"
@@ -172,3 +181,78 @@ def test_rerun_after_a_kill_mid_checkpoint_resumes_from_the_complete_one(accepte
     assert "resuming from the last checkpoint" in caplog.text
     # The resumed run wrote a new, complete checkpoint-3.
     assert training.checkpoint_problem(checkpoints / "checkpoint-3") is None
+
+
+# --- the stage on the session's run (tests/conftest.py `trained`) ---
+
+
+def test_dataset_card_lets_datasets_load_the_accepted_folder(trained, tmp_path):
+    accepted = trained.run_dir / "filter" / "accepted"
+    stats = {"accepted": 8, "rationales": 8, "questions": 8, "rejected": {r: 0 for r in REASONS}}
+    (accepted / "README.md").write_text(dataset_card(trained, stats))
+    # A cache of its own: datasets 5.2 caches a folder loaded by path under the folder's name ("accepted"), so
+    # two runs' accepted folders would share one cache entry (the card points users to the data_dir= form).
+    loaded = datasets.load_dataset(str(accepted), split="train", cache_dir=str(tmp_path))
+    assert len(loaded) == 8 and loaded.column_names == FILTERED_SCHEMA.names
+    card = (accepted / "README.md").read_text()
+    assert "configs:" in card and 'path: "*.parquet"' in card and "Sampling: n=3" in card
+
+
+def test_train_labels_mask_every_prompt_token(trained):
+    raw = train.build_sft_dataset(trained.run_dir / "filter" / "accepted", PromptTemplate(trained.train.prompt))
+    trainer = train.build_trainer(trained, raw)
+    tokenizer = trainer.processing_class
+    for i in range(3):
+        prompt_text = tokenizer.apply_chat_template(raw[i]["prompt"], tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        row = trainer.train_dataset[i]
+        labels = trainer.data_collator([row])["labels"][0].tolist()
+        assert row["input_ids"][: len(prompt_ids)] == prompt_ids
+        assert all(label == -100 for label in labels[: len(prompt_ids)])
+        completion = labels[len(prompt_ids):]
+        assert completion and all(label != -100 for label in completion)
+        assert completion == row["input_ids"][len(prompt_ids):]
+    # The student sees the bare question, not the teacher's instructions.
+    assert "step by step" not in raw[0]["prompt"][0]["content"]
+
+
+def test_filter_counts_student_tokens_as_training_does(trained):
+    # too_long must use the length TRL will see: the same tokens, and TRL's own max_length when none is set.
+    raw = train.build_sft_dataset(trained.run_dir / "filter" / "accepted", PromptTemplate(trained.train.prompt))
+    trainer = train.build_trainer(trained, raw)
+    count, _ = filter_stage.student_token_counters(trained)
+    rows = pq.read_table(trained.run_dir / "filter" / "accepted" / "00000.parquet").to_pylist()
+    counted = count([r["question"] for r in rows], [r["rationale"] for r in rows], [r["choices"] for r in rows])
+    assert counted == [len(trainer.train_dataset[i]["input_ids"]) for i in range(len(rows))]
+    assert filter_stage.student_max_tokens(trained) == 512  # train.sft.max_length of the fixture
+    unset = load_config(trained_config_path(trained), ["train.sft={max_steps: 3}"])
+    assert filter_stage.student_max_tokens(unset) == 1024  # TRL's SFTConfig default, applied when unset
+    stricter = load_config(trained_config_path(trained), ["filter.max_student_tokens=100"])
+    assert filter_stage.student_max_tokens(stricter) == 100
+
+
+def test_train_runs_and_saves_model_and_card(trained):
+    stats = train.STAGE.run(trained)
+    model_dir = trained.run_dir / "train" / "model"
+    assert stats["global_steps"] == 3 and stats["examples"] == 8
+    assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
+    card = (model_dir / "README.md").read_text()
+    assert "8 accepted rationales" in card and str(trained.run_dir / "filter" / "accepted") in card
+    assert train.STAGE.is_complete(trained)
+
+
+def test_train_resumes_from_its_last_checkpoint(trained, caplog):
+    # A kill after the checkpoint at step 2 but before the final model: rerun resumes instead of starting over.
+    shutil.rmtree(trained.run_dir / "train" / "model")
+    os.remove(trained.run_dir / "train" / "stats.json")
+    checkpoints = trained.run_dir / "train" / "checkpoints"
+    assert (checkpoints / "checkpoint-2").is_dir()
+    for later in checkpoints.glob("checkpoint-*"):
+        if later.name != "checkpoint-2":
+            shutil.rmtree(later)
+    with caplog.at_level("INFO", logger="cotdistill.trainers.checkpoints"):
+        stats = train.STAGE.run(trained)
+    assert "resuming from the last checkpoint" in caplog.text
+    assert stats["global_steps"] == 3 and (trained.run_dir / "train" / "model" / "config.json").exists()
+    # Resumed, not restarted: one step ran in this invocation, from step 2.
+    assert stats["resumed_from_step"] == 2 and stats["steps_this_run"] == 1
