@@ -9,8 +9,11 @@ by `return None` (the prompt, which ends with the entry point's signature and do
 Every canonical solution should pass and every mutant fail.
 
 The overhead: the mean wall time of a trivial program (`print(1)`) in the sandbox against a bare
-`python -I -c 'print(1)'` subprocess, both one at a time, in this run. The last line is a JSON object with
-programs_per_s, canonical_passed, mutants_failed, problems, workers, sandbox_ms, bare_ms and overhead_ms.
+`python -I -c 'print(1)'` subprocess, both one at a time, in this run. And what the separate test process costs:
+one functional test of a trivial function with the tests in their own process (as every verdict is made) against
+the same tests in the program's own process (inline_harness, as a one-process remote executor runs them). The
+last line is a JSON object with programs_per_s, canonical_passed, mutants_failed, problems, workers, sandbox_ms,
+bare_ms, overhead_ms, two_process_ms, one_process_ms and test_process_ms.
 Target: at least 20 programs/s with 2 workers on this 2-core machine. `--smoke` runs 8 problems: its figures say
 only that it runs.
 """
@@ -28,7 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cotdistill.verify.code import LocalExecutor, check_many, humaneval_tests, read_humaneval  # noqa: E402
+from cotdistill.verify.code import (  # noqa: E402
+    CodeTests, LocalExecutor, check_many, functional_harness, humaneval_tests, inline_harness, read_humaneval,
+)
 from cotdistill.verify.sandbox import Limits, isolation_problem, run_python  # noqa: E402
 
 
@@ -72,10 +77,18 @@ def main() -> None:
     sandboxed = mean_ms(lambda: run_python("print(1)", limits=Limits(wall_s=20)), times)
     print(f"one trivial program: {sandboxed:.1f} ms in the sandbox, {bare:.1f} ms as a bare subprocess "
           f"(overhead {sandboxed - bare:.1f} ms)")
+    tests = CodeTests(kind="functional", test="assert add(1, 2) == 3\n", entry_point="add")
+    program = "def add(a, b):\n    return a + b\n"
+    limits = Limits(wall_s=20)
+    two = mean_ms(lambda: executor.run_tests(program, functional_harness(tests), limits), times)
+    one = mean_ms(lambda: executor.run(inline_harness(program, tests, "__marker__"), "", limits), times)
+    print(f"one functional test: {two:.1f} ms with the tests in their own process, {one:.1f} ms in the program's "
+          f"(the separate test process costs {two - one:.1f} ms)")
     print(json.dumps({"programs_per_s": round(len(items) / seconds, 2), "canonical_passed": sum(v.passed for v in canonical),
                       "mutants_failed": sum(not v.passed for v in mutants), "problems": len(problems),
                       "workers": args.workers, "sandbox_ms": round(sandboxed, 2), "bare_ms": round(bare, 2),
-                      "overhead_ms": round(sandboxed - bare, 2)}))
+                      "overhead_ms": round(sandboxed - bare, 2), "two_process_ms": round(two, 2),
+                      "one_process_ms": round(one, 2), "test_process_ms": round(two - one, 2)}))
 
 
 if __name__ == "__main__":

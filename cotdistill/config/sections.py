@@ -646,10 +646,11 @@ class SandboxConfig:
     # Piston's API at `url` (no program runs here).
     executor: str = setting("local", one_of=SANDBOX_EXECUTORS)
     url: str | None = None
-    workers: int = setting(2, at_least=1)  # programs run at once, per filter worker; memory: workers x memory_mb
+    workers: int = setting(2, at_least=1)  # sandboxes at once, per filter worker; memory: workers x memory_mb
     timeout_s: float = setting(10.0, above=0)  # wall clock per run (a functional problem's tests; one stdin)
     cpu_s: int = setting(10, at_least=1)
-    memory_mb: int = setting(1024, at_least=32)  # address space per program
+    # memory of the whole sandbox, all its processes together (a cgroup), and each process's address space
+    memory_mb: int = setting(1024, at_least=32)
     # Run without namespaces where the OS allows none (no network or filesystem isolation): only on purpose.
     allow_unisolated: bool = False
 

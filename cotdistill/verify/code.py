@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
 from cotdistill.verify.answers import AnswerFormat
-from cotdistill.verify.sandbox import Execution, Limits, run_python
+from cotdistill.verify.sandbox import Execution, Limits, isolation_problem, run_python
 
 if TYPE_CHECKING:
     from cotdistill.config.sections import SandboxConfig
@@ -86,6 +86,10 @@ class Executor(Protocol):
     def run(self, program: str, stdin: str, limits: Limits) -> Execution:
         """Run a Python program with this stdin under these limits; its Execution (never raises for the program)."""
 
+    def run_tests(self, program: str, harness: str, limits: Limits) -> Execution | None:
+        """Run functional tests against a program in two processes (the harness's verdict in Execution.harness);
+        None where this executor cannot (one process a call: then inline_harness)."""
+
 
 class LocalExecutor:
     """This machine's sandbox (sandbox.run_python)."""
@@ -95,6 +99,11 @@ class LocalExecutor:
 
     def run(self, program: str, stdin: str, limits: Limits) -> Execution:
         return run_python(program, stdin, limits, allow_unisolated=self.allow_unisolated)
+
+    def run_tests(self, program: str, harness: str, limits: Limits) -> Execution | None:
+        if isolation_problem() is not None:
+            return None  # unisolated (on purpose): one process, as a remote executor's
+        return run_python(program, "", limits, harness=harness, runner=RUNNER)
 
 
 # --- tests from a data row ---------------------------------------------------------------------------------------
@@ -188,7 +197,7 @@ def _counting(statements: list[ast.stmt]) -> list[ast.stmt]:
         if isinstance(stmt, ast.Assert):
             out.append(ast.parse("try:\n    pass\nexcept AssertionError:\n    __cd[1] += 1\n"
                                  "except MemoryError:\n    raise\nexcept Exception as __cd_e:\n    __cd[1] += 1\n"
-                                 "    __cd_errors.append(type(__cd_e).__name__)\nelse:\n"
+                                 "    __cd_errors.append(getattr(__cd_e, 'name', type(__cd_e).__name__))\nelse:\n"
                                  "    __cd[0] += 1").body[0])
             out[-1].body = [stmt]
         else:
@@ -211,38 +220,282 @@ def count_asserts(test: str) -> int:
     return count
 
 
-# Records every outermost call of the entry point (its arguments, and what it returned or raised): the program's
-# behaviour on the test inputs, for execution equivalence. Recursive calls are not recorded, so a recursive and an
-# iterative solution with the same results are one answer. Random is seeded: tests that draw inputs draw the same.
-_RECORDER = '''
+# --- functional tests across two processes --------------------------------------------------------------------
+#
+# The program runs in its own process (RUNNER: load it, then answer calls of its entry point); the tests run in the
+# harness's (HARNESS: the test code with every assert counted, the entry point a proxy that calls across the pipes).
+# Between them only plain data crosses, as JSON lines (PLAIN_DATA below, in both): None, bool, int, float, str,
+# bytes, complex, and lists, tuples, dicts, sets and frozensets of them, exactly those types (an int subclass whose
+# __eq__ says yes to everything is not an int). What the program returns is rebuilt from the data in the harness, so
+# the program's objects, builtins and globals never reach a comparison.
+
+PLAIN_DATA = r'''
+import json as __cd_json, base64 as __cd_b64, math as __cd_math
+
+__CD_MAX = 16 << 20  # one call's arguments, or one result, as JSON
+__CD_TAGS = ("__tuple__", "__dict__", "__set__", "__frozenset__", "__bytes__", "__complex__", "__float__")
+
+
+class __cd_NotData(Exception):
+    pass
+
+
+def __cd_encode(value, depth=0):
+    if depth > 100:
+        raise __cd_NotData("data nested deeper than 100")
+    kind = type(value)
+    if value is None or kind is bool or kind is str or kind is int:
+        return value
+    if kind is float:
+        return value if __cd_math.isfinite(value) else {"__float__": repr(value)}
+    if kind is list:
+        return [__cd_encode(v, depth + 1) for v in value]
+    if kind is tuple:
+        return {"__tuple__": [__cd_encode(v, depth + 1) for v in value]}
+    if kind is dict:
+        return {"__dict__": [[__cd_encode(k, depth + 1), __cd_encode(v, depth + 1)] for k, v in value.items()]}
+    if kind is set or kind is frozenset:
+        return {"__set__" if kind is set else "__frozenset__": [__cd_encode(v, depth + 1) for v in value]}
+    if kind is bytes:
+        return {"__bytes__": __cd_b64.b64encode(value).decode()}
+    if kind is complex:
+        return {"__complex__": [value.real, value.imag]}
+    raise __cd_NotData(f"a {kind.__name__} value, which is not plain data")
+
+
+def __cd_decode(value, depth=0):
+    if depth > 100:
+        raise __cd_NotData("data nested deeper than 100")
+    kind = type(value)
+    if value is None or kind in (bool, str, int, float):
+        return value
+    if kind is list:
+        return [__cd_decode(v, depth + 1) for v in value]
+    if kind is dict and len(value) == 1:
+        (tag, inner), = value.items()
+        if tag == "__tuple__" and type(inner) is list:
+            return tuple(__cd_decode(v, depth + 1) for v in inner)
+        if tag == "__dict__" and type(inner) is list and all(type(p) is list and len(p) == 2 for p in inner):
+            return {__cd_decode(k, depth + 1): __cd_decode(v, depth + 1) for k, v in inner}
+        if tag in ("__set__", "__frozenset__") and type(inner) is list:
+            items = [__cd_decode(v, depth + 1) for v in inner]
+            return set(items) if tag == "__set__" else frozenset(items)
+        if tag == "__bytes__" and type(inner) is str:
+            return __cd_b64.b64decode(inner.encode(), validate=True)
+        if tag == "__complex__" and type(inner) is list and len(inner) == 2:
+            return complex(float(inner[0]), float(inner[1]))
+        if tag == "__float__" and inner in ("inf", "-inf", "nan"):
+            return float(inner)
+    raise __cd_NotData(f"not plain data: {str(value)[:100]}")
+
+
+def __cd_read_line(stream):
+    line = stream.readline(__CD_MAX + 1)
+    if len(line) > __CD_MAX:
+        raise __cd_NotData(f"a message over {__CD_MAX} bytes")
+    return line
+'''
+
+# The program's process: its own file run as __main__, then each call of the entry point answered. The program can
+# change anything here (it is its own process): at most it answers with other data, which the harness checks.
+RUNNER = PLAIN_DATA + r'''
+import os as __cd_os, sys as __cd_sys
+
+__cd_requests = __cd_os.fdopen(int(__cd_sys.argv[1]), "rb")
+__cd_results = __cd_os.fdopen(int(__cd_sys.argv[2]), "wb")
+
+
+def __cd_send(message):
+    __cd_results.write(__cd_json.dumps(message).encode() + b"\n")
+    __cd_results.flush()
+
+
+__cd_globals = {"__name__": "__main__", "__file__": "program.py", "__builtins__": __builtins__}
 import random as __cd_random
-__cd_random.seed(0)
-if {entry!r} not in globals() and "Solution" in globals():
-    {entry} = getattr(Solution(), {entry!r})
-def __cd_record(__cd_f):
-    def __cd_wrapper(*args, **kwargs):
-        __cd_key = repr((args, kwargs)) if __cd_depth[0] == 0 else None
-        __cd_depth[0] += 1
+__cd_random.seed(0)  # programs that draw at random still fall in one execution class per behaviour
+try:
+    exec(compile(open("program.py").read(), "program.py", "exec"), __cd_globals)
+except BaseException as __cd_e:  # noqa: B036 - it left before its tests (SystemExit, an exception at import)
+    __cd_send({"ready": False, "raised": type(__cd_e).__name__})
+    raise SystemExit(1)
+# The names the tests use: the values among them (`assert RESULT == 3`) go across as data, once; the functions
+# are called across, each call a request.
+__cd_values = {}
+for __cd_name in __cd_decode(__cd_json.loads(__cd_read_line(__cd_requests) or "[]")):
+    __cd_value = __cd_globals.get(__cd_name)
+    if __cd_name in __cd_globals and not callable(__cd_value):
         try:
-            __cd_result = __cd_f(*args, **kwargs)
-        except BaseException as __cd_e:
-            if __cd_key is not None:
-                __cd_calls.append(__cd_key + " !" + type(__cd_e).__name__)
-            raise
-        finally:
-            __cd_depth[0] -= 1
-        if __cd_key is not None:
-            __cd_calls.append(__cd_key + " -> " + repr(__cd_result))
-        return __cd_result
-    return __cd_wrapper
-if callable(globals().get({entry!r})):
-    {entry} = __cd_record({entry})
+            __cd_values[__cd_name] = __cd_encode(__cd_value)
+        except __cd_NotData:
+            pass
+__cd_send({"ready": True, "values": __cd_values})
+
+
+def __cd_function(name):
+    """The program's function the tests call by `name` (LeetCode style: a method of Solution)."""
+    function = __cd_globals.get(name)
+    if function is None and isinstance(__cd_globals.get("Solution"), type):
+        function = getattr(__cd_globals["Solution"](), name, None)
+    if not callable(function):
+        raise NameError(name)
+    return function
+
+
+while True:
+    __cd_line = __cd_read_line(__cd_requests)
+    if not __cd_line:
+        break
+    try:
+        __cd_call = __cd_decode(__cd_json.loads(__cd_line))
+        __cd_value = __cd_function(__cd_call["name"])(*__cd_call["args"], **__cd_call["kwargs"])
+        __cd_send({"ok": __cd_encode(__cd_value)})
+    except __cd_NotData as __cd_e:
+        __cd_send({"bad": str(__cd_e)})
+    except BaseException as __cd_e:  # noqa: B036 - what the function raised, by name
+        __cd_send({"raised": type(__cd_e).__name__})
+'''
+
+# The harness's process: the entry point a proxy, the tests counted; the verdict on its own pipe.
+HARNESS_HEAD = PLAIN_DATA + r'''
+import hashlib as __cd_hashlib, os as __cd_os
+
+__cd_to_program = __cd_os.fdopen(__cd_requests, "wb")
+__cd_from_program = __cd_os.fdopen(__cd_results, "rb")
+__cd = [0, 0]
+__cd_errors = []
+__cd_aborted = None
+__cd_calls = []
+
+
+class __cd_ProgramRaised(Exception):
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+class __cd_ProgramGone(BaseException):
+    """The program's process ended (or broke the channel): no test after this can run."""
+
+
+def __cd_answer():
+    line = __cd_read_line(__cd_from_program)
+    if not line:
+        raise __cd_ProgramGone("the program ended")
+    try:
+        answer = __cd_json.loads(line)
+    except ValueError:
+        raise __cd_ProgramGone("the program wrote something that is not an answer") from None
+    if type(answer) is not dict:
+        raise __cd_ProgramGone("the program wrote something that is not an answer")
+    return answer
+
+
+def __cd_proxy(name):
+    """The program's function `name`, called across the pipes: what the tests see of the program."""
+    def call(*args, **kwargs):
+        return __cd_call(name, args, kwargs)
+    call.__name__ = name
+    return call
+
+
+def __cd_call(name, args, kwargs):
+    key = name + repr((args, kwargs))
+    message = __cd_json.dumps(__cd_encode({"name": name, "args": list(args), "kwargs": dict(kwargs)})).encode()
+    message += b"\n"
+    try:
+        __cd_to_program.write(message)
+        __cd_to_program.flush()
+    except (BrokenPipeError, OSError):
+        raise __cd_ProgramGone("the program ended") from None
+    answer = __cd_answer()
+    if "ok" in answer:
+        try:
+            value = __cd_decode(answer["ok"])
+        except __cd_NotData:
+            __cd_calls.append(key + " !NotData")
+            raise __cd_ProgramRaised("NotData") from None
+        __cd_calls.append(key + " -> " + repr(value))
+        return value
+    name = answer.get("raised") if type(answer.get("raised")) is str else "NotData"
+    __cd_calls.append(key + " !" + name[:100])
+    raise __cd_ProgramRaised(name[:100])
+
+
+def __cd_bind(name):
+    """What the tests see of the program's `name`: its value, as data, or its function, called across."""
+    if name in __cd_values:
+        return __cd_decode(__cd_values[name])
+    return __cd_proxy(name)
+
+
+try:
+    __cd_to_program.write(__cd_json.dumps(__cd_names).encode() + b"\n")
+    __cd_to_program.flush()
+    __cd_ready = __cd_answer()
+except (OSError, __cd_ProgramGone):
+    __cd_ready = {"ready": False, "raised": "ProgramEnded"}
+__cd_values = __cd_ready.get("values") if type(__cd_ready.get("values")) is dict else {}
+if __cd_ready.get("ready") is not True:
+    __cd_aborted = str(__cd_ready.get("raised") or "NoEntryPoint")[:100]
+'''
+
+HARNESS_TAIL = r'''
+__cd_os.write(__cd_report, __cd_json.dumps([  # small: one write, read once the harness has ended
+    __cd[0], __cd[1], list(dict.fromkeys(__cd_errors))[:20], __cd_aborted,
+    __cd_hashlib.sha256("\n".join(__cd_calls).encode("utf-8", "replace")).hexdigest()[:16], len(__cd_calls),
+]).encode())
 '''
 
 
-def functional_harness(program: str, tests: CodeTests, marker: str) -> str:
-    """The program, then its tests with every top-level assert counted and the entry point's calls recorded, then
-    one line: marker + JSON [passed, failed, errors, aborted, calls digest, calls]."""
+def test_names(tests: CodeTests) -> list[str]:
+    """The program's names the tests call: the entry point, and every other name the test code uses but neither
+    defines nor finds among the builtins (MBPP's asserts call the function by its name)."""
+    tree = ast.parse(tests.test)
+    defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+    defined |= {a.arg for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Lambda, ast.AsyncFunctionDef))
+                for a in [*n.args.args, *n.args.kwonlyargs, *n.args.posonlyargs]}
+    defined |= {t.id for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For,
+                                                                ast.comprehension, ast.With, ast.NamedExpr))
+                for t in ast.walk(n) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)}
+    defined |= {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
+    used = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    names = [tests.entry_point] if tests.entry_point else []
+    names += [n for n in dict.fromkeys(used) if n not in defined and n not in BUILTINS and not n.startswith("__cd")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def functional_harness(tests: CodeTests) -> str:
+    """The harness's program: the test code with every top-level assert counted (in check(candidate) too), the
+    program's functions as proxies across the pipes (RUNNER answers in the program's process), then one line of
+    verdict on the harness's own pipe: [passed, failed, errors, aborted, calls digest, calls]. The program's text is
+    not in it, and the program never sees it."""
+    tree = ast.parse(tests.test)
+    calls_check, nested = False, False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "check":
+            nested = _nested_asserts(node)
+            node.body = _counting(node.body)
+            calls_check = True
+    tree.body = _counting(tree.body)
+    names = test_names(tests)
+    if calls_check and tests.entry_point:
+        tree.body += ast.parse(f"check({tests.entry_point})\n__cd[0] += {int(nested)}").body
+    # Whatever escapes the tests (an assert in a loop, the program's process ending) ends them, noted as aborted;
+    # running out of memory is the sandbox's to report (memory_limit).
+    guarded = ast.parse("try:\n    pass\nexcept MemoryError:\n    raise\nexcept BaseException as __cd_e:\n"
+                        "    __cd_aborted = getattr(__cd_e, 'name', type(__cd_e).__name__)").body[0]
+    guarded.body = tree.body or [ast.Pass()]
+    bound = "".join(f"{name} = __cd_bind({name!r})\n" for name in names)
+    body = bound + ast.unparse(guarded)
+    return (f"__cd_names = {names!r}\n" + HARNESS_HEAD + "if __cd_aborted is None:\n" + "".join(f"    {line}\n" for line in body.splitlines())
+            + HARNESS_TAIL)
+
+
+def inline_harness(program: str, tests: CodeTests, marker: str) -> str:
+    """One process for a remote executor that runs one program a call (Piston): the program, then its tests in its
+    own globals, then marker + the verdict on stdout. A hostile program can forge this verdict (its process holds
+    the tests and the report line): the local sandbox's two processes are what training corpora should use."""
     tree = ast.parse(tests.test)
     calls_check, nested = False, False
     for node in tree.body:
@@ -254,18 +507,12 @@ def functional_harness(program: str, tests: CodeTests, marker: str) -> str:
     entry = tests.entry_point
     if calls_check and entry:
         tree.body += ast.parse(f"check({entry})\n__cd[0] += {int(nested)}").body
-    # Whatever escapes the tests (an assert in a loop, an exception of the program) ends them, noted as aborted;
-    # running out of memory is left to the sandbox to report (memory_limit).
     guarded = ast.parse("try:\n    pass\nexcept MemoryError:\n    raise\nexcept BaseException as __cd_e:\n"
                         "    __cd_aborted = type(__cd_e).__name__").body[0]
     guarded.body = tree.body or [ast.Pass()]
-    recorder = _RECORDER.format(entry=entry) if entry else ""
-    report = ("import sys as __cd_sys, json as __cd_json, hashlib as __cd_hashlib\n__cd_sys.stdout.flush()\n"
-              "print(" + repr(marker) + " + __cd_json.dumps([__cd[0], __cd[1], __cd_errors, __cd_aborted, "
-              "__cd_hashlib.sha256('\\n'.join(__cd_calls).encode('utf-8', 'replace')).hexdigest()[:16], "
-              "len(__cd_calls)]))\n")
-    return (f"{program}\n\n__cd = [0, 0]\n__cd_errors = []\n__cd_aborted = None\n__cd_calls = []\n"
-            f"__cd_depth = [0]\n{recorder}{ast.unparse(guarded)}\n{report}")
+    report = ("import sys as __cd_sys, json as __cd_json\n__cd_sys.stdout.flush()\n"
+              "print(" + repr(marker) + " + __cd_json.dumps([__cd[0], __cd[1], __cd_errors, __cd_aborted, '', 0]))\n")
+    return (f"{program}\n\n__cd = [0, 0]\n__cd_errors = []\n__cd_aborted = None\n{ast.unparse(guarded)}\n{report}")
 
 
 def _lines(text: str) -> list[str]:
@@ -296,16 +543,28 @@ def check_program(program: str | None, tests: CodeTests, executor: Executor,
 
 
 def _check_functional(program: str, tests: CodeTests, executor: Executor, limits: Limits) -> CodeVerdict:
+    """The tests in the harness's process, the program in its own (functional_harness); where the executor runs
+    one process a call, inline_harness."""
     total = count_asserts(tests.test)
-    marker = f"__cotdistill_{secrets.token_hex(8)}__"
-    execution = executor.run(functional_harness(program, tests, marker), "", limits)
-    found = [line for line in execution.stdout.splitlines() if line.startswith(marker)]
+    execution = executor.run_tests(program, functional_harness(tests), limits) if hasattr(executor, "run_tests") \
+        else None
+    if execution is None:
+        marker = f"__cotdistill_{secrets.token_hex(8)}__"
+        execution = executor.run(inline_harness(program, tests, marker), "", limits)
+        found = [line for line in execution.stdout.splitlines() if line.startswith(marker)]
+        report = json.loads(found[-1][len(marker):]) if found and execution.status == "ok" else None
+    else:
+        report = execution.harness if isinstance(execution.harness, list) else None
     detail = execution.stderr[-2000:]
-    if execution.status != "ok" or not found:  # stopped by a limit, or it left before its tests had run
-        return CodeVerdict(False, _failure(execution) if execution.status != "ok" else "runtime_error", 0, total,
-                           detail=detail)
-    passed, failed, errors, aborted, calls, n_calls = json.loads(found[-1][len(marker):])
+    if execution.status in LIMIT_STATUSES:  # stopped by a limit: the sandbox's word
+        return CodeVerdict(False, _failure(execution), 0, total, detail=detail)
+    if report is None:  # the tests never reported (the program left first, or they could not run)
+        harness_error = execution.harness.get("harness_error") if isinstance(execution.harness, dict) else None
+        return CodeVerdict(False, "runtime_error", 0, total, detail=detail or harness_error or "no verdict")
+    passed, failed, errors, aborted, calls, n_calls = report
     total = max(total, passed + failed)
+    if "MemoryError" in errors or aborted == "MemoryError":
+        return CodeVerdict(False, "memory_limit", passed, total, detail=detail)
     if errors or aborted not in (None, "AssertionError"):
         reason = "runtime_error"
         detail = detail or f"raised {aborted or errors[0]}"
@@ -313,9 +572,8 @@ def _check_functional(program: str, tests: CodeTests, executor: Executor, limits
         reason = "tests_failed"
     else:
         reason = None
-    answer = "x:" + calls if tests.entry_point else ("pass" if reason is None else "fail")
-    return CodeVerdict(reason is None, reason, passed, total, detail=detail, answer=answer,
-                       by_execution=tests.entry_point is not None)
+    answer = "x:" + calls if n_calls else ("pass" if reason is None else "fail")
+    return CodeVerdict(reason is None, reason, passed, total, detail=detail, answer=answer, by_execution=bool(n_calls))
 
 
 def _check_stdio(program: str, tests: CodeTests, executor: Executor, limits: Limits) -> CodeVerdict:
