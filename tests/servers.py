@@ -212,8 +212,9 @@ class FaultProxy(BackgroundServer):
 
     Each POST draws one number from a seeded random.Random and gets, by the rates: a 429 with `Retry-After: 1`,
     a 500, a dropped connection (closed without a response), a slow reply (`slow_s` of sleep, then forwarded),
-    or a plain forward. GET requests (/v1/models) are always forwarded. `counts` counts each kind ("429",
-    "500", "drop", "slow", "pass"). The draws are seeded, but which request gets which draw depends on arrival
+    or a plain forward. GET requests (/v1/models: the client's check that the server answers, before its first
+    request) are always forwarded, counted as "get" and kept out of `bodies` and `arrivals`. `counts` counts each
+    kind ("429", "500", "drop", "slow", "pass", "get"). The draws are seeded, but which request gets which draw depends on arrival
     order, so tests assert on totals, not on particular requests.
 
     first_attempt_429: answer the first time each distinct request body is seen with 429 `Retry-After:
@@ -256,9 +257,9 @@ class FaultProxy(BackgroundServer):
         await self._session.close()
     def _draw(self, method: str, body: bytes) -> str:
         with self._lock:
-            self.bodies.append(body)
             if method != "POST":
-                return "pass"
+                return "get"
+            self.bodies.append(body)
             if self.first_attempt_429:
                 first = body not in self._seen
                 self._seen.add(body)
@@ -276,7 +277,8 @@ class FaultProxy(BackgroundServer):
 
         body = await request.read()
         with self._lock:
-            self.arrivals.append(time.monotonic())
+            if request.method == "POST":
+                self.arrivals.append(time.monotonic())
             self.authorizations.append(request.headers.get("Authorization", ""))
         kind = self._draw(request.method, body)
         with self._lock:

@@ -36,7 +36,8 @@ def test_evaluate_writes_every_output(trained, pipeline):
     stored = metrics["models"]["stored_teacher"]
     assert stored["questions"] == 5 and stored["k"] == 3 and stored["greedy_accuracy"] is None
     report = (out / "report.md").read_text()
-    assert "| student |" in report and "1/t" in report and "teacher's maj@3" in report
+    assert "| student |" in report and "1/t" in report and "agrees with the teacher's vote" in report
+    assert "What thinking costs" not in report  # a run without thinking has no section on it
     for plot in ("accuracy_vs_k.png", "accuracy_vs_tokens.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "student" in format_table(result["models"]) and "maj@K" in format_table(result["models"])

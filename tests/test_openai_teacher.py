@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 
 from cotdistill.config.sections import ModelConfig
-from cotdistill.teachers.base import TeacherRequest
+from cotdistill.teachers.base import TeacherRequest, TeacherUnavailable
 from cotdistill.teachers.openai_server import OpenAIConfig
 from cotdistill.teachers.openai_server import (
     OpenAITeacher, build, is_loopback, resolve_api_key, retry_after_seconds, split_tokens,
 )
 from tests.conftest import PARROT_ANSWER
-from tests.servers import RETRIED_FAULTS, FaultProxy
+from tests.servers import RETRIED_FAULTS, FaultProxy, StubOpenAI
 from tests.teacher_requests import zero_shot_requests
 
 SECRET = "sk-test-secret-123"
@@ -272,6 +272,7 @@ def test_timeouts_are_retried(server, parrot_model, tokenizer, questions, stack)
     proxy = stack.enter_context(FaultProxy(server, rate_slow=1.0, slow_s=3.0, lifetime_s=60))
     teacher = make_teacher(stack, proxy.url, parrot_model, max_retries=1, timeout_s=0.5)
     started = time.monotonic()
+    # Two requests timing out, retried once each: recorded as failed (fewer in a row than an outage takes).
     results = list(teacher.generate(make_requests(tokenizer, questions[:2], "t", n=1)))
     assert time.monotonic() - started < 10
     assert [f.retries for f in results] == [1, 1]
@@ -386,12 +387,16 @@ def test_without_a_local_tokenizer(server, parrot_model, tokenizer, questions, s
         counts = [c.completion_tokens for c in finished.completions]
         assert len(counts) == 3 and max(counts) - min(counts) <= 2 and min(counts) > 0
 
+    silent = stack.enter_context(StubOpenAI()).url  # answers /v1/models without a context length
     nowhere = ModelConfig(model="hosted-model-without-tokenizer", backend="openai",
-                          settings=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
+                          settings=OpenAIConfig(base_url=silent, timeout_s=2))
     assert stack.enter_context(OpenAITeacher(nowhere, seed=0)).max_model_len() is None
-    local = ModelConfig(model=str(parrot_model), backend="openai",
-                        settings=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
+    local = ModelConfig(model=str(parrot_model), backend="openai", settings=OpenAIConfig(base_url=silent, timeout_s=2))
     assert stack.enter_context(OpenAITeacher(local, seed=0)).max_model_len() == 512  # its config.json
+    unreachable = ModelConfig(model=str(parrot_model), backend="openai",
+                              settings=OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
+    with pytest.raises(TeacherUnavailable, match="no server answers"):  # said before any request is sent
+        OpenAITeacher(unreachable, seed=0)
     configured = ModelConfig(model=str(parrot_model), backend="openai", engine={"max_model_len": 256},
                              settings=OpenAIConfig(base_url=server))
     assert stack.enter_context(OpenAITeacher(configured, seed=0)).max_model_len() == 256

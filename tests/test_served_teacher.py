@@ -97,7 +97,8 @@ def test_faults_are_retried_and_counted_and_every_sample_lands_once(runs, served
 def test_requests_that_fail_after_their_retries_are_recorded_not_dropped(runs, served_parrot):
     _, path = runs
     with FaultProxy(served_parrot, seed=3, rate_500=0.5) as proxy:
-        config = served(path, proxy.url, "failures", "teacher.openai.max_retries=1")
+        config = served(path, proxy.url, "failures", "teacher.openai.max_retries=1",
+                        "generate.max_failed_fraction=1")  # recorded, and the run goes on
         stats = generate.STAGE.run(config)
         injected = proxy.injected()
     # Each injected fault was either retried or ended its request: the counts add up.

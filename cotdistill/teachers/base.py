@@ -112,6 +112,8 @@ class Backend:
     n_per_request: Callable[[ModelConfig], bool] = lambda model: True
     # (input, output) prices per million tokens, for estimated costs; None: not billed.
     price: Callable[[ModelConfig], tuple[float, float] | None] = lambda model: None
+    # Before a stage writes anything: raise TeacherUnavailable when the teacher cannot answer at all (no server).
+    check: Callable[[ModelConfig], None] = lambda model: None
     # Why s1's budget forcing (max_reasoning_tokens) cannot work for this model, named by `key`; None: it can.
     budget_problem: Callable[[ModelConfig, str], str | None] = lambda model, key: (
         None if model.reasoning_parser else

@@ -21,7 +21,8 @@ with `TeacherUnavailable`, one line naming the cause and the server: 401/403, a 
 `openai.failing_timeout_s` (servers unreachable, every request refused). Before the first request each server is
 asked for its models: when none answers, the run stops at once. Requests that ran out of retries while every
 request was failing are held back rather than returned as failed, also when the run would end before the outage
-does (it then stops instead), so a stop leaves them out of the journal and the rerun sends them again. A response
+does (it then stops instead, once OUTAGE_REQUESTS have failed in a row), so a stop leaves them out of the journal
+and the rerun sends them again. A response
 with fewer choices than n is topped up by asking for the missing samples; what still lacks after `max_retries`
 top-ups is `Finished.missing`.
 
@@ -62,6 +63,9 @@ MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is taken as this: a run m
 ERROR_MESSAGE_CHARS = 1000  # recorded errors are cut here (a 400 body can quote the whole prompt)
 SERVER_FAILURES_TO_REST = 3  # failures in a row (connections, 5xx, bad bodies) that take one of several servers out
 SERVER_REST_S = 30.0  # how long it stays out before a request tries it again
+# Requests run out of retries in a row, with no success between, that make the end of a run an outage (held back,
+# the run stopped) rather than a few failed requests (recorded, as any failure).
+OUTAGE_REQUESTS = 5
 PROBE_TIMEOUT_S = 10.0  # each try of the check that a server answers, before the first request
 _UNSET: Any = object()
 
@@ -345,6 +349,7 @@ class OpenAITeacher:
         # Health, written by the loop thread and read by the caller's: since when every request has failed
         # (None after a success), the last failure, and the cause that no request can get past.
         self._failing_since: float | None = None
+        self._failed_in_row = 0  # requests that ran out of retries since the last success
         self._last_failure = ""
         self._fatal: str | None = None
         api_key = resolve_api_key(config)  # fails here, before any thread starts, when a key is missing
@@ -405,7 +410,9 @@ class OpenAITeacher:
                     prompt = self._estimate_prompt_tokens(request) if self._config.tokens_per_minute else 0
                     pending[self._submit(self._run(request, prompt))] = request
                 if not pending:
-                    if held and self._failing_since is not None:  # still failing: never recorded as failed
+                    # Still failing, and for several requests in a row: the servers are down, so the held ones are
+                    # never recorded as failed. One or two unlucky last requests are failures like any other.
+                    if held and self._failing_since is not None and self._failed_in_row >= OUTAGE_REQUESTS:
                         raise TeacherUnavailable(
                             f"teacher.openai at {', '.join(self._config.servers())}: every request was failing when "
                             f"the run ended ({len(held)} questions held back, not recorded; the last failure: "
@@ -425,6 +432,7 @@ class OpenAITeacher:
                         continue  # never recorded as failed: _check_health stops the run below
                     finished = self._finish(request, outcome)
                     if outcome.errors and outcome.transient and self._failing_since is not None:
+                        self._failed_in_row += 1
                         held.append(finished)
                         continue
                     if self._failing_since is None:
@@ -485,8 +493,7 @@ class OpenAITeacher:
         refused key stops the run here too."""
         import openai
 
-        results = self._submit(asyncio.gather(*(self._probe(s) for s in self._servers))).result(
-            timeout=3 * (PROBE_TIMEOUT_S + 1) + 5)
+        results = self._submit(self._probe_all()).result(timeout=3 * (PROBE_TIMEOUT_S + 1) + 5)
         down = [(server, error) for server, error in zip(self._servers, results) if error is not None]
         for server, error in down:
             if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
@@ -500,6 +507,9 @@ class OpenAITeacher:
             server.out_until = time.monotonic() + SERVER_REST_S
             logger.warning("teacher.openai: %s does not answer (%s): its requests go to the other servers for %g s",
                            server.url, describe_error(error), SERVER_REST_S)
+
+    async def _probe_all(self) -> list[BaseException | None]:
+        return await asyncio.gather(*(self._probe(server) for server in self._servers))
 
     async def _probe(self, server: _Server) -> BaseException | None:
         """None when the server answers GET /models (with any status), else the last connection error of a few
@@ -670,7 +680,7 @@ class OpenAITeacher:
                 raise
             finally:
                 server.in_flight -= 1
-            server.failures, self._failing_since = 0, None
+            server.failures, self._failing_since, self._failed_in_row = 0, None, 0
             return response
 
     def _pick_server(self) -> _Server:
@@ -872,8 +882,13 @@ def budget_problem(model: ModelConfig, key: str) -> str | None:
     return None
 
 
+def check(model: ModelConfig) -> None:
+    """The key resolves and some server answers (OpenAITeacher's own check, then closed): before a stage writes."""
+    OpenAITeacher(model, seed=0).close()
+
+
 BACKEND = Backend(
-    name="openai", build=build, settings=OpenAIConfig, answer_settings=answer_settings,
+    name="openai", build=build, settings=OpenAIConfig, answer_settings=answer_settings, check=check,
     tokenizer=lambda model: model.settings.tokenizer or model.model,
     n_per_request=lambda model: model.settings.n_per_request, price=price, budget_problem=budget_problem,
 )

@@ -224,7 +224,7 @@ def code_report(metrics: dict[str, dict[str, Any]]) -> list[str]:
 def thinks(config: RunConfig, metrics: dict[str, dict[str, Any]]) -> bool:
     """A run with thinking: some completion's reasoning was kept apart or counted, or a budget was set."""
     return (config.evaluate.max_reasoning_tokens is not None
-            or any(m.get("reasoning_tokens_mean") is not None for m in metrics.values())
+            or any((m.get("reasoning_tokens_mean") or 0) > 0 for m in metrics.values())
             or any("unfinished_reasoning" in (m.get("no_answer_reasons") or {}) for m in metrics.values()))
 
 

@@ -200,9 +200,12 @@ def plan_part(config: RunConfig, part: tuple[int, int], num_shards: int) -> list
 
 
 def check_parts(config: RunConfig, part: tuple[int, int] | None = None, **options: Any) -> None:
-    """Before anything is written: a part must plan what the first part planned (K, the shards); a run without
-    --part never starts while parts of a job array are not done (it would generate their shards twice)."""
+    """Before anything is written: each teacher can answer (a served one's servers are there); a part must plan
+    what the first part planned (K, the shards); a run without --part never starts while parts of a job array are
+    not done (it would generate their shards twice)."""
     for run in config.teacher_runs():
+        if not run.generate.cache.enabled:  # (with the cache, every request may hit: the teacher is asked then)
+            backend_of(run.teacher).check(run.teacher)  # a served teacher with no server: stop before writing
         paths = run.paths
         if part is None:
             if paths.missing_parts():
