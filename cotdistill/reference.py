@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import inspect
 import os
+import shutil
 import sys
 import types
 import typing
@@ -210,8 +211,9 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
-def run_demo(name: str) -> dict[str, Any]:
-    """`cotdistill run` on the demo's pipeline in a fresh run folder; what it measured, for docs/figures/."""
+def run_demo(name: str, keep: Path | None = None) -> dict[str, Any]:
+    """`cotdistill run` on the demo's pipeline in a fresh run folder; what it measured, for docs/figures/. With
+    `keep`, the run folder is kept there (keep/<run_name>/: its report and plots, to look at)."""
     import datetime
     import json
     import subprocess
@@ -221,7 +223,7 @@ def run_demo(name: str) -> dict[str, Any]:
     from cotdistill.stages.evaluate.report import format_table
 
     pipeline, _ = DEMOS[name]
-    with tempfile.TemporaryDirectory(prefix="cotdistill-figures-") as out:
+    with tempfile.TemporaryDirectory(prefix="cotdistill-figures-", dir=keep) as out:
         command = [sys.executable, "-m", "cotdistill", "run", pipeline, f"output_dir={out}"]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
@@ -229,6 +231,10 @@ def run_demo(name: str) -> dict[str, Any]:
         if result.returncode != 0:
             raise RuntimeError(f"{pipeline}: exit {result.returncode}: {result.stderr[-3000:]}")
         run_dir = next(Path(out).iterdir())
+        if keep is not None:  # out of the temporary folder before it goes
+            kept = keep / run_dir.name
+            shutil.rmtree(kept, ignore_errors=True)
+            run_dir = Path(shutil.move(str(run_dir), kept))
         read = lambda stage: json.loads((run_dir / stage / "stats.json").read_text())  # noqa: E731
         metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["models"]
         generated, filtered = read("generate"), read("filter")
@@ -279,6 +285,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="regenerate docs/config.md, docs/reasons.md and the figure blocks")
     parser.add_argument("--figures", nargs="*", metavar="DEMO", help=f"first run these demos ({', '.join(DEMOS)}; "
                         "none named: all) and write docs/figures/<demo>.json")
+    parser.add_argument("--keep", metavar="DIR", help="with --figures: keep each demo's run folder in DIR")
     args = parser.parse_args()
     DOCS.mkdir(exist_ok=True)
     if args.figures is not None:
@@ -287,7 +294,10 @@ def main() -> None:
         FIGURES.mkdir(exist_ok=True)
         for name in args.figures or list(DEMOS):
             print(f"running {DEMOS[name][0]} ...", file=sys.stderr)
-            (FIGURES / f"{name}.json").write_text(json.dumps(run_demo(name), indent=2) + "\n")
+            keep = Path(args.keep).resolve() if args.keep else None
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+            (FIGURES / f"{name}.json").write_text(json.dumps(run_demo(name, keep), indent=2) + "\n")
     for name, make in PAGES.items():
         (DOCS / name).write_text(make())
         print(f"wrote {DOCS / name}", file=sys.stderr)

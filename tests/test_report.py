@@ -79,6 +79,25 @@ def test_every_ratio_and_difference_has_its_interval_and_says_when_it_spans_none
     assert "over base_student" in line
 
 
+def test_a_share_of_a_teacher_that_is_rarely_right_says_why_it_has_no_interval(config):
+    """A teacher right on 1 question in 40 scores 0 in many resamples: the share has no interval, and the
+    report says so and gives the difference with its interval instead of a bare percentage."""
+    metrics, all_rows = metrics_for(config, {"teacher": (0.0, SAME), "student": (0.0, SAME)})
+    first = all_rows["teacher"][0]
+    first["sample_correct"] = [True] * K
+    metrics["teacher"] = summarize_model(all_rows["teacher"], {"greedy_seconds": 1.0, "sampled_seconds": 2.0,
+                                                                "greedy_tokens": 100, "sampled_tokens": 1, **SAME},
+                                         config)
+    metrics["student"].pop("vs_teacher", None)
+    add_comparisons(metrics, all_rows, answer_format(config), config)
+    t = metrics["student"]["vs_teacher"]
+    assert t["maj_share"] == 0.0 and t["maj_share_ci"] is None
+    line = next(line for line in report_markdown(config, metrics, []).splitlines()
+                if line.startswith("- **student**"))
+    assert "keeps 0% of the teacher's maj@4 (too few of the teacher's answers are right for an interval" in line
+    assert "the difference: -2.5 points [" in line
+
+
 def test_sections_appear_only_with_content(config):
     metrics, _ = metrics_for(config, {"teacher": (0.5, SAME), "student": (0.4, SAME)})
     report = report_markdown(config, metrics, [])

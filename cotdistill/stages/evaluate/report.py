@@ -128,7 +128,10 @@ def comparisons(metrics: dict[str, dict[str, Any]]) -> list[str]:
             k = t["k"]
             if t.get("maj_share") is not None:
                 share = (f"keeps {100 * t['maj_share']:.0f}%{interval(t['maj_share_ci'])} of the teacher's maj@{k}")
-                if spans(t["maj_share_ci"], 1.0):
+                if t["maj_share_ci"] is None:  # the teacher scores 0 in some resamples: the ratio has no interval
+                    share += (" (too few of the teacher's answers are right for an interval of the share; the "
+                              f"difference: {points(t['maj_difference'], t['maj_difference_ci'])})")
+                elif spans(t["maj_share_ci"], 1.0):
                     share += " (the interval spans 100%: not distinguishable from the teacher at this sample size)"
                 said.append(share)
             else:
@@ -186,7 +189,8 @@ def distill_or_quantize(config: RunConfig, metrics: dict[str, dict[str, Any]]) -
         params = f"{m['parameters'] / 1e6:.1f}M" if m.get("parameters") else "-"
         size = f"{m['weights_mb']:.0f} MB" if m.get("weights_mb") else "-"
         kept = "1.00x" if name == "teacher" else (
-            "-" if not t or t.get("maj_share") is None else f"{t['maj_share']:.2f}x{interval(t['maj_share_ci'])}")
+            "-" if not t or t.get("maj_share") is None else f"{t['maj_share']:.2f}x{interval(t['maj_share_ci'])}"
+            + ("" if t["maj_share_ci"] else " (no interval: too few right)"))
         lines.append(f"| {name} | {m.get('weights_format') or '-'} | {params} | "
                      f"{'1.00x' if name == 'teacher' else share(t, 'parameters_share')} | {size} | "
                      f"{'1.00x' if name == 'teacher' else share(t, 'bytes_share')} | {speed_cell(m)} | "
