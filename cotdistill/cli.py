@@ -1,7 +1,7 @@
 """The `cotdistill` command: argparse only. The stages, their order and their options come from cotdistill/stages/.
 
     cotdistill run pipelines/demo.yaml                     every stage in order, skipping those already up to date
-    cotdistill STAGE pipelines/demo.yaml key=value ...     one stage, e.g. `cotdistill generate ... generate.num_samples=4`
+    cotdistill STAGE pipelines/demo.yaml key=value ...     one stage, with overrides of the config's keys
 
 Exit codes: 0 the work is done; 2 a mistake in the config or the data, or a stage that cannot go on (the message
 says why and what to run); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): journaled work is kept.
@@ -38,7 +38,7 @@ def add_options(parser: argparse.ArgumentParser, stages: list[Stage]) -> None:
     """The options the stages declare, and --force where a stage refuses outputs made with other settings."""
     if any(stage.on_change not in ("discard", "keep") for stage in stages):
         parser.add_argument("--force", action="store_true",
-                            help="discard outputs made with other settings (generate's) instead of refusing")
+                            help="discard outputs made with other settings instead of refusing")
     for option in (o for stage in stages for o in stage.options):
         if option.parse is None:
             parser.add_argument(option.flag, action="store_true", help=option.help)
@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cotdistill", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Offline chain-of-thought distillation: teacher rationales, filtered, into a student.",
-        epilog="examples:\n  cotdistill run pipelines/demo.yaml\n  cotdistill generate pipelines/demo.yaml "
-               "generate.num_samples=4\n  cotdistill COMMAND --help\n\n" + OUTPUTS)
+        epilog="examples:\n  cotdistill run pipelines/demo.yaml\n" + "".join(
+            f"  cotdistill {s.name} pipelines/demo.yaml {s.example}\n" for s in STAGES[:1] if s.example)
+        + "  cotdistill COMMAND --help\n\n" + OUTPUTS)
     parser.add_argument("--version", action="version", version=f"cotdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: dict[str, tuple[str, list[Stage]]] = {
@@ -80,7 +81,7 @@ def terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # Overrides may also follow a flag (`generate CONFIG --dry-run key=value`), which argparse leaves over.
+    # Overrides may also follow a flag (`STAGE CONFIG --dry-run key=value`), which argparse leaves over.
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
