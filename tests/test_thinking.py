@@ -171,8 +171,12 @@ def test_budget_forcing_through_the_completions_endpoint(thinker, served_thinker
     assert hit and sum(bool(c.text.strip()) for c in hit) >= len(hit) // 2  # it went on after the close
 
 
-def test_chat_template_kwargs_go_to_the_server_and_off_settings_keep_fingerprints(tmp_path):
+def test_chat_template_kwargs_go_to_the_server_and_off_settings_keep_fingerprints(tmp_path, monkeypatch):
     from cotdistill.teachers.openai_server import OpenAITeacher
+
+    # The request body only: no server here, so the probe every served teacher makes before its first request is
+    # left out (tests/test_teacher_errors.py tests the probe).
+    monkeypatch.setattr(OpenAITeacher, "_check_servers", lambda self: None)
 
     plain = ModelConfig(model="m")
     assert set(teacher_settings(plain)) == {"model", "weights", "engine"}  # as before reasoning settings existed
@@ -265,5 +269,13 @@ def test_the_thinking_demo_runs_end_to_end(tmp_path):
     for name in ("teacher", "base_student", "student"):
         assert {"no_answer_rate", "truncation_rate", "reasoning_tokens_mean"} <= set(metrics[name])
     report = (run / "evaluate" / "report.md").read_text()
-    assert "## What thinking costs" in report and "accuracy_vs_length.png" in report
-    assert (run / "evaluate" / "accuracy_vs_length.png").stat().st_size > 0
+    assert "## What thinking costs" in report
+    # The length plot is drawn only for a model with MIN_BINS bins of MIN_BIN_SAMPLES completions; the report
+    # shows it exactly when it was drawn.
+    from cotdistill.stages.evaluate.report import MIN_BIN_SAMPLES, MIN_BINS
+
+    drawable = any(sum(n >= MIN_BIN_SAMPLES for n in m["accuracy_by_length"]["samples"]) >= MIN_BINS
+                   for m in metrics.values() if m.get("accuracy_by_length"))
+    plot = run / "evaluate" / "accuracy_vs_length.png"
+    assert ("accuracy_vs_length.png" in report) == drawable == plot.exists()
+    assert not drawable or plot.stat().st_size > 0
