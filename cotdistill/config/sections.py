@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from cotdistill.core.fields import setting
 from cotdistill.teachers import BACKENDS
-from cotdistill.verify.answers import ANSWER_FORMATS, GOLD_PARSERS, THINK_DELIMITERS
+from cotdistill.verify.answers import (
+    ANSWER_FORMATS, ANSWER_KINDS, EXTRACTION_TARGETS, GOLD_PARSERS, THINK_DELIMITERS, MathOptions,
+)
 from cotdistill.verify.code import CODE_TEST_FORMATS
 from cotdistill.verify.stopping import STOPPING_RULES
 
@@ -91,10 +93,17 @@ class DataConfig:
     tests_format: str | None = setting(None, one_of=CODE_TEST_FORMATS)
     tests_field: str | None = None
     entry_point_field: str | None = None
+    # answer_format math: a field that says how each question's answer of several parts compares: set | tuple (in
+    # order) | single; an empty value leaves it to the format (filter.math.answer_kind, else inferred from the
+    # gold). Unset: fingerprints stay as they were.
+    answer_kind_field: str | None = None
 
     def rules(self, run: RunConfig) -> Problems:
         from cotdistill.core.paths import local_files, looks_local
 
+        if self.answer_kind_field is not None and "math" not in (run.filter.answer_format,
+                                                                  run.evaluate.answer_format):
+            yield "answer_kind_field", "answer kinds are read only with answer_format: math"
         if (self.tests_format is None) != (self.tests_field is None):
             yield "tests_format" if self.tests_format is None else "tests_field", (
                 "code problems need both data.tests_format (functional | stdio) and data.tests_field")
@@ -389,11 +398,36 @@ class DifficultyConfig:
 
 
 @dataclass
+class MathAnswerConfig:
+    """filter.math, evaluate.math: the `math` answer format's settings (verify/answers.MathOptions), by
+    math-verify's names where it has one; unwritten, math-verify's defaults."""
+
+    precision: int = setting(6, within=(0, 15))  # decimal places numbers are rounded to before comparing
+    # what reads an answer: latex (\boxed{}, $...$, \[...\]) and expr (plain numbers and sums: "1 000", "2,74")
+    extraction: list[str] = setting(factory=lambda: list(EXTRACTION_TARGETS), one_of=EXTRACTION_TARGETS)
+    strict: bool = True  # variables must match: f(x) is not f(y)
+    set_relation: bool = False  # a gold set x \in [a, b] also equals the relation a \le x \le b
+    # An answer of several parts (several boxed answers, an answer line listing them) against the gold: set |
+    # tuple (in order) | single (several different parts are ambiguous); null: inferred from the gold ('(a, b)'
+    # a tuple, '1, 2' a set). A question's own (data.answer_kind_field) comes first.
+    answer_kind: str | None = setting(None, one_of=ANSWER_KINDS)
+
+    def options(self) -> MathOptions:
+        return MathOptions(precision=self.precision, extraction=tuple(self.extraction), strict=self.strict,
+                           set_relation=self.set_relation, answer_kind=self.answer_kind)
+
+    def rules(self, run: RunConfig) -> Problems:
+        if not self.extraction or len(set(self.extraction)) != len(self.extraction):
+            yield "extraction", f"must name latex, expr or both, once each; got {self.extraction}"
+
+
+@dataclass
 class FilterConfig:
     """filter: which rationales the student learns from (cotdistill/stages/filter/; the reasons in phases.py)."""
 
     # a name from cotdistill.verify.answers.ANSWER_FORMATS
     answer_format: str = setting("number", one_of=ANSWER_FORMATS)
+    math: MathAnswerConfig | None = None  # answer_format math's settings (MathAnswerConfig); null: the defaults
     # gold: keep rationales that reach the gold answer. majority: no gold needed; the teacher's own majority
     # answer over a question's rationales is the label, if it wins at least majority_min_share of the votes.
     # none: answers are not checked (OpenThoughts: answer filtering did not help at scale); truncated, empty,
@@ -435,7 +469,13 @@ class FilterConfig:
     pair_reasons: list[str] = setting(factory=lambda: ["wrong"], one_of=PAIR_REASONS)
     pairs_per_question: int = setting(1, at_least=1)
 
+    def math_options(self) -> MathOptions | None:
+        """The math format's settings, for get_answer_format (None: not the math format, or its defaults)."""
+        return self.math.options() if self.math is not None and self.answer_format == "math" else None
+
     def rules(self, run: RunConfig) -> Problems:
+        if self.math is not None and "math" not in (self.answer_format, run.evaluate.answer_format):
+            yield "math", f"sets the math format's settings, and the answer format is {self.answer_format}"
         if self.preference_pairs and not self.pair_reasons:
             yield "pair_reasons", "is empty: name the reasons a rejected rationale may have, e.g. [wrong]"
         if self.preference_pairs and self.label == "none" and set(self.pair_reasons) <= set(LABEL_PAIR_REASONS):
@@ -589,6 +629,7 @@ class EvaluateConfig:
     max_tokens: int = setting(512, at_least=1)
     greedy: bool = True  # also one greedy (temperature 0) completion per question
     answer_format: str | None = setting(None, one_of=ANSWER_FORMATS)  # defaults to filter.answer_format
+    math: MathAnswerConfig | None = None  # answer_format math's settings; defaults to filter.math
     # Stored generations scored without running a model: a name -> a folder of Sample shards, e.g.
     # {teacher_test: runs/teacher-on-test/generate/samples}.
     stored: dict[str, str] = field(default_factory=dict)
@@ -603,7 +644,18 @@ class EvaluateConfig:
     adaptive: AdaptiveEvalConfig | None = None  # adaptive self-consistency beside maj@K (above); null: off
     speed: SpeedConfig | None = field(default_factory=SpeedConfig)  # tokens/s per model (above); null: not measured
 
+    def math_options(self, run: RunConfig) -> MathOptions | None:
+        """The math format's settings evaluate scores with (evaluate.math, else filter.math), None when its
+        format is not math."""
+        if (self.answer_format or run.filter.answer_format) != "math":
+            return None
+        settings = self.math or run.filter.math
+        return settings.options() if settings is not None else None
+
     def rules(self, run: RunConfig) -> Problems:
+        if self.math is not None and (self.answer_format or run.filter.answer_format) != "math":
+            yield "math", ("sets the math format's settings, and evaluate's answer format is "
+                           f"{self.answer_format or run.filter.answer_format}")
         known = (*EVAL_MODELS, *(t.name for t in run.teachers))
         for name in self.models:
             if name not in known:

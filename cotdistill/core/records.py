@@ -23,6 +23,9 @@ class Question:
     gold_answer: str | None  # None for unlabelled questions (the filter's majority mode)
     choices: list[str] | None = None
     source_row: int = 0  # row index in the source, for error messages and audits
+    # data.answer_kind_field (answer_format math): how its answer of several parts compares (set | tuple |
+    # single); None: as the format says
+    answer_kind: str | None = None
 
 
 @dataclass

@@ -51,7 +51,7 @@ from cotdistill.stages.filter.audit import audit_markdown, dataset_card, pairs_c
 from cotdistill.stages.filter.checks import build_contamination_index
 from cotdistill.stages.filter.pairs import preference_pairs
 from cotdistill.stages.filter.phases import FilterContext, judge_table, with_sample_columns
-from cotdistill.verify.answers import ANSWER_RULES, THINK_DELIMITERS
+from cotdistill.verify.answers import ANSWER_RULES, THINK_DELIMITERS, format_settings
 from cotdistill.verify.judging import sandbox_settings, teacher_answer_format
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterCont
                          contamination=contamination, count_student_tokens=with_prompt if max_tokens else None,
                          max_student_tokens=max_tokens, count_text_tokens=alone,
                          reasoning_format=config.train.reasoning_format, code=config.code_checks(),
+                         answer_kinds=config.answer_kinds(),
                          student_prompt=PromptTemplate(config.train.prompt) if cfg.preference_pairs else None)
 
 
@@ -194,7 +195,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
         "filter": {k: v for k, v in vars(cfg).items() if k not in (
             "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio", "preference_pairs",
-            "pair_reasons", "pairs_per_question", "per_teacher")},
+            "pair_reasons", "pairs_per_question", "per_teacher", "math")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
         "decontaminate": [data_settings(d) for d in cfg.decontaminate],
         "seed": config.seed,
@@ -234,8 +235,11 @@ def sample_shards(config: RunConfig) -> dict[str, list[Path]]:
 
 def answer_rules(config: RunConfig) -> dict[str, Any]:
     """What the answer formats read: the rules (answers.ANSWER_RULES: finished corpora are judged again when they
-    change) and, when not <think>...</think>, the teacher's reasoning delimiters."""
-    rules: dict[str, Any] = {"answer_rules": ANSWER_RULES}
+    change), the format's own (answers.format_settings: the math format's rules and settings), the field of the
+    questions' answer kinds when set and, when not <think>...</think>, the teacher's reasoning delimiters."""
+    rules: dict[str, Any] = {"answer_rules": ANSWER_RULES, **format_settings(teacher_answer_format(config))}
+    if config.data.answer_kind_field:  # the questions' answer kinds (their values: in the data's fingerprint)
+        rules["answer_kind_field"] = config.data.answer_kind_field
     if config.teacher.delimiters() != THINK_DELIMITERS:
         rules["reasoning_delimiters"] = list(config.teacher.delimiters())
     return rules

@@ -94,6 +94,7 @@ class FilterContext:
     reasoning_format: str = TrainConfig.reasoning_format  # train.reasoning_format (its default here)
     code: CodeChecks | None = None  # answer_format code: the sandbox's verdicts against each question's tests
     student_prompt: PromptTemplate | None = None  # filter.preference_pairs: the pairs' prompt (train.prompt)
+    answer_kinds: dict[str, str] = field(default_factory=dict)  # data.answer_kind_field's, by question id
 
 
 @dataclass
@@ -194,14 +195,15 @@ def check_rationales(v: Verdicts, ctx: FilterContext) -> None:
     if ctx.code is not None:
         check_programs(v, ctx)
         return
+    fmt = ctx.fmt.with_answer_kind(ctx.answer_kinds.get(rows.question_id))  # the question's own, if it says
     for i in v.order:
         if v.filter_reason[i] in ("truncated", "degenerate", "too_long", None) and v.texts[i].strip():
-            extraction = ctx.fmt.extract(v.texts[i], rows.choices)
+            extraction = fmt.extract(v.texts[i], rows.choices)
             v.extracted_answer[i] = extraction.answer
             if cfg.label == "none":  # recorded, never checked
                 continue
             if rows.gold_answer is not None:
-                v.is_correct[i] = ctx.fmt.is_correct(extraction.answer, rows.gold_answer)
+                v.is_correct[i] = fmt.is_correct(extraction.answer, rows.gold_answer)
             if v.filter_reason[i] is None and extraction.answer is None:
                 v.reject(i, extraction.reason or "unparseable", RATIONALE_CHECKS)
 
