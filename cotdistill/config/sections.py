@@ -44,6 +44,8 @@ SANDBOX_EXECUTORS = ("local", "piston")  # sandbox.executor
 LABEL_PAIR_REASONS = ("wrong", "tests_failed", "runtime_error", "exec_timeout", "memory_limit", "output_limit")
 PAIR_REASONS = (*LABEL_PAIR_REASONS, "truncated", "unfinished_reasoning", "unparseable", "ambiguous", "degenerate",
                 "no_code", "syntax_error", "overlong")
+# filter.audit_verifier.second: the verifier that judges a sample of the filter's verdicts again, on its own
+AUDIT_VERIFIERS = ("math_verify_whole_text", "judge")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # a teacher's or an extra model's name: it names files and folders
 
 
@@ -422,6 +424,63 @@ class MathAnswerConfig:
 
 
 @dataclass
+class AuditVerifierConfig:
+    """filter.audit_verifier: a second verifier judges a seeded sample of the accepted rationales and of those
+    rejected as wrong, unparseable, ambiguous or timeout, on its own; audit.md and stats.json report where it
+    disagrees and estimate how many good rationales the filter throws away (stages/filter/second.py)."""
+
+    sample: int = setting(200, at_least=2)  # rationales judged again: half accepted, half rejected (if there are)
+    # math_verify_whole_text: math-verify reads the whole rationale (its own extraction) and verifies it against
+    # the gold. judge: the LLM judge of filter.judge reads the question, the gold and the rationale.
+    second: str = setting("math_verify_whole_text", one_of=AUDIT_VERIFIERS)
+
+    def rules(self, run: RunConfig) -> Problems:
+        cfg = run.filter
+        if cfg.label != "gold":
+            yield "second", f"compares rationales with the gold, and filter.label is {cfg.label}: use label gold"
+        if run.uses_code().filtering:
+            yield "second", "judges answers against a gold, and answer_format code runs programs against tests"
+        elif self.second == "math_verify_whole_text" and cfg.answer_format not in ("number", "math"):
+            yield "second", (f"math-verify reads numbers and formulas, and answer_format is {cfg.answer_format}: "
+                             "use second: judge")
+        if self.second == "judge" and cfg.judge is None:
+            yield "second", "judge asks the LLM judge, and filter.judge is not set"
+
+
+@dataclass
+class JudgeConfig:
+    """filter.judge: an LLM judge (any of the run's teachers, by name) decides whether a rationale's final answer
+    is the gold where the rules cannot: their extraction is unparseable or ambiguous, and for every answer of
+    answer_format judge (free-form answers; where the judge gives no verdict, exact's rules). Its reply is data:
+    only a last line `VERDICT: equivalent` or `VERDICT: different` counts (teachers/judge.py). Its requests are
+    greedy, seeded and always kept in the request cache (generate.cache.dir), so a rerun sends none again."""
+
+    teacher: str | None = None  # a name from `teachers`; null: the run's one teacher
+    # at most this many rationales judged per filter run (in shard order); the rest keep the rules' verdict, counted
+    max_requests: int = setting(1000, at_least=0)
+    prompt: str = "judge.jinja"  # a template in prompts/ (or a path), given question, gold and response
+    max_tokens: int = setting(256, at_least=1)  # the judge's reply, reasoning included
+
+    def rules(self, run: RunConfig) -> Problems:
+        names = [t.name for t in run.teachers]
+        if self.teacher is not None and self.teacher not in names:
+            yield "teacher", (f"{self.teacher!r} is none of the teachers ({', '.join(names)})" if names else
+                              "names one of several teachers, and this run has one `teacher`: leave it null")
+        if run.filter.label != "gold":
+            yield "teacher", f"compares answers with the gold, and filter.label is {run.filter.label}: use gold"
+        from cotdistill.core.prompts import PromptError, PromptTemplate
+
+        try:  # compiles, and renders the three variables it is given
+            PromptTemplate(self.prompt).render(question="What is 2 + 3?", gold="5", response="The answer is 5.")
+        except PromptError as e:
+            yield "prompt", str(e)
+
+    def model(self, run: RunConfig) -> Any:
+        """The judge's model settings: the named teacher, or the run's one."""
+        return next(t for t in run.teachers if t.name == self.teacher) if self.teacher else run.teacher
+
+
+@dataclass
 class FilterConfig:
     """filter: which rationales the student learns from (cotdistill/stages/filter/; the reasons in phases.py)."""
 
@@ -468,6 +527,9 @@ class FilterConfig:
     preference_pairs: bool = False
     pair_reasons: list[str] = setting(factory=lambda: ["wrong"], one_of=PAIR_REASONS)
     pairs_per_question: int = setting(1, at_least=1)
+    # a second verifier judges a sample of the verdicts again (AuditVerifierConfig); null: off
+    audit_verifier: AuditVerifierConfig | None = None
+    judge: JudgeConfig | None = None  # an LLM judge where the rules cannot decide (JudgeConfig); null: off
 
     def math_options(self) -> MathOptions | None:
         """The math format's settings, for get_answer_format (None: not the math format, or its defaults)."""
@@ -496,6 +558,8 @@ class FilterConfig:
                                        "filter.label none checks no answers; use label gold or majority")
         if self.per_teacher and len(run.teachers) < 2:
             yield "per_teacher", "applies max_per_question to each of several teachers, and this run has one"
+        if self.answer_format == "judge" and self.judge is None:
+            yield "answer_format", "judge leaves every answer to the LLM judge: set filter.judge"
         if run.uses_code().filtering and run.data.tests_format is None:
             yield "answer_format", ("code runs each program against its question's tests: set data.tests_format "
                                     "and data.tests_field (or filter.label: none to check no answers)")

@@ -485,8 +485,11 @@ class OpenAITeacher:
         refused key stops the run here too."""
         import openai
 
-        results = self._submit(asyncio.gather(*(self._probe(s) for s in self._servers))).result(
-            timeout=3 * (PROBE_TIMEOUT_S + 1) + 5)
+        async def probe_all() -> list[BaseException | None]:
+            # gathered inside the loop: gather() called here would bind to this thread's loop (closed or none)
+            return await asyncio.gather(*(self._probe(s) for s in self._servers))
+
+        results = self._submit(probe_all()).result(timeout=3 * (PROBE_TIMEOUT_S + 1) + 5)
         down = [(server, error) for server, error in zip(self._servers, results) if error is not None]
         for server, error in down:
             if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):

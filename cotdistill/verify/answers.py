@@ -587,6 +587,39 @@ def math_equal(a: str, b: str, options: MathOptions = DEFAULT_MATH) -> bool:
         return False
 
 
+# --- a second opinion: math-verify alone, on the whole text ---
+
+SECOND_VERDICTS = ("right", "wrong", "no_answer", "timeout")  # math_verify_whole_text's verdicts
+
+
+def _whole_text_verdict(text: str, gold: str, timeout_s: int) -> str:
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    gold_text = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
+    try:
+        parsed_gold = parse(gold_text, parsing_timeout=timeout_s, raise_on_error=True)
+        # math-verify's defaults throughout: none of this format's own reading (the reasoning block, answer lines)
+        parsed = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
+    except TimeoutException:
+        return "timeout"
+    except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "nothing read"
+        return "no_answer"
+    if not parsed or not parsed_gold:
+        return "no_answer"
+    return "right" if verify(parsed_gold, parsed, timeout_seconds=timeout_s, raise_on_error=False) else "wrong"
+
+
+def math_verify_whole_text(text: str, gold: str) -> str:
+    """math-verify's own verdict on a whole rationale against the gold (its default extraction and verify, the
+    reasoning block included), independent of the format's reading: right, wrong, no_answer or timeout. Bounded
+    in time as every math-verify call here is."""
+    try:
+        return str(run_with_signal_timeout(_whole_text_verdict, text, gold))
+    except TimeoutError:
+        return "timeout"
+
+
 # --- answers of several parts ---
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
@@ -917,6 +950,9 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "choice": AnswerFormat("choice", extract_choice, _canonical_letter, _same),
     "yes_no": AnswerFormat("yes_no", extract_yes_no, _canonical_yes_no, _same),
     "exact": AnswerFormat("exact", extract_exact, normalize_exact, _same),
+    # judge: free-form answers, each judged by the filter's LLM judge (filter.judge); where it gives no verdict,
+    # and wherever no judge is asked (evaluate, generate's answer checks), exact's rules
+    "judge": AnswerFormat("judge", extract_exact, normalize_exact, _same),
     # code: a program, judged by running it against the question's tests (verify/code.CodeJudge), never by
     # comparing it with the gold (the reference solution, when the data has one: the STaR hint)
     "code": AnswerFormat("code", find_program, _canonical_reference, _same),
