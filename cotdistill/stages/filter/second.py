@@ -189,7 +189,7 @@ def audit_section(report: dict[str, Any]) -> list[str]:
         "## Audit by a second verifier", "",
         f"Second verifier: `{report['second']}`, on a sample of {a['sampled'] + r['sampled']:,} rationales (seed "
         f"{report['seed']}): {a['sampled']:,} accepted, {r['sampled']:,} rejected as "
-        f"{', '.join(AUDITED_REASONS)}. Undecided (left out of the rates): {report['undecided']:,}. Its verdicts: "
+        f"{', '.join(AUDITED_REASONS[:-1])} or {AUDITED_REASONS[-1]}. Undecided (left out of the rates): {report['undecided']:,}. Its verdicts: "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(report["verdicts"].items())) + ".", "",
         "| disagreement | rate [95% interval] |", "| --- | --- |",
         f"| any | {_pct(report['disagreement'])} |",
