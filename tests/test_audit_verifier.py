@@ -124,7 +124,6 @@ def test_the_sample_is_seeded_and_split_between_accepted_and_rejected(tmp_path):
     ({"audit_verifier": {"sampel": 200}}, "filter.audit_verifier.sampel", "unknown key"),
     ({"audit_verifier": {"sample": 1}}, "filter.audit_verifier.sample", "at least 2"),
     ({"audit_verifier": {"second": "judge"}}, "filter.audit_verifier.second", "filter.judge is not set"),
-    ({"label": "majority", "audit_verifier": {}}, "filter.audit_verifier.second", "label gold"),
     ({"answer_format": "choice", "audit_verifier": {}}, "filter.audit_verifier.second", "second: judge"),
     ({"judge": {"teacher": "nobody"}}, "filter.judge.teacher", "one `teacher`"),
     ({"judge": {"max_request": 5}}, "filter.judge.max_request", "unknown key"),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from cotdistill.core.fields import setting
 from cotdistill.teachers import BACKENDS
 from cotdistill.verify.answers import (
-    ANSWER_FORMATS, ANSWER_KINDS, EXTRACTION_TARGETS, GOLD_PARSERS, THINK_DELIMITERS, MathOptions,
+    ANSWER_FORMATS, ANSWER_KINDS, EXTRACTION_TARGETS, GOLD_PARSERS, JUDGE_FORMAT, THINK_DELIMITERS, MathOptions,
 )
 from cotdistill.verify.code import CODE_TEST_FORMATS
 from cotdistill.verify.stopping import STOPPING_RULES
@@ -427,7 +427,9 @@ class MathAnswerConfig:
 class AuditVerifierConfig:
     """filter.audit_verifier: a second verifier judges a seeded sample of the accepted rationales and of those
     rejected as wrong, unparseable, ambiguous or timeout, on its own; audit.md and stats.json report where it
-    disagrees and estimate how many good rationales the filter throws away (stages/filter/second.py)."""
+    disagrees and estimate how many good rationales the filter throws away (stages/filter/second.py). It compares
+    with the gold whatever filter.label is (with majority or none: how often the kept answers are not the gold);
+    rows without a gold are undecided."""
 
     sample: int = setting(200, at_least=2)  # rationales judged again: half accepted, half rejected (if there are)
     # math_verify_whole_text: math-verify reads the whole rationale (its own extraction) and verifies it against
@@ -436,8 +438,6 @@ class AuditVerifierConfig:
 
     def rules(self, run: RunConfig) -> Problems:
         cfg = run.filter
-        if cfg.label != "gold":
-            yield "second", f"compares rationales with the gold, and filter.label is {cfg.label}: use label gold"
         if run.uses_code().filtering:
             yield "second", "judges answers against a gold, and answer_format code runs programs against tests"
         elif self.second == "math_verify_whole_text" and cfg.answer_format not in ("number", "math"):
@@ -484,8 +484,8 @@ class JudgeConfig:
 class FilterConfig:
     """filter: which rationales the student learns from (cotdistill/stages/filter/; the reasons in phases.py)."""
 
-    # a name from cotdistill.verify.answers.ANSWER_FORMATS
-    answer_format: str = setting("number", one_of=ANSWER_FORMATS)
+    # a name from cotdistill.verify.answers.ANSWER_FORMATS, or judge: free-form answers for filter.judge
+    answer_format: str = setting("number", one_of=(*ANSWER_FORMATS, JUDGE_FORMAT.name))
     math: MathAnswerConfig | None = None  # answer_format math's settings (MathAnswerConfig); null: the defaults
     # gold: keep rationales that reach the gold answer. majority: no gold needed; the teacher's own majority
     # answer over a question's rationales is the label, if it wins at least majority_min_share of the votes.

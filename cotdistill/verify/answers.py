@@ -950,13 +950,16 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "choice": AnswerFormat("choice", extract_choice, _canonical_letter, _same),
     "yes_no": AnswerFormat("yes_no", extract_yes_no, _canonical_yes_no, _same),
     "exact": AnswerFormat("exact", extract_exact, normalize_exact, _same),
-    # judge: free-form answers, each judged by the filter's LLM judge (filter.judge); where it gives no verdict,
-    # and wherever no judge is asked (evaluate, generate's answer checks), exact's rules
-    "judge": AnswerFormat("judge", extract_exact, normalize_exact, _same),
     # code: a program, judged by running it against the question's tests (verify/code.CodeJudge), never by
     # comparing it with the gold (the reference solution, when the data has one: the STaR hint)
     "code": AnswerFormat("code", find_program, _canonical_reference, _same),
 }
+
+
+# filter.answer_format judge: free-form answers, each judged by the filter's LLM judge (filter.judge); where it
+# gives no verdict, and wherever no judge is asked (evaluate, generate's answer checks), exact's rules. Not a format
+# the rules decide alone, so apart from ANSWER_FORMATS.
+JUDGE_FORMAT = AnswerFormat("judge", extract_exact, normalize_exact, _same)
 
 
 def group_equivalent(answers: Sequence[str | None], fmt: AnswerFormat) -> list[str | None]:
@@ -980,8 +983,9 @@ def get_answer_format(name: str, delimiters: tuple[str, str] | list[str] | None 
                       math: MathOptions | dict[str, Any] | None = None) -> AnswerFormat:
     """The format by name, reading answers after `delimiters`' reasoning block (default <think>...</think>);
     `math`: the math format's settings (MathOptions, or a dict of its fields, as a config writes them)."""
-    if name not in ANSWER_FORMATS:
-        raise ValueError(f"unknown answer format {name!r}; known: {', '.join(sorted(ANSWER_FORMATS))}")
+    if name not in ANSWER_FORMATS and name != JUDGE_FORMAT.name:
+        raise ValueError(f"unknown answer format {name!r}; known: {', '.join(sorted(ANSWER_FORMATS))}; and "
+                         f"{JUDGE_FORMAT.name} (the filter's LLM judge)")
     delimiters = tuple(delimiters) if delimiters else THINK_DELIMITERS
     if name == "math":
         options = math if isinstance(math, MathOptions) else MathOptions(**(math or {}))
@@ -989,7 +993,7 @@ def get_answer_format(name: str, delimiters: tuple[str, str] | list[str] | None 
     if math:
         raise ValueError(f"math settings ({', '.join(sorted(vars(math) if isinstance(math, MathOptions) else math))})"
                          f" apply to answer format math, not {name}")
-    fmt = ANSWER_FORMATS[name]
+    fmt = ANSWER_FORMATS.get(name, JUDGE_FORMAT)
     return replace(fmt, delimiters=delimiters) if delimiters != fmt.delimiters else fmt
 
 
