@@ -1,13 +1,16 @@
 """Filter throughput and memory on a million synthetic rationales.
 
     .venv/bin/python benchmarks/filter_throughput.py [--rationales 1000000] [--per-question 50] [--workers 2]
+                                                     [--math-rationales 20000]
     .venv/bin/python benchmarks/filter_throughput.py --smoke     # 2,000 rationales: the same steps in seconds
 
 Writes generate shards of synthetic rationales (50 per question: correct, wrong, truncated, unparseable,
 ambiguous, exact and near duplicates, loops), then runs the filter stage with the `number` format twice in
-this run: near-duplicate removal off, then on. Prints rationales/s of each and the peak resident memory (this
-process plus the peak of each worker, added up as if all peaked at once); the last line is a JSON object
-with rationales_per_s_exact, rationales_per_s_near_dup and peak_rss_mb.
+this run: near-duplicate removal off, then on. Then the `math` format's answer check alone (extract and
+is_correct, math-verify included) on --math-rationales rationales of the same kinds, in this process. Prints
+rationales/s of each run, the math check's cost per rationale and the peak resident memory (this process plus
+the peak of each worker, added up as if all peaked at once); the last line is a JSON object with
+rationales_per_s_exact, rationales_per_s_near_dup, math_check_us_per_rationale and peak_rss_mb.
 Targets on 2 cores: >= 50,000/s without near duplicates, >= 10,000/s with them, peak RSS <= 1,500 MB.
 `--smoke` runs the same steps on 2,000 rationales (tests/test_benchmarks.py): its figures say only that it runs.
 
@@ -39,7 +42,8 @@ from cotdistill.core.fingerprints import make_fingerprint, write_fingerprint  # 
 from cotdistill.core.records import SAMPLE_SCHEMA, Sample  # noqa: E402
 from cotdistill.core.shards import shard_name, write_json_atomic, write_parquet_atomic  # noqa: E402
 
-SMOKE = {"rationales": 2_000, "questions_per_shard": 20}  # --smoke: 40 questions of 50 in 2 shards, 2 workers
+# --smoke: 40 questions of 50 in 2 shards, 2 workers; 300 rationales for the math check
+SMOKE = {"rationales": 2_000, "questions_per_shard": 20, "math_rationales": 300}
 NAMES = ["Tom", "Mia", "Sam", "Ava", "Leo", "Zoe"]
 ITEMS = ["apples", "pencils", "marbles", "cookies", "books"]
 
@@ -100,12 +104,32 @@ def write_shards(gen_dir: Path, total: int, per_question: int, questions_per_sha
     return num_questions * per_question
 
 
+def math_check_us(count: int) -> float:
+    """Microseconds per rationale of the `math` format's answer check (extract, then is_correct against the gold),
+    on synthetic rationales of the filter's mix, in this process (a filter worker's caches included)."""
+    from cotdistill.verify.answers import get_answer_format
+
+    fmt = get_answer_format("math")
+    rng = random.Random(1)
+    items = []
+    for _ in range(count):
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        kind = rng.choices(range(6), weights=[60, 15, 8, 7, 5, 5])[0]
+        items.append((synthetic_rationale(rng, a, b, kind)[0], str(a + b)))
+    fmt.is_correct(fmt.extract("The answer is $\\frac{1}{2}$.").answer, "0.5")  # math-verify's imports, once
+    started = time.perf_counter()
+    for text, gold in items:
+        fmt.is_correct(fmt.extract(text).answer, gold)
+    return (time.perf_counter() - started) / count * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rationales", type=int, default=1_000_000)
     parser.add_argument("--per-question", type=int, default=50)
     parser.add_argument("--questions-per-shard", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--math-rationales", type=int, default=20_000, help="rationales for the math check's cost")
     parser.add_argument("--smoke", action="store_true", help="a tiny size (2,000 rationales): the same steps, "
                         "in seconds; explicit options still apply")
     if parser.parse_known_args()[0].smoke:
@@ -127,6 +151,7 @@ def main() -> None:
                 f"output_dir={tmp}", "run_name=bench", f"data.path={data}", "filter.answer_format=number",
                 f"filter.near_duplicates={str(near).lower()}", f"filter.num_workers={args.workers}",
                 "filter.max_per_question=null", "train.sft={max_length: null}",  # too_long off, as before
+                "filter.audit_verifier=null",  # the demo's audit: the filter's own throughput, as before
             ])
             started = time.perf_counter()
             stats = filter_stage.STAGE.run(config)
@@ -137,14 +162,17 @@ def main() -> None:
                   f"{results[label]:,.0f} rationales/s; accepted {stats['accepted']:,}; "
                   f"rejected {{{', '.join(f'{k}: {v:,}' for k, v in stats['rejected'].items() if v)}}}")
 
+    math_us = math_check_us(args.math_rationales)
+    print(f"math answer check: {math_us:,.0f} us per rationale ({args.math_rationales:,} rationales, one process)")
+
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker's peak
     peak_mb = self_mb + args.workers * worker_mb
     print(f"peak RSS: this process {self_mb:.0f} MB, largest worker {worker_mb:.0f} MB, "
           f"total as if all peaked at once {peak_mb:.0f} MB")
     print(json.dumps({"rationales_per_s_exact": round(results["exact"]), "rationales_per_s_near_dup":
-                      round(results["near_dup"]), "peak_rss_mb": round(peak_mb), "rationales": total,
-                      "workers": args.workers}))
+                      round(results["near_dup"]), "math_check_us_per_rationale": round(math_us, 1),
+                      "peak_rss_mb": round(peak_mb), "rationales": total, "workers": args.workers}))
 
 
 if __name__ == "__main__":

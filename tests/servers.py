@@ -335,6 +335,7 @@ class StubOpenAI(BackgroundServer):
 
         ("status", code, error_json)   an error response, e.g. (401, {"error": {...}})
         ("choices", k)                 a normal answer with k choices instead of n
+        ("reply", text)                a normal answer (n choices) whose text is `text`
         ("cut", )                      a 200 whose JSON body is cut off halfway
         ("text", )                     a 200 with a body that is not JSON at all
         ("drop", )                     the connection closed without a response (a server that died)
@@ -371,9 +372,11 @@ class StubOpenAI(BackgroundServer):
             request.transport.close()
             return web.Response(status=500)  # never written: the transport is gone
         chat = request.path.endswith("/chat/completions")
+        text, count = ((action[1], int(body.get("n") or 1)) if action[0] == "reply"
+                       else ("2 + 2 = 4. The answer is 4.", action[1]))
         choices = [{"index": i, "finish_reason": "stop",
-                    **({"message": {"role": "assistant", "content": "2 + 2 = 4. The answer is 4."}} if chat
-                       else {"text": " 2 + 2 = 4. The answer is 4."})} for i in range(action[1])]
+                    **({"message": {"role": "assistant", "content": text}} if chat else {"text": " " + text})}
+                   for i in range(count)]
         payload = json.dumps({"id": "stub", "object": "chat.completion" if chat else "text_completion",
                               "created": 0, "model": body.get("model", "stub"), "choices": choices,
                               "usage": {"prompt_tokens": 10, "completion_tokens": 12 * len(choices),

@@ -303,3 +303,92 @@ def test_the_issues_examples_and_other_delimiters():
     assert marked.extract("<think>The answer is 1</think> 2").answer == "1"  # not its delimiters: read
     assert delimiters_of("<think>\n{reasoning}\n</think>\n\n{answer}") == ("<think>", "</think>")
     assert delimiters_of("{answer}") is None and delimiters_of("{reasoning}\n{answer}") is None
+
+
+# --- math: answers of several parts, math-verify's settings, answers in prose (issue 29) -------------------------
+
+
+def correct(fmt, text, gold):
+    return fmt.is_correct(fmt.extract(text).answer, gold)
+
+
+@pytest.mark.parametrize("text, gold", [
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "\\{1,2,3\\}"),
+    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", "{3, 2, 1}"),
+    ("$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$", "(6, 2), (2, 2)"),
+    ("So \\boxed{k = 45} and \\boxed{n = 2}.", "k = 45, n = 2"),
+    ("\\( y_1 = \\boxed{2x} \\) and \\( y_2 = \\boxed{3x} \\)", "y_1 = 2x, y_2 = 3x"),
+])
+def test_math_boxed_answers_that_go_together_are_one_answer_compared_as_a_set(text, gold):
+    assert correct(MATH, text, gold)
+    assert not correct(MATH, text, "1")
+
+
+def test_math_answer_kinds_from_the_gold_or_declared():
+    from cotdistill.verify.answers import answer_kind_of
+
+    assert [answer_kind_of(g) for g in ("(1, 2)", "1, 2", "\\{1, 2\\}", "(0, 1]", "5")] == [
+        "tuple", "set", "set", "single", "single"]
+    assert correct(MATH, "\\boxed{3}, \\boxed{2}, \\boxed{1}", "1, 2, 3")  # a set: any order
+    assert not correct(MATH, "\\boxed{3}, \\boxed{2}, \\boxed{1}", "(1, 2, 3)")  # a tuple: in order
+    assert correct(MATH, "\\boxed{1}, \\boxed{2}, \\boxed{3}", "(1, 2, 3)")
+    as_tuple, as_set, single = (MATH.with_answer_kind(k) for k in ("tuple", "set", "single"))
+    assert correct(as_tuple, "\\boxed{1}, \\boxed{2}", "(1, 2)")
+    assert not correct(as_tuple, "\\boxed{2}, \\boxed{1}", "(1, 2)")
+    assert correct(as_set, "\\boxed{2}, \\boxed{1}", "1, 2") and not correct(as_set, "\\boxed{2}, \\boxed{3}", "1, 2")
+    assert single.extract("\\boxed{1}, \\boxed{2}") == Extraction(None, "ambiguous")
+    assert single.extract("\\boxed{1}, \\boxed{1}") == Extraction("1")
+    assert MATH.with_answer_kind(None) is MATH and get_answer_format("number").with_answer_kind("set").name == "number"
+    with pytest.raises(ValueError, match="answer_kind must be one of set, tuple, single"):
+        MATH.with_answer_kind("list")
+
+
+def test_math_compares_the_gold_first_as_math_verify_does():
+    assert not correct(MATH, "$11a+c$", "$7 = 11a+c$")  # the gold's relation is not its right-hand side
+    assert not correct(MATH, "$0$", "$a + 3z = 0$")
+    assert correct(MATH, "so $x = 5$", "5")  # the answer's is
+    assert not correct(MATH, "$-2 \\le x \\le 7$", "$x \\in [-2,7]$")
+
+
+def test_math_settings_are_math_verifys_and_the_format_takes_them():
+    precise = get_answer_format("math", math={"precision": 2})
+    assert correct(precise, "$(0.6,2.6667]$", "$(\\frac{3}{5},\\frac{8}{3}]$")
+    assert not correct(MATH, "$(0.6,2.6667]$", "$(\\frac{3}{5},\\frac{8}{3}]$")
+    latex = get_answer_format("math", math={"extraction": ["latex"]})
+    assert latex.extract("Answer $ \n 9 \n $").reason == "unparseable"  # an inline formula stays on one line
+    assert correct(MATH, "Answer $ \n 9 \n $", "9") and correct(latex, "Answer \\[ \n 9 \n \\]", "9")
+    assert correct(get_answer_format("math", math={"strict": False}), "$f(y)$", "$f(x)$")
+    assert not correct(MATH, "$f(y)$", "$f(x)$")
+    assert correct(get_answer_format("math", math={"set_relation": True}), "$-2 \\le x \\le 7$", "$x \\in [-2,7]$")
+    expr = get_answer_format("math", math={"extraction": ["expr"]})
+    assert correct(expr, "1.22", "1,22") and correct(expr, "1000,99", "1000.99")
+    assert get_answer_format("math", math={"precision": 2}) is precise  # one instance per settings
+    for bad, message in (({"precision": -1}, "precision"), ({"extraction": ["latex", "text"]}, "extraction"),
+                         ({"answer_kind": "list"}, "answer_kind")):
+        with pytest.raises(ValueError, match=message):
+            get_answer_format("math", math=bad)
+    with pytest.raises(ValueError, match="apply to answer format math, not number"):
+        get_answer_format("number", math={"precision": 2})
+
+
+@pytest.mark.parametrize("text, gold", [
+    ("1 000", "1000"),
+    ("Soucis : 2,74 $ a..", "2.74"),
+    ("\\frac{10}{9}", "10/9"),
+    ("-\\frac{10}{9}", "-10/9"),
+    ("$odd$", "$\\text{odd}$"),
+    ("The identity matrix is $ \\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix} $.",
+     "$\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}$"),
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("So $0.04 \\cdot 10,000 = \\boxed{200}$, then $\\boxed{255}$, so $10,455 in all. Final Answer: The final answer "
+     "is $10,455$. I hope it is correct.", "10455"),  # boxed steps before the final answer are not answers
+    ("\\boxed{14}", "We add: $5 + 9 = 14$, so the total is $\\boxed{14}$."),  # a worked gold gives its answer
+])
+def test_math_reads_numbers_matrices_and_final_answers_as_math_verify_does(text, gold):
+    assert correct(MATH, text, gold)
+
+
+def test_math_reads_no_number_out_of_a_word_and_keeps_ambiguity_after_a_final_answer():
+    assert MATH.extract("AZYUK2A").reason == "unparseable"
+    assert MATH.extract("Final answer: \\boxed{18}. Wait, the answer is \\boxed{19}.").reason == "ambiguous"
+    assert MATH.extract("<think>\\boxed{9}</think> \\boxed{1}, \\boxed{2}") == Extraction("1, 2")

@@ -31,7 +31,8 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     "code_sandbox": ["programs_per_s", "canonical_passed", "mutants_failed", "sandbox_ms", "bare_ms", "overhead_ms",
                      "two_process_ms", "one_process_ms", "test_process_ms"],
     "server_teacher": ["server_over_local", "by_concurrency"],
-    "filter_throughput": ["rationales_per_s_exact", "rationales_per_s_near_dup", "peak_rss_mb"],
+    "filter_throughput": ["rationales_per_s_exact", "rationales_per_s_near_dup", "math_check_us_per_rationale",
+                          "peak_rss_mb"],
     "journal_throughput": ["questions_per_s_fsync_each", "questions_per_s_grouped", "questions_per_s_no_fsync",
                            "grouped_over_fsync_each", "mb_per_s_grouped"],
     # maj@k from one pass of 16 samples against one pass per k: both times and their ratio.

@@ -127,6 +127,12 @@ class RunConfig:
                                                                                          or ev.extra_models)
         return CodeUse(filtering, evaluating)
 
+    def answer_kinds(self) -> dict[str, str]:
+        """The questions' declared answer kinds (data.answer_kind_field), by question id; {} when unset."""
+        from cotdistill.questions.sources import QuestionSource
+
+        return QuestionSource(self.data).answer_kinds() if self.data.answer_kind_field else {}
+
     def code_checks(self) -> CodeChecks | None:
         """The filter's (and generate's) verdicts on programs: with filter.answer_format code, when answers are
         checked; None otherwise."""

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from cotdistill.core.fields import setting
 from cotdistill.teachers import BACKENDS
-from cotdistill.verify.answers import ANSWER_FORMATS, GOLD_PARSERS, THINK_DELIMITERS
+from cotdistill.verify.answers import (
+    ANSWER_FORMATS, ANSWER_KINDS, EXTRACTION_TARGETS, GOLD_PARSERS, JUDGE_FORMAT, THINK_DELIMITERS, MathOptions,
+)
 from cotdistill.verify.code import CODE_TEST_FORMATS
 from cotdistill.verify.stopping import STOPPING_RULES
 
@@ -42,6 +44,8 @@ SANDBOX_EXECUTORS = ("local", "piston")  # sandbox.executor
 LABEL_PAIR_REASONS = ("wrong", "tests_failed", "runtime_error", "exec_timeout", "memory_limit", "output_limit")
 PAIR_REASONS = (*LABEL_PAIR_REASONS, "truncated", "unfinished_reasoning", "unparseable", "ambiguous", "degenerate",
                 "no_code", "syntax_error", "overlong")
+# filter.audit_verifier.second: the verifier that judges a sample of the filter's verdicts again, on its own
+AUDIT_VERIFIERS = ("math_verify_whole_text", "judge")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # a teacher's or an extra model's name: it names files and folders
 
 
@@ -91,10 +95,17 @@ class DataConfig:
     tests_format: str | None = setting(None, one_of=CODE_TEST_FORMATS)
     tests_field: str | None = None
     entry_point_field: str | None = None
+    # answer_format math: a field that says how each question's answer of several parts compares: set | tuple (in
+    # order) | single; an empty value leaves it to the format (filter.math.answer_kind, else inferred from the
+    # gold). Unset: fingerprints stay as they were.
+    answer_kind_field: str | None = None
 
     def rules(self, run: RunConfig) -> Problems:
         from cotdistill.core.paths import local_files, looks_local
 
+        if self.answer_kind_field is not None and "math" not in (run.filter.answer_format,
+                                                                  run.evaluate.answer_format):
+            yield "answer_kind_field", "answer kinds are read only with answer_format: math"
         if (self.tests_format is None) != (self.tests_field is None):
             yield "tests_format" if self.tests_format is None else "tests_field", (
                 "code problems need both data.tests_format (functional | stdio) and data.tests_field")
@@ -389,11 +400,93 @@ class DifficultyConfig:
 
 
 @dataclass
+class MathAnswerConfig:
+    """filter.math, evaluate.math: the `math` answer format's settings (verify/answers.MathOptions), by
+    math-verify's names where it has one; unwritten, math-verify's defaults."""
+
+    precision: int = setting(6, within=(0, 15))  # decimal places numbers are rounded to before comparing
+    # what reads an answer: latex (\boxed{}, $...$, \[...\]) and expr (plain numbers and sums: "1 000", "2,74")
+    extraction: list[str] = setting(factory=lambda: list(EXTRACTION_TARGETS), one_of=EXTRACTION_TARGETS)
+    strict: bool = True  # variables must match: f(x) is not f(y)
+    set_relation: bool = False  # a gold set x \in [a, b] also equals the relation a \le x \le b
+    # An answer of several parts (several boxed answers, an answer line listing them) against the gold: set |
+    # tuple (in order) | single (several different parts are ambiguous); null: inferred from the gold ('(a, b)'
+    # a tuple, '1, 2' a set). A question's own (data.answer_kind_field) comes first.
+    answer_kind: str | None = setting(None, one_of=ANSWER_KINDS)
+
+    def options(self) -> MathOptions:
+        return MathOptions(precision=self.precision, extraction=tuple(self.extraction), strict=self.strict,
+                           set_relation=self.set_relation, answer_kind=self.answer_kind)
+
+    def rules(self, run: RunConfig) -> Problems:
+        if not self.extraction or len(set(self.extraction)) != len(self.extraction):
+            yield "extraction", f"must name latex, expr or both, once each; got {self.extraction}"
+
+
+@dataclass
+class AuditVerifierConfig:
+    """filter.audit_verifier: a second verifier judges a seeded sample of the accepted rationales and of those
+    rejected as wrong, unparseable, ambiguous or timeout, on its own; audit.md and stats.json report where it
+    disagrees and estimate how many good rationales the filter throws away (stages/filter/second.py). It compares
+    with the gold whatever filter.label is (with majority or none: how often the kept answers are not the gold);
+    rows without a gold are undecided."""
+
+    sample: int = setting(200, at_least=2)  # rationales judged again: half accepted, half rejected (if there are)
+    # math_verify_whole_text: math-verify reads the whole rationale (its own extraction) and verifies it against
+    # the gold. judge: the LLM judge of filter.judge reads the question, the gold and the rationale.
+    second: str = setting("math_verify_whole_text", one_of=AUDIT_VERIFIERS)
+
+    def rules(self, run: RunConfig) -> Problems:
+        cfg = run.filter
+        if run.uses_code().filtering:
+            yield "second", "judges answers against a gold, and answer_format code runs programs against tests"
+        elif self.second == "math_verify_whole_text" and cfg.answer_format not in ("number", "math"):
+            yield "second", (f"math-verify reads numbers and formulas, and answer_format is {cfg.answer_format}: "
+                             "use second: judge")
+        if self.second == "judge" and cfg.judge is None:
+            yield "second", "judge asks the LLM judge, and filter.judge is not set"
+
+
+@dataclass
+class JudgeConfig:
+    """filter.judge: an LLM judge (any of the run's teachers, by name) decides whether a rationale's final answer
+    is the gold where the rules cannot: their extraction is unparseable or ambiguous, and for every answer of
+    answer_format judge (free-form answers; where the judge gives no verdict, exact's rules). Its reply is data:
+    only a last line `VERDICT: equivalent` or `VERDICT: different` counts (teachers/judge.py). Its requests are
+    greedy, seeded and always kept in the request cache (generate.cache.dir), so a rerun sends none again."""
+
+    teacher: str | None = None  # a name from `teachers`; null: the run's one teacher
+    # at most this many rationales judged per filter run (in shard order); the rest keep the rules' verdict, counted
+    max_requests: int = setting(1000, at_least=0)
+    prompt: str = "judge.jinja"  # a template in prompts/ (or a path), given question, gold and response
+    max_tokens: int = setting(256, at_least=1)  # the judge's reply, reasoning included
+
+    def rules(self, run: RunConfig) -> Problems:
+        names = [t.name for t in run.teachers]
+        if self.teacher is not None and self.teacher not in names:
+            yield "teacher", (f"{self.teacher!r} is none of the teachers ({', '.join(names)})" if names else
+                              "names one of several teachers, and this run has one `teacher`: leave it null")
+        if run.filter.label != "gold":
+            yield "teacher", f"compares answers with the gold, and filter.label is {run.filter.label}: use gold"
+        from cotdistill.core.prompts import PromptError, PromptTemplate
+
+        try:  # compiles, and renders the three variables it is given
+            PromptTemplate(self.prompt).render(question="What is 2 + 3?", gold="5", response="The answer is 5.")
+        except PromptError as e:
+            yield "prompt", str(e)
+
+    def model(self, run: RunConfig) -> Any:
+        """The judge's model settings: the named teacher, or the run's one."""
+        return next(t for t in run.teachers if t.name == self.teacher) if self.teacher else run.teacher
+
+
+@dataclass
 class FilterConfig:
     """filter: which rationales the student learns from (cotdistill/stages/filter/; the reasons in phases.py)."""
 
-    # a name from cotdistill.verify.answers.ANSWER_FORMATS
-    answer_format: str = setting("number", one_of=ANSWER_FORMATS)
+    # a name from cotdistill.verify.answers.ANSWER_FORMATS, or judge: free-form answers for filter.judge
+    answer_format: str = setting("number", one_of=(*ANSWER_FORMATS, JUDGE_FORMAT.name))
+    math: MathAnswerConfig | None = None  # answer_format math's settings (MathAnswerConfig); null: the defaults
     # gold: keep rationales that reach the gold answer. majority: no gold needed; the teacher's own majority
     # answer over a question's rationales is the label, if it wins at least majority_min_share of the votes.
     # none: answers are not checked (OpenThoughts: answer filtering did not help at scale); truncated, empty,
@@ -434,8 +527,17 @@ class FilterConfig:
     preference_pairs: bool = False
     pair_reasons: list[str] = setting(factory=lambda: ["wrong"], one_of=PAIR_REASONS)
     pairs_per_question: int = setting(1, at_least=1)
+    # a second verifier judges a sample of the verdicts again (AuditVerifierConfig); null: off
+    audit_verifier: AuditVerifierConfig | None = None
+    judge: JudgeConfig | None = None  # an LLM judge where the rules cannot decide (JudgeConfig); null: off
+
+    def math_options(self) -> MathOptions | None:
+        """The math format's settings, for get_answer_format (None: not the math format, or its defaults)."""
+        return self.math.options() if self.math is not None and self.answer_format == "math" else None
 
     def rules(self, run: RunConfig) -> Problems:
+        if self.math is not None and "math" not in (self.answer_format, run.evaluate.answer_format):
+            yield "math", f"sets the math format's settings, and the answer format is {self.answer_format}"
         if self.preference_pairs and not self.pair_reasons:
             yield "pair_reasons", "is empty: name the reasons a rejected rationale may have, e.g. [wrong]"
         if self.preference_pairs and self.label == "none" and set(self.pair_reasons) <= set(LABEL_PAIR_REASONS):
@@ -456,6 +558,8 @@ class FilterConfig:
                                        "filter.label none checks no answers; use label gold or majority")
         if self.per_teacher and len(run.teachers) < 2:
             yield "per_teacher", "applies max_per_question to each of several teachers, and this run has one"
+        if self.answer_format == "judge" and self.judge is None:
+            yield "answer_format", "judge leaves every answer to the LLM judge: set filter.judge"
         if run.uses_code().filtering and run.data.tests_format is None:
             yield "answer_format", ("code runs each program against its question's tests: set data.tests_format "
                                     "and data.tests_field (or filter.label: none to check no answers)")
@@ -589,6 +693,7 @@ class EvaluateConfig:
     max_tokens: int = setting(512, at_least=1)
     greedy: bool = True  # also one greedy (temperature 0) completion per question
     answer_format: str | None = setting(None, one_of=ANSWER_FORMATS)  # defaults to filter.answer_format
+    math: MathAnswerConfig | None = None  # answer_format math's settings; defaults to filter.math
     # Stored generations scored without running a model: a name -> a folder of Sample shards, e.g.
     # {teacher_test: runs/teacher-on-test/generate/samples}.
     stored: dict[str, str] = field(default_factory=dict)
@@ -603,7 +708,18 @@ class EvaluateConfig:
     adaptive: AdaptiveEvalConfig | None = None  # adaptive self-consistency beside maj@K (above); null: off
     speed: SpeedConfig | None = field(default_factory=SpeedConfig)  # tokens/s per model (above); null: not measured
 
+    def math_options(self, run: RunConfig) -> MathOptions | None:
+        """The math format's settings evaluate scores with (evaluate.math, else filter.math), None when its
+        format is not math."""
+        if (self.answer_format or run.filter.answer_format) != "math":
+            return None
+        settings = self.math or run.filter.math
+        return settings.options() if settings is not None else None
+
     def rules(self, run: RunConfig) -> Problems:
+        if self.math is not None and (self.answer_format or run.filter.answer_format) != "math":
+            yield "math", ("sets the math format's settings, and evaluate's answer format is "
+                           f"{self.answer_format or run.filter.answer_format}")
         known = (*EVAL_MODELS, *(t.name for t in run.teachers))
         for name in self.models:
             if name not in known:

@@ -76,12 +76,13 @@ def data_fingerprint(path: str) -> str:
     return digest({f: file_digest(f) for f in files})
 
 
-CODE_DATA_FIELDS = ("tests_format", "tests_field", "entry_point_field")  # DataConfig's fields for code problems
+# DataConfig's fields counted only when set: those for code problems, and answer kinds (answer_format math)
+CODE_DATA_FIELDS = ("tests_format", "tests_field", "entry_point_field", "answer_kind_field")
 
 
 def data_settings(data: Any) -> dict[str, Any]:
-    """A DataConfig's settings and its contents' fingerprint. Its code fields count only when set, so data
-    without tests keeps the fingerprints it had before they existed."""
+    """A DataConfig's settings and its contents' fingerprint. Its code fields and answer_kind_field count only
+    when set, so data without them keeps the fingerprints it had before they existed."""
     settings = {k: v for k, v in vars(data).items() if k not in CODE_DATA_FIELDS or v is not None}
     return {**settings, "contents": data_fingerprint(data.path)}
 

@@ -23,6 +23,9 @@ class Question:
     gold_answer: str | None  # None for unlabelled questions (the filter's majority mode)
     choices: list[str] | None = None
     source_row: int = 0  # row index in the source, for error messages and audits
+    # data.answer_kind_field (answer_format math): how its answer of several parts compares (set | tuple |
+    # single); None: as the format says
+    answer_kind: str | None = None
 
 
 @dataclass
@@ -77,6 +80,10 @@ class Sample:
     is_correct: bool | None = None
     filter_reason: str | None = None
     pass_rate: float | None = None  # the question's pass rate (filter; null without a label)
+    # filter.judge (only then in the shards: JUDGED_SCHEMA): the LLM judge's verdict on a rationale the rules could
+    # not read (teachers/judge.JUDGE_VERDICTS), and the judge's model; null where it was not asked.
+    judge_verdict: str | None = None
+    judge_model: str | None = None
 
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -134,6 +141,11 @@ FILTERED_SCHEMA = SAMPLE_SCHEMA.append(pa.field("extracted_answer", pa.string())
     # rationales; null with filter.label none, no majority, or a contaminated question.
     pa.field("pass_rate", pa.float64())
 )
+# With filter.judge: FILTERED_SCHEMA and the judge's columns. Written only then (its settings are in the filter's
+# fingerprint, so every shard of such a run has them), so runs without a judge keep their shards as they are.
+JUDGE_COLUMNS = ("judge_verdict", "judge_model")
+JUDGED_SCHEMA = FILTERED_SCHEMA.append(pa.field("judge_verdict", pa.string())).append(
+    pa.field("judge_model", pa.string()))
 
 # filter.preference_pairs: one row per (chosen, rejected) pair, in TRL's conversational preference format (prompt,
 # chosen, rejected), which DPOTrainer reads as it is; the other columns say where each side came from.

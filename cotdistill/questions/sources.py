@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from cotdistill.core.paths import DATA_SUFFIXES, data_suffix, local_files, looks_local
 from cotdistill.core.records import Question
-from cotdistill.verify.answers import GOLD_PARSERS, GoldParseError
+from cotdistill.verify.answers import ANSWER_KINDS, GOLD_PARSERS, GoldParseError
 from cotdistill.verify.code import CodeTests, parse_code_tests
 
 if TYPE_CHECKING:
@@ -113,9 +113,10 @@ class QuestionSource:
         # choices_field may reach into a struct column: "choices.text" (CommonsenseQA, ARC).
         self.choices_column, _, self.choices_key = (cfg.choices_field or "").partition(".")
         wanted = [f for f in (cfg.question_field, cfg.answer_field, self.choices_column, cfg.id_field,
-                              cfg.tests_field, cfg.entry_point_field) if f]
+                              cfg.tests_field, cfg.entry_point_field, cfg.answer_kind_field) if f]
         require_fields(cfg, rows, wanted)
         self.rows = rows.select_columns(list(dict.fromkeys(wanted)))
+        self.kinds: list[str | None] = []  # data.answer_kind_field's, per row (None: the format's)
         self.ids, self.golds = self._check_rows()
         self.index = {qid: i for i, qid in enumerate(self.ids)}
 
@@ -155,6 +156,8 @@ class QuestionSource:
                                           f"the {len(choices)} choices of field '{cfg.choices_field}'")
                 if cfg.tests_format:  # parsed now to name a bad row; kept in the source, read per question
                     self._read_tests(batch, offset, where)
+                if cfg.answer_kind_field:
+                    self.kinds.append(self._answer_kind(batch[cfg.answer_kind_field][offset], where))
                 if cfg.id_field:
                     raw_id = batch[cfg.id_field][offset]
                     if raw_id is None or not str(raw_id).strip():
@@ -177,6 +180,20 @@ class QuestionSource:
             logger.warning("%s: %d questions repeat an earlier question's text; each is kept under its own id",
                            cfg.path, duplicates)
         return ids, golds
+
+    def _answer_kind(self, value: object, where: str) -> str | None:
+        """A row's answer kind: set, tuple or single; empty (None, "") leaves it to the format."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        kind = value.strip().lower() if isinstance(value, str) else value
+        if kind not in ANSWER_KINDS:
+            raise SourceError(f"{where}: field '{self.cfg.answer_kind_field}': {value!r} is not an answer kind; "
+                              f"use {', '.join(ANSWER_KINDS)}, or leave it empty for the format's")
+        return kind
+
+    def answer_kinds(self) -> dict[str, str]:
+        """question id -> its declared answer kind (data.answer_kind_field), for the questions that declare one."""
+        return {qid: kind for qid, kind in zip(self.ids, self.kinds) if kind is not None}
 
     def _read_tests(self, batch: dict, offset: int, where: str) -> CodeTests:
         cfg = self.cfg
@@ -225,6 +242,7 @@ class QuestionSource:
                 gold_answer=self.golds[i],
                 choices=[str(c) for c in choices] if choices else None,
                 source_row=i + 1,
+                answer_kind=self.kinds[i] if self.kinds else None,
             )
 
 

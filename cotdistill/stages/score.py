@@ -27,7 +27,7 @@ from cotdistill.core.fields import ConfigError
 from cotdistill.core.fingerprints import make_fingerprint, template_fingerprint, upstream
 from cotdistill.core.paths import FILTER, SCORE
 from cotdistill.core.prompts import PromptTemplate
-from cotdistill.core.records import FILTERED_SCHEMA, LOGPROB_COLUMNS, student_text
+from cotdistill.core.records import FILTERED_SCHEMA, JUDGED_SCHEMA, LOGPROB_COLUMNS, student_text
 from cotdistill.core.shards import column_bytes, remove_stale_tmp, write_json_atomic, write_parquet_atomic
 from cotdistill.stages.base import Stage, read_summary
 from cotdistill.teachers import teacher_settings
@@ -115,13 +115,15 @@ def score_corpus(config: RunConfig) -> dict[str, Any]:
         llm = build_llm(scorer_model(config), config.seed)
         try:
             for name in tqdm(todo, desc="score shards", unit="shard"):
-                rows = pq.read_table(paths.accepted / name).to_pylist()
+                table = pq.read_table(paths.accepted / name)
+                schema = JUDGED_SCHEMA if "judge_verdict" in table.column_names else FILTERED_SCHEMA  # as it came
+                rows = table.to_pylist()
                 scored = []
                 for i in range(0, len(rows), sc.batch_size):
                     scored += score_rows(llm, rows[i:i + sc.batch_size], sc.logprobs, template,
                                          config.train.reasoning_format, sc.context,
                                          config.teacher.chat_template_kwargs)
-                write_parquet_atomic(pa.Table.from_pylist(scored, schema=FILTERED_SCHEMA), paths.scored / name)
+                write_parquet_atomic(pa.Table.from_pylist(scored, schema=schema), paths.scored / name)
         finally:
             release_llm(llm)
     lengths = [pq.read_table(paths.scored / n, columns=["completion_token_ids"]).column(0) for n in files]

@@ -1,7 +1,7 @@
 """Answer formats by name: how to read a gold label, how to find the final answer in a rationale, and when two
 answers are equal. Pure functions, no I/O; the filter and evaluate stages both score through this registry.
 
-    fmt = get_answer_format(config.filter.answer_format)
+    fmt = get_answer_format(config.filter.answer_format)   # math: also math={"precision": 2, ...} (MathOptions)
     answer = fmt.extract(rationale, choices).answer; fmt.is_correct(answer, gold)
 
 Every format reads the answer after the reasoning: the text inside a reasoning block (`<think>...</think>` by
@@ -9,8 +9,13 @@ default; a format's `delimiters` say which) is never read, and a text whose reas
 An extraction returns the canonical answer or None with a reason: `unparseable` (no answer found), `ambiguous`
 (two different marked final answers), `timeout` (math-verify gave up) or `unfinished_reasoning` (the reasoning
 block never closed). Marked answers ("The answer is ...", "#### ...", \\boxed{...}) beat the fallback (the last
-number in the text; for `math`, the last number or formula). group_equivalent maps the answers of several
-samples to one representative per class of equal answers, for majority votes.
+number in the text; for `math`, what math-verify reads at the end of the text). group_equivalent maps the answers
+of several samples to one representative per class of equal answers, for majority votes.
+
+`math` reads and compares with math-verify (its extraction configs, parse and verify, the gold first), with its
+settings (MathOptions: precision, latex/expr extraction, strict, set_relation) and what it lacks: the reasoning
+block, `ambiguous`, a time limit on every call, and answers of several parts (several boxed answers that go
+together), compared as a set, or in order as a tuple, as the gold or the question's answer kind says.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 
 class GoldParseError(ValueError):
@@ -41,6 +46,9 @@ class Extraction:
 # What the formats read changes their verdicts on finished corpora: the filter's and evaluate's fingerprints hold
 # this, so a change here judges them again. 2: the answer is read after the reasoning block, never inside it.
 ANSWER_RULES = 2
+# The math format's own rules, beside ANSWER_RULES, in the fingerprints of runs that use it (format_settings):
+# 1: math-verify reads the answers and golds it finds, several boxed answers are one answer of several parts.
+MATH_RULES = 1
 THINK_DELIMITERS = ("<think>", "</think>")  # a reasoning block's opening and closing, unless a model says otherwise
 
 
@@ -210,6 +218,46 @@ _BIG_EXPONENT_RE = re.compile(
     r"\^\s*\{?\s*[-+]?\d{4,}|\^\s*\{[^{}]*\^|\^\s*\{?\s*\w+\s*\}?\s*\^|\d{200,}|!\s*!|\d{3,}\s*!"
 )
 
+ANSWER_KINDS = ("set", "tuple", "single")  # how an answer of several parts compares (MathOptions.answer_kind)
+EXTRACTION_TARGETS = ("latex", "expr")  # math-verify's LatexExtractionConfig and ExprExtractionConfig
+
+
+@dataclass(frozen=True)
+class MathOptions:
+    """The `math` format's settings: math-verify's own, by its names where it has one, and how an answer of
+    several parts compares. The defaults are math-verify's."""
+
+    # decimal places both numbers are rounded to before comparing (math-verify's float_rounding)
+    precision: int = 6
+    # what reads an answer: latex (\\boxed{}, $...$, \\[...\\]) and expr (plain numbers and sums, "1 000", "2,74")
+    extraction: tuple[str, ...] = EXTRACTION_TARGETS
+    # variables must match: f(x) is not f(y) (math-verify's strict)
+    strict: bool = True
+    # a gold set x \\in [a, b] also equals the relation a \\le x \\le b (math-verify's allow_set_relation_comp)
+    set_relation: bool = False
+    # an answer of several parts (several boxed answers, a listed answer line) against the gold: as a set, as a
+    # tuple (in order), or single (several different parts are ambiguous); None: inferred from the gold
+    answer_kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.precision, int) or isinstance(self.precision, bool) or not 0 <= self.precision <= 15:
+            raise ValueError(f"math precision must be an integer from 0 to 15, got {self.precision!r}")
+        targets = tuple(self.extraction)
+        if not targets or not set(targets) <= set(EXTRACTION_TARGETS) or len(set(targets)) != len(targets):
+            raise ValueError(f"math extraction must name one or both of {', '.join(EXTRACTION_TARGETS)}, got "
+                             f"{list(self.extraction)}")
+        object.__setattr__(self, "extraction", targets)  # a list from a config: hashable, for the caches
+        if self.answer_kind is not None and self.answer_kind not in ANSWER_KINDS:
+            raise ValueError(f"answer_kind must be one of {', '.join(ANSWER_KINDS)}, got {self.answer_kind!r}")
+
+    def settings(self) -> dict[str, object]:
+        """The settings that differ from the defaults (fingerprints: runs on the defaults keep theirs)."""
+        default = MathOptions()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items() if v != getattr(default, k)}
+
+
+DEFAULT_MATH = MathOptions()
+
 
 def _too_hard_for_sympy(latex: str) -> bool:
     """Inputs that make sympy compute for minutes (10^{10^{10}}, 99999!) or recurse deeply: refuse them."""
@@ -232,8 +280,9 @@ _LATEX_ENV_RE = re.compile(  # no longer than _MAX_LATEX_CHARS: a longer formula
     r"|(?<![\\\d])\$(?P<inline>(?:\\\$|[^$\n]){1,500}?)(?<!\\)\$",
     re.DOTALL,
 )
-_LATEX_WORDS_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_LATEX_WORDS_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
 _PROSE_WORD_RE = re.compile(r"(?<![A-Za-z])[A-Za-z]{3,}")
+_LIST_WORDS_RE = re.compile(r"(?<![A-Za-z])(?:and|or)(?![A-Za-z])")
 # In plain text a word of two or more letters ends the answer ("18 dollars", "18 because ..."); one-letter
 # variables and LaTeX commands do not, and an answer needs a digit or a command.
 _WORD_START_RE = re.compile(r"[(\"'*]*(?:[A-Za-z]{2,}|[A-Za-z]\.[A-Za-z])")  # "dollars", "i.e."
@@ -241,18 +290,50 @@ _MATHY_RE = re.compile(r"[\d\\]")
 _EQUALS_RE = re.compile(r"(?<![<>!\\])=")
 _PLAIN_NUMERAL_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _ANSWER_MARKER_RE = re.compile(r"answer\s*(?:is|:|=)|####")
+# What may stand between two boxed answers that together are one answer: \\boxed{1}, \\boxed{2} and \\boxed{3};
+# \\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}; \\( y_1 = \\boxed{..} \\) and \\( y_2 = \\boxed{..} \\).
+_JOINER_RE = re.compile(
+    r"(?:\s|[,;~]|\$|\\[()\[\]]|\\q?quad\b|\\[,;:! ]|and\b|or\b"
+    r"|\\(?:text|mbox|mathrm)\s*\{\s*(?:,?\s*(?:and|or))?\s*\}"  # \\text{ and }
+    r"|[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=)*"  # a label: y_2 =
+)
+_JOINER_MAX_CHARS = 80
+# Golds of digits alone that math-verify reads as numbers: thousands grouped by commas or spaces ("7,425,000",
+# "1 000"), and a decimal comma ("1,22"), which LaTeX reads as a list of two: a decimal only where the format
+# reads plain numbers alone (extraction [expr]).
+_GROUPED_NUMBER_RE = re.compile(r"-?[1-9]\d{0,2}(?:[ ,]\d{3})+(?:\.\d+)?")
+_DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
 
 
-def _env_contents(text: str) -> list[tuple[int, str]]:
-    """(end offset, content) of each math environment. An inline $...$ that holds words is prose between two
-    currency signs ("pays $18 a day, so $"), not a formula."""
+def _prose_inline(content: str) -> bool:
+    """An inline $...$ holding words is prose between two currency signs ("pays $18 a day, so $"), not a formula;
+    a single word ($odd$, $\\text{Even}$) is a formula."""
+    bare = _LIST_WORDS_RE.sub(" ", _LATEX_WORDS_RE.sub(" ", content))  # $19, 46, and 82$ is a list
+    return bool(_PROSE_WORD_RE.search(bare)) and len(bare.split()) > 1
+
+
+def _env_contents(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of each math environment, leaving out prose between currency signs."""
     found = []
     for match in _LATEX_ENV_RE.finditer(text):
         content = match.group(match.lastgroup or "inline")
-        if match.lastgroup == "inline" and _PROSE_WORD_RE.search(_LATEX_WORDS_RE.sub(" ", content)):
+        if match.lastgroup == "inline" and _prose_inline(content):
             continue
-        found.append((match.end(), content))
+        found.append((match.start(), match.end(), content))
     return found
+
+
+def _without_prose_dollars(text: str) -> str:
+    """The text with the dollar signs around prose made spaces, so that math-verify reads "$18 a day, so $2" as
+    two amounts and not as one formula."""
+    if "$" not in text:
+        return text
+    chars = None
+    for match in _LATEX_ENV_RE.finditer(text):
+        if match.lastgroup == "inline" and _prose_inline(match.group("inline")):
+            chars = chars if chars is not None else list(text)
+            chars[match.start()] = chars[match.end() - 1] = " "
+    return "".join(chars) if chars is not None else text
 
 
 def _numeral_or_same(math: str) -> str:
@@ -286,34 +367,140 @@ def _plain_answer(text: str) -> str | None:
     return _numeral_or_same(math) if math else None
 
 
-def _line_answer(line: str) -> str | None:
-    """The answer in the rest of an answer line: boxed, in a math environment, or plain."""
+def _boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every \\boxed{...}, with nested braces balanced."""
+    found = []
+    for match in _BOXED_RE.finditer(text):
+        depth, start = 1, match.end()
+        for i in range(start, min(len(text), start + 1000)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    found.append((match.start(), i + 1, text[start:i]))
+                    break
+    return found
+
+
+def _boxed_groups(text: str) -> list[list[str]]:
+    """The boxed answers, grouped: boxed answers in one math environment, or with only joiners between them
+    (commas, "and", \\quad, y_2 =), are the parts of one answer (math-verify reads them so)."""
+    spans = _boxed_spans(text)
+    if len(spans) < 2:
+        return [[content] for _, _, content in spans]
+    envs = [(start, end) for start, end, _ in _env_contents(text)] if "$" in text or "\\" in text else []
+
+    def env_of(position: int) -> int | None:
+        return next((i for i, (start, end) in enumerate(envs) if start <= position < end), None)
+
+    groups = [[spans[0][2]]]
+    for (_, end, _), (start, _, content) in zip(spans, spans[1:]):
+        between = text[end:start]
+        same_env = env_of(start) is not None and env_of(start) == env_of(end - 1)
+        if same_env or (len(between) <= _JOINER_MAX_CHARS and _JOINER_RE.fullmatch(between)):
+            groups[-1].append(content)
+        else:
+            groups.append([content])
+    return groups
+
+
+def _group_answers(group: list[str], kind: str | None) -> list[str]:
+    """One answer of the group's parts ("1, 2, 3"); with answer_kind single, each part is an answer of its own."""
+    parts = list(dict.fromkeys(a for a in (_latex_answer(c) for c in group) if a))
+    if kind == "single" or len(parts) < 2:
+        return parts
+    return [", ".join(parts)]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A span math-verify reads (an answer line with formulas in it, or the tail of a text without a marked
+    answer): resolved inside the time limit."""
+
+    text: str
+
+
+Candidate = str | _Read
+
+
+def _line_answers(line: str, options: MathOptions) -> list[Candidate]:
+    """The answer in the rest of an answer line: its boxed answers, else what math-verify reads in it when it
+    holds a formula ("The largest $n$ is 34" -> 34), else its plain answer."""
     for _ in range(3):  # Minerva: "Final Answer: The final answer is $18$. I hope it is correct."
         inner = answer_lines(line)
         if not inner:
             break
         line = inner[-1]
-    boxed = _boxed_contents(line)
-    if boxed:
-        return _latex_answer(boxed[-1])
-    envs = _env_contents(line)
-    if envs:  # the first formula: the one right after "the answer is"
-        return _latex_answer(envs[0][1])
-    return _plain_answer(line)
+    latex, expr = "latex" in options.extraction, "expr" in options.extraction
+    groups = _boxed_groups(line) if latex else []
+    if groups:
+        return _group_answers(groups[-1], options.answer_kind)
+    if latex and _env_contents(line):
+        return [_Read(f"Answer: {line}")]  # math-verify's answer anchor: the line's first formula or number
+    plain = _plain_answer(line) if expr else None
+    return [plain] if plain else []
 
 
-def _fallback_answer(text: str) -> str | None:
-    """No marked answer: the last formula or number, whichever ends later, as math-verify does on whole text."""
-    tail = text[-_FALLBACK_TAIL_CHARS:]
-    envs = _env_contents(tail)
-    env_end = envs[-1][0] if envs else -1
-    for number in reversed(list(_NUMBER_RE.finditer(tail))):
-        if number.end() <= env_end:
-            break
-        value = canonical_number(number.group())
-        if value is not None:
-            return value
-    return _latex_answer(envs[-1][1]) if envs else None
+def _marked_answers(text: str, options: MathOptions) -> tuple[list[Candidate], bool]:
+    """The marked answers, the last first (boxed before answer lines), and whether the text marks an answer at
+    all. After a "final answer" statement only what follows it counts."""
+    lowered = text.lower()
+    final = lowered.rfind("final answer") if "final answer" in lowered else -1
+    for scope in ([text[final:], text] if final > 0 else [text]):
+        boxed = _boxed_groups(scope) if "latex" in options.extraction else []
+        lines = answer_lines(scope)
+        marked: list[Candidate] = [a for group in reversed(boxed) for a in _group_answers(group, options.answer_kind)]
+        marked += [a for line in reversed(lines) for a in _line_answers(line, options)]
+        if marked:
+            return list(dict.fromkeys(marked)), True
+    return [], bool(_BOXED_RE.search(text) or _ANSWER_MARKER_RE.search(lowered))
+
+
+def _extraction_configs(extraction: tuple[str, ...]) -> list[Any]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    # boxed_match_priority 0: a boxed answer ranks with "final answer is" (as math-verify's own tests read them)
+    return [LatexExtractionConfig(boxed_match_priority=0) if target == "latex" else ExprExtractionConfig()
+            for target in extraction]
+
+
+@functools.lru_cache(maxsize=8192)
+def _read(text: str, extraction: tuple[str, ...], timeout_s: int) -> str | None:
+    """The answer math-verify reads in a text, as the string it read (its normalized LaTeX, or the number as
+    digits: "2,74 $" -> "2.74"), also when sympy cannot parse that string (then only the same string equals it,
+    as math-verify compares them); None when it finds nothing. Raises TimeoutError."""
+    from math_verify import parse
+    from math_verify.errors import TimeoutException
+
+    try:
+        # first_match: the string comes from the match math-verify tried first (with any_match it would be the
+        # first tried, not the one that parsed)
+        found = parse(_without_prose_dollars(text), _extraction_configs(extraction), fallback_mode="first_match",
+                      extraction_mode="first_match", parsing_timeout=timeout_s, raise_on_error=True)
+    except TimeoutException:
+        raise TimeoutError("math-verify gave up reading") from None
+    except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "not an answer"
+        return None
+    if not found or not isinstance(found[-1], str):
+        return None
+    answer = _as_written(found[-1], text).strip().rstrip(".").strip()  # "2/3." at the end of a sentence
+    return None if not answer or _too_hard_for_sympy(answer) else _numeral_or_same(answer)
+
+
+def _as_written(read: str, text: str) -> str:
+    """What math-verify read, as the text writes it: it normalizes the formulas it reads ($0.5$ -> \\frac{1}{2}),
+    and an answer is stored, and voted for, in the model's own form. Its own string when no single formula of the
+    text is what it read (numbers in prose, formulas joined by "and")."""
+    from latex2sympy2_extended.latex2sympy2 import normalize_latex
+    from math_verify import LatexExtractionConfig
+
+    envs = [content for _, _, content in reversed(_env_contents(text))]
+    written = next((c for c in envs if c.strip() == read.strip()), None)
+    if written is None:
+        config = LatexExtractionConfig().normalization_config
+        written = next((c for c in envs if normalize_latex(c, config).strip() == read.strip()), None)
+    return (_latex_answer(written) or read) if written is not None else read
 
 
 @functools.lru_cache(maxsize=8192)
@@ -332,22 +519,31 @@ def _parsed(latex: str, timeout_s: int) -> tuple:
         return ()
 
 
-def _math_verify_equal(a: str, b: str, timeout_s: int) -> bool:
+def _verify(gold: str, answer: str, options: MathOptions, timeout_s: int) -> bool:
+    """math-verify's verdict, the gold first as it expects (it unwraps the answer's relation by the gold's:
+    x = 5 vs 5 is right, but a gold 7 = 11a + c is not the answer 11a + c)."""
     from math_verify import verify
+
+    parsed_gold, parsed_answer = _parsed(gold, timeout_s), _parsed(answer, timeout_s)
+    if not parsed_gold or not parsed_answer:
+        return False
+    # raise_on_error=False: an error or a timeout in one comparison means "not shown equal", not a crash.
+    return bool(verify(list(parsed_gold), list(parsed_answer), float_rounding=options.precision,
+                       strict=options.strict, allow_set_relation_comp=options.set_relation,
+                       timeout_seconds=timeout_s, raise_on_error=False))
+
+
+def _math_verify_equal(a: str, b: str, options: MathOptions, timeout_s: int) -> bool:
+    """Equal whichever is read as the gold: verify reads its first argument as the gold and unwraps relations by
+    it (x = 5 vs 5, 1 < x < 2 vs (1, 2)); trying both ways round makes equality symmetric, so that it can also
+    group two samples' answers."""
     from sympy import And
     from sympy.core.relational import Relational
 
-    parsed_a, parsed_b = _parsed(a, timeout_s), _parsed(b, timeout_s)
-    if not parsed_a or not parsed_b:
-        return False
-    # raise_on_error=False: an error or a timeout in one comparison means "not shown equal", not a crash.
-    if verify(list(parsed_a), list(parsed_b), timeout_seconds=timeout_s, raise_on_error=False):
+    if _verify(a, b, options, timeout_s):
         return True
-    # verify reads its first argument as the gold and unwraps relations by it (x = 5 vs 5, 1 < x < 2 vs (1, 2));
-    # trying both ways round makes equality symmetric, so that it can also group two samples' answers.
-    has_relation = any(isinstance(p, (Relational, And)) for p in (*parsed_a, *parsed_b))
-    return has_relation and bool(verify(list(parsed_b), list(parsed_a), timeout_seconds=timeout_s,
-                                        raise_on_error=False))
+    has_relation = any(isinstance(p, (Relational, And)) for p in (*_parsed(a, timeout_s), *_parsed(b, timeout_s)))
+    return has_relation and _verify(b, a, options, timeout_s)
 
 
 def run_with_signal_timeout(fn: Callable, *args: object) -> object:
@@ -368,7 +564,7 @@ def run_with_signal_timeout(fn: Callable, *args: object) -> object:
 
 
 @functools.lru_cache(maxsize=65536)
-def _math_equal_pair(a: str, b: str) -> bool:
+def _math_equal_pair(a: str, b: str, options: MathOptions = DEFAULT_MATH) -> bool:
     """math_equal for a pair in sorted order (one cache entry whichever way round it is asked); raises
     TimeoutError."""
     if a.replace(" ", "") == b.replace(" ", ""):
@@ -377,24 +573,178 @@ def _math_equal_pair(a: str, b: str) -> bool:
         return int(a) == int(b)
     if _too_hard_for_sympy(a) or _too_hard_for_sympy(b):
         return False
-    return bool(run_with_signal_timeout(_math_verify_equal, a, b))
+    return bool(run_with_signal_timeout(_math_verify_equal, a, b, options))
 
 
-def math_equal(a: str, b: str) -> bool:
+def math_equal(a: str, b: str, options: MathOptions = DEFAULT_MATH) -> bool:
     """Whether two answers are the same math, whichever of them is the gold: symmetric, so it also groups the
     answers of several samples (group_equivalent). Unreadable or too hard for sympy: not shown equal."""
     if a == b:
         return True
     try:
-        return _math_equal_pair(*sorted((a, b)))
+        return _math_equal_pair(*sorted((a, b)), options)
     except Exception:  # a timeout or a parse failure: not shown equal
         return False
 
 
-def _agreed_answer(answers: tuple[str, ...], timeout_s: int) -> Extraction:
+# --- a second opinion: math-verify alone, on the whole text ---
+
+SECOND_VERDICTS = ("right", "wrong", "no_answer", "timeout")  # math_verify_whole_text's verdicts
+
+
+def _whole_text_verdict(text: str, gold: str, timeout_s: int) -> str:
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    gold_text = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
+    try:
+        parsed_gold = parse(gold_text, parsing_timeout=timeout_s, raise_on_error=True)
+        # math-verify's defaults throughout: none of this format's own reading (the reasoning block, answer lines)
+        parsed = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
+    except TimeoutException:
+        return "timeout"
+    except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "nothing read"
+        return "no_answer"
+    if not parsed or not parsed_gold:
+        return "no_answer"
+    return "right" if verify(parsed_gold, parsed, timeout_seconds=timeout_s, raise_on_error=False) else "wrong"
+
+
+def math_verify_whole_text(text: str, gold: str) -> str:
+    """math-verify's own verdict on a whole rationale against the gold (its default extraction and verify, the
+    reasoning block included), independent of the format's reading: right, wrong, no_answer or timeout. Bounded
+    in time as every math-verify call here is."""
+    try:
+        return str(run_with_signal_timeout(_whole_text_verdict, text, gold))
+    except TimeoutError:
+        return "timeout"
+
+
+# --- answers of several parts ---
+
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_SIZING_RE = re.compile(r"\\+(?:left|right)(?![A-Za-z])\s*|\\!|\\[,;: ]")  # \left( ... \right), thin spaces
+
+
+def _parts(latex: str) -> tuple[str, list[str]]:
+    """(bracket, parts) of an answer: '(1, 2)' -> ('(', ['1', '2']), '\\{1, 2\\}' -> ('{', ['1', '2']), '1, 2' ->
+    ('', ['1', '2']); '(0, 1]' (an interval) and '5' are one part. Commas and semicolons at the top level part."""
+    text = _SIZING_RE.sub("", latex.strip()).replace("\\{", "{").replace("\\}", "}")
+    bracket = ""
+    if text[:1] in _OPENERS and text[-1:] == _OPENERS[text[0]] and _closing(text, 0) == len(text) - 1:
+        bracket, text = text[0], text[1:-1]
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch in ",;" and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    parts = [p for p in parts if p]
+    return (bracket, parts) if len(parts) > 1 else ("", [latex.strip()])
+
+
+def _closing(text: str, opening: int) -> int:
+    """Where the bracket opened at `opening` closes (any bracket type counts), or -1."""
+    depth = 0
+    for i in range(opening, len(text)):
+        if text[i] in "([{":
+            depth += 1
+        elif text[i] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def answer_kind_of(gold: str) -> str:
+    """The kind a gold implies: tuple for '(a, b, ...)' (ordered), set for other answers of several parts
+    ('1, 2, 3', '\\{1, 2\\}'), single for the rest."""
+    bracket, parts = _parts(gold)
+    if len(parts) < 2:
+        return "single"
+    return "tuple" if bracket == "(" else "set"
+
+
+def _parts_equal(gold: list[str], answer: list[str], ordered: bool, options: MathOptions, timeout_s: int) -> bool:
+    if len(gold) != len(answer):
+        return False
+    if ordered:
+        return all(g == a or _verify(g, a, options, timeout_s) for g, a in zip(gold, answer))
+    unmatched = list(answer)
+    for g in gold:  # each gold part takes an equal answer part of its own
+        match = next((i for i, a in enumerate(unmatched) if g == a or _verify(g, a, options, timeout_s)), None)
+        if match is None:
+            return False
+        unmatched.pop(match)
+    return True
+
+
+def _math_correct(answer: str, gold: str, options: MathOptions, kind: str | None, timeout_s: int) -> bool:
+    """Whether an answer is the gold: math-verify's verdict, the gold first; an answer of several parts against
+    a gold of several parts also part by part, in order for a tuple, in any order for a set. A declared tuple is
+    compared in order only (math-verify takes a set for a tuple written in the same order)."""
+    answer_bracket, answer_parts = _parts(answer)
+    gold_bracket, gold_parts = _parts(gold)
+    several = len(answer_parts) > 1 and len(gold_parts) > 1
+    if kind == "tuple" and several:
+        return answer_bracket in ("", gold_bracket) and _parts_equal(gold_parts, answer_parts, True, options,
+                                                                      timeout_s)
+    if _verify(gold, answer, options, timeout_s):
+        return True
+    kind = kind or answer_kind_of(gold)
+    if not several or kind == "single":
+        return False
+    if kind == "tuple":
+        return answer_bracket in ("", gold_bracket) and _parts_equal(gold_parts, answer_parts, True, options,
+                                                                      timeout_s)
+    return {answer_bracket, gold_bracket} <= {"", "{"} and _parts_equal(gold_parts, answer_parts, False, options,
+                                                                        timeout_s)
+
+
+@functools.lru_cache(maxsize=65536)
+def _math_correct_cached(answer: str, gold: str, options: MathOptions, kind: str | None) -> bool:
+    if answer.replace(" ", "") == gold.replace(" ", ""):
+        return True
+    if _is_int(answer) and _is_int(gold) and max(len(answer), len(gold)) < 4000:  # the common case, no sympy
+        return int(answer) == int(gold)
+    if _too_hard_for_sympy(answer) or _too_hard_for_sympy(gold):
+        return False
+    return bool(run_with_signal_timeout(_math_correct, answer, gold, options, kind))
+
+
+def math_correct(answer: str, gold: str, options: MathOptions = DEFAULT_MATH, kind: str | None = None) -> bool:
+    """The math format's verdict on an answer against a canonical gold (is_correct's). Not symmetric, as
+    math-verify's is not: a gold 7 = 11a + c is not the answer 11a + c, while the answer x = 5 is the gold 5."""
+    try:
+        return _math_correct_cached(answer, gold, options, kind or options.answer_kind)
+    except Exception:  # a timeout or a parse failure: not shown correct
+        return False
+
+
+# --- finding the answer ---
+
+
+def _resolve(candidates: tuple[Candidate, ...], options: MathOptions, timeout_s: int, deadline: float) -> list[str]:
+    """The candidates as answers: the spans math-verify is to read, read. Raises TimeoutError past `deadline`."""
+    answers = []
+    for candidate in candidates:
+        answer = _read(candidate.text, options.extraction, timeout_s) if isinstance(candidate, _Read) else candidate
+        if answer:
+            answers.append(answer)
+        if time.monotonic() > deadline:
+            raise TimeoutError("math-verify took too long over the marked answers")
+    return list(dict.fromkeys(answers))
+
+
+def _agreed_answer(candidates: tuple[Candidate, ...], options: MathOptions, timeout_s: int) -> Extraction:
     """The first answer math-verify can read, if every other readable one equals it, else ambiguous. Marked
     spans it cannot read at all do not count. Raises TimeoutError, also when all of it takes too long."""
     deadline = time.monotonic() + 2 * timeout_s
+    answers = _resolve(candidates, options, timeout_s, deadline)
     answer = None
     for candidate in answers:
         if _parsed(candidate, timeout_s):
@@ -405,7 +755,7 @@ def _agreed_answer(answers: tuple[str, ...], timeout_s: int) -> Extraction:
     if answer is None:
         return Extraction(None, "unparseable")
     for other in answers:
-        if other != answer and not _math_equal_pair(*sorted((answer, other))) and _parsed(other, timeout_s):
+        if other != answer and not _math_equal_pair(*sorted((answer, other)), options) and _parsed(other, timeout_s):
             return Extraction(None, "ambiguous")
         if time.monotonic() > deadline:
             raise TimeoutError("math-verify took too long over the marked answers")
@@ -417,34 +767,50 @@ def _marked_spans(text: str) -> list[str]:
     return [*_boxed_contents(text), *(line.strip() for line in answer_lines(text))]
 
 
-def extract_math(text: str, choices: Sequence[str] | None = None) -> Extraction:
-    boxed, lines = _boxed_contents(text), answer_lines(text)
-    # The last boxed answer first (the most deliberate mark), then the answer lines from the last one.
-    marked = [*(_latex_answer(b) for b in reversed(boxed)), *(_line_answer(line) for line in reversed(lines))]
-    answers = list(dict.fromkeys(a for a in marked if a))
-    if not answers:
-        if not (boxed or lines) and ("\\boxed" in text or _ANSWER_MARKER_RE.search(text.lower())):
+def extract_math(text: str, choices: Sequence[str] | None = None, options: MathOptions = DEFAULT_MATH) -> Extraction:
+    """The final answer: the marked ones (boxed, answer lines) if they agree, else what math-verify reads in the
+    text's last characters; several boxed answers that go together are one answer of several parts."""
+    candidates, any_marked = _marked_answers(text, options)
+    if not candidates:
+        if any_marked:
             return Extraction(None, "unparseable")  # a marked answer too long or unclosed to read: no guess
-        fallback = _fallback_answer(text)
-        answers = [fallback] if fallback else []
-    if not answers:
-        return Extraction(None, "unparseable")
-    if len(answers) > _MAX_MARKED_ANSWERS:
+        tail = text[-_FALLBACK_TAIL_CHARS:]
+        if not tail.strip():
+            return Extraction(None, "unparseable")
+        candidates = [_Read(tail)]
+    if len(candidates) > _MAX_MARKED_ANSWERS:
         return Extraction(None, "ambiguous")
-    if any(_too_hard_for_sympy(a) for a in answers):
+    if any(isinstance(c, str) and _too_hard_for_sympy(c) for c in candidates):
         return Extraction(None, "unparseable")
     try:
-        return run_with_signal_timeout(_agreed_answer, tuple(answers))
+        return run_with_signal_timeout(_agreed_answer, tuple(candidates), options)
     except TimeoutError:
         return Extraction(None, "timeout")
     except Exception:  # math-verify/sympy raise many types on nonsense input; all mean "not an answer"
         return Extraction(None, "unparseable")
 
 
-def _canonical_math_gold(gold: str) -> str | None:
-    boxed = _boxed_contents(gold)
-    gold = (boxed[-1] if boxed else gold).strip().strip("$").strip()
-    return gold or None
+def canonical_math_gold(gold: str, options: MathOptions = DEFAULT_MATH) -> str | None:
+    """A gold as the math format compares it: a text with formulas ($...$, \\boxed{}) is read as an answer is (a
+    worked solution gives its final answer; what math-verify reads in it when that finds none); grouped digits
+    as math-verify reads numbers ('1 000'); any other text is one formula ('3 + 2x', '\\sqrt 2', '1, 2')."""
+    text = str(gold).strip()
+    if not text:
+        return None
+    if "$" in text or "\\boxed" in text or "\\(" in text or "\\[" in text:
+        answer = extract_math(text, None, options).answer
+        if answer is None:  # what math-verify reads in it, as it reads golds (\\boxed{1} and \\boxed{2} bins)
+            try:
+                answer = run_with_signal_timeout(_read, text, options.extraction)
+            except Exception:
+                return None
+        return answer
+    if _GROUPED_NUMBER_RE.fullmatch(text) or ("latex" not in options.extraction and _DECIMAL_COMMA_RE.fullmatch(text)):
+        try:
+            return run_with_signal_timeout(_read, text, ("expr",)) or text
+        except Exception:
+            return text
+    return text
 
 
 # --- yes / no and exact strings -------------------------------------------------------------------------------
@@ -528,8 +894,11 @@ class AnswerFormat:
     name: str
     find: Callable[[str, Sequence[str] | None], Extraction]  # the final answer in a text without reasoning
     canonical_gold: Callable[[str], str | None]
-    equal: Callable[[str, str], bool]
+    equal: Callable[[str, str], bool]  # symmetric: two samples' answers are one vote (group_equivalent)
     delimiters: tuple[str, str] = THINK_DELIMITERS
+    # an answer against a canonical gold, when that is not `equal` (math: the gold first, as math-verify reads it)
+    correct: Callable[[str, str], bool] | None = None
+    math: MathOptions | None = None  # the math format's settings
 
     def extract(self, text: str, choices: Sequence[str] | None = None) -> Extraction:
         """The final answer, read after the reasoning block; none while the reasoning is unfinished."""
@@ -542,12 +911,28 @@ class AnswerFormat:
         if answer is None or gold is None:
             return False
         gold_canon = _cached_gold(self.canonical_gold, gold)  # the same gold is checked N times per question
-        return gold_canon is not None and self.equal(answer, gold_canon)
+        return gold_canon is not None and (self.correct or self.equal)(answer, gold_canon)
+
+    def with_answer_kind(self, kind: str | None) -> AnswerFormat:
+        """This format for a question that declares its answer kind (set | tuple | single; None: the format's
+        own). Only math answers have parts: other formats are returned as they are."""
+        if self.math is None or kind is None or kind == self.math.answer_kind:
+            return self
+        return _math_format(self.delimiters, replace(self.math, answer_kind=kind))
 
 
 @functools.lru_cache(maxsize=4096)
 def _cached_gold(canonical_gold: Callable[[str], str | None], gold: str) -> str | None:
     return canonical_gold(gold)
+
+
+@functools.lru_cache(maxsize=64)
+def _math_format(delimiters: tuple[str, str], options: MathOptions) -> AnswerFormat:
+    """The math format with these settings; one instance each, so that its gold cache is shared."""
+    return AnswerFormat("math", functools.partial(extract_math, options=options),
+                        functools.partial(canonical_math_gold, options=options),
+                        functools.partial(math_equal, options=options), delimiters,
+                        correct=functools.partial(math_correct, options=options), math=options)
 
 
 def _canonical_letter(gold: str) -> str | None:
@@ -561,7 +946,7 @@ def _same(a: str, b: str) -> bool:
 
 ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "number": AnswerFormat("number", extract_number, canonical_number, numbers_equal),
-    "math": AnswerFormat("math", extract_math, _canonical_math_gold, math_equal),
+    "math": _math_format(THINK_DELIMITERS, DEFAULT_MATH),
     "choice": AnswerFormat("choice", extract_choice, _canonical_letter, _same),
     "yes_no": AnswerFormat("yes_no", extract_yes_no, _canonical_yes_no, _same),
     "exact": AnswerFormat("exact", extract_exact, normalize_exact, _same),
@@ -569,6 +954,12 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
     # comparing it with the gold (the reference solution, when the data has one: the STaR hint)
     "code": AnswerFormat("code", find_program, _canonical_reference, _same),
 }
+
+
+# filter.answer_format judge: free-form answers, each judged by the filter's LLM judge (filter.judge); where it
+# gives no verdict, and wherever no judge is asked (evaluate, generate's answer checks), exact's rules. Not a format
+# the rules decide alone, so apart from ANSWER_FORMATS.
+JUDGE_FORMAT = AnswerFormat("judge", extract_exact, normalize_exact, _same)
 
 
 def group_equivalent(answers: Sequence[str | None], fmt: AnswerFormat) -> list[str | None]:
@@ -588,12 +979,32 @@ def group_equivalent(answers: Sequence[str | None], fmt: AnswerFormat) -> list[s
     return grouped
 
 
-def get_answer_format(name: str, delimiters: tuple[str, str] | list[str] | None = None) -> AnswerFormat:
-    """The format by name, reading answers after `delimiters`' reasoning block (default <think>...</think>)."""
-    if name not in ANSWER_FORMATS:
-        raise ValueError(f"unknown answer format {name!r}; known: {', '.join(sorted(ANSWER_FORMATS))}")
-    fmt = ANSWER_FORMATS[name]
-    return replace(fmt, delimiters=tuple(delimiters)) if delimiters else fmt
+def get_answer_format(name: str, delimiters: tuple[str, str] | list[str] | None = None,
+                      math: MathOptions | dict[str, Any] | None = None) -> AnswerFormat:
+    """The format by name, reading answers after `delimiters`' reasoning block (default <think>...</think>);
+    `math`: the math format's settings (MathOptions, or a dict of its fields, as a config writes them)."""
+    if name not in ANSWER_FORMATS and name != JUDGE_FORMAT.name:
+        raise ValueError(f"unknown answer format {name!r}; known: {', '.join(sorted(ANSWER_FORMATS))}; and "
+                         f"{JUDGE_FORMAT.name} (the filter's LLM judge)")
+    delimiters = tuple(delimiters) if delimiters else THINK_DELIMITERS
+    if name == "math":
+        options = math if isinstance(math, MathOptions) else MathOptions(**(math or {}))
+        return _math_format(delimiters, options)
+    if math:
+        raise ValueError(f"math settings ({', '.join(sorted(vars(math) if isinstance(math, MathOptions) else math))})"
+                         f" apply to answer format math, not {name}")
+    fmt = ANSWER_FORMATS.get(name, JUDGE_FORMAT)
+    return replace(fmt, delimiters=delimiters) if delimiters != fmt.delimiters else fmt
+
+
+def format_settings(fmt: AnswerFormat) -> dict[str, Any]:
+    """What a format's verdicts depend on besides its name and ANSWER_RULES, for the fingerprints of the stages that
+    judge with it: the math format's rules and its settings that are not the defaults; nothing for the other
+    formats, so their runs keep their fingerprints."""
+    if fmt.math is None:
+        return {}
+    settings = fmt.math.settings()
+    return {"math_rules": MATH_RULES, **({"math": settings} if settings else {})}
 
 
 # --- gold labels as the source gives them ----------------------------------------------------------------------

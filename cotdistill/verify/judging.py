@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 
 def teacher_answer_format(config: RunConfig) -> AnswerFormat:
-    """The format the teacher's rationales are judged with: filter.answer_format, reading after the teacher's
-    reasoning delimiters."""
-    return get_answer_format(config.filter.answer_format, config.teacher.delimiters())
+    """The format the teacher's rationales are judged with: filter.answer_format (with filter.math's settings),
+    reading after the teacher's reasoning delimiters."""
+    return get_answer_format(config.filter.answer_format, config.teacher.delimiters(), config.filter.math_options())
 
 
 def reaches_gold(correct: bool | None, finish_reason: str) -> bool:

@@ -48,7 +48,7 @@ from cotdistill.stages.evaluate.scoring import (
     answer_format, evaluate_model, question_maj_at_k, stored_rows, summarize_model,
 )
 from cotdistill.teachers import build_teacher, teacher_settings
-from cotdistill.verify.answers import ANSWER_RULES, THINK_DELIMITERS, AnswerFormat, delimiters_of
+from cotdistill.verify.answers import ANSWER_RULES, THINK_DELIMITERS, AnswerFormat, delimiters_of, format_settings
 from cotdistill.verify.judging import CodeChecks, sandbox_settings
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def model_key(config: RunConfig, m: EvalModel, fmt: AnswerFormat) -> str:
         "model": teacher_settings(m.model, weights),
         "prompt": file_digest(m.template.path), "examples": digest(m.template.examples),
         "sampling": {k: getattr(ev, k) for k in ("num_samples", "temperature", "top_p", "max_tokens", "greedy")},
-        **answer_settings(fmt.name, m.delimiters), "seed": config.seed,
+        **answer_settings(fmt.name, m.delimiters), **format_settings(fmt), "seed": config.seed,
         "data": data_settings(ev.data) if ev.data else None,
         **({"adaptive": vars(ev.adaptive)} if ev.adaptive is not None else {}),
         **({"max_reasoning_tokens": ev.max_reasoning_tokens} if ev.max_reasoning_tokens is not None else {}),
@@ -140,7 +140,7 @@ def answer_settings(name: str, delimiters: tuple[str, str]) -> dict[str, Any]:
 def stored_key(path: str, fmt: AnswerFormat, adaptive: AdaptiveEvalConfig | None = None,
                code: dict[str, Any] | None = None) -> str:
     return digest({"path": path, "contents": folder_digest(path, "*.parquet"),
-                   **answer_settings(fmt.name, fmt.delimiters),
+                   **answer_settings(fmt.name, fmt.delimiters), **format_settings(fmt),
                    **({"adaptive": vars(adaptive)} if adaptive is not None else {}), **(code or {})})
 
 

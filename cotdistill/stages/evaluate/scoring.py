@@ -32,8 +32,10 @@ from cotdistill.verify.stopping import should_stop
 
 
 def answer_format(config: RunConfig, delimiters: tuple[str, str] | None = None) -> AnswerFormat:
-    """evaluate.answer_format (filter.answer_format when unset), reading answers after `delimiters`."""
-    return get_answer_format(config.evaluate.answer_format or config.filter.answer_format, delimiters)
+    """evaluate.answer_format (filter.answer_format when unset), with evaluate.math's settings (filter.math's when
+    unset), reading answers after `delimiters`."""
+    return get_answer_format(config.evaluate.answer_format or config.filter.answer_format, delimiters,
+                             config.evaluate.math_options(config))
 
 
 def adaptive_stop(answers: list[str | None], adaptive: AdaptiveEvalConfig) -> tuple[int, str | None]:
@@ -77,6 +79,7 @@ def score_row(row: dict[str, Any], q: Question, completions: list[Completion], f
     With `code` (answer_format code), each sample's program is run against the question's tests: it is correct
     when it passes, its answer is its execution class (programs that did the same on the test inputs are one
     answer: AlphaCode's clustering), and the vote is the largest class."""
+    fmt = fmt.with_answer_kind(q.answer_kind)  # the question's own (data.answer_kind_field), if it says
     read = [read_answer(c, q, fmt) for c in completions]
     if code is not None:
         verdicts = code.verdicts(q.question_id, [c.text for c in completions], fmt)
@@ -166,8 +169,9 @@ def evaluate_model(teacher: Teacher, questions: list[Question], template: Prompt
         g = greedy.get(q.question_id)
         if g is not None:
             greedy_text = g.completions[0].text if g.completions else ""
-            greedy_answer = read_answer(g.completions[0], q, fmt)[2].answer if g.completions else None
-            greedy_correct = fmt.is_correct(greedy_answer, q.gold_answer)
+            own = fmt.with_answer_kind(q.answer_kind)
+            greedy_answer = read_answer(g.completions[0], q, own)[2].answer if g.completions else None
+            greedy_correct = own.is_correct(greedy_answer, q.gold_answer)
             if code is not None:  # its program's verdict on the tests; its answer, its execution class
                 (verdict,) = code.verdicts(q.question_id, [greedy_text], fmt)
                 greedy_answer, greedy_correct = verdict.answer, verdict.passed

@@ -17,12 +17,14 @@ Outputs: filter/accepted/ (with a dataset card README.md), filter/rejected/, sta
 
 The package: phases.py (the phases; one shard's table), checks.py (per-text checks, decontamination), dedup.py
 (near duplicates), difficulty.py (pass rates, the band, harder_more caps), audit.py (each shard's counts,
-stats.json, audit.md, the dataset card), pairs.py (preference pairs for DPO); here, the stage: workers over
-shards, the fingerprint, the work.
+stats.json, audit.md, the dataset card), pairs.py (preference pairs for DPO), second.py (filter.audit_verifier:
+a second verifier on a sample of the verdicts); here, the stage: workers over shards, the LLM judge's pass
+(filter.judge, in this process before the workers start), the fingerprint, the work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -50,8 +52,8 @@ from cotdistill.stages.base import Stage
 from cotdistill.stages.filter.audit import audit_markdown, dataset_card, pairs_card, shard_stats, summarize
 from cotdistill.stages.filter.checks import build_contamination_index
 from cotdistill.stages.filter.pairs import preference_pairs
-from cotdistill.stages.filter.phases import FilterContext, judge_table, with_sample_columns
-from cotdistill.verify.answers import ANSWER_RULES, THINK_DELIMITERS
+from cotdistill.stages.filter.phases import FilterContext, JudgeKey, judge_table, with_sample_columns
+from cotdistill.verify.answers import ANSWER_RULES, THINK_DELIMITERS, format_settings
 from cotdistill.verify.judging import sandbox_settings, teacher_answer_format
 
 logger = logging.getLogger(__name__)
@@ -112,7 +114,8 @@ def by_length(cfg: FilterConfig) -> bool:
     return cfg.select != "random" or cfg.max_length_ratio is not None
 
 
-def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterContext:
+def make_context(config: RunConfig, contamination: frozenset[int],
+                 judged: dict[JudgeKey, tuple[str, bool]] | None = None) -> FilterContext:
     cfg = config.filter
     max_tokens = student_max_tokens(config)
     with_prompt, alone = student_token_counters(config) if max_tokens or by_length(cfg) else (None, None)
@@ -120,15 +123,19 @@ def make_context(config: RunConfig, contamination: frozenset[int]) -> FilterCont
                          contamination=contamination, count_student_tokens=with_prompt if max_tokens else None,
                          max_student_tokens=max_tokens, count_text_tokens=alone,
                          reasoning_format=config.train.reasoning_format, code=config.code_checks(),
+                         answer_kinds=config.answer_kinds(),
+                         judged=judged if cfg.judge is not None else None,
+                         judge_model=cfg.judge.model(config).model if cfg.judge is not None else None,
                          student_prompt=PromptTemplate(config.train.prompt) if cfg.preference_pairs else None)
 
 
-def _init_worker(config: RunConfig, contamination: frozenset[int]) -> None:
+def _init_worker(config: RunConfig, contamination: frozenset[int],
+                 judged: dict[JudgeKey, tuple[str, bool]] | None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
     global _worker_ctx
-    _worker_ctx = make_context(config, contamination)
+    _worker_ctx = make_context(config, contamination, judged)
 
 
 def filter_shard(shard: Path | list[Path], paths: RunPaths, shard_key: str,
@@ -140,13 +147,13 @@ def filter_shard(shard: Path | list[Path], paths: RunPaths, shard_key: str,
     started = time.perf_counter()
     files = [shard] if isinstance(shard, Path) else shard
     shard = files[0]  # its name names the outputs
-    table = (pq.read_table(shard) if len(files) == 1
-             else pa.concat_tables([with_sample_columns(pq.read_table(f)) for f in files], promote_options="default"))
-    judged = judge_table(table, ctx)
+    judged = judge_table(read_samples(files), ctx)
     is_accepted = judged.column("filter_reason").is_null()
     accepted, rejected = judged.filter(is_accepted), judged.filter(pc.invert(is_accepted))
     meta = {"shard": shard.name, "fingerprint": shard_key, **shard_stats(judged, code=ctx.code is not None),
             "seconds": time.perf_counter() - started}
+    if ctx.judged is not None:  # filter.judge: its verdicts here, and how many the cache answered
+        meta["judge"] = judge_counts(judged, ctx)
     outputs = [(paths.accepted, accepted), (paths.rejected, rejected)]
     if ctx.student_prompt is not None:  # filter.preference_pairs
         pairs = shard_pairs(judged, ctx)
@@ -164,6 +171,46 @@ def filter_shard(shard: Path | list[Path], paths: RunPaths, shard_key: str,
             (folder / shard.name).unlink(missing_ok=True)
     write_json_atomic(meta, shard_meta(paths, shard))
     return meta
+
+
+def read_samples(files: list[Path]) -> pa.Table:
+    """A generate shard, or with several teachers their shards of one name, as one table."""
+    if len(files) == 1:
+        return pq.read_table(files[0])
+    return pa.concat_tables([with_sample_columns(pq.read_table(f)) for f in files], promote_options="default")
+
+
+def judge_counts(judged: pa.Table, ctx: FilterContext) -> dict[str, Any]:
+    """One shard's judge verdicts by kind, and of those asked (not over budget) how many the cache answered."""
+    cols = {name: judged.column(name).to_pylist()
+            for name in ("question_id", "teacher_name", "sample_index", "judge_verdict")}
+    verdicts = Counter(v for v in cols["judge_verdict"] if v is not None)
+    cached = sum(ctx.judged.get((q, t, i), ("", False))[1]
+                 for q, t, i, v in zip(cols["question_id"], cols["teacher_name"], cols["sample_index"],
+                                       cols["judge_verdict"]) if v is not None and v != "over_budget")
+    return {"verdicts": dict(verdicts), "cache_hits": cached}
+
+
+def judge_unreadable(config: RunConfig, shards: list[list[Path]],
+                     contamination: frozenset[int]) -> dict[JudgeKey, tuple[str, bool]]:
+    """filter.judge, in this process before the shards are judged (one judge model, not one per worker): the
+    rationales the rules cannot read (the phases' own pass, collecting), asked of the judge up to max_requests."""
+    from cotdistill.teachers.judge import Judge
+
+    wanted: list[tuple[JudgeKey, str, str, str]] = []
+    collect = dataclasses.replace(make_context(config, contamination), judged=None, judge_wanted=wanted)
+    for files in shards:
+        judge_table(read_samples(files), collect)
+    if not wanted:
+        return {}
+    judge = Judge.for_run(config)
+    try:
+        verdicts = judge.verdicts([(question, gold, text) for _, question, gold, text in wanted])
+    finally:
+        judge.close()
+    logger.info("filter: the judge (%s) gave %d verdicts on rationales the rules could not read (%d from the "
+                "cache, %d requests sent)", judge.model_name, len(wanted), judge.hits, judge.misses)
+    return {key: (v.verdict, v.cached) for (key, *_), v in zip(wanted, verdicts)}
 
 
 def shard_pairs(judged: Any, ctx: FilterContext) -> list[dict[str, Any]]:
@@ -194,7 +241,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
         "filter": {k: v for k, v in vars(cfg).items() if k not in (
             "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio", "preference_pairs",
-            "pair_reasons", "pairs_per_question", "per_teacher")},
+            "pair_reasons", "pairs_per_question", "per_teacher", "math", "audit_verifier", "judge")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
         "decontaminate": [data_settings(d) for d in cfg.decontaminate],
         "seed": config.seed,
@@ -206,6 +253,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         settings["by_length"] = {"select": cfg.select, "max_length_ratio": cfg.max_length_ratio}
     if cfg.per_teacher:  # only when on: runs without it keep their fingerprints
         settings["per_teacher"] = True
+    if cfg.judge is not None:  # only when on: runs without a judge keep their fingerprints (and FILTERED_SCHEMA)
+        settings["judge"] = judge_settings(config)
     if cfg.preference_pairs:  # only when on: runs without pairs keep their fingerprints
         settings["pairs"] = {"reasons": cfg.pair_reasons, "per_question": cfg.pairs_per_question,
                              "student_prompt": template_fingerprint(config.train.prompt),
@@ -219,7 +268,21 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
             settings["too_long"]["chat_template_kwargs"] = config.student.chat_template_kwargs
     base = digest(settings)
     keys = {name: digest([base, *(file_digest(f) for f in files)]) for name, files in sample_shards(config).items()}
-    return make_fingerprint({**settings, "inputs": keys})
+    audit: dict[str, Any] = {}
+    if cfg.audit_verifier is not None:  # only when on; not in the shards' keys: it judges none of their rows
+        audit["audit_verifier"] = vars(cfg.audit_verifier)
+        if cfg.audit_verifier.second == "judge" and cfg.judge is not None:
+            audit["audit_verifier"] = {**audit["audit_verifier"], "judge": judge_settings(config)}
+    return make_fingerprint({**settings, **audit, "inputs": keys})
+
+
+def judge_settings(config: RunConfig) -> dict[str, Any]:
+    """What the LLM judge's verdicts depend on: its model (as the request cache keys it), prompt and budget."""
+    from cotdistill.teachers import teacher_settings
+
+    judge = config.filter.judge
+    return {"model": teacher_settings(judge.model(config)), "prompt": template_fingerprint(judge.prompt),
+            "max_requests": judge.max_requests, "max_tokens": judge.max_tokens}
 
 
 def sample_shards(config: RunConfig) -> dict[str, list[Path]]:
@@ -234,8 +297,11 @@ def sample_shards(config: RunConfig) -> dict[str, list[Path]]:
 
 def answer_rules(config: RunConfig) -> dict[str, Any]:
     """What the answer formats read: the rules (answers.ANSWER_RULES: finished corpora are judged again when they
-    change) and, when not <think>...</think>, the teacher's reasoning delimiters."""
-    rules: dict[str, Any] = {"answer_rules": ANSWER_RULES}
+    change), the format's own (answers.format_settings: the math format's rules and settings), the field of the
+    questions' answer kinds when set and, when not <think>...</think>, the teacher's reasoning delimiters."""
+    rules: dict[str, Any] = {"answer_rules": ANSWER_RULES, **format_settings(teacher_answer_format(config))}
+    if config.data.answer_kind_field:  # the questions' answer kinds (their values: in the data's fingerprint)
+        rules["answer_kind_field"] = config.data.answer_kind_field
     if config.teacher.delimiters() != THINK_DELIMITERS:
         rules["reasoning_delimiters"] = list(config.teacher.delimiters())
     return rules
@@ -264,14 +330,15 @@ def filter_shards(config: RunConfig, shards: list[list[Path]], keys: dict[str, s
     from tqdm import tqdm
 
     contamination = contamination_index(config)
+    judged = judge_unreadable(config, shards, contamination) if config.filter.judge is not None else None
     workers = min(config.filter.num_workers, len(shards))
     if workers <= 1:
-        ctx = make_context(config, contamination)
+        ctx = make_context(config, contamination, judged)
         for files in tqdm(shards, desc="filter shards", unit="shard"):
             filter_shard(files, config.paths, keys[files[0].name], ctx)
         return
     # spawn, not fork: the parent may hold a vLLM engine's threads (cotdistill run).
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config, contamination)) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config, contamination, judged)) as pool:
         jobs = [(files, config.paths, keys[files[0].name]) for files in shards]
         for _ in tqdm(pool.imap_unordered(_filter_shard_job, jobs), total=len(jobs), desc="filter shards",
                       unit="shard"):
@@ -300,6 +367,10 @@ def filter_corpus(config: RunConfig) -> dict[str, Any]:
         logger.info("filter: %d of %d shards to judge", len(todo), len(shards))
         filter_shards(config, [groups[s.name] for s in todo], keys)
     stats = summarize(paths, shards)
+    if config.filter.audit_verifier is not None:  # a second verifier judges a sample of the verdicts again
+        from cotdistill.stages.filter.second import audit_verdicts
+
+        stats["audit_verifier"] = audit_verdicts(config, shards, stats)
     write_text_atomic(audit_markdown(stats, paths, shards, config.teacher.model), paths.audit)
     write_text_atomic(dataset_card(config, stats), paths.accepted / "README.md")
     if "pairs" in stats:

@@ -144,6 +144,15 @@ def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
                           "questions": sum(p["questions"] for _, p in pairs),
                           "by_reason": dict(sorted(by_reason.items())),
                           "files": [s.name for s, p in pairs if p["pairs"]]}
+    judged = [m["judge"] for m in metas if "judge" in m]
+    if judged:  # filter.judge: its verdicts on rationales the rules could not read, and the cache's share
+        verdicts: Counter = Counter()
+        for j in judged:
+            verdicts.update(j["verdicts"])
+        stats["judge"] = {"verdicts": dict(sorted(verdicts.items())),
+                          "asked": sum(n for v, n in verdicts.items() if v != "over_budget"),
+                          "over_budget": verdicts.get("over_budget", 0),
+                          "cache_hits": sum(j["cache_hits"] for j in judged)}
     rationalized = [m["rationalized"] for m in metas if "rationalized" in m]
     if rationalized:  # generate.rationalize: questions asked again with the gold as a hint, counted apart
         stats["rationalized"] = {key: sum(r[key] for r in rationalized) for key in rationalized[0]}
@@ -208,6 +217,17 @@ def audit_markdown(stats: dict[str, Any], paths: RunPaths, shards: list[Path], c
         lines += [f"Preference pairs (filter/pairs/): {pairs['pairs']:,} over {pairs['questions']:,} questions; "
                   "rejected sides by reason: "
                   + (", ".join(f"{k} {v:,}" for k, v in pairs["by_reason"].items()) or "none") + ".", ""]
+    if stats.get("judge"):
+        judge = stats["judge"]
+        lines += [f"LLM judge (filter.judge) on rationales the rules could not read: {judge['asked']:,} verdicts ("
+                  + (", ".join(f"{k} {v:,}" for k, v in judge["verdicts"].items() if k != "over_budget") or "none")
+                  + f"), {judge['cache_hits']:,} of them from the request cache; {judge['over_budget']:,} left with "
+                  "the rules' verdict past max_requests. Equivalent: kept as correct; different: rejected as wrong.",
+                  ""]
+    if stats.get("audit_verifier"):  # filter.audit_verifier: the second verifier's disagreements
+        from cotdistill.stages.filter.second import audit_section
+
+        lines += audit_section(stats["audit_verifier"])
     examples: dict[str, list[dict[str, Any]]] = {}
     for shard in shards:
         for reason, rows in read_json(paths.filter_meta / shard.with_suffix(".json").name)["examples"].items():
@@ -240,7 +260,8 @@ def card_header(tags: list[str]) -> str:
 
 def dataset_card(config: RunConfig, stats: dict[str, Any]) -> str:
     gen, cfg = config.generate, config.filter
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "decontaminate"}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()  # optional sections only when set
+                if k != "decontaminate" and not (k in ("audit_verifier", "judge") and v is None)}
     decontaminated = ", ".join(f"`{d.path}`" for d in cfg.decontaminate) or "none"
     if config.teachers:  # each teacher, its model and what of its rationales was kept
         counts = stats.get("teachers", {})

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from cotdistill.config.sections import FilterConfig, TrainConfig
 from cotdistill.core.prompts import PromptTemplate
-from cotdistill.core.records import FILTERED_SCHEMA, SAMPLE_SCHEMA, student_text
+from cotdistill.core.records import FILTERED_SCHEMA, JUDGED_SCHEMA, SAMPLE_SCHEMA, student_text
 from cotdistill.stages.filter.checks import is_degenerate, normalize_whitespace, question_ngrams, quotes_hint
 from cotdistill.stages.filter.dedup import near_duplicate_flags
 from cotdistill.stages.filter.difficulty import band_reason, pass_rate, question_cap
@@ -80,6 +80,10 @@ PHASES = (QUESTION_VERDICTS, RATIONALE_CHECKS, LABEL_VERDICTS, SELECTION)  # in 
 REASONS = tuple(reason for phase in PHASES for reason in phase.reasons)
 
 
+JudgeKey = tuple[str, "str | None", int]  # (question_id, teacher_name, sample_index): one rationale
+JUDGED_REASONS = ("unparseable", "ambiguous")  # the rules' verdicts the LLM judge may overturn
+
+
 @dataclass
 class FilterContext:
     """What judging needs besides the rows: the settings and the things built once per worker."""
@@ -94,6 +98,13 @@ class FilterContext:
     reasoning_format: str = TrainConfig.reasoning_format  # train.reasoning_format (its default here)
     code: CodeChecks | None = None  # answer_format code: the sandbox's verdicts against each question's tests
     student_prompt: PromptTemplate | None = None  # filter.preference_pairs: the pairs' prompt (train.prompt)
+    answer_kinds: dict[str, str] = field(default_factory=dict)  # data.answer_kind_field's, by question id
+    # filter.judge: the LLM judge's verdicts by row key (judge_key), each with whether the cache answered it,
+    # asked in the main process before the shards are judged; None: no judge. judge_wanted: while that pass
+    # collects what to ask, the rows the rules could not read (key, question, gold, text) are appended here.
+    judged: dict[JudgeKey, tuple[str, bool]] | None = None
+    judge_model: str | None = None
+    judge_wanted: list[tuple[JudgeKey, str, str, str]] | None = None
 
 
 @dataclass
@@ -127,6 +138,7 @@ class Verdicts:
     hinted: list[bool] = field(init=False)  # rationalized (written with the gold as a hint)
     ordinary: list[int] = field(init=False)  # the teacher's own rationales: the pass rate counts these
     code: list[CodeVerdict | None] = field(init=False)  # answer_format code: each program's verdict
+    judge_verdict: list[str | None] = field(init=False)  # filter.judge: its verdict, where it was asked
 
     def __post_init__(self) -> None:
         n = len(self.rows.rationales)
@@ -136,6 +148,7 @@ class Verdicts:
         self.hinted = [bool(h) for h in self.rows.rationalized] if self.rows.rationalized else [False] * n
         self.ordinary = [i for i in self.order if not self.hinted[i]]
         self.code = [None] * n
+        self.judge_verdict = [None] * n
 
     def running(self) -> list[int]:
         """The rationales no phase has rejected yet, by sample index."""
@@ -194,16 +207,39 @@ def check_rationales(v: Verdicts, ctx: FilterContext) -> None:
     if ctx.code is not None:
         check_programs(v, ctx)
         return
+    fmt = ctx.fmt.with_answer_kind(ctx.answer_kinds.get(rows.question_id))  # the question's own, if it says
     for i in v.order:
         if v.filter_reason[i] in ("truncated", "degenerate", "too_long", None) and v.texts[i].strip():
-            extraction = ctx.fmt.extract(v.texts[i], rows.choices)
+            extraction = fmt.extract(v.texts[i], rows.choices)
             v.extracted_answer[i] = extraction.answer
             if cfg.label == "none":  # recorded, never checked
                 continue
             if rows.gold_answer is not None:
-                v.is_correct[i] = ctx.fmt.is_correct(extraction.answer, rows.gold_answer)
+                v.is_correct[i] = fmt.is_correct(extraction.answer, rows.gold_answer)
+            # filter.judge: where the rules cannot read an answer, or every answer of answer_format judge
+            if v.filter_reason[i] is None and rows.gold_answer is not None and (
+                    fmt.name == "judge" or extraction.reason in JUDGED_REASONS) and ask_judge(v, i, ctx):
+                continue  # the judge decided: equivalent stays in the running, different is wrong
             if v.filter_reason[i] is None and extraction.answer is None:
                 v.reject(i, extraction.reason or "unparseable", RATIONALE_CHECKS)
+
+
+def ask_judge(v: Verdicts, i: int, ctx: FilterContext) -> bool:
+    """filter.judge on a rationale the rules could not read: True when its verdict decides (equivalent: correct;
+    different: not, and the label phase rejects it as wrong); False leaves the rules' verdict (no judge, its reply
+    unparseable, a failed request, its budget spent)."""
+    rows = v.rows
+    key = (rows.question_id, rows.teacher_names[i] if rows.teacher_names else None, rows.sample_indices[i])
+    if ctx.judge_wanted is not None:
+        ctx.judge_wanted.append((key, rows.question, rows.gold_answer, v.texts[i]))
+    if ctx.judged is None:
+        return False
+    verdict = ctx.judged.get(key, ("over_budget", False))[0]
+    v.judge_verdict[i] = verdict
+    if verdict not in ("equivalent", "different"):
+        return False
+    v.is_correct[i] = verdict == "equivalent"
+    return True
 
 
 CODE_LABEL_REASONS = ("tests_failed", "runtime_error", "exec_timeout", "memory_limit", "output_limit")
@@ -375,6 +411,7 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
     correct: list[bool | None] = [None] * len(qids)
     reasons: list[str | None] = [None] * len(qids)
     rates: list[float | None] = [None] * len(qids)
+    judge_verdicts: list[str | None] = [None] * len(qids)
     for qid, rows in groups.items():
         first = rows[0]
         verdicts = judge_question(QuestionRows(
@@ -387,11 +424,16 @@ def judge_table(table: pa.Table, ctx: FilterContext) -> pa.Table:
             [cols["reasoning"][r] for r in rows] if with_reasoning else None,
             [cols["teacher_name"][r] for r in rows] if with_teachers else None,
         ), ctx)
-        for r, a, c, why in zip(rows, verdicts.extracted_answer, verdicts.is_correct, verdicts.filter_reason):
-            extracted[r], correct[r], reasons[r], rates[r] = a, c, why, verdicts.pass_rate
+        for r, a, c, why, jv in zip(rows, verdicts.extracted_answer, verdicts.is_correct, verdicts.filter_reason,
+                                    verdicts.judge_verdict):
+            extracted[r], correct[r], reasons[r], rates[r], judge_verdicts[r] = a, c, why, verdicts.pass_rate, jv
     table = table.select(SAMPLE_COLUMNS)
     for name, values in (("extracted_answer", extracted), ("is_correct", correct), ("filter_reason", reasons),
                          ("pass_rate", rates)):
         column = FILTERED_SCHEMA.field(name)
         table = table.append_column(column, pa.array(values, column.type))
+    if ctx.judged is not None:  # filter.judge: its columns (JUDGED_SCHEMA); the model where it gave a verdict
+        asked = [ctx.judge_model if jv not in (None, "over_budget") else None for jv in judge_verdicts]
+        for name, values in (("judge_verdict", judge_verdicts), ("judge_model", asked)):
+            table = table.append_column(JUDGED_SCHEMA.field(name), pa.array(values, pa.string()))
     return table

@@ -44,7 +44,8 @@ from cotdistill.stages.generate.dry_run import dry_run
 from cotdistill.stages.generate.requests import RequestLoop
 from cotdistill.teachers import backend_of, build_teacher, teacher_settings
 from cotdistill.teachers.base import Teacher
-from cotdistill.verify.judging import sandbox_settings
+from cotdistill.verify.answers import format_settings
+from cotdistill.verify.judging import sandbox_settings, teacher_answer_format
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,11 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
 
 def teacher_fingerprint(config: RunConfig) -> dict[str, Any]:
     """What one teacher's shards' contents depend on: data, teacher weights and engine, prompt, sampling, seed."""
+    data = data_settings(config.data)
+    if config.generate.adaptive is None and not config.generate.rationalize:
+        data.pop("answer_kind_field", None)  # only judging reads it: the filter's fingerprint holds it
     return make_fingerprint({
-        "data": data_settings(config.data),
+        "data": data,
         "teacher": teacher_settings(config.teacher),
         "generate": generate_settings(config),
         "seed": config.seed,
@@ -87,7 +91,8 @@ def generate_settings(config: RunConfig) -> dict[str, Any]:
     if gen.max_reasoning_tokens is not None:
         settings["max_reasoning_tokens"] = gen.max_reasoning_tokens
     if gen.adaptive is not None or gen.rationalize:
-        settings["answer_check"] = {"answer_format": config.filter.answer_format, "label": config.filter.label}
+        settings["answer_check"] = {"answer_format": config.filter.answer_format, "label": config.filter.label,
+                                    **format_settings(teacher_answer_format(config))}
         if config.filter.answer_format == "code":  # its verdicts depend on the sandbox's limits
             settings["answer_check"]["sandbox"] = sandbox_settings(config.sandbox)
     return settings

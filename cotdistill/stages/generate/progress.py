@@ -65,11 +65,11 @@ class Policy:
             return True
         rows = record["samples"]
         p.sampled += len(rows)
-        if self.fmt is not None and self.label == "gold":
-            p.correct += sum(question_reaching_gold(q.question_id, q.gold_answer, q.choices, rows, self.fmt,
-                                                    self.code))
-        elif self.fmt is not None and self.label == "majority":
-            p.answers.extend(question_votes(q.question_id, q.choices, rows, self.fmt, self.code))
+        fmt = self.fmt.with_answer_kind(q.answer_kind) if self.fmt is not None else None  # the question's own
+        if fmt is not None and self.label == "gold":
+            p.correct += sum(question_reaching_gold(q.question_id, q.gold_answer, q.choices, rows, fmt, self.code))
+        elif fmt is not None and self.label == "majority":
+            p.answers.extend(question_votes(q.question_id, q.choices, rows, fmt, self.code))
         p.closed = self.close_reason(p)
         return True
 
