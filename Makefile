@@ -45,6 +45,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/generate_overhead.py
 	$(VENV)/bin/python benchmarks/filter_throughput.py
 	$(VENV)/bin/python benchmarks/journal_throughput.py
+	$(VENV)/bin/python benchmarks/kd_loss.py
 	$(VENV)/bin/python benchmarks/code_sandbox.py
 	$(VENV)/bin/python benchmarks/self_consistency_cost.py
 	$(VENV)/bin/python benchmarks/scale_out.py

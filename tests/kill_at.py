@@ -58,12 +58,12 @@ def main() -> None:
 
         real = stage.write_parquet_atomic
 
-        def write_parquet_atomic(table, path):
+        def write_parquet_atomic(table, path, **options):
             if due():
                 tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-                pq.write_table(table, tmp)
+                pq.write_table(table, tmp, **options)
                 die(tmp)
-            real(table, path)
+            real(table, path, **options)
 
         stage.write_parquet_atomic = write_parquet_atomic
     elif point == "journal-append":

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 # A dotted key is a key inside a key (prune_distill's per-model figures).
 EXPECTED_KEYS: dict[str, list[str]] = {
     "generate_overhead": ["ratio", "multi_shard_ratio", "raw_tokens_per_s", "stage_tokens_per_s",
-                          "multi_shard_tokens_per_s"],
+                          "multi_shard_tokens_per_s", "logprobs_ratio", "raw_logprobs_tokens_per_s",
+                          "stage_logprobs_tokens_per_s", "driver_questions_per_s",
+                          "driver_questions_per_s_no_logprobs", "driver_questions_per_s_json", "driver_speedup"],
     "scale_out": ["replicas_2_over_1"],
     "code_sandbox": ["programs_per_s", "canonical_passed", "mutants_failed", "sandbox_ms", "bare_ms", "overhead_ms",
                      "two_process_ms", "one_process_ms", "test_process_ms"],
@@ -43,11 +45,16 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     "adaptive_sampling": ["token_ratio", "questions_served_fixed", "questions_served_adaptive",
                           "questions_served_rationalized", "eval_sample_ratio", "eval_accuracy_gap",
                           "adaptive_gap_ci"],
+    # The chunked KD loss against the unchunked one (and the fused one against the head + the unchunked one).
+    "kd_loss": ["memory_ratio", "time_ratio", "peak_mb_reference", "peak_mb_chunked", "ms_reference", "ms_chunked",
+                "fused_memory_ratio", "fused_time_ratio", "peak_mb_reference_head", "peak_mb_fused",
+                "ms_reference_head", "ms_fused", "device"],
 }
 
 # Seconds each may take at smoke size before it counts as hung: several times what it takes on 2 busy cores.
-TIMEOUT_S = {"code_sandbox": 300, "filter_throughput": 300, "journal_throughput": 120, "generate_overhead": 600, "self_consistency_cost": 600, "scale_out": 600,
-             "server_teacher": 900, "adaptive_sampling": 900, "prune_distill": 1200}
+TIMEOUT_S = {"code_sandbox": 300, "filter_throughput": 300, "journal_throughput": 120, "generate_overhead": 600,
+             "self_consistency_cost": 600, "scale_out": 600, "server_teacher": 900,
+             "adaptive_sampling": 900, "prune_distill": 1200, "kd_loss": 120}
 
 
 def test_every_benchmark_is_covered():

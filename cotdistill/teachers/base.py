@@ -51,9 +51,10 @@ class Completion:
     reasoning: str | None = None  # the reasoning, when split from the answer (a reasoning parser, or the server)
     reasoning_tokens: int | None = None  # of completion_tokens, the reasoning's (when split)
     budget_hit: bool | None = None  # with Sampling.max_reasoning_tokens: the reasoning was closed at the budget
-    # With Sampling.logprobs = k: the generated token ids, and per token the teacher's k most likely ids and their
-    # raw logprobs (before temperature), as numpy arrays of shape [completion_tokens, k] (int32, float32).
-    token_ids: list[int] | None = None
+    # With Sampling.logprobs = k: the generated token ids ([completion_tokens]), and per token the teacher's k most
+    # likely ids and their raw logprobs (before temperature), as numpy arrays of shape [completion_tokens, k]
+    # (int32, float32); a local engine's token ids are an int32 array too (a list is taken as well).
+    token_ids: Any = None
     topk_ids: Any = None
     topk_logprobs: Any = None
 

@@ -80,6 +80,8 @@ def encode_finished(done: Finished) -> dict[str, Any]:
     for c in done.completions:
         entry = asdict(c)
         entry["topk_ids"], entry["topk_logprobs"] = _array(c.topk_ids), _array(c.topk_logprobs)
+        if c.token_ids is not None:  # a list in the entry, as before (a local engine's are a numpy array)
+            entry["token_ids"] = [int(t) for t in c.token_ids]
         completions.append(entry)
     return {"prompt_tokens": done.prompt_tokens, "completions": completions}
 

@@ -65,25 +65,51 @@ def max_model_len(llm: Any) -> int:
 
 def topk_arrays(logprobs: Any, k: int, start: int = 0) -> tuple[Any, Any]:
     """vLLM's FlatLogprobs (from position `start` on) -> the top-k ids and logprobs per position, ranks 1..k in
-    order, as int32 and float32 arrays of shape [positions, k]. vLLM adds the sampled (or prompt) token to each
-    position with its own rank; it is kept only where that rank is within k."""
+    order, as int32 and float32 arrays of shape [positions, k], with no Python loop over positions.
+
+    FlatLogprobs holds, per position, the sampled (or prompt) token with its own rank, then ranks 1..k in order
+    (vllm/logprobs.py append_logprobs_for_next_position): its flat lists become numpy arrays at C speed, and when
+    every position has those k + 1 entries (always, for sampled tokens) the top k are columns 1..k of one reshape.
+    Anything else takes the general path: every entry of rank 1..k is placed at its rank (-inf where none is)."""
     import numpy as np
 
-    positions = range(start, len(logprobs.start_indices))
-    ids = np.zeros((len(positions), k), dtype=np.int32)
-    values = np.full((len(positions), k), -np.inf, dtype=np.float32)
-    token_ids, lps, ranks = logprobs.token_ids, logprobs.logprobs, logprobs.ranks
-    for row, p in enumerate(positions):
-        for j in range(logprobs.start_indices[p], logprobs.end_indices[p]):
-            rank = ranks[j]
-            if rank is not None and 1 <= rank <= k:
-                ids[row, rank - 1], values[row, rank - 1] = token_ids[j], lps[j]
-    return ids, values
+    positions = len(logprobs.start_indices) - start
+    if positions <= 0:
+        return np.zeros((0, k), dtype=np.int32), np.zeros((0, k), dtype=np.float32)
+    starts = np.asarray(logprobs.start_indices[start:], dtype=np.int64)
+    ends = np.asarray(logprobs.end_indices[start:], dtype=np.int64)
+    first, last = int(starts[0]), int(ends[-1])
+    token_ids = np.asarray(logprobs.token_ids[first:last], dtype=np.int64)
+    values = np.asarray(logprobs.logprobs[first:last], dtype=np.float32)
+    widths = ends - starts
+    if int(widths.sum()) != last - first:  # FlatLogprobs appends position after position, without gaps
+        raise ValueError("FlatLogprobs with gaps between its positions")
+    if (widths == k + 1).all():
+        expected = np.arange(1, k + 1)
+        try:  # columns 1..k must be ranks 1..k (the sampled token's own rank, column 0, may be anything)
+            table = np.asarray(logprobs.ranks[first:last], dtype=np.int64).reshape(positions, k + 1)
+            in_order = bool((table[:, 1:] == expected).all())
+        except (TypeError, ValueError):  # a rank of None
+            in_order = False
+        if in_order:
+            return (token_ids.reshape(positions, k + 1)[:, 1:].astype(np.int32),
+                    np.ascontiguousarray(values.reshape(positions, k + 1)[:, 1:]))
+    # General: each entry at its rank; the sampled token repeats the top-k entry of its rank, with the same values.
+    ranks = np.array([-1 if r is None else r for r in logprobs.ranks[first:last]], dtype=np.int64)
+    row = np.repeat(np.arange(positions), widths)
+    keep = (ranks >= 1) & (ranks <= k)
+    ids = np.zeros((positions, k), dtype=np.int32)
+    out = np.full((positions, k), -np.inf, dtype=np.float32)
+    ids[row[keep], ranks[keep] - 1] = token_ids[keep]
+    out[row[keep], ranks[keep] - 1] = values[keep]
+    return ids, out
 
 
 def completion(c: Any, request: TeacherRequest, splitter: Any = None) -> Completion:
     """One of vLLM's CompletionOutputs as a Completion: its top-k logprobs when asked for, its reasoning apart
     when the model has a reasoning parser (`splitter`), and whether a reasoning budget was hit."""
+    import numpy as np
+
     sampling = request.sampling
     out = Completion(text=c.text, finish_reason=str(c.finish_reason), completion_tokens=len(c.token_ids))
     if splitter is not None:
@@ -91,8 +117,8 @@ def completion(c: Any, request: TeacherRequest, splitter: Any = None) -> Complet
     if sampling.max_reasoning_tokens is not None and out.reasoning_tokens is not None:
         opened = splitter.tokens_opened_in_prompt(request.prompt_token_ids) if splitter is not None else 0
         out.budget_hit = out.reasoning_tokens + opened >= sampling.max_reasoning_tokens
-    if sampling.logprobs is not None:
-        out.token_ids = list(c.token_ids)
+    if sampling.logprobs is not None:  # numpy arrays, through Ray's object store without a copy
+        out.token_ids = np.asarray(c.token_ids, dtype=np.int32)
         out.topk_ids, out.topk_logprobs = topk_arrays(c.logprobs, sampling.logprobs)
     return out
 

@@ -12,7 +12,9 @@ Per position the example carries the teacher's k ids and logprobs and a mask of 
 (peft_config), logging and checkpoints are SFTTrainer's. Only three things differ: the dataset arrives
 tokenized (SFTTrainer's own preparation would drop the teacher columns, so truncation and packing are done here,
 packing with TRL's own `pack_dataset`, which carries every per-position column along), the collator pads the
-teacher columns as TRL's collator pads input_ids, and `compute_loss` is losses.kd_loss.
+teacher columns as TRL's collator pads input_ids, and `compute_loss` is losses.kd_loss_fused where the model
+allows (the last hidden states and the LM head in, no [B, L, V] logits; see `fused_head`), else losses.kd_loss
+on the model's logits, in their own dtype.
 """
 
 from __future__ import annotations
@@ -138,39 +140,94 @@ class TeacherCollator:
 
 def kd_trainer_class() -> type:
     """SFTTrainer with the KD loss (a function, so that importing this module does not import TRL)."""
+    import inspect
+
+    import torch
     from trl import SFTTrainer
 
-    from cotdistill.trainers.losses import kd_loss, taid_lambda
+    from cotdistill.trainers.losses import kd_loss, kd_loss_fused, taid_lambda
 
     class KDTrainer(SFTTrainer):
         def __init__(self, *args: Any, kd: Any, **kwargs: Any):
             self.kd = kd
             super().__init__(*args, **kwargs)
             self.data_collator = TeacherCollator(self.data_collator)
+            self.fused_loss = None  # the fused loss: None until its first step checks it, then True or False
 
         def _set_signature_columns_if_needed(self) -> None:
             # Trainer drops dataset columns the model's forward does not take; the teacher's are the loss's.
             super()._set_signature_columns_if_needed()
             self._signature_columns = [*self._signature_columns, *TEACHER_COLUMNS]
 
+        def fused_head(self, model: Any) -> Any:
+            """The student's LM head when the loss can take the last hidden states and the head's weight instead
+            of the logits (losses.kd_loss_fused), else None: a plain nn.Linear head (not a LoRA-wrapped one), whole
+            on this process (not sharded by FSDP or DeepSpeed ZeRO-3), on a model whose forward takes
+            `logits_to_keep` and does nothing to the logits after the head (no scaling, no soft-capping)."""
+            if self.fused_loss is False or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                return None
+            unwrapped = self.accelerator.unwrap_model(model)
+            if hasattr(unwrapped, "get_base_model"):  # PEFT: the transformers model inside
+                unwrapped = unwrapped.get_base_model()
+            head = unwrapped.get_output_embeddings()
+            config = unwrapped.config.get_text_config()
+            post_head = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                         "logits_scaling")
+            if (not isinstance(head, torch.nn.Linear) or head.weight.dim() != 2 or head.weight.numel() == 0
+                    or "logits_to_keep" not in inspect.signature(unwrapped.forward).parameters
+                    or any(getattr(config, name, None) is not None for name in post_head)):
+                return None
+            return head
+
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             teacher = {c: inputs.pop(c) for c in TEACHER_COLUMNS}
             labels = inputs.pop("labels")
-            outputs = model(**inputs, use_cache=False)
             progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
             lam = (taid_lambda(progress, self.kd.taid_start, self.kd.taid_end)
                    if self.kd.interpolation == "taid" else None)
             if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                 num_items_in_batch = num_items_in_batch / self.accelerator.num_processes  # as SFTTrainer scales
-            loss, parts = kd_loss(outputs.logits, labels, teacher["teacher_ids"], teacher["teacher_logprobs"],
-                                  teacher["teacher_mask"], alpha=self.kd.alpha, temperature=self.kd.temperature,
-                                  taid_lambda=lam, num_items_in_batch=num_items_in_batch)
+            options = {"alpha": self.kd.alpha, "temperature": self.kd.temperature, "taid_lambda": lam,
+                       "num_items_in_batch": num_items_in_batch}
+            # The fused loss: the model makes the logits of the last position only and hands back its last
+            # hidden states; the loss projects them through the head slice by slice, so the [B, L, V] logits
+            # never exist. (Not when the caller wants the outputs: it gets the model's full logits then.)
+            head = None if return_outputs else self.fused_head(model)
+            outputs = model(**inputs, use_cache=False, **({"output_hidden_states": True, "logits_to_keep": 1}
+                                                             if head is not None else {}))
+            if head is not None and self.fused_loss is None:
+                self.fused_loss = self._head_gives_the_logits(head, outputs)
+                if not self.fused_loss:
+                    head, outputs = None, model(**inputs, use_cache=False)
+            if head is not None:
+                loss, parts = kd_loss_fused(outputs.hidden_states[-1], head.weight, labels, teacher["teacher_ids"],
+                                            teacher["teacher_logprobs"], teacher["teacher_mask"], bias=head.bias,
+                                            **options)
+            else:
+                loss, parts = kd_loss(outputs.logits, labels, teacher["teacher_ids"], teacher["teacher_logprobs"],
+                                      teacher["teacher_mask"], **options)
             mode = "train" if model.training else "eval"
             for name, value in parts.items():
                 self._metrics[mode][f"kd_{name}"].append(value)
             if lam is not None:
                 self._metrics[mode]["taid_lambda"].append(lam)
             return (loss, outputs) if return_outputs else loss
+
+        @staticmethod
+        def _head_gives_the_logits(head: Any, outputs: Any) -> bool:
+            """The first fused step's check: the head applied to the last hidden state gives the model's own
+            last-position logits (a model that scales or caps its logits in a way `fused_head` does not know of
+            would not). If not, KD takes the full logits from then on."""
+            with torch.no_grad():
+                if getattr(outputs, "hidden_states", None) is not None:
+                    last = outputs.hidden_states[-1][:, -1:]
+                    mine = torch.nn.functional.linear(last.to(head.weight.dtype), head.weight, head.bias).float()
+                    theirs = outputs.logits[:, -1:].float()
+                    if mine.shape == theirs.shape and torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2):
+                        return True
+            logger.warning("train.loss kd: the student's LM head applied to its last hidden state does not give "
+                           "its logits; the KD loss takes the full logits (more memory)")
+            return False
 
     return KDTrainer

@@ -35,7 +35,7 @@ from cotdistill.core.paths import GENERATE, RunPaths
 from cotdistill.core.prompts import PromptTemplate
 from cotdistill.core.records import LOGPROB_COLUMNS
 from cotdistill.core.shards import (
-    column_bytes, create_json_once, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name,
+    Journal, column_bytes, create_json_once, list_shards, read_json, read_json_or_none, remove_stale_tmp, shard_name,
     write_json_atomic,
 )
 from cotdistill.questions.sources import QuestionSource
@@ -120,7 +120,7 @@ def generate(config: RunConfig, teacher: Teacher | None = None,
     todo = []
     for i in shards:
         if shard_done(paths, i):
-            (paths.journals / shard_name(i, ".jsonl")).unlink(missing_ok=True)  # compacted, then killed
+            Journal(paths.journals / shard_name(i, ".jsonl")).remove()  # compacted, then killed
         else:
             todo.append(i)  # never written, or written with failed questions: its journal sends those again
     logger.info("generate: %d questions in %d shards, %d to do%s", len(source), num_shards, len(todo),

@@ -44,7 +44,8 @@ def teacher_plan(config: RunConfig) -> dict[str, Any]:
     for index in range(math.ceil(len(source) / per_shard)):
         if (config.paths.samples / shard_name(index)).exists():
             continue
-        journaled = {r["question_id"] for r in Journal(config.paths.journals / shard_name(index, ".jsonl")).read()}
+        journal = Journal(config.paths.journals / shard_name(index, ".jsonl"))
+        journaled = {r["question_id"] for r in journal.read(repair=False)}  # only read: a run may be writing it
         for q in source.questions(index * per_shard, (index + 1) * per_shard):
             if q.question_id not in journaled:
                 questions += 1

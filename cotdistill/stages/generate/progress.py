@@ -136,9 +136,10 @@ class Shard:
         """Rebuild every question's progress from the journal (a rerun); returns the records taken."""
         return sum(self.absorb(record, replaying=True) for record in self.journal.read())
 
-    def record(self, record: dict[str, Any]) -> None:
-        self.journal.append(record)
-        self.absorb(record)
+    def record(self, record: dict[str, Any], arrays: list[Any] | None = None) -> None:
+        """Journal one record (with `arrays`, the buffers of its top-k arrays: the journal's binary side) and
+        absorb it."""
+        self.absorb(self.journal.append(record, arrays))
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, int | None, bool]:

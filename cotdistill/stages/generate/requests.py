@@ -20,7 +20,7 @@ from cotdistill.core.prompts import PromptTemplate
 from cotdistill.core.records import Question
 from cotdistill.core.shards import Journal, shard_name
 from cotdistill.questions.sources import QuestionSource
-from cotdistill.stages.generate.compaction import Pending, compact, journal_record
+from cotdistill.stages.generate.compaction import Pending, ShardWriter, compact, journal_record
 from cotdistill.stages.generate.progress import Policy, Shard
 from cotdistill.teachers.base import Finished, Sampling, Teacher, TeacherRequest, prompt_too_long, render_prompt
 
@@ -49,9 +49,20 @@ class RequestLoop:
         self.finished: list[Shard] = []  # shards whose questions are all in, not yet compacted
         self.clock = time.perf_counter()
         self.bar, self.started, self.tokens = bar, time.perf_counter(), 0
+        self.writer: ShardWriter | None = None  # while shards() runs
 
     def shards(self) -> Iterator[dict[str, Any]]:
-        """Every `todo` shard's meta, as it is compacted: passes over the open questions until none is."""
+        """Every `todo` shard's meta, as it is compacted (its Parquet file written by the shard writer's thread
+        meanwhile: all are on disk when this ends): passes over the open questions until none is."""
+        self.writer = ShardWriter()
+        try:
+            yield from self._passes()
+        except BaseException:  # the run stops: the shards handed over are still written, the cause is raised
+            self.writer.close(quiet=True)
+            raise
+        self.writer.close()
+
+    def _passes(self) -> Iterator[dict[str, Any]]:
         requests, passes = self.first_pass(), 0
         while True:
             passes += 1
@@ -156,7 +167,7 @@ class RequestLoop:
             logger.warning("question %s (row %d): %d samples short", q.question_id, q.source_row, done.missing)
         now = time.perf_counter()
         seconds, self.clock = now - self.clock, now
-        pending.shard.record(pending.answered(done, self.config, seconds))
+        pending.shard.record(*pending.answered(done, self.config, seconds))
         if self.bar is not None:
             self.tokens += sum(c.completion_tokens for c in done.completions if not done.cached)
             self.bar.set_postfix_str(f"{self.tokens / max(now - self.started, 1e-9):,.0f} tok/s", refresh=False)
@@ -167,4 +178,4 @@ class RequestLoop:
 
     def compact_finished(self) -> Iterator[dict[str, Any]]:
         while self.finished:
-            yield compact(self.finished.pop(), self.config.paths)
+            yield compact(self.finished.pop(), self.config.paths, self.writer)
