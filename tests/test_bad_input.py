@@ -189,7 +189,8 @@ def test_templates_cannot_mutate_their_inputs(tmp_path):
 def test_every_shipped_template_still_renders_in_the_sandbox():
     for path in sorted((REPO / "prompts").glob("*.jinja")):
         examples = str(REPO / "data" / "fewshot" / "arithmetic.jsonl") if "few_shot" in path.name else None
-        messages = PromptTemplate(path.name, examples).render(question="What is 2 + 3?", choices=["4", "5"])
+        messages = PromptTemplate(path.name, examples).render(question="What is 2 + 3?", choices=["4", "5"],
+            gold="5", response="2 + 3 = 5")  # judge.jinja reads these two
         assert messages[-1]["role"] == "user" and "What is 2 + 3?" in messages[-1]["content"]
 
 
