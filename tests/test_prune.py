@@ -103,6 +103,7 @@ def pruned(small_llama, batches, tmp_path_factory):
     return folder, model, keep, mlp_keep, kv_keep, cut
 
 
+@pytest.mark.slow  # builds and prunes a model: about 30 s with its fixture
 def test_cut_model_equals_the_original_with_the_cut_parts_switched_off(pruned, batches):
     import torch
 

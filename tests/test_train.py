@@ -149,6 +149,7 @@ def kill_during_model_save(c: Path) -> None:
             shutil.rmtree(p) if p.is_dir() else os.remove(p)
 
 
+@pytest.mark.slow  # two real trainings, each killed and rerun: about 25 s apiece
 @pytest.mark.parametrize("kill", [kill_before_trainer_state, kill_during_model_save])
 def test_rerun_after_a_kill_mid_checkpoint_resumes_from_the_complete_one(accepted_corpus, caplog, kill):
     config = accepted_corpus
