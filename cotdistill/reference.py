@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import inspect
 import os
+import shutil
 import sys
 import types
 import typing
@@ -210,8 +211,9 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
-def run_demo(name: str) -> dict[str, Any]:
-    """`cotdistill run` on the demo's pipeline in a fresh run folder; what it measured, for docs/figures/."""
+def run_demo(name: str, keep: Path | None = None) -> dict[str, Any]:
+    """`cotdistill run` on the demo's pipeline in a fresh run folder; what it measured, for docs/figures/. With
+    `keep`, the run folder is kept there (keep/<run_name>/: its report and plots, to look at)."""
     import datetime
     import json
     import subprocess
@@ -221,7 +223,7 @@ def run_demo(name: str) -> dict[str, Any]:
     from cotdistill.stages.evaluate.report import format_table
 
     pipeline, _ = DEMOS[name]
-    with tempfile.TemporaryDirectory(prefix="cotdistill-figures-") as out:
+    with tempfile.TemporaryDirectory(prefix="cotdistill-figures-", dir=keep) as out:
         command = [sys.executable, "-m", "cotdistill", "run", pipeline, f"output_dir={out}"]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
@@ -229,6 +231,10 @@ def run_demo(name: str) -> dict[str, Any]:
         if result.returncode != 0:
             raise RuntimeError(f"{pipeline}: exit {result.returncode}: {result.stderr[-3000:]}")
         run_dir = next(Path(out).iterdir())
+        if keep is not None:  # out of the temporary folder before it goes
+            kept = keep / run_dir.name
+            shutil.rmtree(kept, ignore_errors=True)
+            run_dir = Path(shutil.move(str(run_dir), kept))
         read = lambda stage: json.loads((run_dir / stage / "stats.json").read_text())  # noqa: E731
         metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["models"]
         generated, filtered = read("generate"), read("filter")
@@ -247,11 +253,42 @@ def run_demo(name: str) -> dict[str, Any]:
         }
 
 
+# benchmarks whose figures a page quotes: name -> (the command that writes docs/figures/<name>.json, the page)
+BENCHMARKS = {"distill_quality": ("python benchmarks/distill_quality.py", "README.md")}
+ARM_NAMES = {"teacher": "teacher", "base_student": "untrained student", "label": "labels only",
+             "n1": "N = 1", "n4": "N = 4", "n16": "N = 16", "n16_unfiltered": "N = 16, unfiltered",
+             "kd_n4": "N = 4, KD"}
+
+
+def distill_quality_block(f: dict[str, Any]) -> str:
+    """benchmarks/distill_quality.py's figures: one row per model, the paired differences, the plot."""
+    k = f["k"]
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None else "-"  # noqa: E731
+    ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]" if c else ""  # noqa: E731
+    diff = lambda d: f"{100 * d['maj_difference']:+.1f} {ci(d['maj_difference_ci'])}" if d else ""  # noqa: E731
+    lines = [f"`{f['command']}`: {f['seconds']['total'] / 60:.0f} minutes on {f['machine']}, {f['date']} (it writes "
+             "`docs/figures/distill_quality.json` and the plot, which this block is made from). "
+             f"{f['models']['teacher']['questions']} test questions; 95% intervals, paired for the differences.",
+             "", f"| model | greedy | maj@{k} | vs labels only (maj@{k}) | vs N = 1 (maj@{k}) | of the teacher's maj@{k} "
+             "| examples | teacher tokens |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, m in f["models"].items():
+        share = (m.get("vs_teacher") or {}).get("maj_share")
+        share_ci = (m.get("vs_teacher") or {}).get("maj_share_ci")
+        lines.append(f"| {ARM_NAMES.get(name, name)} | {pct(m['greedy'])} {ci(m['greedy_ci'])} | {pct(m['maj'])} "
+                     f"{ci(m['maj_ci'])} | {diff(m.get('vs_label'))} | {diff(m.get('vs_n1'))} | "
+                     f"{pct(share) + ' ' + ci(share_ci) if share is not None and name != 'teacher' else ''} | "
+                     f"{m.get('examples', '')} | {m.get('teacher_tokens', '') or ''} |")
+    lines += ["", "![accuracy against N](docs/figures/distill_quality.png)"]
+    return "\n".join(lines)
+
+
 def figures_block(name: str) -> str:
-    """The figures of one demo as its page quotes them, from docs/figures/<name>.json."""
+    """The figures of one demo (or benchmark) as its page quotes them, from docs/figures/<name>.json."""
     import json
 
     f = json.loads((FIGURES / f"{name}.json").read_text())
+    if name in BENCHMARKS:
+        return distill_quality_block(f)
     rejected = ", ".join(f"{k} {v:,}" for k, v in sorted(f["filter"]["rejected"].items(), key=lambda kv: -kv[1]))
     return (f"`{f['command']}` from a fresh run folder: {f['seconds']:.0f} s on {f['machine']}, {f['date']} "
             f"(`make figures` writes `docs/figures/{name}.json`, which this block is made from). generate: "
@@ -279,6 +316,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="regenerate docs/config.md, docs/reasons.md and the figure blocks")
     parser.add_argument("--figures", nargs="*", metavar="DEMO", help=f"first run these demos ({', '.join(DEMOS)}; "
                         "none named: all) and write docs/figures/<demo>.json")
+    parser.add_argument("--keep", metavar="DIR", help="with --figures: keep each demo's run folder in DIR")
     args = parser.parse_args()
     DOCS.mkdir(exist_ok=True)
     if args.figures is not None:
@@ -287,11 +325,14 @@ def main() -> None:
         FIGURES.mkdir(exist_ok=True)
         for name in args.figures or list(DEMOS):
             print(f"running {DEMOS[name][0]} ...", file=sys.stderr)
-            (FIGURES / f"{name}.json").write_text(json.dumps(run_demo(name), indent=2) + "\n")
+            keep = Path(args.keep).resolve() if args.keep else None
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+            (FIGURES / f"{name}.json").write_text(json.dumps(run_demo(name, keep), indent=2) + "\n")
     for name, make in PAGES.items():
         (DOCS / name).write_text(make())
         print(f"wrote {DOCS / name}", file=sys.stderr)
-    for page in {page for _, page in DEMOS.values()}:
+    for page in {page for _, page in (*DEMOS.values(), *BENCHMARKS.values())}:
         path = REPO / page
         path.write_text(with_figures(path.read_text()))
 

@@ -142,11 +142,17 @@ def filter_shard(shard: Path | list[Path], paths: RunPaths, shard_key: str,
     shard = files[0]  # its name names the outputs
     table = (pq.read_table(shard) if len(files) == 1
              else pa.concat_tables([with_sample_columns(pq.read_table(f)) for f in files], promote_options="default"))
+    unused = 0
+    if ctx.cfg.use_samples is not None:  # the pool a run of use_samples samples would have drawn
+        used = table.filter(pc.less(table.column("sample_index"), ctx.cfg.use_samples))
+        unused, table = len(table) - len(used), used
     judged = judge_table(table, ctx)
     is_accepted = judged.column("filter_reason").is_null()
     accepted, rejected = judged.filter(is_accepted), judged.filter(pc.invert(is_accepted))
     meta = {"shard": shard.name, "fingerprint": shard_key, **shard_stats(judged, code=ctx.code is not None),
             "seconds": time.perf_counter() - started}
+    if ctx.cfg.use_samples is not None:
+        meta["unused_samples"] = unused
     outputs = [(paths.accepted, accepted), (paths.rejected, rejected)]
     if ctx.student_prompt is not None:  # filter.preference_pairs
         pairs = shard_pairs(judged, ctx)
@@ -194,7 +200,7 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
         "filter": {k: v for k, v in vars(cfg).items() if k not in (
             "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio", "preference_pairs",
-            "pair_reasons", "pairs_per_question", "per_teacher")},
+            "pair_reasons", "pairs_per_question", "per_teacher", "use_samples")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
         "decontaminate": [data_settings(d) for d in cfg.decontaminate],
         "seed": config.seed,
@@ -206,6 +212,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         settings["by_length"] = {"select": cfg.select, "max_length_ratio": cfg.max_length_ratio}
     if cfg.per_teacher:  # only when on: runs without it keep their fingerprints
         settings["per_teacher"] = True
+    if cfg.use_samples is not None:  # only when set: runs without it keep their fingerprints
+        settings["use_samples"] = cfg.use_samples
     if cfg.preference_pairs:  # only when on: runs without pairs keep their fingerprints
         settings["pairs"] = {"reasons": cfg.pair_reasons, "per_question": cfg.pairs_per_question,
                              "student_prompt": template_fingerprint(config.train.prompt),
