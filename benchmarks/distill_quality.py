@@ -111,6 +111,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="every step at a tiny size; no results written")
     parser.add_argument("--validation", action="store_true", help="score on the validation split (to choose "
                         "settings; never on test), its figures beside the runs in --output, not in --results")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"the arms to run, of {','.join(ARMS)} (all by "
+                        "default; fewer to choose settings on validation)")
+    parser.add_argument("--train-steps", type=int, default=None, help="train.sft.max_steps of every arm (default: "
+                        "the YAML's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -118,7 +122,12 @@ def main() -> None:
     output = (Path(tempfile.mkdtemp(prefix="distill-quality-")) if temporary
               else Path(args.output or REPO / "runs" / "distill-quality"))
     try:
-        result = run_benchmark(output, args.smoke, "validation" if args.validation else "test")
+        arms = [a for a in args.arms.split(",") if a]
+        unknown = sorted(set(arms) - set(ARMS))
+        if unknown:
+            parser.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
+        result = run_benchmark(output, args.smoke, "validation" if args.validation else "test", arms,
+                               args.train_steps)
         # --smoke writes its figures, the plot and the README's block too, but into the run's folder, never --results
         # (as does --validation: settings are chosen there, figures are quoted from test)
         results = output / "distill_quality.json" if args.smoke or args.validation else Path(args.results)
@@ -135,7 +144,8 @@ def main() -> None:
             shutil.rmtree(output, ignore_errors=True)
 
 
-def run_benchmark(output: Path, smoke: bool, split: str = "test") -> dict:
+def run_benchmark(output: Path, smoke: bool, split: str = "test", only: list[str] | None = None,
+                  train_steps: int | None = None) -> dict:
     from cotdistill.questions.wordsteps import write_splits
 
     started = time.perf_counter()
@@ -144,10 +154,10 @@ def run_benchmark(output: Path, smoke: bool, split: str = "test") -> dict:
     base = yaml.safe_load(PIPELINE.read_text())
     base = merged(base, {"output_dir": str(output / "runs"), "data": {"path": str(data["train"])},
                          "evaluate": {"data": {"path": str(data[split])}}})
+    if train_steps is not None:
+        base = merged(base, {"train": {"sft": {"max_steps": train_steps}}})
     if smoke:  # the models built small in the run's folder, not the cache's (the teacher's full build is long)
-        from cotdistill.models.wordsteps import build_student, build_teacher
-
-        from cotdistill.models.wordsteps import STUDENT
+        from cotdistill.models.wordsteps import STUDENT, build_student, build_teacher
         from cotdistill.questions.wordsteps import make_splits
 
         # The smoke's teacher learns its own 8 training questions by heart (student-sized, a few seconds): enough
@@ -178,6 +188,8 @@ def run_benchmark(output: Path, smoke: bool, split: str = "test") -> dict:
     seconds = {"generate": run_stages(pool, ["generate"])}
     arms: dict[str, dict] = {}
     for name, config in configs.items():
+        if only is not None and name not in only:
+            continue
         if name != "n16" and not config.paths.generate.exists():  # the same pool: copied, its fingerprint the same
             shutil.copytree(pool.paths.generate, config.paths.generate)
         stages = ["generate", "filter", *(["score"] if config.score is not None else []), "train"]
@@ -192,17 +204,20 @@ def run_benchmark(output: Path, smoke: bool, split: str = "test") -> dict:
                           config.paths.samples, use)}
 
     # One evaluate over every arm's student, beside the teacher and the untrained student.
-    compare = merged(base, {"run_name": "compare", "evaluate": {
-        "models": ["teacher", "base_student"], "compare_to": ["teacher", "base_student", "label", "n1"],
-        "extra_models": {name: {"model": str(config.paths.trained_model), "engine": base["student"]["engine"]}
-                         for name, config in configs.items()}}})
-    path = output / "configs" / "compare.yaml"
+    compare = merged(base, {"run_name": f"compare-{split}", "evaluate": {
+        "models": ["teacher", "base_student"],
+        "compare_to": ["teacher", "base_student", *(name for name in ("label", "n1") if name in arms)],
+        "extra_models": {name: {"model": str(configs[name].paths.trained_model), "engine": base["student"]["engine"]}
+                         for name in arms}}})
+    path = output / "configs" / f"compare-{split}.yaml"
     path.write_text(yaml.safe_dump(compare, sort_keys=False))
     evaluation = load_config(path)
     seconds["evaluate"] = run_stages(evaluation, ["evaluate"])
     metrics = read_json(evaluation.paths.metrics)["models"]
     seconds["total"] = time.perf_counter() - started
-    return summarize(metrics, arms, seconds, evaluation.evaluate.num_samples, smoke)
+    result = summarize(metrics, arms, seconds, evaluation.evaluate.num_samples, smoke)
+    result["split"] = result["summary"]["split"] = split
+    return result
 
 
 def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool) -> dict:
@@ -241,10 +256,10 @@ def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool) -> 
     summary = {"teacher_maj": models["teacher"]["maj"], "base_student_maj": models["base_student"]["maj"],
                **{f"{name}_maj": models[name]["maj"] for name in arms},
                **{f"{name}_greedy": models[name]["greedy"] for name in arms},
-               "n16_minus_n1_maj": models["n16"].get("vs_n1", {}).get("maj_difference"),
-               "n16_minus_n1_maj_ci": models["n16"].get("vs_n1", {}).get("maj_difference_ci"),
-               "n1_minus_label_maj": models["n1"].get("vs_label", {}).get("maj_difference"),
-               "n1_minus_label_maj_ci": models["n1"].get("vs_label", {}).get("maj_difference_ci"),
+               "n16_minus_n1_maj": models.get("n16", {}).get("vs_n1", {}).get("maj_difference"),
+               "n16_minus_n1_maj_ci": models.get("n16", {}).get("vs_n1", {}).get("maj_difference_ci"),
+               "n1_minus_label_maj": models.get("n1", {}).get("vs_label", {}).get("maj_difference"),
+               "n1_minus_label_maj_ci": models.get("n1", {}).get("vs_label", {}).get("maj_difference_ci"),
                "k": k, "seconds": round(seconds["total"], 1), "smoke": smoke}
     return {"command": "python benchmarks/distill_quality.py", "date": datetime.date.today().isoformat(),
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "k": k,
@@ -261,7 +276,7 @@ def plot(result: dict, path: Path) -> None:
 
     models, k = result["models"], result["k"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ns = [1, 4, 16]
+    ns = [n for n in (1, 4, 16) if f"n{n}" in models]
     for key, label, style in (("maj", f"maj@{k}", "o-"), ("greedy", "greedy", "s--")):
         values = [100 * models[f"n{n}"][key] for n in ns]
         low = [v - 100 * models[f"n{n}"][f"{key}_ci"][0] for v, n in zip(values, ns)]
@@ -269,20 +284,25 @@ def plot(result: dict, path: Path) -> None:
         ax.errorbar(ns, values, yerr=[low, high], fmt=style, capsize=4, label=f"student, {label}")
     for name, color, text in (("teacher", "tab:green", "teacher"), ("label", "tab:red", "labels only"),
                               ("base_student", "tab:gray", "untrained student")):
+        if name not in models:
+            continue
         value, (low, high) = 100 * models[name]["maj"], models[name]["maj_ci"]
         ax.axhline(value, color=color, lw=1.2, label=f"{text}, maj@{k}")
         ax.axhspan(100 * low, 100 * high, color=color, alpha=0.12)
     for name, marker, text in (("n16_unfiltered", "x", "N=16 unfiltered"), ("kd_n4", "D", "N=4 with KD")):
+        if name not in models:
+            continue
         m = models[name]
         n = 16 if name.startswith("n16") else 4
         ax.errorbar([n * (1.08 if marker == "x" else 0.92)], [100 * m["maj"]],
                     yerr=[[100 * (m["maj"] - m["maj_ci"][0])], [100 * (m["maj_ci"][1] - m["maj"])]],
                     fmt=marker, capsize=4, label=f"{text}, maj@{k}")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xticks([1, 4, 16], ["1", "4", "16"])
     ax.set_xlabel("rationales per training question (N)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"wordsteps: {models['teacher']['questions']} test questions, 95% intervals")
+    ax.set_title(f"wordsteps: {models['teacher']['questions']} {result.get('split', 'test')} questions, "
+                 "95% intervals")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
