@@ -215,12 +215,12 @@ def run_benchmark(output: Path, smoke: bool, split: str = "test", only: list[str
     seconds["evaluate"] = run_stages(evaluation, ["evaluate"])
     metrics = read_json(evaluation.paths.metrics)["models"]
     seconds["total"] = time.perf_counter() - started
-    result = summarize(metrics, arms, seconds, evaluation.evaluate.num_samples, smoke)
+    result = summarize(metrics, arms, seconds, evaluation.evaluate.num_samples, smoke, split)
     result["split"] = result["summary"]["split"] = split
     return result
 
 
-def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool) -> dict:
+def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool, split: str = "test") -> dict:
     """The figures per model, printed as a table; the JSON object the benchmark writes and prints."""
     import datetime
     import platform
@@ -244,7 +244,7 @@ def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool) -> 
     ci = lambda c: f"[{100 * c[0]:4.1f}, {100 * c[1]:4.1f}]" if c else ""  # noqa: E731
     diff = lambda d: (f"{100 * d['maj_difference']:+5.1f} {ci(d['maj_difference_ci']):>14}"  # noqa: E731
                       if d else "")
-    print(f"\n{models['teacher']['questions']} test questions; maj@{k}; intervals 95% (paired for differences)")
+    print(f"\n{models['teacher']['questions']} {split} questions; maj@{k}; intervals 95% (paired for differences)")
     print(f"{'model':15} {'greedy %':>21} {f'maj@{k} %':>21} {'vs label (maj)':>22} {'vs n1 (maj)':>22} "
           f"{'teacher share':>14} {'examples':>8} {'teacher tok':>11} {'s':>6}")
     for name, m in models.items():
@@ -300,7 +300,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 4, 16], ["1", "4", "16"])
     ax.set_xlabel("rationales per training question (N)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{result.get('split', 'test')} accuracy (%)")
     ax.set_title(f"wordsteps: {models['teacher']['questions']} {result.get('split', 'test')} questions, "
                  "95% intervals")
     ax.legend(fontsize=8, loc="best")
