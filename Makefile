@@ -52,3 +52,4 @@ bench: setup
 	$(VENV)/bin/python benchmarks/server_teacher.py
 	$(VENV)/bin/python benchmarks/adaptive_sampling.py
 	$(VENV)/bin/python benchmarks/prune_distill.py
+	$(VENV)/bin/python benchmarks/distill_quality.py

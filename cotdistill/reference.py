@@ -253,11 +253,42 @@ def run_demo(name: str, keep: Path | None = None) -> dict[str, Any]:
         }
 
 
+# benchmarks whose figures a page quotes: name -> (the command that writes docs/figures/<name>.json, the page)
+BENCHMARKS = {"distill_quality": ("python benchmarks/distill_quality.py", "README.md")}
+ARM_NAMES = {"teacher": "teacher", "base_student": "untrained student", "label": "labels only",
+             "n1": "N = 1", "n4": "N = 4", "n16": "N = 16", "n16_unfiltered": "N = 16, unfiltered",
+             "kd_n4": "N = 4, KD"}
+
+
+def distill_quality_block(f: dict[str, Any]) -> str:
+    """benchmarks/distill_quality.py's figures: one row per model, the paired differences, the plot."""
+    k = f["k"]
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None else "-"  # noqa: E731
+    ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]" if c else ""  # noqa: E731
+    diff = lambda d: f"{100 * d['maj_difference']:+.1f} {ci(d['maj_difference_ci'])}" if d else ""  # noqa: E731
+    lines = [f"`{f['command']}`: {f['seconds']['total'] / 60:.0f} minutes on {f['machine']}, {f['date']} (it writes "
+             "`docs/figures/distill_quality.json` and the plot, which this block is made from). "
+             f"{f['models']['teacher']['questions']} test questions; 95% intervals, paired for the differences.",
+             "", f"| model | greedy | maj@{k} | vs labels only (maj@{k}) | vs N = 1 (maj@{k}) | of the teacher's maj@{k} "
+             "| examples | teacher tokens |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, m in f["models"].items():
+        share = (m.get("vs_teacher") or {}).get("maj_share")
+        share_ci = (m.get("vs_teacher") or {}).get("maj_share_ci")
+        lines.append(f"| {ARM_NAMES.get(name, name)} | {pct(m['greedy'])} {ci(m['greedy_ci'])} | {pct(m['maj'])} "
+                     f"{ci(m['maj_ci'])} | {diff(m.get('vs_label'))} | {diff(m.get('vs_n1'))} | "
+                     f"{pct(share) + ' ' + ci(share_ci) if share is not None and name != 'teacher' else ''} | "
+                     f"{m.get('examples', '')} | {m.get('teacher_tokens', '') or ''} |")
+    lines += ["", "![accuracy against N](docs/figures/distill_quality.png)"]
+    return "\n".join(lines)
+
+
 def figures_block(name: str) -> str:
-    """The figures of one demo as its page quotes them, from docs/figures/<name>.json."""
+    """The figures of one demo (or benchmark) as its page quotes them, from docs/figures/<name>.json."""
     import json
 
     f = json.loads((FIGURES / f"{name}.json").read_text())
+    if name in BENCHMARKS:
+        return distill_quality_block(f)
     rejected = ", ".join(f"{k} {v:,}" for k, v in sorted(f["filter"]["rejected"].items(), key=lambda kv: -kv[1]))
     return (f"`{f['command']}` from a fresh run folder: {f['seconds']:.0f} s on {f['machine']}, {f['date']} "
             f"(`make figures` writes `docs/figures/{name}.json`, which this block is made from). generate: "
@@ -301,7 +332,7 @@ def main() -> None:
     for name, make in PAGES.items():
         (DOCS / name).write_text(make())
         print(f"wrote {DOCS / name}", file=sys.stderr)
-    for page in {page for _, page in DEMOS.values()}:
+    for page in {page for _, page in (*DEMOS.values(), *BENCHMARKS.values())}:
         path = REPO / page
         path.write_text(with_figures(path.read_text()))
 

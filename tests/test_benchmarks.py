@@ -42,6 +42,11 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     "prune_distill": ["teacher", "pruned", "sft", "kd", "kd_minus_sft_kl", "kd_minus_sft_kl.mean",
                       *(f"{model}.{figure}" for model in ("teacher", "pruned", "sft", "kd")
                         for figure in ("parameters", "greedy", "maj_at_1", "maj_at_K", "kl_to_teacher"))],
+    # Every arm's maj@K and greedy accuracy, and the two paired differences the README quotes, with intervals.
+    "distill_quality": ["teacher_maj", "base_student_maj", "k", "seconds", "n16_minus_n1_maj", "n16_minus_n1_maj_ci",
+                        "n1_minus_label_maj", "n1_minus_label_maj_ci",
+                        *(f"{arm}_{figure}" for arm in ("label", "n1", "n4", "n16", "n16_unfiltered", "kd_n4")
+                          for figure in ("maj", "greedy"))],
     "adaptive_sampling": ["token_ratio", "questions_served_fixed", "questions_served_adaptive",
                           "questions_served_rationalized", "eval_sample_ratio", "eval_accuracy_gap",
                           "adaptive_gap_ci"],
@@ -54,7 +59,8 @@ EXPECTED_KEYS: dict[str, list[str]] = {
 # Seconds each may take at smoke size before it counts as hung: several times what it takes on 2 busy cores.
 TIMEOUT_S = {"code_sandbox": 300, "filter_throughput": 300, "journal_throughput": 120, "generate_overhead": 600,
              "self_consistency_cost": 600, "scale_out": 600, "server_teacher": 900,
-             "adaptive_sampling": 900, "prune_distill": 1200, "kd_loss": 120}
+             "adaptive_sampling": 900, "distill_quality": 1200, "prune_distill": 1200,
+             "kd_loss": 120}
 
 
 def test_every_benchmark_is_covered():

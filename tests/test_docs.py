@@ -32,12 +32,16 @@ def test_every_filter_reason_is_in_the_reference():
 
 
 def test_every_figure_block_is_made_from_its_figures_file():
-    from cotdistill.reference import DEMOS, REPO as ROOT, with_figures
+    from cotdistill.reference import BENCHMARKS, DEMOS, REPO as ROOT, with_figures
 
-    for name, (_, page) in DEMOS.items():
+    for name, (command, page) in {**DEMOS, **BENCHMARKS}.items():
         text = (ROOT / page).read_text()
         assert f"<!-- figures: {name} -->" in text, f"{page} quotes no figures of {name}"
-        assert (ROOT / "docs" / "figures" / f"{name}.json").is_file(), f"run `make figures {name}`"
+        if name in BENCHMARKS and not (ROOT / "docs" / "figures" / f"{name}.json").is_file():
+            # a benchmark of an hour is run when it is run: until then its block is empty, quoting nothing
+            assert f"<!-- figures: {name} -->\n<!-- /figures -->" in text, f"{page}: figures of {name} with no file"
+            continue
+        assert (ROOT / "docs" / "figures" / f"{name}.json").is_file(), f"run `make figures {name}` or `{command}`"
         assert with_figures(text) == text, f"{page}: its {name} figures are stale: run `make docs`"
 
 

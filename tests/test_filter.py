@@ -634,3 +634,34 @@ def test_a_regenerated_shard_is_filtered_again(pipeline):
     finally:
         write_parquet_atomic(original, shard)
         filter_stage.STAGE.run(config)
+
+
+def test_use_samples_judges_the_first_n_of_each_question_and_counts_the_rest(pipeline):
+    """filter.use_samples N: the pool a run of N samples would have drawn (sample_index < N), judged as such;
+    the rest in neither accepted nor rejected, counted in stats.json. Runs without it keep their fingerprint."""
+    config, config_path, _ = pipeline
+    one = load_config(config_path, ["run_name=tiny-use-one", "filter.use_samples=1"])
+    shutil.copytree(config.run_dir / "generate", one.run_dir / "generate")
+    stats = filter_stage.STAGE.run(one)
+    judged = pa.concat_tables([read_shards(one.run_dir / "filter" / sub) for sub in ("accepted", "rejected")])
+    assert set(judged.column("sample_index").to_pylist()) == {0}
+    total = filter_stage.STAGE.run(config)["rationales"]
+    assert stats["rationales"] + stats["unused_samples"] == total and stats["unused_samples"] > 0
+    assert "unused_samples" not in filter_stage.STAGE.run(config)
+    assert filter_stage.fingerprint(one) != filter_stage.fingerprint(config)
+    assert "use_samples" not in str(filter_stage.fingerprint(config)["settings"])
+
+
+def test_the_same_pool_filtered_in_two_runs_gives_the_same_corpus_row_for_row(pipeline):
+    """What the quality benchmark's arms rely on: one pool of samples, copied into each arm's run, is filtered
+    to the same corpus every time (same rows, same order, same verdicts), with use_samples as without it."""
+    config, config_path, _ = pipeline
+    corpora = []
+    for run_name in ("tiny-same-a", "tiny-same-b"):
+        run = load_config(config_path, [f"run_name={run_name}", "filter.use_samples=2"])
+        shutil.copytree(config.run_dir / "generate", run.run_dir / "generate")
+        filter_stage.STAGE.run(run)
+        corpora.append({sub: read_shards(run.run_dir / "filter" / sub) for sub in ("accepted", "rejected")})
+    assert corpora[0]["accepted"].num_rows > 0
+    for sub in ("accepted", "rejected"):
+        assert corpora[0][sub].equals(corpora[1][sub]), sub

@@ -158,3 +158,25 @@ def test_format_table_is_unchanged_in_shape(config):
     assert table.splitlines()[0].split() == ["model", "greedy", "maj@1", "maj@K", "pass@K", "K", "tok/q", "tok/s",
                                              "params"]
     assert get_answer_format("number").name == "number"
+
+
+def test_compare_to_adds_paired_comparisons_against_any_model_scored(config, tmp_path):
+    """evaluate.compare_to: every model against each named one (vs_<name>), paired over the same questions; the
+    default keeps vs_teacher and vs_base only. A name that is not scored is refused at load."""
+    import dataclasses
+
+    arms = {"teacher": (0.8, SAME), "base_student": (0.1, SAME), "label": (0.2, SAME), "n1": (0.5, SAME)}
+    metrics, _ = metrics_for(config, arms)
+    assert "vs_label" not in metrics["n1"] and "vs_base" in metrics["n1"]
+    wide = dataclasses.replace(config, evaluate=dataclasses.replace(
+        config.evaluate, compare_to=["teacher", "base_student", "label"]))
+    metrics, _ = metrics_for(wide, arms)
+    vs = metrics["n1"]["vs_label"]
+    assert vs["questions"] == QUESTIONS and vs["maj_difference_ci"][0] <= vs["maj_difference"] <= vs["maj_difference_ci"][1]
+    assert "vs_label" not in metrics["label"] and "maj_share" not in vs  # the share is the teacher's alone
+    path = tmp_path / "bad.yaml"
+    data = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    data["evaluate"]["compare_to"] = ["teacher", "nobody"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match="compare_to"):
+        load_config(path)

@@ -257,3 +257,22 @@ def test_train_resumes_from_its_last_checkpoint(trained, caplog):
     assert stats["global_steps"] == 3 and (trained.run_dir / "train" / "model" / "config.json").exists()
     # Resumed, not restarted: one step ran in this invocation, from step 2.
     assert stats["resumed_from_step"] == 2 and stats["steps_this_run"] == 1
+
+
+def test_target_label_trains_on_gold_answers_alone(pipeline):
+    """train.target label: one example per question of the generate shards, its completion the gold answer as
+    label_format writes it; no teacher text. Its fingerprint differs from the rationale student's."""
+    config, config_path, _ = pipeline
+    labels = load_config(config_path, ["run_name=tiny-labels", "train.target=label",
+                                       "train.label_format=Result {answer}."])
+    shutil.copytree(config.run_dir / "generate", labels.run_dir / "generate")
+    filter_stage.STAGE.run(labels)
+    dataset = train.build_label_dataset(labels.paths.samples, PromptTemplate(labels.train.prompt),
+                                        labels.train.label_format)
+    questions = {r["question_id"]: r for r in pq.read_table(labels.paths.samples).to_pylist()}
+    assert len(dataset) == len({q for q, r in questions.items() if r["gold_answer"] is not None})
+    golds = {r["gold_answer"] for r in questions.values()}
+    assert {row["completion"][0]["content"] for row in dataset} == {f"Result {g}." for g in golds}
+    stats = train.STAGE.run(labels)
+    assert stats["target"] == "label" and stats["examples"] == len(dataset)
+    assert train.fingerprint(labels) != train.fingerprint(load_config(config_path, ["run_name=tiny-labels"]))

@@ -34,6 +34,7 @@ DIFFICULTY_WEIGHTS = ("none", "harder_more")  # filter.difficulty.weight
 EVAL_MODELS = ("teacher", "base_student", "student", "student_dpo")  # evaluate.models: the run's own models
 EXTRA_MODEL_PROMPTS = ("student", "teacher")  # evaluate.extra_models.<name>.prompt
 TRAIN_LOSSES = ("sft", "kd")  # train.loss
+TRAIN_TARGETS = ("rationale", "label")  # train.target
 KD_INTERPOLATIONS = ("none", "taid")  # train.kd.interpolation
 SCORE_CONTEXTS = ("student", "teacher")  # score.context
 SELECTIONS = ("random", "shortest", "longest")  # filter.select
@@ -508,6 +509,10 @@ class FilterConfig:
     decontaminate: list[DataConfig] = field(default_factory=list)  # evaluation sets; only their questions are read
     decontamination_ngram: int = setting(13, at_least=1)
     max_per_question: int | None = setting(None, at_least=1)  # SCoTD-style cap, drawn uniformly with the run's seed
+    # Only the first use_samples samples of each question (sample_index below it) are judged, as if generate had
+    # drawn that many: ablations over N from one pool, without sampling again. The rest are counted in stats.json
+    # (unused_samples), in neither accepted nor rejected. null: every sample.
+    use_samples: int | None = setting(None, at_least=1)
     min_per_question: int = setting(1, at_least=0)  # a question left with fewer is dropped whole
     num_workers: int = setting(2, at_least=1)  # worker processes, one shard each at a time
     difficulty: DifficultyConfig | None = None  # select and weight questions by pass rate (above); null: off
@@ -622,6 +627,10 @@ class TrainConfig:
     # top-k logprobs (generate.logprobs, or the score step), settings in `kd`; the student must share the
     # teacher's vocabulary (checked before training starts).
     loss: str = setting("sft", one_of=TRAIN_LOSSES)
+    # rationale: the student learns the accepted rationales. label: the question's gold answer alone, written as
+    # label_format, one example per question of the generate shards (the step-by-step baseline, no teacher text).
+    target: str = setting("rationale", one_of=TRAIN_TARGETS)
+    label_format: str = "The answer is {answer}."
     kd: KDConfig = field(default_factory=lambda: KDConfig())
     # LoRA: peft.LoraConfig fields, passed through as is (e.g. {r: 16, lora_alpha: 32, target_modules:
     # all-linear}); null: full fine-tuning. merge_adapter: true saves the merged model, false the adapter alone
@@ -638,6 +647,12 @@ class TrainConfig:
             yield "reasoning_format", f"may use only {{reasoning}} and {{answer}}: {e!r}"
         if not isinstance(self.sft.get("max_length", 0), (int, type(None))):
             yield "sft.max_length", f"must be an integer or null, got {self.sft['max_length']!r}"
+        try:
+            self.label_format.format(answer="")
+        except (KeyError, IndexError, ValueError) as e:
+            yield "label_format", f"may use only {{answer}}: {e!r}"
+        if self.target == "label" and self.loss == "kd":
+            yield "target", "label trains on gold answers, which carry no teacher logprobs: use loss sft"
         if self.loss == "kd" and len(run.teachers) > 1 and run.score is None:
             yield "loss", ("kd with several teachers needs one teacher's logprobs on every rationale: add a score: "
                            "section (its model is train.kd.teacher's, or the first teacher's)")
@@ -704,6 +719,11 @@ class EvaluateConfig:
     # maj@k: exact when there are at most this many k-subsets, else this many draws
     maj_draws: int = setting(1000, at_least=1)
     bootstrap_resamples: int = setting(1000, at_least=1)
+    # Every model is compared with each of these, question by question (paired bootstrap intervals of the
+    # differences in maj@k and greedy accuracy): metrics.json's vs_teacher, vs_base (base_student) and
+    # vs_<name> for any other model scored here (an extra model, a stored set). The teacher's comparison also
+    # gives the share of its accuracy kept, agreement, speed and size.
+    compare_to: list[str] = field(default_factory=lambda: ["teacher", "base_student"])
     max_reasoning_tokens: int | None = setting(None, at_least=1)  # budget forcing, as generate.max_reasoning_tokens
     adaptive: AdaptiveEvalConfig | None = None  # adaptive self-consistency beside maj@K (above); null: off
     speed: SpeedConfig | None = field(default_factory=SpeedConfig)  # tokens/s per model (above); null: not measured
@@ -726,6 +746,10 @@ class EvaluateConfig:
                 yield "models", f"unknown value {name!r}; known: {', '.join(sorted(known))}"
         if "student_dpo" in self.models and run.dpo is None:
             yield "models", "student_dpo is the dpo stage's model, and there is no dpo: section"
+        scored = {*self.models, *self.stored, *self.extra_models}
+        for name in self.compare_to:
+            if name not in scored and name not in ("teacher", "base_student"):
+                yield "compare_to", f"{name!r} is not a model scored here; known: {', '.join(sorted(scored))}"
         clash = sorted(set(self.stored) & set(self.models))
         if clash:
             yield "stored", f"{clash[0]!r} is also in evaluate.models; name it differently"

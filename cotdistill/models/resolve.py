@@ -55,12 +55,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COTDISTILL_CACHE", Path.home() / ".cache" / "cotdistill"))
 
 
+def built_models() -> dict:
+    """Every model cotdistill builds by name -> (recipe version, builder): tiny-thinker (models/tiny_thinker.py),
+    and the quality benchmark's teacher and student (models/wordsteps.py)."""
+    from cotdistill.models.tiny_thinker import BUILT_MODELS
+    from cotdistill.models.wordsteps import WORDSTEPS_MODELS
+
+    return {**BUILT_MODELS, **WORDSTEPS_MODELS}
+
+
 def named_model(name: str) -> str | None:
     """The identity of a model named by cotdistill rather than by a path or hub id: embedded in a PyPI package
     ("embedded:smollm2-135m-instruct"), or built by cotdistill/models/tiny_thinker.py, with its recipe's version
     ("built:tiny-thinker:v1"); None for any other name. Fingerprints use it, never the folder it is made into."""
-    from cotdistill.models.tiny_thinker import BUILT_MODELS
-
+    BUILT_MODELS = built_models()
     if name in EMBEDDED_MODELS:
         return f"embedded:{name}"
     if name in QUANTIZED_MODELS:
@@ -73,8 +81,7 @@ def named_model(name: str) -> str | None:
 def resolve_model(name: str) -> str:
     """Return something `vllm.LLM(model=...)` and `from_pretrained` accept: a folder or a hub id. A named model
     is made into a folder in the cache the first time (under a lock: filter workers may ask at once)."""
-    from cotdistill.models.tiny_thinker import BUILT_MODELS
-
+    BUILT_MODELS = built_models()
     if name in EMBEDDED_MODELS:
         target, make = cache_dir() / "models" / name, lambda path: convert_embedded_model(name, path)
     elif name in QUANTIZED_MODELS:

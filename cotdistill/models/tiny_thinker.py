@@ -101,8 +101,9 @@ def build_tiny_thinker(target: str | Path, problems: int = 2000, steps: int = 30
 
 
 def train_steps(model, optimizer, examples: list[tuple[list[int], int]], steps: int, batch_size: int,
-                pad_id: int) -> None:
-    """Plain torch: next-token loss on the answer tokens (the prompt masked), batches taken in turn."""
+                pad_id: int, schedule=None, name: str = "tiny-thinker") -> None:
+    """Plain torch: next-token loss on the answer tokens (the prompt masked), batches taken in turn; `schedule`, a
+    learning-rate scheduler stepped after each step."""
     import torch
 
     for step in range(steps):
@@ -119,8 +120,10 @@ def train_steps(model, optimizer, examples: list[tuple[list[int], int]], steps: 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if schedule is not None:
+            schedule.step()
         if step % 100 == 0 or step == steps - 1:
-            logger.info("tiny-thinker: step %d of %d, loss %.3f", step + 1, steps, loss.item())
+            logger.info("%s: step %d of %d, loss %.3f", name, step + 1, steps, loss.item())
 
 
 # name -> (recipe version, builder): models.resolve_model builds them by name into the cache.

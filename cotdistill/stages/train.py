@@ -124,6 +124,40 @@ def build_trainer(config: RunConfig, dataset: Any = None, shards: list[Path] | N
                               peft_config=peft_config, kd=config.train.kd)
 
 
+def build_label_dataset(sample_dir: Path, template: PromptTemplate, label_format: str,
+                        chat_template_kwargs: dict[str, Any] | None = None) -> Any:
+    """train.target label: one {prompt, completion} row per question of the generate shards, the completion its
+    gold answer written as `label_format` (no teacher text). Questions without a gold answer are left out, said."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict[str, Any]] = {}
+    unlabelled = 0
+    for shard in list_shards(sample_dir):
+        table = pq.read_table(shard, columns=["question_id", "question", "choices", "gold_answer"])
+        for row in table.to_pylist():
+            if row["question_id"] in rows:
+                continue
+            if row["gold_answer"] is None:
+                unlabelled += 1
+                continue
+            rows[row["question_id"]] = row
+    if unlabelled:
+        logger.warning("train: %d questions have no gold answer and are left out (train.target label)", unlabelled)
+    if not rows:
+        raise RuntimeError(f"{sample_dir}: no question with a gold answer, so there is nothing to train on "
+                           "(train.target label)")
+
+    def to_pair(row: dict[str, Any]) -> dict[str, Any]:
+        pair = {"prompt": template.render(question=row["question"], choices=row["choices"]),
+                "completion": [{"role": "assistant", "content": label_format.format(answer=row["gold_answer"])}]}
+        if chat_template_kwargs:
+            pair["chat_template_kwargs"] = dict(chat_template_kwargs)
+        return pair
+
+    return datasets.Dataset.from_list([to_pair(r) for r in rows.values()])
+
+
 def fingerprint(config: RunConfig) -> dict[str, Any]:
     """What the trained student depends on: the filtered corpus, the base model, the prompt, SFTConfig, seed."""
     return make_fingerprint({
@@ -143,6 +177,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         # only when set: runs without them keep their fingerprints
         **({"chat_template_kwargs": config.student.chat_template_kwargs}
            if config.student.chat_template_kwargs else {}),
+        **({"target": "label", "label_format": config.train.label_format, "generate": upstream(config.paths.generate)}
+           if config.train.target == "label" else {}),
     })
 
 
@@ -159,6 +195,12 @@ def train_student(config: RunConfig) -> dict[str, Any]:
             raise nothing_to_train(paths.accepted)
         trainer = build_trainer(config, shards=[folder / name for name in files])
         corpus_size = len(trainer.train_dataset)
+    elif config.train.target == "label":
+        first = config.teacher_runs()[0].paths.samples  # every teacher was asked the same questions
+        dataset = build_label_dataset(first, PromptTemplate(config.train.prompt), config.train.label_format,
+                                      config.student.chat_template_kwargs)
+        trainer = build_trainer(config, dataset)
+        corpus_size = len(dataset)
     else:
         dataset = build_sft_dataset(paths.accepted, PromptTemplate(config.train.prompt),
                                     filter_stats["accepted_files"], config.train.reasoning_format,
@@ -174,6 +216,7 @@ def train_student(config: RunConfig) -> dict[str, Any]:
     stats = {
         "base_model": config.student.model,
         "loss": config.train.loss,
+        **({"target": "label"} if config.train.target == "label" else {}),
         "peft": "merged" if config.train.peft is not None and config.train.merge_adapter else (
             "adapter" if config.train.peft is not None else None),
         "examples": len(trainer.train_dataset),

@@ -154,7 +154,10 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     """Every model's key (model_key, stored_key) under `models`, and the settings of the metrics."""
     ev = config.evaluate
     return make_fingerprint({"models": current_keys(config), "maj_draws": ev.maj_draws,
-                             "bootstrap_resamples": ev.bootstrap_resamples, "seed": config.seed})
+                             "bootstrap_resamples": ev.bootstrap_resamples, "seed": config.seed,
+                             # only when changed: runs from before it keep their fingerprints
+                             **({"compare_to": ev.compare_to} if ev.compare_to != ["teacher", "base_student"]
+                                else {})})
 
 
 def current_keys(config: RunConfig) -> dict[str, str]:
@@ -253,7 +256,8 @@ def add_comparisons(metrics: dict[str, dict[str, Any]], all_rows: dict[str, list
                   if metrics[name].get("greedy_accuracy") is not None else None)
         return maj, greedy
 
-    for base_name, prefix in (("teacher", "vs_teacher"), ("base_student", "vs_base")):
+    for base_name in ev.compare_to:
+        prefix = {"teacher": "vs_teacher", "base_student": "vs_base"}.get(base_name, f"vs_{base_name}")
         if base_name not in metrics:
             continue
         base = metrics[base_name]

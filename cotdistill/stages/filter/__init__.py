@@ -147,13 +147,20 @@ def filter_shard(shard: Path | list[Path], paths: RunPaths, shard_key: str,
     started = time.perf_counter()
     files = [shard] if isinstance(shard, Path) else shard
     shard = files[0]  # its name names the outputs
-    judged = judge_table(read_samples(files), ctx)
+    table = read_samples(files)
+    unused = 0
+    if ctx.cfg.use_samples is not None:  # the pool a run of use_samples samples would have drawn
+        used = table.filter(pc.less(table.column("sample_index"), ctx.cfg.use_samples))
+        unused, table = len(table) - len(used), used
+    judged = judge_table(table, ctx)
     is_accepted = judged.column("filter_reason").is_null()
     accepted, rejected = judged.filter(is_accepted), judged.filter(pc.invert(is_accepted))
     meta = {"shard": shard.name, "fingerprint": shard_key, **shard_stats(judged, code=ctx.code is not None),
             "seconds": time.perf_counter() - started}
     if ctx.judged is not None:  # filter.judge: its verdicts here, and how many the cache answered
         meta["judge"] = judge_counts(judged, ctx)
+    if ctx.cfg.use_samples is not None:
+        meta["unused_samples"] = unused
     outputs = [(paths.accepted, accepted), (paths.rejected, rejected)]
     if ctx.student_prompt is not None:  # filter.preference_pairs
         pairs = shard_pairs(judged, ctx)
@@ -241,7 +248,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         # difficulty included even when null: outputs from before it (and its pass_rate column) are redone.
         "filter": {k: v for k, v in vars(cfg).items() if k not in (
             "num_workers", "decontaminate", "difficulty", "select", "max_length_ratio", "preference_pairs",
-            "pair_reasons", "pairs_per_question", "per_teacher", "math", "audit_verifier", "judge")},
+            "pair_reasons", "pairs_per_question", "per_teacher", "math", "audit_verifier", "judge",
+            "use_samples")},
         "difficulty": vars(cfg.difficulty) if cfg.difficulty is not None else None,
         "decontaminate": [data_settings(d) for d in cfg.decontaminate],
         "seed": config.seed,
@@ -255,6 +263,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         settings["per_teacher"] = True
     if cfg.judge is not None:  # only when on: runs without a judge keep their fingerprints (and FILTERED_SCHEMA)
         settings["judge"] = judge_settings(config)
+    if cfg.use_samples is not None:  # only when set: runs without it keep their fingerprints
+        settings["use_samples"] = cfg.use_samples
     if cfg.preference_pairs:  # only when on: runs without pairs keep their fingerprints
         settings["pairs"] = {"reasons": cfg.pair_reasons, "per_question": cfg.pairs_per_question,
                              "student_prompt": template_fingerprint(config.train.prompt),

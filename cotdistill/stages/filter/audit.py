@@ -121,6 +121,8 @@ def summarize(paths: RunPaths, shards: list[Path]) -> dict[str, Any]:
         "questions_too_hard": out_of_band.get("too_hard", 0),
         "seconds_in_workers": round(sum(m["seconds"] for m in metas), 3),
     }
+    if any("unused_samples" in m for m in metas):  # filter.use_samples: the samples beyond it, judged by no one
+        stats["unused_samples"] = sum(m.get("unused_samples", 0) for m in metas)
     code = [m["code"] for m in metas if "code" in m]
     if code:  # answer_format code: programs that passed their tests, and questions whose votes were pass / fail
         stats["code"] = {key: sum(c[key] for c in code) for key in code[0]}
