@@ -297,6 +297,8 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
 
     def plain(ax: Any, axis: str = "x") -> None:
         target = ax.xaxis if axis == "x" else ax.yaxis
+        if (ax.get_xscale() if axis == "x" else ax.get_yscale()) == "log":  # 1, 2, 5 per decade: labels on a
+            target.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # short span
         target.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         target.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
