@@ -336,7 +336,10 @@ def write_plots(metrics: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
     for i, (name, m) in enumerate(shown.items()):
         tokens = [k * m["tokens_per_sample"] for k in range(1, m["k"] + 1)]
         spread += tokens
-        ax.plot(tokens, [100 * v for v in m["maj_at_k"]], marker=markers[i % len(markers)], label=name)
+        # each later series drawn smaller, so one that coincides with an earlier one (the same weights) leaves it
+        # visible around it
+        ax.plot(tokens, [100 * v for v in m["maj_at_k"]], marker=markers[i % len(markers)], label=name,
+                markersize=max(3.0, 9.0 - 2.0 * i), linewidth=max(1.0, 3.0 - 0.7 * i))
     if spread and min(spread) > 0 and max(spread) > 10 * min(spread):
         ax.set_xscale("log")
         plain(ax)
