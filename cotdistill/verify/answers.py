@@ -129,18 +129,7 @@ def _one_answer(marked: list[str]) -> Extraction:
 
 def _boxed_contents(text: str) -> list[str]:
     """Contents of every \\boxed{...}, with nested braces balanced."""
-    found = []
-    for match in _BOXED_RE.finditer(text):
-        depth, start = 1, match.end()
-        for i in range(start, min(len(text), start + 1000)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    found.append(text[start:i])
-                    break
-    return found
+    return [content for _, _, content in _boxed_spans(text)]
 
 
 def extract_number(text: str, choices: Sequence[str] | None = None) -> Extraction:

@@ -465,11 +465,9 @@ def test_names(tests: CodeTests) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
-def functional_harness(tests: CodeTests) -> str:
-    """The harness's program: the test code with every top-level assert counted (in check(candidate) too), the
-    program's functions as proxies across the pipes (RUNNER answers in the program's process), then one line of
-    verdict on the harness's own pipe: [passed, failed, errors, aborted, calls digest, calls]. The program's text is
-    not in it, and the program never sees it."""
+def _counted_tests(tests: CodeTests) -> tuple[ast.Module, bool, bool]:
+    """The tests parsed, every assert counted (in `check` too): (tree, whether they define check(), whether
+    check's asserts are nested in loops or conditions)."""
     tree = ast.parse(tests.test)
     calls_check, nested = False, False
     for node in tree.body:
@@ -478,6 +476,15 @@ def functional_harness(tests: CodeTests) -> str:
             node.body = _counting(node.body)
             calls_check = True
     tree.body = _counting(tree.body)
+    return tree, calls_check, nested
+
+
+def functional_harness(tests: CodeTests) -> str:
+    """The harness's program: the test code with every top-level assert counted (in check(candidate) too), the
+    program's functions as proxies across the pipes (RUNNER answers in the program's process), then one line of
+    verdict on the harness's own pipe: [passed, failed, errors, aborted, calls digest, calls]. The program's text is
+    not in it, and the program never sees it."""
+    tree, calls_check, nested = _counted_tests(tests)
     names = test_names(tests)
     if calls_check and tests.entry_point:
         tree.body += ast.parse(f"check({tests.entry_point})\n__cd[0] += {int(nested)}").body
@@ -496,14 +503,7 @@ def inline_harness(program: str, tests: CodeTests, marker: str) -> str:
     """One process for a remote executor that runs one program a call (Piston): the program, then its tests in its
     own globals, then marker + the verdict on stdout. A hostile program can forge this verdict (its process holds
     the tests and the report line): the local sandbox's two processes are what training corpora should use."""
-    tree = ast.parse(tests.test)
-    calls_check, nested = False, False
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "check":
-            nested = _nested_asserts(node)
-            node.body = _counting(node.body)
-            calls_check = True
-    tree.body = _counting(tree.body)
+    tree, calls_check, nested = _counted_tests(tests)
     entry = tests.entry_point
     if calls_check and entry:
         tree.body += ast.parse(f"check({entry})\n__cd[0] += {int(nested)}").body
