@@ -266,8 +266,14 @@ def distill_quality_block(f: dict[str, Any]) -> str:
     pct = lambda v: f"{100 * v:.1f}%" if v is not None else "-"  # noqa: E731
     ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]" if c else ""  # noqa: E731
     diff = lambda d: f"{100 * d['maj_difference']:+.1f} {ci(d['maj_difference_ci'])}" if d else ""  # noqa: E731
-    lines = [f"`{f['command']}`: {f['seconds']['total'] / 60:.0f} minutes on {f['machine']}, {f['date']} (it writes "
-             "`docs/figures/distill_quality.json` and the plot, which this block is made from). "
+    seconds = f["seconds"]
+    work = seconds.get("work", seconds["total"])
+    reused = (f" The arms were trained once, by the run on the validation split that chose the settings; this run "
+              f"reused them (their fingerprints held) and scored the test split in {seconds['total'] / 60:.0f} "
+              "minutes." if work - seconds["total"] > 60 else "")
+    lines = [f"`{f['command']}`: {work / 60:.0f} minutes of work on {f['machine']}, {f['date']}, each stage timed "
+             "when it ran (it writes `docs/figures/distill_quality.json` and the plot, which this block is made "
+             f"from).{reused} "
              f"{f['models']['teacher']['questions']} test questions; 95% intervals, paired for the differences.",
              "", f"| model | greedy | maj@{k} | vs labels only (maj@{k}) | vs N = 1 (maj@{k}) | of the teacher's maj@{k} "
              "| examples | teacher tokens |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
