@@ -3,11 +3,12 @@
     cotdistill evaluate pipelines/demo.yaml
 
 For each model in `evaluate.models` (`teacher`, `base_student`, `student` = the trained model, `student_dpo` =
-it after the dpo stage), on the test questions: one greedy request (temperature 0) and one request of K samples
-at `evaluate.temperature`. From that single pass, maj@k for every k <= K is the expected accuracy of a vote over
-random k-subsets, and pass@k is Chen et al.'s unbiased estimator (cotdistill/stages/evaluate/metrics.py). The teacher is asked
-with its own generate prompt, the students with the student prompt they were trained on. `evaluate.stored` scores
-existing Sample shards (e.g. a teacher's generations on the test split) without running a model.
+it after the dpo stage, `student_onpolicy` = the onpolicy stage's), on the test questions: one greedy request
+(temperature 0) and one request of K samples at `evaluate.temperature`. From that single pass, maj@k for every
+k <= K is the expected accuracy of a vote over random k-subsets, and pass@k is Chen et al.'s unbiased estimator
+(cotdistill/stages/evaluate/metrics.py). The teacher is asked with its own generate prompt, the students with the
+student prompt they were trained on. `evaluate.stored` scores existing Sample shards (e.g. a teacher's generations
+on the test split) without running a model.
 
 With `evaluate.adaptive`, adaptive self-consistency (Adaptive-Consistency's Beta rule, or ESC's window; see
 cotdistill/verify/stopping.py) is scored on the same K samples: per question, the samples are walked in the order they
@@ -31,7 +32,7 @@ from cotdistill.config.run import RunConfig
 from cotdistill.config.sections import AdaptiveEvalConfig, ModelConfig
 from cotdistill.core.fields import ConfigError
 from cotdistill.core.fingerprints import data_settings, digest, file_digest, folder_digest, make_fingerprint, upstream
-from cotdistill.core.paths import DPO, EVALUATE, PRUNE, TRAIN
+from cotdistill.core.paths import DPO, EVALUATE, ONPOLICY, PRUNE, TRAIN
 from cotdistill.core.paths import RunPaths
 from cotdistill.core.prompts import PromptTemplate
 from cotdistill.core.records import EVAL_SCHEMA, Question, rows_to_table
@@ -88,6 +89,10 @@ def eval_models(config: RunConfig) -> list[EvalModel]:
         # the SFT student after the dpo stage (preference pairs): the same prompt and delimiters
         "student_dpo": lambda: EvalModel("student_dpo", student, str(paths.dpo_model),
                                          PromptTemplate(config.train.prompt), "dpo", trained or student.delimiters()),
+        # the student after the onpolicy stage (its own samples, the teacher's distribution): the same prompt
+        "student_onpolicy": lambda: EvalModel("student_onpolicy", student, str(paths.onpolicy_model),
+                                              PromptTemplate(config.train.prompt), "onpolicy",
+                                              trained or student.delimiters()),
     }
     teacher_prompt = PromptTemplate(first.generate.prompt, first.generate.examples)
     extra = [EvalModel(name, m, None, teacher_prompt if m.prompt == "teacher" else PromptTemplate(config.train.prompt),
@@ -306,11 +311,12 @@ def models_scored(config: RunConfig) -> bool:
 
 
 def needs(config: RunConfig) -> tuple:
-    """The trained models it scores: train's student, dpo's, and the pruned base student."""
+    """The trained models it scores: train's student, dpo's, onpolicy's, and the pruned base student."""
     models = set(config.evaluate.models)
     return (*((PRUNE,) if config.student.prune is not None and models & {"base_student", "student", "student_dpo"}
               else ()),
-            *((TRAIN,) if models & {"student", "student_dpo"} else ()), *((DPO,) if "student_dpo" in models else ()))
+            *((TRAIN,) if models & {"student", "student_dpo"} else ()), *((DPO,) if "student_dpo" in models else ()),
+            *((ONPOLICY,) if "student_onpolicy" in models else ()))
 
 
 def preflight(config: RunConfig) -> None:
