@@ -203,3 +203,63 @@ def test_onpolicy_keys_round_trip_through_the_resolved_config(tmp_path, tiny_mod
     assert dumped["beta"] == 0.5 and "trl" not in dumped
     (tmp_path / "again.yaml").write_text(dump_config(config))
     assert load_config(tmp_path / "again.yaml").onpolicy == config.onpolicy
+
+
+SECRET = "sk-onpolicy-secret-42"
+
+
+def served_config(tmp_path: Path, student: Path, url: str, questions: Path, served_name: str = "teacher",
+                  **onpolicy) -> dict:
+    data = onpolicy_config(tmp_path, student, student, questions, **onpolicy)
+    data["teacher"] = {"model": "peaked-teacher", "backend": "openai",
+                       "openai": {"base_url": url, "model": served_name, "api_key_env": "ONPOLICY_TEST_KEY",
+                                  "max_retries": 2}}
+    return data
+
+
+def test_a_served_teacher_trains_the_student_with_its_key(tmp_path, tiny_model, peaked_teacher, gsm8k_rows,
+                                                          monkeypatch):
+    from cotdistill.stages import onpolicy
+    from tests.servers import StubLogprobServer
+
+    monkeypatch.setenv("ONPOLICY_TEST_KEY", SECRET)
+    questions = write_questions(tmp_path / "q.jsonl", gsm8k_rows[:8])
+    # two 503s first (Retry-After 0): retried, within openai.max_retries
+    with StubLogprobServer(peaked_teacher, SECRET, behave=lambda n: ("status", 503) if n <= 2 else None) as stub:
+        config, _ = load(tmp_path, served_config(tmp_path, tiny_model, stub.url, questions, max_steps=3,
+                                                 save_steps=2))
+        stats = onpolicy.STAGE.run(config)
+    assert stats["trainer"] == "ServerDistillationTrainer" and stats["teacher_kind"] == "served"
+    assert stats["global_steps"] == 3 and stats["teacher_retries"] == 2 and stats["completions"] == 6
+    assert [status for path, status in stub.log if path == "/v1/completions"] == [503, 503, 200, 200, 200]
+    before, after = weights(tiny_model), weights(config.paths.onpolicy_model)
+    assert any(abs(before[k] - after[k]).max() > 0 for k in before)
+    # the key went to the server only: no file of the run holds it
+    for path in config.run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("key", "authentication refused (401)"),
+    ("model", "does not serve 'peaked'"),
+    ("down", "failed 3 times (503"),
+])
+def test_a_served_teachers_fatal_errors_stop_the_stage_in_one_line(tmp_path, tiny_model, peaked_teacher, gsm8k_rows,
+                                                                  monkeypatch, capsys, fault, message):
+    from cotdistill.cli import main
+    from tests.servers import StubLogprobServer
+
+    monkeypatch.setenv("ONPOLICY_TEST_KEY", "sk-wrong" if fault == "key" else SECRET)
+    questions = write_questions(tmp_path / "q.jsonl", gsm8k_rows[:4])
+    behave = (lambda n: ("status", 503)) if fault == "down" else None
+    with StubLogprobServer(peaked_teacher, SECRET, behave=behave) as stub:
+        data = served_config(tmp_path, tiny_model, stub.url, questions, "peaked" if fault == "model" else "teacher",
+                             max_steps=2)
+        _, path = load(tmp_path, data)
+        with pytest.raises(SystemExit) as stopped:
+            main(["onpolicy", str(path)])
+    assert stopped.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "runs" / "tiny" / "onpolicy" / "stats.json").exists()
