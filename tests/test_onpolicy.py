@@ -263,3 +263,42 @@ def test_a_served_teachers_fatal_errors_stop_the_stage_in_one_line(tmp_path, tin
     errors = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and message in errors[0], errors
     assert not (tmp_path / "runs" / "tiny" / "onpolicy" / "stats.json").exists()
+
+
+@pytest.fixture(scope="module")
+def other_vocabulary_teacher(tmp_path_factory) -> Path:
+    """A teacher with another tokenizer (a BPE vocabulary of 384, not the student's 512), peaked like the other."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tests.conftest import build_tiny_llama
+
+    target = build_tiny_llama(tmp_path_factory.mktemp("other-vocab") / "model", vocab_size=384)
+    model = LlamaForCausalLM.from_pretrained(target, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(8.0)
+    model.save_pretrained(target)
+    return target
+
+
+def test_a_teacher_with_another_tokenizer_trains_by_gold(tmp_path, tiny_model, other_vocabulary_teacher, gsm8k_rows):
+    from transformers import AutoTokenizer
+
+    from cotdistill.stages import onpolicy
+
+    student_vocab, teacher_vocab = (AutoTokenizer.from_pretrained(m).get_vocab()
+                                    for m in (tiny_model, other_vocabulary_teacher))
+    assert len(student_vocab) != len(teacher_vocab)
+    questions = write_questions(tmp_path / "q.jsonl", gsm8k_rows[:8])
+    data = onpolicy_config(tmp_path, tiny_model, other_vocabulary_teacher, questions, max_steps=3, save_steps=50)
+    with pytest.raises(ConfigError, match="different tokenizers: set onpolicy.cross_tokenizer: true"):
+        load(tmp_path, data)
+    data["onpolicy"].update(cross_tokenizer=True, max_length=256)  # max_length: a GOLDConfig field
+    config, _ = load(tmp_path, data)
+    stats = onpolicy.STAGE.run(config)
+
+    assert stats["trainer"] == "GOLDTrainer" and stats["teacher_kind"] == "cross_tokenizer"
+    assert stats["global_steps"] == 3 and stats["completions"] == 6  # lmbda 1: every batch the student's own
+    assert 0 < stats["student_tokens_sampled"] <= 6 * 12 and stats["teacher_tokens_scored"] > 0
+    before, after = weights(tiny_model), weights(config.paths.onpolicy_model)
+    assert any(abs(before[k] - after[k]).max() > 0 for k in before)

@@ -758,7 +758,8 @@ class OnPolicyConfig:
             if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(self.trl[key], str):
                 yield key, (f"must be a number, got {self.trl[key]!r} (YAML reads 1e-4 as text: write 1.0e-4)")
                 return
-        for key in ("teacher_model_name_or_path", "teacher_model_server_url", "output_dir"):
+        for key in ("teacher_model_name_or_path", "teacher_model_server_url", "teacher_tokenizer_name_or_path",
+                    "output_dir"):
             if key in self.trl:
                 yield key, "is set by cotdistill (onpolicy.teacher, and the run's folder)"
                 return

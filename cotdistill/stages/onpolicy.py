@@ -103,12 +103,23 @@ def starting_model(config: RunConfig) -> str:
 
 def prompt_datasets(config: RunConfig) -> tuple[Any, Any | None]:
     """The training questions as a `datasets.Dataset` of conversational prompts (the student's template), and the
-    last `held_out` of them apart (None when none are)."""
+    last `held_out` of them apart (None when none are). For GOLD (cross_tokenizer), each row also has a completion,
+    the gold answer as train.label_format writes it (what GOLD's off-policy batches learn when lmbda < 1, and what
+    its held-out loss is taken on), and the student's chat_template_kwargs (GOLD renders each row with them)."""
     import datasets
 
-    template = PromptTemplate(config.train.prompt)
-    rows = [{"prompt": template.render(question=q.question, choices=q.choices)}
-            for q in QuestionSource(config.data).questions()]
+    template, section = PromptTemplate(config.train.prompt), settings(config)
+    kwargs = config.student.chat_template_kwargs
+
+    def row(q: Any) -> dict[str, Any]:
+        prompt = {"prompt": template.render(question=q.question, choices=q.choices)}
+        if not section.cross_tokenizer:
+            return prompt
+        answer = config.train.label_format.format(answer=q.gold_answer if q.gold_answer is not None else "")
+        return {**prompt, "completion": [{"role": "assistant", "content": answer}],
+                **({"chat_template_kwargs": dict(kwargs)} if kwargs else {})}
+
+    rows = [row(q) for q in QuestionSource(config.data).questions()]
     held_out = settings(config).held_out
     if len(rows) <= held_out:
         raise ValueError(f"onpolicy.held_out: {held_out} of {len(rows)} questions held out leaves none to train on")
@@ -126,6 +137,9 @@ def trl_args(config: RunConfig, cls: type) -> Any:
         fields["chat_template_kwargs"] = dict(config.student.chat_template_kwargs)
     if not teacher.local_engine:
         fields["teacher_model_server_url"] = teacher.settings.servers()[0]  # the client is cotdistill's own
+    if section.cross_tokenizer:  # GOLD: on-policy unless lmbda says otherwise, the teacher's tokens aligned by ULD
+        fields = {"lmbda": 1.0, "use_uld_loss": True, **fields,
+                  "teacher_tokenizer_name_or_path": resolve_model(teacher.model)}
     return trainer_args(cls, fields, config.paths.onpolicy_checkpoints, config.seed, "onpolicy")
 
 

@@ -125,6 +125,41 @@ def served_trainer_class() -> type:
     return ServedTeacherTrainer
 
 
+def gold_trainer_class() -> type:
+    """TRL's GOLDTrainer (a teacher with another tokenizer, by ULD), costed: its on-policy completions counted in
+    generate_on_policy_outputs, the teacher's tokens (in its own tokenizer) in compute_loss."""
+    from trl.experimental.gold import GOLDTrainer
+
+    class CostedGOLD(costed(GOLDTrainer)):
+        def generate_on_policy_outputs(self, model: Any, inputs: Any, generation_config: Any) -> Any:
+            result = super().generate_on_policy_outputs(model, inputs, generation_config)
+            input_ids, _, labels = result[:3]
+            eos = generation_config.eos_token_id
+            stops = set(eos if isinstance(eos, list) else [eos]) | {self._tokenizer.pad_token_id}
+            completions = [ids[mask].tolist() for ids, mask in zip(input_ids, labels != -100)]
+            counts = self._counts()
+            counts["student_tokens_sampled"] += sum(len(ids) for ids in completions)
+            counts["completions"] += len(completions)
+            counts["truncated_completions"] += sum(1 for ids in completions if not ids or ids[-1] not in stops)
+            return result
+
+        def compute_loss(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.model.training:
+                counts = self._counts()
+                if self.use_uld_loss and self.teacher_tokenizer is not None:  # the teacher reads its own tokens
+                    prompts = self.teacher_tokenizer(list(inputs["original_prompt_text"]), add_special_tokens=False)
+                    texts = self.teacher_tokenizer(list(inputs["original_completion_text"]), add_special_tokens=False)
+                    scored = sum(len(ids) for ids in texts["input_ids"])
+                    read = scored + sum(len(ids) for ids in prompts["input_ids"])
+                else:
+                    scored, read = int((inputs["labels"] != -100).sum()), int(inputs["attention_mask"].sum())
+                counts["teacher_tokens_scored"] += scored
+                counts["teacher_tokens_read"] += read
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return CostedGOLD
+
+
 # --- the served teacher ------------------------------------------------------------------------------------------
 
 FATAL_STATUS = {401: "authentication refused (401)", 403: "permission refused (403)"}
