@@ -139,6 +139,7 @@ def test_kill_9_while_checkpointing_then_rerun_resumes_from_the_checkpoint(tmp_p
 def test_a_changed_beta_redoes_onpolicy_and_evaluate_scores_only_student_onpolicy_again(
         tmp_path, tiny_model, peaked_teacher, gsm8k_rows):
     from cotdistill.stages import evaluate, onpolicy
+    from cotdistill.stages.evaluate.report import format_table
 
     questions = write_questions(tmp_path / "q.jsonl", gsm8k_rows[:6])
     data = onpolicy_config(tmp_path, tiny_model, peaked_teacher, questions, max_steps=2, save_steps=50)
@@ -150,7 +151,15 @@ def test_a_changed_beta_redoes_onpolicy_and_evaluate_scores_only_student_onpolic
     onpolicy.STAGE.run(config)
     metrics = evaluate.STAGE.run(config)["models"]
     assert set(metrics) == {"base_student", "student_onpolicy"}
-    assert "student_onpolicy" in (config.paths.evaluate / "report.md").read_text()
+    report = (config.paths.evaluate / "report.md").read_text()
+    assert "student_onpolicy" in report and "## Training cost" in report
+    # each student's training cost beside its accuracy, in the command's table too
+    assert metrics["student_onpolicy"]["training"]["student_tokens_sampled"] > 0 and "training" not in \
+        metrics["base_student"]
+    table = format_table(metrics)
+    assert table.splitlines()[0].split()[-4:] == ["train", "s", "sampled", "teacher"]
+    row = next(line for line in table.splitlines() if line.startswith("student_onpolicy")).split()
+    assert row[-2] == str(metrics["student_onpolicy"]["training"]["student_tokens_sampled"])
     scored = {name: config.paths.eval_cost(name).stat().st_mtime_ns for name in metrics}
 
     changed, _ = load(tmp_path, data, ["onpolicy.beta=0.9"])

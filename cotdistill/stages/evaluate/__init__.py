@@ -232,6 +232,9 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
     metrics = {name: summarize_model(rows, read_json(paths.eval_cost(name)), config)
                for name, rows in all_rows.items()}
     add_comparisons(metrics, all_rows, fmt, config)
+    for m in models:  # a trained student's cost beside its accuracy
+        if m.stage in TRAINING_STAGES:
+            metrics[m.name]["training"] = training_cost(m.stage, paths.stage(m.stage) / "stats.json")
     result = {"temperature": ev.temperature, "answer_format": fmt.name,
               "tie_rule": "a tie among t answers scores 1/t when the gold is among them",
               "adaptive": vars(ev.adaptive) if ev.adaptive is not None else None, "models": metrics}
@@ -240,6 +243,19 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
     write_json_atomic(result, paths.metrics)  # last: the stage is done
     logger.info("evaluate: wrote %s and report.md", paths.metrics)
     return result
+
+
+TRAINING_STAGES = ("train", "dpo", "onpolicy")
+
+
+def training_cost(stage: str, stats_file: Path) -> dict[str, Any]:
+    """What the stage that made a student cost (its stats.json): steps, wall time and, where it samples, the student
+    tokens sampled and the teacher tokens scored."""
+    stats = read_json_or_none(stats_file) or {}
+    wall = stats.get("train_wall_s", stats.get("train_runtime_s"))
+    return {"stage": stage, "steps": stats.get("global_steps"), "wall_s": wall,
+            "student_tokens_sampled": stats.get("student_tokens_sampled"),
+            "teacher_tokens_scored": stats.get("teacher_tokens_scored")}
 
 
 def add_comparisons(metrics: dict[str, dict[str, Any]], all_rows: dict[str, list[dict[str, Any]]],
