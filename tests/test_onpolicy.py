@@ -311,3 +311,54 @@ def test_a_teacher_with_another_tokenizer_trains_by_gold(tmp_path, tiny_model, o
     assert 0 < stats["student_tokens_sampled"] <= 6 * 12 and stats["teacher_tokens_scored"] > 0
     before, after = weights(tiny_model), weights(config.paths.onpolicy_model)
     assert any(abs(before[k] - after[k]).max() > 0 for k in before)
+
+
+def test_a_real_vllm_server_scores_the_students_tokens(tmp_path, tiny_model, served_parrot, gsm8k_rows,
+                                                       monkeypatch):
+    """TRL's request (token-id prompts, prompt_logprobs) against vLLM's own OpenAI server: the parrot teacher
+    (conftest.served_parrot, shared with the other server tests) scores the tiny student's completions."""
+    from cotdistill.stages import onpolicy
+
+    monkeypatch.delenv("ONPOLICY_TEST_KEY", raising=False)  # a loopback server takes no key
+    questions = write_questions(tmp_path / "q.jsonl", gsm8k_rows[:4])
+    data = served_config(tmp_path, tiny_model, served_parrot, questions, max_steps=2, save_steps=50)
+    data["teacher"]["openai"].pop("model")  # vLLM serves the model under its folder's path, the teacher's `model`
+    data["teacher"]["model"] = served_parrot_model_name(served_parrot)
+    config, _ = load(tmp_path, data)
+    stats = onpolicy.STAGE.run(config)
+    assert stats["trainer"] == "ServerDistillationTrainer" and stats["global_steps"] == 2
+    assert stats["teacher_retries"] == 0 and stats["teacher_tokens_scored"] == stats["student_tokens_sampled"] > 0
+    assert (config.paths.onpolicy_model / "config.json").is_file()
+
+
+def served_parrot_model_name(base_url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=10) as answer:
+        return json.loads(answer.read())["data"][0]["id"]
+
+
+def test_a_thinking_students_switches_reach_its_sampling(tmp_path, tiny_model, peaked_teacher):
+    """student.chat_template_kwargs (enable_thinking: false) reach the prompts the trainer tokenizes for sampling."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from cotdistill.stages import onpolicy
+    from tests.conftest import CHATML_TEMPLATE
+
+    student = tmp_path / "thinker"
+    shutil.copytree(tiny_model, student)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    tokenizer.chat_template = CHATML_TEMPLATE + ("{% if add_generation_prompt and enable_thinking is defined and "
+                                                 "not enable_thinking %}<think>\n\n</think>\n\n{% endif %}")
+    tokenizer.save_pretrained(student)
+    questions = write_questions(tmp_path / "q.jsonl", [{"question": "What is 2 + 3?", "answer": "#### 5"}] * 3)
+    data = onpolicy_config(tmp_path, student, peaked_teacher, questions)
+    data["student"]["chat_template_kwargs"] = {"enable_thinking": False}
+    config, _ = load(tmp_path, data)
+    dataset, _ = onpolicy.prompt_datasets(config)
+    trainer = onpolicy.build_trainer(config, str(student), dataset, None)
+    (ids,), _, _ = trainer._tokenize_prompts([dataset[0]["prompt"]])
+    assert "</think>" in tokenizer.decode(ids)
+    assert trainer.args.chat_template_kwargs == {"enable_thinking": False}
