@@ -362,3 +362,24 @@ def test_a_thinking_students_switches_reach_its_sampling(tmp_path, tiny_model, p
     (ids,), _, _ = trainer._tokenize_prompts([dataset[0]["prompt"]])
     assert "</think>" in tokenizer.decode(ids)
     assert trainer.args.chat_template_kwargs == {"enable_thinking": False}
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_as_in_train(tmp_path, tiny_model, peaked_teacher, gsm8k_rows, merge):
+    """train.peft wraps the student in a LoRA adapter; the result is merged (an ordinary model) or the adapter alone,
+    as train.merge_adapter says."""
+    from cotdistill.models.adapters import is_adapter
+    from cotdistill.stages import onpolicy
+
+    questions = write_questions(tmp_path / "q.jsonl", gsm8k_rows[:6])
+    data = onpolicy_config(tmp_path, tiny_model, peaked_teacher, questions, max_steps=2, save_steps=50)
+    data["train"].update(peft={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, merge_adapter=merge)
+    config, _ = load(tmp_path, data)
+    stats = onpolicy.STAGE.run(config)
+    assert stats["global_steps"] == 2
+    model = config.paths.onpolicy_model
+    assert is_adapter(model) is not merge
+    if merge:
+        before, after = weights(tiny_model), weights(model)
+        changed = {k for k in before if abs(before[k] - after[k]).max() > 0}
+        assert changed and all("q_proj" in k or "v_proj" in k for k in changed)  # the adapted layers alone
