@@ -164,6 +164,9 @@ def config_reference() -> str:
             if "key_named_by" in f.metadata:
                 lines.append(f"- `<{f.metadata['key_named_by']}>`: {comments.get(f.name, '')}")
                 continue
+            if "other_keys" in f.metadata:  # no key of its own: every key not listed here goes into it
+                lines.append(f"- every other key: {comments.get(f.name, '')}")
+                continue
             facts = [type_name(hints[f.name]), "default " + default_text(f)]
             check = check_text(f)
             if check:

@@ -73,8 +73,9 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
-def build_tiny_llama(target: Path) -> Path:
-    """Random-weight Llama, 2 layers, hidden 128, 4 heads of 32, vocabulary 512, with a trained tokenizer."""
+def build_tiny_llama(target: Path, vocab_size: int = 512) -> Path:
+    """Random-weight Llama, 2 layers, hidden 128, 4 heads of 32, vocabulary 512 (or `vocab_size`: another
+    tokenizer), with a trained tokenizer."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -83,7 +84,7 @@ def build_tiny_llama(target: Path) -> Path:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     texts = [r["question"] + "\n" + r["answer"] for r in read_jsonl(GSM8K_TRAIN, limit=2000)]
     tok.train_from_iterator(texts, trainer=trainer)

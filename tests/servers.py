@@ -7,6 +7,7 @@
 
     with StubOpenAI(lambda body, attempt: ("status", 401, {"error": {...}})) as stub:
         ...  # an OpenAI-compatible server that is not a model, answering as a test scripts it (error behaviour)
+    with StubLogprobServer(model_dir, api_key="k") as stub:   # a teacher's prompt logprobs, as vLLM answers TRL
 
 Everything listens on 127.0.0.1 only, on a free port, and is bounded in time: the server start by `timeout`,
 the proxy and the stub by `lifetime_s` (after which they stop even if a test forgot to close them).
@@ -386,3 +387,67 @@ class StubOpenAI(BackgroundServer):
         if action[0] == "text":
             return web.Response(text="<html>502 bad gateway</html>", content_type="text/html")
         return web.Response(body=payload, content_type="application/json")
+
+
+class StubLogprobServer(BackgroundServer):
+    """vLLM's answer to TRL's teacher client, computed by a real model in this process: GET /v1/models names
+    `served_name`; POST /v1/completions with token-id prompts and `prompt_logprobs: k` answers, per prompt, the
+    model's top-k logprobs at every position (and the actual token's), in vLLM's format. Every request needs
+    `Authorization: Bearer <api_key>` (401 otherwise). `behave(attempt)` may answer ("status", code) instead, for
+    the n-th POST (counted from 1). `log` holds (path, status) of every request."""
+
+    def __init__(self, model_dir: str | Path, api_key: str, served_name: str = "teacher", behave: Any = None,
+                 lifetime_s: float = 300.0) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.api_key, self.served_name = api_key, served_name
+        self.behave = behave or (lambda attempt: None)
+        self.log: list[tuple[str, int]] = []
+        self.posts = 0
+        self._start("/v1", lifetime_s)
+
+    def _answer(self, request: Any, status: int, body: Any, **headers: str) -> Any:
+        from aiohttp import web
+
+        with self._lock:
+            self.log.append((request.path, status))
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _handle(self, request: Any) -> Any:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._answer(request, 401, {"error": {"message": "Unauthorized", "type": "invalid_api_key"}})
+        if request.method != "POST":
+            return self._answer(request, 200, {"object": "list", "data": [{"id": self.served_name}]})
+        body = await request.json()
+        with self._lock:
+            self.posts += 1
+            action = self.behave(self.posts)
+        if action is not None:
+            return self._answer(request, action[1], {"error": {"message": f"scripted {action[1]}"}},
+                                **{"Retry-After": "0"})
+        if body.get("model") != self.served_name:
+            return self._answer(request, 404, {"error": {"message": f"The model `{body.get('model')}` does not "
+                                                         "exist.", "type": "NotFoundError"}})
+        choices = [{"index": i, "text": "", "finish_reason": "length",
+                    "prompt_logprobs": self._prompt_logprobs(ids, int(body["prompt_logprobs"]),
+                                                             float(body.get("temperature") or 1.0))}
+                   for i, ids in enumerate(body["prompt"])]
+        return self._answer(request, 200, {"id": "stub", "object": "text_completion", "model": self.served_name,
+                                           "choices": choices})
+
+    def _prompt_logprobs(self, ids: list[int], k: int, temperature: float) -> list[dict | None]:
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0, :-1] / temperature
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        ranks = logprobs.argsort(dim=-1, descending=True).argsort(dim=-1) + 1
+        out: list[dict | None] = [None]
+        for position, token in enumerate(ids[1:]):
+            row = logprobs[position]
+            chosen = {int(t) for t in row.topk(k).indices} | {token}
+            out.append({str(t): {"logprob": float(row[t]), "rank": int(ranks[position, t]), "decoded_token": ""}
+                        for t in chosen})
+        return out

@@ -5,7 +5,8 @@
 The YAML keys are the dataclass fields of config/run.py and config/sections.py. A key that is not a field is an
 error naming the key and the file, with the nearest known key (a misspelt `temprature` is never silently
 ignored); an override's mistake is blamed on the command line. `engine`, `sft`, `peft` and `dpo` are passed
-through as they are, to `vllm.LLM(...)`, `trl.SFTConfig(...)`, `peft.LoraConfig(...)` and `trl.DPOConfig(...)`.
+through as they are, to `vllm.LLM(...)`, `trl.SFTConfig(...)`, `peft.LoraConfig(...)` and `trl.DPOConfig(...)`, and
+`onpolicy`'s keys besides its own to TRL's DistillationConfig (checked by its rules).
 Overrides are dotted `key=value` pairs, parsed as YAML values.
 
 Then every field's Check (core/fields.py) and every section's rules run, in the order the YAML declares them;
@@ -95,12 +96,16 @@ def _from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     named = {f.name: f.metadata["key_named_by"] for f in fields.values() if "key_named_by" in f.metadata}
-    yaml_keys = set(fields) - set(named)
+    # a field that takes every key that is none of the others (onpolicy's TRL fields, checked by its rules)
+    other = next((f.name for f in fields.values() if "other_keys" in f.metadata), None)
+    yaml_keys = set(fields) - set(named) - {other}
     settings_key, settings_class = _backend_settings(data, source, prefix) if named else (None, None)
     if settings_key is not None:
         yaml_keys.add(settings_key)
     unknown = sorted(set(data) - yaml_keys)
-    if unknown:
+    if other is not None:
+        data = {**{k: v for k, v in data.items() if k in yaml_keys}, other: {k: data[k] for k in unknown}}
+    elif unknown:
         close = difflib.get_close_matches(unknown[0], yaml_keys, n=1)
         hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
         raise UnknownKey(f"{source}: unknown key '{prefix}{unknown[0]}' ({hint}valid keys here: "
@@ -221,6 +226,9 @@ def to_dict(section: Any) -> Any:
             if "key_named_by" in f.metadata:
                 if value is not None:
                     out[getattr(section, f.metadata["key_named_by"])] = to_dict(value)
+                continue
+            if "other_keys" in f.metadata:  # written as the section's own keys
+                out.update(to_dict(value))
                 continue
             out[f.name] = to_dict(value)
         return out

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cotdistill.config.sections import (
     EVAL_MODELS, TEACHER_GENERATE_KEYS, DataConfig, EvaluateConfig, FilterConfig, GenerateConfig, ModelConfig, Problems,
-    SandboxConfig, ScoreConfig, StudentConfig, TeacherEntryConfig, TrainConfig,
+    OnPolicyConfig, SandboxConfig, ScoreConfig, StudentConfig, TeacherEntryConfig, TrainConfig,
 )
 from cotdistill.core.paths import RunPaths
 
@@ -51,6 +51,9 @@ class RunConfig:
     # The dpo stage: TRL's DPOTrainer on filter/pairs/ from the SFT student (train/model/); trl.DPOConfig fields,
     # passed through as they are (e.g. {beta: 0.1, max_steps: 100, learning_rate: 5.0e-7}). null: no dpo stage.
     dpo: dict[str, Any] | None = None
+    # The onpolicy stage: on-policy distillation of the student from a teacher on the training questions
+    # (OnPolicyConfig, e.g. {beta: 0.5, max_steps: 50, max_completion_length: 256}); null: no onpolicy stage.
+    onpolicy: OnPolicyConfig | None = None
 
     def rules(self, run: RunConfig) -> Problems:
         """The teachers apart from one another, and the stages that need another's outputs."""

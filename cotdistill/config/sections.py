@@ -31,10 +31,12 @@ Problems = Iterator[tuple[str, str]]  # (key within the section, what is wrong)
 
 LABEL_MODES = ("gold", "majority", "none")  # filter.label
 DIFFICULTY_WEIGHTS = ("none", "harder_more")  # filter.difficulty.weight
-EVAL_MODELS = ("teacher", "base_student", "student", "student_dpo")  # evaluate.models: the run's own models
+# evaluate.models: the run's own models
+EVAL_MODELS = ("teacher", "base_student", "student", "student_dpo", "student_onpolicy")
 EXTRA_MODEL_PROMPTS = ("student", "teacher")  # evaluate.extra_models.<name>.prompt
 TRAIN_LOSSES = ("sft", "kd")  # train.loss
 TRAIN_TARGETS = ("rationale", "label")  # train.target
+ONPOLICY_STARTS = ("student", "base_student")  # onpolicy.start
 KD_INTERPOLATIONS = ("none", "taid")  # train.kd.interpolation
 SCORE_CONTEXTS = ("student", "teacher")  # score.context
 SELECTIONS = ("random", "shortest", "longest")  # filter.select
@@ -671,6 +673,113 @@ class TrainConfig:
                 yield f"peft.{key}", "not a peft.LoraConfig field"
 
 
+def onpolicy_trl_class(cross_tokenizer: bool, served: bool) -> type:
+    """The TRL config `onpolicy:`'s other keys are passed to: GOLD's with cross_tokenizer, server distillation's for
+    a served teacher, else DistillationConfig."""
+    if cross_tokenizer:
+        from trl.experimental.gold import GOLDConfig
+
+        return GOLDConfig
+    if served:
+        from trl.experimental.server_distillation import ServerDistillationConfig
+
+        return ServerDistillationConfig
+    from trl import DistillationConfig
+
+    return DistillationConfig
+
+
+def same_vocabulary(first: str, second: str) -> bool:
+    """Whether two models' tokenizers map every token to the same id (folders or hub ids, as from_pretrained takes)."""
+    from transformers import AutoTokenizer
+
+    from cotdistill.models.resolve import resolve_model
+
+    a, b = (AutoTokenizer.from_pretrained(resolve_model(name)) for name in (first, second))
+    return a.get_vocab() == b.get_vocab()
+
+
+@dataclass
+class OnPolicyConfig:
+    """onpolicy: on-policy distillation (cotdistill/stages/onpolicy.py): the student samples its own completions to
+    the run's training questions (its prompt, chat template and chat_template_kwargs) and learns the teacher's
+    next-token distribution on them, by TRL's DistillationTrainer (a local teacher), its server-distillation trainer
+    (a served teacher's top-k logprobs) or GOLD (cross_tokenizer). Every key besides those below is a field of that
+    trainer's TRL config, passed through as it is and checked at load (beta: 0 forward KL, 1 reverse KL, between
+    them the generalized JSD; max_completion_length, temperature, max_steps, learning_rate, ...)."""
+
+    # The teacher: a name from `teachers`; null: the run's teacher (the first of several). A local model (its
+    # backend runs a local engine) is loaded in this process; a served one (backend openai, a vLLM server) scores
+    # the student's tokens by its top-k prompt logprobs, with openai's api_key_env and retries.
+    teacher: str | None = None
+    # student: start from train's student (train/model/); base_student: from the untrained student (the pruned one
+    # with student.prune), without train.
+    start: str = setting("student", one_of=ONPOLICY_STARTS)
+    # The teacher's tokenizer is not the student's: TRL's GOLD trainer (experimental) aligns the two; refused at
+    # load when both tokenizers are the same. A local teacher only.
+    cross_tokenizer: bool = False
+    # Questions of data held out of training (the last ones): the divergence on them is measured before and after
+    # training with the trainer's own loss, and written to stats.json. 0: none.
+    held_out: int = setting(0, at_least=0)
+    # a field of the trainer's TRL config (trl.DistillationConfig; ServerDistillationConfig for a served teacher,
+    # GOLDConfig with cross_tokenizer), passed through as it is and checked at load: beta, max_completion_length,
+    # temperature, max_steps, learning_rate, per_device_train_batch_size, save_steps, ...
+    trl: dict[str, Any] = field(default_factory=dict, metadata={"other_keys": True})
+
+    def teacher_model(self, run: RunConfig) -> ModelConfig:
+        return next(t for t in run.teachers if t.name == self.teacher) if self.teacher else run.teacher
+
+    def rules(self, run: RunConfig) -> Problems:
+        import dataclasses
+
+        names = [t.name for t in run.teachers]
+        if self.teacher is not None and self.teacher not in names:
+            yield "teacher", (f"{self.teacher!r} is none of the teachers ({', '.join(names)})" if names else
+                              "names one of several teachers, and this run has one `teacher`: leave it null")
+            return
+        teacher = self.teacher_model(run)
+        served = not teacher.local_engine
+        if served and not hasattr(teacher.settings, "servers"):
+            yield "teacher", f"backend {teacher.backend} is neither a local model nor a served one"
+            return
+        if served and self.cross_tokenizer:
+            yield "cross_tokenizer", ("GOLD needs the teacher's whole distribution, and a served teacher gives its "
+                                      "top-k logprobs only: use a local copy of the teacher")
+            return
+        cls = onpolicy_trl_class(self.cross_tokenizer, served)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in self.trl:
+            if key not in fields:
+                why = (" (TRL's DistillationTrainer samples every completion from the student: lmbda is 1; GOLD, "
+                       "with cross_tokenizer, takes lmbda)" if key == "lmbda" else "")
+                yield key, f"unknown {cls.__name__} field{why}"
+                return
+            default = fields[key].default
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(self.trl[key], str):
+                yield key, (f"must be a number, got {self.trl[key]!r} (YAML reads 1e-4 as text: write 1.0e-4)")
+                return
+        for key in ("teacher_model_name_or_path", "teacher_model_server_url", "teacher_tokenizer_name_or_path",
+                    "output_dir"):
+            if key in self.trl:
+                yield key, "is set by cotdistill (onpolicy.teacher, and the run's folder)"
+                return
+        extra = {"teacher_model_server_url": "http://127.0.0.1:1"} if served else {}
+        try:  # TRL's own checks (beta in [0, 1], the server's top-k rules, ...), now rather than after train
+            cls(**{"report_to": "none", "bf16": False, **extra, **self.trl, "output_dir": "/nonexistent"})
+        except (TypeError, ValueError) as e:
+            yield "", f"{cls.__name__} refuses these settings: {e}"
+            return
+        if teacher.local_engine and Path(run.student.model).expanduser().is_dir() and \
+                Path(teacher.model).expanduser().is_dir():  # else checked before the stage starts (preflight)
+            same = same_vocabulary(teacher.model, run.student.model)
+            if self.cross_tokenizer and same:
+                yield "cross_tokenizer", (f"the teacher {teacher.model} and the student {run.student.model} have "
+                                          "the same tokenizer: set it false (TRL's DistillationTrainer)")
+            elif not self.cross_tokenizer and not same:
+                yield "cross_tokenizer", (f"the teacher {teacher.model} and the student {run.student.model} have "
+                                          "different tokenizers: set onpolicy.cross_tokenizer: true (GOLD)")
+
+
 @dataclass
 class AdaptiveEvalConfig(StoppingRuleConfig):
     """evaluate.adaptive: adaptive self-consistency, reported beside the fixed-K maj@K of the same samples. Per
@@ -746,6 +855,8 @@ class EvaluateConfig:
                 yield "models", f"unknown value {name!r}; known: {', '.join(sorted(known))}"
         if "student_dpo" in self.models and run.dpo is None:
             yield "models", "student_dpo is the dpo stage's model, and there is no dpo: section"
+        if "student_onpolicy" in self.models and run.onpolicy is None:
+            yield "models", "student_onpolicy is the onpolicy stage's model, and there is no onpolicy: section"
         scored = {*self.models, *self.stored, *self.extra_models}
         for name in self.compare_to:
             if name not in scored and name not in ("teacher", "base_student"):
@@ -765,9 +876,9 @@ class EvaluateConfig:
             yield "answer_format", ("code runs each program against its question's tests: set "
                                     "evaluate.data.tests_format and evaluate.data.tests_field")
         if self.max_reasoning_tokens is not None:
+            students = {"base_student", "student_dpo", "student_onpolicy"}
             models = [(name, model) for name, model in (("teacher", run.teacher), ("student", run.student))
-                      if name in self.models or (name == "student" and {"base_student", "student_dpo"}
-                                                 & set(self.models))]
+                      if name in self.models or (name == "student" and students & set(self.models))]
             models += [(f"evaluate.extra_models.{name}", m) for name, m in self.extra_models.items()]
             for key, model in models:
                 problem = BACKENDS[model.backend].budget_problem(model, key)

@@ -75,6 +75,10 @@ class RunPaths:
         self.dpo = self.root / "dpo"
         self.dpo_model = self.dpo / "model"
         self.dpo_checkpoints = self.dpo / "checkpoints"
+        # onpolicy: the student distilled on its own samples, and its checkpoints
+        self.onpolicy = self.root / "onpolicy"
+        self.onpolicy_model = self.onpolicy / "model"
+        self.onpolicy_checkpoints = self.onpolicy / "checkpoints"
         # evaluate: per model <name>.parquet and <name>.cost.json, then metrics.json, report.md and the plots
         self.evaluate = self.root / "evaluate"
         self.metrics = self.evaluate / "metrics.json"
@@ -123,6 +127,7 @@ PRUNE = StageOutputs("prune")
 SCORE = StageOutputs("score")
 TRAIN = StageOutputs("train")
 DPO = StageOutputs("dpo")
+ONPOLICY = StageOutputs("onpolicy")
 EVALUATE = StageOutputs("evaluate", summary="metrics.json")
 
 

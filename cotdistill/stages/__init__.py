@@ -12,16 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from cotdistill.config.run import RunConfig
-from cotdistill.stages import dpo, evaluate, filter, generate, prune, score, train
+from cotdistill.stages import dpo, evaluate, filter, generate, onpolicy, prune, score, train
 from cotdistill.stages.base import Stage
 
 STAGES: tuple[Stage, ...] = (generate.STAGE, filter.STAGE, prune.STAGE, score.STAGE, train.STAGE, dpo.STAGE,
-                             evaluate.STAGE)
+                             onpolicy.STAGE, evaluate.STAGE)
 BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}
 
 
 def pipeline(config: RunConfig) -> list[Stage]:
-    """The stages `cotdistill run` runs, in order: those the config asks for (prune, score and dpo only when set)."""
+    """The stages `cotdistill run` runs, in order: those the config asks for (prune, score, dpo and onpolicy only
+    when set)."""
     return [stage for stage in STAGES if stage.wanted(config)]
 
 

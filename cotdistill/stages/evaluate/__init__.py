@@ -3,11 +3,12 @@
     cotdistill evaluate pipelines/demo.yaml
 
 For each model in `evaluate.models` (`teacher`, `base_student`, `student` = the trained model, `student_dpo` =
-it after the dpo stage), on the test questions: one greedy request (temperature 0) and one request of K samples
-at `evaluate.temperature`. From that single pass, maj@k for every k <= K is the expected accuracy of a vote over
-random k-subsets, and pass@k is Chen et al.'s unbiased estimator (cotdistill/stages/evaluate/metrics.py). The teacher is asked
-with its own generate prompt, the students with the student prompt they were trained on. `evaluate.stored` scores
-existing Sample shards (e.g. a teacher's generations on the test split) without running a model.
+it after the dpo stage, `student_onpolicy` = the onpolicy stage's), on the test questions: one greedy request
+(temperature 0) and one request of K samples at `evaluate.temperature`. From that single pass, maj@k for every
+k <= K is the expected accuracy of a vote over random k-subsets, and pass@k is Chen et al.'s unbiased estimator
+(cotdistill/stages/evaluate/metrics.py). The teacher is asked with its own generate prompt, the students with the
+student prompt they were trained on. `evaluate.stored` scores existing Sample shards (e.g. a teacher's generations
+on the test split) without running a model.
 
 With `evaluate.adaptive`, adaptive self-consistency (Adaptive-Consistency's Beta rule, or ESC's window; see
 cotdistill/verify/stopping.py) is scored on the same K samples: per question, the samples are walked in the order they
@@ -31,7 +32,7 @@ from cotdistill.config.run import RunConfig
 from cotdistill.config.sections import AdaptiveEvalConfig, ModelConfig
 from cotdistill.core.fields import ConfigError
 from cotdistill.core.fingerprints import data_settings, digest, file_digest, folder_digest, make_fingerprint, upstream
-from cotdistill.core.paths import DPO, EVALUATE, PRUNE, TRAIN
+from cotdistill.core.paths import DPO, EVALUATE, ONPOLICY, PRUNE, TRAIN
 from cotdistill.core.paths import RunPaths
 from cotdistill.core.prompts import PromptTemplate
 from cotdistill.core.records import EVAL_SCHEMA, Question, rows_to_table
@@ -88,6 +89,10 @@ def eval_models(config: RunConfig) -> list[EvalModel]:
         # the SFT student after the dpo stage (preference pairs): the same prompt and delimiters
         "student_dpo": lambda: EvalModel("student_dpo", student, str(paths.dpo_model),
                                          PromptTemplate(config.train.prompt), "dpo", trained or student.delimiters()),
+        # the student after the onpolicy stage (its own samples, the teacher's distribution): the same prompt
+        "student_onpolicy": lambda: EvalModel("student_onpolicy", student, str(paths.onpolicy_model),
+                                              PromptTemplate(config.train.prompt), "onpolicy",
+                                              trained or student.delimiters()),
     }
     teacher_prompt = PromptTemplate(first.generate.prompt, first.generate.examples)
     extra = [EvalModel(name, m, None, teacher_prompt if m.prompt == "teacher" else PromptTemplate(config.train.prompt),
@@ -227,6 +232,9 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
     metrics = {name: summarize_model(rows, read_json(paths.eval_cost(name)), config)
                for name, rows in all_rows.items()}
     add_comparisons(metrics, all_rows, fmt, config)
+    for m in models:  # a trained student's cost beside its accuracy
+        if m.stage in TRAINING_STAGES:
+            metrics[m.name]["training"] = training_cost(m.stage, paths.stage(m.stage) / "stats.json")
     result = {"temperature": ev.temperature, "answer_format": fmt.name,
               "tie_rule": "a tie among t answers scores 1/t when the gold is among them",
               "adaptive": vars(ev.adaptive) if ev.adaptive is not None else None, "models": metrics}
@@ -235,6 +243,19 @@ def evaluate_models(config: RunConfig) -> dict[str, Any]:
     write_json_atomic(result, paths.metrics)  # last: the stage is done
     logger.info("evaluate: wrote %s and report.md", paths.metrics)
     return result
+
+
+TRAINING_STAGES = ("train", "dpo", "onpolicy")
+
+
+def training_cost(stage: str, stats_file: Path) -> dict[str, Any]:
+    """What the stage that made a student cost (its stats.json): steps, wall time and, where it samples, the student
+    tokens sampled and the teacher tokens scored."""
+    stats = read_json_or_none(stats_file) or {}
+    wall = stats.get("train_wall_s", stats.get("train_runtime_s"))
+    return {"stage": stage, "steps": stats.get("global_steps"), "wall_s": wall,
+            "student_tokens_sampled": stats.get("student_tokens_sampled"),
+            "teacher_tokens_scored": stats.get("teacher_tokens_scored")}
 
 
 def add_comparisons(metrics: dict[str, dict[str, Any]], all_rows: dict[str, list[dict[str, Any]]],
@@ -306,11 +327,12 @@ def models_scored(config: RunConfig) -> bool:
 
 
 def needs(config: RunConfig) -> tuple:
-    """The trained models it scores: train's student, dpo's, and the pruned base student."""
+    """The trained models it scores: train's student, dpo's, onpolicy's, and the pruned base student."""
     models = set(config.evaluate.models)
     return (*((PRUNE,) if config.student.prune is not None and models & {"base_student", "student", "student_dpo"}
               else ()),
-            *((TRAIN,) if models & {"student", "student_dpo"} else ()), *((DPO,) if "student_dpo" in models else ()))
+            *((TRAIN,) if models & {"student", "student_dpo"} else ()), *((DPO,) if "student_dpo" in models else ()),
+            *((ONPOLICY,) if "student_onpolicy" in models else ()))
 
 
 def preflight(config: RunConfig) -> None:

@@ -50,6 +50,9 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
     adaptive = any("adaptive_accuracy" in m for m in metrics.values())
     if adaptive:  # adaptive self-consistency's accuracy and the share of the K samples it used
         header += f" {'adapt':>7} {'used':>5}"
+    trained = any("training" in m for m in metrics.values())
+    if trained:  # what training each student cost: its stage's wall time, student tokens sampled, teacher tokens
+        header += f" {'train s':>8} {'sampled':>8} {'teacher':>8}"
     lines = [header, "-" * len(header)]
     for name, m in metrics.items():
         k = m["k"]
@@ -61,7 +64,33 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
         if adaptive:
             ratio = m.get("adaptive_sample_ratio")
             lines[-1] += f" {cell(m.get('adaptive_accuracy')):>7} {'-' if ratio is None else f'{ratio:.2f}':>5}"
+        if trained:
+            cost = m.get("training") or {}
+            lines[-1] += "".join(f" {count(cost.get(key)):>8}"
+                                 for key in ("wall_s", "student_tokens_sampled", "teacher_tokens_scored"))
     return "\n".join(lines)
+
+
+def count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def training_report(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """Each trained student's cost beside its accuracy: the stage that made it, steps, wall time, tokens."""
+    rows = [(name, m) for name, m in metrics.items() if "training" in m]
+    if not rows:
+        return []
+    lines = ["## Training cost", "",
+             "| model | stage | steps | wall s | student tokens sampled | teacher tokens scored | greedy | maj@K |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, m in rows:
+        cost, k = m["training"], m["k"]
+        lines.append(f"| {name} | {cost['stage']} | {count(cost.get('steps'))} | {count(cost.get('wall_s'))} | "
+                     f"{count(cost.get('student_tokens_sampled'))} | {count(cost.get('teacher_tokens_scored'))} | "
+                     f"{pct(m['greedy_accuracy'])} | {pct(m[f'maj@{k}'])} |")
+    return lines + ["", "The cost of the stage that made each model alone (a student trained on-policy after "
+                    "train also cost train's); train (SFT, KD) samples nothing: its tokens are the teacher's "
+                    "rationales, read from disk.", ""]
 
 
 def speed_cell(m: dict[str, Any]) -> str:
@@ -104,6 +133,7 @@ def report_markdown(config: RunConfig, metrics: dict[str, dict[str, Any]], plots
          "greedily; the median, and in brackets the range over the batches." if speed is not None else
          "tokens/s was not measured (evaluate.speed is off)."), ""]
     lines += comparisons(metrics)
+    lines += training_report(metrics)
     lines += distill_or_quantize(config, metrics)
     if ev.adaptive is not None:
         lines += adaptive_report(ev.adaptive, metrics)
