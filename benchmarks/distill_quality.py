@@ -16,6 +16,10 @@ then one evaluate over every arm's student):
       n1, n4, n16     the first N samples of each question's pool (filter.use_samples), answer-filtered
       n16_unfiltered  all 16, answers not checked (filter.label none): OpenThoughts' question
       kd_n4           n4's corpus, trained with KD on the teacher's top-8 logprobs (score step, train.loss kd)
+      n16_onpolicy    n16's student, then on-policy distillation (the onpolicy stage: the student samples, the
+                      teacher scores every token; TRL's DistillationTrainer, reverse KL) for ONPOLICY's steps
+      n16_longer      SFT alone on n16's corpus, trained longer: as many more steps as n16_onpolicy's on-policy
+                      time buys at n16's time per step (equal wall time), a fresh cosine schedule
   - evaluate: the teacher, the untrained student and every arm on the test questions: greedy accuracy and maj@K
     with 95% intervals, each arm against label and n1 paired over the questions (evaluate.compare_to), and the
     share of the teacher's maj@K each recovers.
@@ -64,12 +68,20 @@ ARMS = {
     "n16_unfiltered": {"filter": {"label": "none"}},
     "kd_n4": {"filter": {"use_samples": 4}, "train": {"loss": "kd", "kd": {"alpha": 0.5, "temperature": 1.0}},
               "score": {"logprobs": 8, "context": "student"}},
+    "n16_onpolicy": {"onpolicy": "ONPOLICY"},  # below: its settings, with the smoke's
+    "n16_longer": {},  # its steps set when n16_onpolicy's time is known
 }
+# The on-policy arm's settings, fixed beforehand (not searched): reverse KL (beta 1), as Thinking Machines' on-policy
+# distillation and MiniLLM use; the student's own completions at temperature 1 up to generate's length.
+ONPOLICY = {"start": "student", "beta": 1.0, "max_steps": 150, "per_device_train_batch_size": 16,
+            "learning_rate": 1.0e-3, "lr_scheduler_type": "cosine", "warmup_steps": 10, "max_completion_length": 160,
+            "temperature": 1.0, "logging_steps": 25, "save_steps": 50, "gradient_checkpointing": False}
+KL_RATIONALES = 200  # the teacher's own rationales for held-out (evaluated) questions, for the KL to the teacher
 SIZES = {"pretrain": 20000, "train": 1000, "validation": 300, "test": 600}  # the wordsteps splits
 # Models this small train fastest on one thread, and one thread does not collapse when another process shares the
 # cores: the labels arm took 0.16 s a step on 2 threads alone, and 2 s a step on 2 threads beside a test run.
 TRAIN_THREADS = 1
-SMOKE = {"train": 8, "test": 8, "samples": 2, "steps": 4, "k": 2, "teacher_steps": 80}
+SMOKE = {"train": 8, "test": 8, "samples": 2, "steps": 4, "k": 2, "teacher_steps": 80, "onpolicy_steps": 2}
 
 
 def merged(base: dict, change: dict) -> dict:
@@ -104,6 +116,52 @@ def run_stages(config, names: list[str]) -> float:
         seconds[name] = round(time.perf_counter() - started, 1)
         write_json_atomic(seconds, record)
     return sum(seconds.get(name, 0.0) for name in names)
+
+
+COMPARED = ("label", "n1", "n16", "n16_longer")  # the arms every other is compared to, paired over the questions
+
+
+def recorded(config, stage: str) -> float | None:
+    """The seconds `stage` of this run took when it ran (run_stages keeps them)."""
+    record = config.paths.root / "benchmark_seconds.json"
+    return read_json(record).get(stage) if record.exists() else None
+
+
+def student_of(config) -> Path:
+    """The arm's student: the on-policy stage's model where the arm has one, else train's."""
+    return config.paths.onpolicy_model if config.onpolicy is not None else config.paths.trained_model
+
+
+def kl_of_arms(arms: dict, configs: dict, evaluation, count: int) -> float:
+    """Per arm of n16, n16_onpolicy and n16_longer, the mean KL(teacher || student) per token, full vocabulary, on the
+    teacher's own sampled rationales for the evaluated (held-out) questions (prune_distill's measure): into
+    arms[name]["kl_to_teacher"] with its interval, and n16_onpolicy's paired difference against n16_longer."""
+    import importlib.util
+
+    import pyarrow.parquet as pq
+
+    from cotdistill.models.resolve import resolve_model
+    from cotdistill.stages.evaluate.metrics import bootstrap_ci
+
+    started = time.perf_counter()
+    spec = importlib.util.spec_from_file_location("prune_distill", Path(__file__).with_name("prune_distill.py"))
+    prune_distill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prune_distill)
+    rows = pq.read_table(evaluation.paths.eval_rows("teacher"), columns=["question", "samples"]).to_pylist()
+    rationales = [(r["question"], s) for r in rows for s in (r["samples"] or [])[:1] if s.strip()][:count]
+    names = [name for name in ("n16", "n16_onpolicy", "n16_longer") if name in arms]
+    kl = prune_distill.kl_to_teacher({name: str(student_of(configs[name])) for name in names},
+                                     resolve_model(evaluation.teacher.model), rationales, evaluation.train.prompt)
+    for name in names:
+        low, high = bootstrap_ci(kl[name])
+        arms[name].update(kl_to_teacher=round(sum(kl[name]) / len(kl[name]), 4), kl_to_teacher_ci=[
+            round(low, 4), round(high, 4)], kl_rationales=len(rationales))
+    if "n16_longer" in names:
+        diff = [a - b for a, b in zip(kl["n16_onpolicy"], kl["n16_longer"])]
+        low, high = bootstrap_ci(diff)
+        arms["n16_onpolicy"]["kl_minus_n16_longer"] = {"mean": round(sum(diff) / len(diff), 4),
+                                                       "ci": [round(low, 4), round(high, 4)]}
+    return time.perf_counter() - started
 
 
 def pool_tokens(samples_dir: Path, use_samples: int | None) -> int:
@@ -190,50 +248,80 @@ def run_benchmark(output: Path, smoke: bool, split: str = "test", only: list[str
                                                "per_device_train_batch_size": 4}},
                              "evaluate": {"num_samples": SMOKE["k"], "max_tokens": 128, "bootstrap_resamples": 100,
                                           "maj_draws": 10, "speed": None}})
-    configs = {}
-    for name, change in ARMS.items():
+    onpolicy = {**ONPOLICY, **({"max_steps": SMOKE["onpolicy_steps"], "per_device_train_batch_size": 4,
+                                "max_completion_length": 32, "save_steps": 1} if smoke else {})}
+
+    def arm_config(name: str, change: dict):
         if smoke and "use_samples" in change.get("filter", {}):
             change = merged(change, {"filter": {"use_samples": min(change["filter"]["use_samples"], SMOKE["samples"])}})
+        if change.get("onpolicy") == "ONPOLICY":
+            change = {**change, "onpolicy": onpolicy}
         arm = merged(base, {**change, "run_name": f"arm-{name}"})
         path = output / "configs" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(arm, sort_keys=False))
-        configs[name] = load_config(path)
+        return load_config(path)
+
+    configs = {name: arm_config(name, change) for name, change in ARMS.items() if name != "n16_longer"}
 
     os.chdir(REPO)
     pool = configs["n16"]
     seconds = {"generate": run_stages(pool, ["generate"])}
     arms: dict[str, dict] = {}
-    for name, config in configs.items():
+    for name in ARMS:
         if only is not None and name not in only:
             continue
+        if name == "n16_longer":  # as many more steps as the on-policy stage's time buys at n16's time per step
+            n16_seconds, onpolicy_seconds = recorded(configs["n16"], "train"), recorded(configs["n16_onpolicy"],
+                                                                                          "onpolicy")
+            if n16_seconds is None or onpolicy_seconds is None:
+                raise SystemExit("the n16_longer arm needs the n16 and n16_onpolicy arms run first (--arms)")
+            steps = configs["n16"].train.sft["max_steps"]
+            longer = round(steps * (n16_seconds + onpolicy_seconds) / n16_seconds)
+            configs[name] = arm_config(name, {"train": {"sft": {"max_steps": longer}}})
+        config = configs[name]
         if name != "n16" and not config.paths.generate.exists():  # the same pool: copied, its fingerprint the same
             shutil.copytree(pool.paths.generate, config.paths.generate)
-        stages = ["filter", *(["score"] if config.score is not None else []), "train"]  # generate: the pool's
-        arm_seconds = run_stages(config, stages)
+        if name == "n16_onpolicy":  # n16's corpus and student, copied: their fingerprints the same
+            for stage in ("filter", "train"):
+                if not config.paths.stage(stage).exists() and configs["n16"].paths.stage(stage).exists():
+                    shutil.copytree(configs["n16"].paths.stage(stage), config.paths.stage(stage))
+        stages = ["filter", *(["score"] if config.score is not None else []), "train",
+                  *(["onpolicy"] if config.onpolicy is not None else [])]  # generate: the pool's
+        arm_seconds = own_seconds = run_stages(config, stages)
+        if name == "n16_onpolicy":  # its cost: n16's training and then its own on-policy stage
+            arm_seconds += recorded(configs["n16"], "train") or 0.0
         filtered = read_json(config.paths.filter / "stats.json")
         trained = read_json(config.paths.train / "stats.json")
         use = config.filter.use_samples
-        arms[name] = {"seconds": round(arm_seconds, 1), "train_seconds": trained.get("train_runtime_s"),
+        arms[name] = {"seconds": round(arm_seconds, 1), "own_seconds": round(own_seconds, 1), "train_seconds": trained.get("train_runtime_s"),
                       "examples": trained["examples"], "steps": trained["global_steps"],
                       "accepted": filtered["accepted"], "rationales": filtered["rationales"],
                       "teacher_tokens": 0 if config.train.target == "label" else pool_tokens(
                           config.paths.samples, use)}
+        if config.onpolicy is not None:
+            costs = read_json(config.paths.onpolicy / "stats.json")
+            arms[name].update(onpolicy_steps=costs["global_steps"], onpolicy_seconds=recorded(config, "onpolicy"),
+                              student_tokens_sampled=costs["student_tokens_sampled"],
+                              teacher_tokens_scored=costs["teacher_tokens_scored"])
 
     # One evaluate over every arm's student, beside the teacher and the untrained student.
     compare = merged(base, {"run_name": f"compare-{split}", "evaluate": {
         "models": ["teacher", "base_student"],
-        "compare_to": ["teacher", "base_student", *(name for name in ("label", "n1") if name in arms)],
-        "extra_models": {name: {"model": str(configs[name].paths.trained_model), "engine": base["student"]["engine"]}
+        "compare_to": ["teacher", "base_student", *(name for name in COMPARED if name in arms)],
+        "extra_models": {name: {"model": str(student_of(configs[name])), "engine": base["student"]["engine"]}
                          for name in arms}}})
     path = output / "configs" / f"compare-{split}.yaml"
     path.write_text(yaml.safe_dump(compare, sort_keys=False))
     evaluation = load_config(path)
     seconds["evaluate"] = run_stages(evaluation, ["evaluate"])
     metrics = read_json(evaluation.paths.metrics)["models"]
+    if "n16_onpolicy" in arms:  # the KL to the teacher on held-out questions, of the arms the on-policy one is compared to
+        seconds["kl"] = kl_of_arms(arms, configs, evaluation, KL_RATIONALES if not smoke else 4)
     seconds["total"] = time.perf_counter() - started  # this invocation
     # the whole benchmark's work, each stage timed when it ran (a test run reuses the arms its validation run trained)
-    seconds["work"] = seconds["generate"] + sum(arm["seconds"] for arm in arms.values()) + seconds["evaluate"]
+    seconds["work"] = (seconds["generate"] + sum(arm["own_seconds"] for arm in arms.values()) + seconds["evaluate"]
+                       + seconds.get("kl", 0.0))
     result = summarize(metrics, arms, seconds, evaluation.evaluate.num_samples, smoke, split)
     result["split"] = result["summary"]["split"] = split
     return result
@@ -248,7 +336,7 @@ def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool, spl
         m = metrics[name]
         out = {"greedy": m["greedy_accuracy"], "greedy_ci": m["greedy_accuracy_ci"], "maj": m[f"maj@{k}"],
                "maj_ci": m["maj_at_K_ci"], "questions": m["questions"]}
-        for other in ("teacher", "label", "n1"):
+        for other in ("teacher", *COMPARED):
             vs = m.get(f"vs_{other}")
             if vs:
                 out[f"vs_{other}"] = {key: vs.get(key) for key in ("maj_difference", "maj_difference_ci",
@@ -272,6 +360,16 @@ def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool, spl
               f"{diff(m.get('vs_label')):>22} {diff(m.get('vs_n1')):>22} "
               f"{(f'{100 * share:.0f}%' if share is not None else '-'):>14} {m.get('examples', ''):>8} "
               f"{m.get('teacher_tokens', ''):>11} {m.get('seconds', ''):>6}")
+    if "n16_onpolicy" in models:
+        m = models["n16_onpolicy"]
+        print(f"on-policy after SFT against SFT alone at the same wall time (n16_onpolicy - n16_longer): "
+              f"maj@{k} {diff(m.get('vs_n16_longer'))}, greedy "
+              f"{100 * (m.get('vs_n16_longer') or {}).get('greedy_difference', 0):+.1f}")
+        for name in ("n16", "n16_onpolicy", "n16_longer"):
+            if "kl_to_teacher" in models.get(name, {}):
+                print(f"  {name:13} KL to the teacher {models[name]['kl_to_teacher']:.4f} "
+                      f"[{models[name]['kl_to_teacher_ci'][0]:.4f}, {models[name]['kl_to_teacher_ci'][1]:.4f}] "
+                      f"on {models[name]['kl_rationales']} held-out teacher rationales; {models[name]['seconds']} s")
     summary = {"teacher_maj": models["teacher"]["maj"], "base_student_maj": models["base_student"]["maj"],
                **{f"{name}_maj": models[name]["maj"] for name in arms},
                **{f"{name}_greedy": models[name]["greedy"] for name in arms},
@@ -279,6 +377,14 @@ def summarize(metrics: dict, arms: dict, seconds: dict, k: int, smoke: bool, spl
                "n16_minus_n1_maj_ci": models.get("n16", {}).get("vs_n1", {}).get("maj_difference_ci"),
                "n1_minus_label_maj": models.get("n1", {}).get("vs_label", {}).get("maj_difference"),
                "n1_minus_label_maj_ci": models.get("n1", {}).get("vs_label", {}).get("maj_difference_ci"),
+               "onpolicy_minus_longer_maj": models.get("n16_onpolicy", {}).get("vs_n16_longer", {}).get(
+                   "maj_difference"),
+               "onpolicy_minus_longer_maj_ci": models.get("n16_onpolicy", {}).get("vs_n16_longer", {}).get(
+                   "maj_difference_ci"),
+               "onpolicy_minus_longer_kl": (models.get("n16_onpolicy", {}).get("kl_minus_n16_longer") or {}).get(
+                   "mean"),
+               "onpolicy_minus_longer_kl_ci": (models.get("n16_onpolicy", {}).get("kl_minus_n16_longer") or {}).get(
+                   "ci"),
                "k": k, "seconds": round(seconds["total"], 1), "smoke": smoke}
     return {"command": "python benchmarks/distill_quality.py", "date": datetime.date.today().isoformat(),
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}", "k": k,
@@ -308,12 +414,15 @@ def plot(result: dict, path: Path) -> None:
         value, (low, high) = 100 * models[name]["maj"], models[name]["maj_ci"]
         ax.axhline(value, color=color, lw=1.2, label=f"{text}, maj@{k}")
         ax.axhspan(100 * low, 100 * high, color=color, alpha=0.12)
-    for name, marker, text in (("n16_unfiltered", "x", "N=16 unfiltered"), ("kd_n4", "D", "N=4 with KD")):
+    for name, marker, text in (("n16_unfiltered", "x", "N=16 unfiltered"), ("kd_n4", "D", "N=4 with KD"),
+                               ("n16_onpolicy", "^", "N=16, then on-policy"),
+                               ("n16_longer", "v", "N=16, SFT as long")):
         if name not in models:
             continue
         m = models[name]
         n = 16 if name.startswith("n16") else 4
-        ax.errorbar([n * (1.08 if marker == "x" else 0.92)], [100 * m["maj"]],
+        offset = {"x": 1.08, "D": 0.92, "^": 1.17, "v": 1.26}[marker]  # beside the N = 16 point, not on it
+        ax.errorbar([n * offset], [100 * m["maj"]],
                     yerr=[[100 * (m["maj"] - m["maj_ci"][0])], [100 * (m["maj_ci"][1] - m["maj"])]],
                     fmt=marker, capsize=4, label=f"{text}, maj@{k}")
     ax.set_xscale("log", base=2)

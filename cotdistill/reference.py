@@ -260,7 +260,7 @@ def run_demo(name: str, keep: Path | None = None) -> dict[str, Any]:
 BENCHMARKS = {"distill_quality": ("python benchmarks/distill_quality.py", "README.md")}
 ARM_NAMES = {"teacher": "teacher", "base_student": "untrained student", "label": "labels only",
              "n1": "N = 1", "n4": "N = 4", "n16": "N = 16", "n16_unfiltered": "N = 16, unfiltered",
-             "kd_n4": "N = 4, KD"}
+             "kd_n4": "N = 4, KD", "n16_onpolicy": "N = 16, then on-policy", "n16_longer": "N = 16, SFT as long"}
 
 
 def distill_quality_block(f: dict[str, Any]) -> str:
@@ -287,6 +287,24 @@ def distill_quality_block(f: dict[str, Any]) -> str:
                      f"{ci(m['maj_ci'])} | {diff(m.get('vs_label'))} | {diff(m.get('vs_n1'))} | "
                      f"{pct(share) + ' ' + ci(share_ci) if share is not None and name != 'teacher' else ''} | "
                      f"{m.get('examples', '')} | {m.get('teacher_tokens', '') or ''} |")
+    onpolicy, longer = f["models"].get("n16_onpolicy"), f["models"].get("n16_longer")
+    if onpolicy and longer:
+        vs = onpolicy.get("vs_n16_longer") or {}
+        kl = onpolicy.get("kl_minus_n16_longer") or {}
+        interval = lambda c: f"[{c[0]:.4f}, {c[1]:.4f}]"  # noqa: E731
+        lines += ["", f"On-policy distillation after SFT (N = 16's student, then {onpolicy['onpolicy_steps']} on-policy "
+                  f"steps: {onpolicy['onpolicy_seconds'] / 60:.1f} minutes, {onpolicy['student_tokens_sampled']:,} "
+                  f"student tokens sampled, {onpolicy['teacher_tokens_scored']:,} teacher tokens scored) against SFT "
+                  f"alone trained {longer['steps']} steps instead of {f['models']['n16']['steps']}, the same wall "
+                  f"time ({onpolicy['seconds'] / 60:.1f} and {longer['seconds'] / 60:.1f} minutes): maj@{k} "
+                  f"{100 * vs.get('maj_difference', 0):+.1f} points {ci(vs.get('maj_difference_ci'))}, greedy "
+                  f"{100 * vs.get('greedy_difference', 0):+.1f} {ci(vs.get('greedy_difference_ci'))}, paired over "
+                  f"the questions. KL(teacher || student) per token on {onpolicy['kl_rationales']} of the teacher's "
+                  f"own rationales for the test questions: {onpolicy['kl_to_teacher']:.4f} "
+                  f"{interval(onpolicy['kl_to_teacher_ci'])} on-policy, {longer['kl_to_teacher']:.4f} "
+                  f"{interval(longer['kl_to_teacher_ci'])} SFT as long, {f['models']['n16']['kl_to_teacher']:.4f} "
+                  f"{interval(f['models']['n16']['kl_to_teacher_ci'])} N = 16 before either; paired difference "
+                  f"{kl.get('mean', 0):+.4f} {interval(kl.get('ci') or [0, 0])}."]
     lines += ["", "![accuracy against N](docs/figures/distill_quality.png)"]
     return "\n".join(lines)
 

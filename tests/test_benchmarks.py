@@ -45,7 +45,10 @@ EXPECTED_KEYS: dict[str, list[str]] = {
     # Every arm's maj@K and greedy accuracy, and the two paired differences the README quotes, with intervals.
     "distill_quality": ["teacher_maj", "base_student_maj", "k", "seconds", "n16_minus_n1_maj", "n16_minus_n1_maj_ci",
                         "n1_minus_label_maj", "n1_minus_label_maj_ci",
-                        *(f"{arm}_{figure}" for arm in ("label", "n1", "n4", "n16", "n16_unfiltered", "kd_n4")
+                        "onpolicy_minus_longer_maj", "onpolicy_minus_longer_maj_ci", "onpolicy_minus_longer_kl",
+                        "onpolicy_minus_longer_kl_ci",
+                        *(f"{arm}_{figure}" for arm in ("label", "n1", "n4", "n16", "n16_unfiltered", "kd_n4",
+                                                        "n16_onpolicy", "n16_longer")
                           for figure in ("maj", "greedy"))],
     "adaptive_sampling": ["token_ratio", "questions_served_fixed", "questions_served_adaptive",
                           "questions_served_rationalized", "eval_sample_ratio", "eval_accuracy_gap",
