@@ -78,9 +78,9 @@ ONPOLICY = {"start": "student", "beta": 1.0, "max_steps": 150, "per_device_train
             "temperature": 1.0, "logging_steps": 25, "save_steps": 50, "gradient_checkpointing": False}
 KL_RATIONALES = 200  # the teacher's own rationales for held-out (evaluated) questions, for the KL to the teacher
 SIZES = {"pretrain": 20000, "train": 1000, "validation": 300, "test": 600}  # the wordsteps splits
-# Models this small train fastest on one thread, and one thread does not collapse when another process shares the
-# cores: the labels arm took 0.16 s a step on 2 threads alone, and 2 s a step on 2 threads beside a test run.
-TRAIN_THREADS = 1
+# Training runs on torch's default threads, 2 here: vLLM's CPU worker, once it has run in this process, turns
+# torch.set_num_threads into a no-op. So the benchmark wants the machine to itself: beside another heavy process, the
+# labels arm's 0.16 s a step on 2 threads became 2 s.
 SMOKE = {"train": 8, "test": 8, "samples": 2, "steps": 4, "k": 2, "teacher_steps": 80, "onpolicy_steps": 2}
 
 
@@ -94,9 +94,7 @@ def merged(base: dict, change: dict) -> dict:
 def run_stages(config, names: list[str]) -> float:
     """The stages by name, each skipped when its output is complete; the wall time they took when they ran, in this
     invocation or an earlier one (kept in the run's folder: a test run that reuses the arms a validation run
-    trained still reports what they cost). Training runs on TRAIN_THREADS torch threads."""
-    import torch
-
+    trained still reports what they cost)."""
     record = config.paths.root / "benchmark_seconds.json"
     seconds = read_json(record) if record.exists() else {}
     for name in names:
@@ -105,14 +103,8 @@ def run_stages(config, names: list[str]) -> float:
             logging.info("%s: %s up to date", config.run_name, name)
             continue
         logging.info("%s: %s", config.run_name, name)
-        threads = torch.get_num_threads()
-        if name in ("train", "score"):
-            torch.set_num_threads(TRAIN_THREADS)
         started = time.perf_counter()
-        try:
-            stage.run(config)
-        finally:
-            torch.set_num_threads(threads)
+        stage.run(config)
         seconds[name] = round(time.perf_counter() - started, 1)
         write_json_atomic(seconds, record)
     return sum(seconds.get(name, 0.0) for name in names)
