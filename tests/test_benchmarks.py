@@ -3,15 +3,16 @@
 Every benchmark under benchmarks/ is run as a subprocess, `python benchmarks/X.py --smoke`, from the repository
 root. The test fails if it exits non-zero, if the last line of its stdout is not a JSON object, or if that object
 lacks (or holds null for) a figure the README or the benchmark's docstring names. The smoke figures themselves
-are not checked: at that size they say only that every step ran. About 10 minutes in all on 2 CPU cores, most of
-it in engine starts (one vLLM engine per benchmark, three Ray actors for scale_out, an OpenAI server for
-server_teacher) and in prune_distill's two pipeline runs.
+are not checked: at that size they say only that every step ran. Most of a smoke's time is engine starts (one vLLM
+engine per benchmark, three Ray actors for scale_out, an OpenAI server for server_teacher) and imports, on one
+thread, so the smokes run two at a time, each pinned to a core of its own (smoke_runs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,16 +85,56 @@ def lookup(result: dict, dotted: str):
     return value
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_KEYS))
-def test_benchmark_smoke(name: str):
-    script = REPO / "benchmarks" / f"{name}.py"
-    assert "--smoke" in script.read_text().split('"""')[1], f"{script.name}: its docstring does not mention --smoke"
+def run_smoke(name: str, core: int | None) -> subprocess.CompletedProcess | str:
+    """`python benchmarks/<name>.py --smoke`, pinned to `core` (its vLLM threads too) when one is given; a hang past
+    TIMEOUT_S comes back as a sentence."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
-    runs = REPO / "runs"  # where a benchmark writes by default at full size; never under --smoke
+    command = [sys.executable, f"benchmarks/{name}.py", "--smoke"]
+    if core is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)  # else vLLM binds its threads to every core, past taskset
+        command = ["taskset", "-c", str(core), *command]
+    try:
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S[name])
+    except subprocess.TimeoutExpired:
+        return f"{name} --smoke did not finish within {TIMEOUT_S[name]} s"
+
+
+@pytest.fixture(scope="module")
+def smoke_runs() -> dict:
+    """Every benchmark's smoke, two at a time where there are two cores, each pinned to a core of its own: most of
+    a smoke is engine starts and imports on one thread, so two lanes take about half the time of one, and pinned,
+    neither's threads wait on the other's (two unpinned engines slow each other several-fold). The longest first.
+    Also whether any of them wrote into runs/ (where a benchmark writes at full size; never under --smoke)."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = REPO / "runs"
     runs_before = sorted(runs.iterdir()) if runs.is_dir() else None
-    done = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S[name])
+    cores = sorted(os.sched_getaffinity(0))
+    lanes: queue.Queue = queue.Queue()
+    for core in (cores[:2] if len(cores) >= 2 and shutil.which("taskset") else [None]):
+        lanes.put(core)
+
+    def run(name: str):
+        core = lanes.get()
+        try:
+            return name, run_smoke(name, core)
+        finally:
+            lanes.put(core)
+
+    with ThreadPoolExecutor(lanes.qsize()) as pool:
+        done = dict(pool.map(run, sorted(EXPECTED_KEYS, key=lambda name: -TIMEOUT_S[name])))
+    runs_after = sorted(runs.iterdir()) if runs.is_dir() else None
+    return {"done": done, "runs_before": runs_before, "runs_after": runs_after}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_KEYS))
+def test_benchmark_smoke(name: str, smoke_runs: dict):
+    script = REPO / "benchmarks" / f"{name}.py"
+    assert "--smoke" in script.read_text().split('"""')[1], f"{script.name}: its docstring does not mention --smoke"
+    done = smoke_runs["done"][name]
+    assert not isinstance(done, str), done
     tail = f"\n--- stdout (tail) ---\n{done.stdout[-3000:]}\n--- stderr (tail) ---\n{done.stderr[-5000:]}"
     assert done.returncode == 0, f"{name} --smoke exited with {done.returncode}{tail}"
     lines = done.stdout.strip().splitlines()
@@ -108,5 +149,7 @@ def test_benchmark_smoke(name: str):
     null = [key for key in EXPECTED_KEYS[name] if lookup(result, key) is None]
     assert not null, f"{name} --smoke: its JSON line has no value for {null}: {lines[-1][:1000]}"
     assert len(lines) > 1, f"{name} --smoke printed its JSON line but none of its figures before it"
-    runs_after = sorted(runs.iterdir()) if runs.is_dir() else None
-    assert runs_after == runs_before, f"{name} --smoke wrote into {runs}: {runs_after}"
+
+
+def test_no_smoke_writes_into_runs(smoke_runs: dict):
+    assert smoke_runs["runs_after"] == smoke_runs["runs_before"], f"a --smoke wrote into {REPO / 'runs'}"
