@@ -408,9 +408,11 @@ def plot(result: dict, path: Path) -> None:
         value, (low, high) = 100 * models[name]["maj"], models[name]["maj_ci"]
         ax.axhline(value, color=color, lw=1.2, label=f"{text}, maj@{k}")
         ax.axhspan(100 * low, 100 * high, color=color, alpha=0.12)
-    for name, marker, text in (("n16_unfiltered", "x", "N=16 unfiltered"), ("kd_n4", "D", "N=4 with KD"),
-                               ("n16_onpolicy", "^", "N=16, then on-policy"),
-                               ("n16_longer", "v", "N=16, SFT as long")):
+    # colours of their own: not the teacher's green nor the labels' red
+    for name, marker, text, color in (("n16_unfiltered", "x", "N=16 unfiltered", "tab:pink"),
+                                      ("kd_n4", "D", "N=4 with KD", "tab:cyan"),
+                                      ("n16_onpolicy", "^", "N=16, then on-policy", "tab:purple"),
+                                      ("n16_longer", "v", "N=16, SFT as long", "tab:brown")):
         if name not in models:
             continue
         m = models[name]
@@ -418,7 +420,7 @@ def plot(result: dict, path: Path) -> None:
         offset = {"x": 1.08, "D": 0.92, "^": 1.17, "v": 1.26}[marker]  # beside the N = 16 point, not on it
         ax.errorbar([n * offset], [100 * m["maj"]],
                     yerr=[[100 * (m["maj"] - m["maj_ci"][0])], [100 * (m["maj_ci"][1] - m["maj"])]],
-                    fmt=marker, capsize=4, label=f"{text}, maj@{k}")
+                    fmt=marker, color=color, capsize=4, label=f"{text}, maj@{k}")
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 4, 16], ["1", "4", "16"])
     ax.set_xlabel("rationales per training question (N)")
