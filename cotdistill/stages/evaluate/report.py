@@ -45,7 +45,8 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
     def cell(value: float | None) -> str:
         return "   -  " if value is None else f"{100 * value:5.1f}%"
 
-    header = (f"{'model':<14} {'greedy':>7} {'maj@1':>7} {'maj@K':>7} {'pass@K':>7} {'K':>3} "
+    width = max([14, *(len(name) for name in metrics)])  # student_onpolicy and extra models' names are longer
+    header = (f"{'model':<{width}} {'greedy':>7} {'maj@1':>7} {'maj@K':>7} {'pass@K':>7} {'K':>3} "
               f"{'tok/q':>7} {'tok/s':>7} {'params':>8}")
     adaptive = any("adaptive_accuracy" in m for m in metrics.values())
     if adaptive:  # adaptive self-consistency's accuracy and the share of the K samples it used
@@ -58,7 +59,7 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
         k = m["k"]
         params = f"{m['parameters'] / 1e6:.{0 if m['parameters'] >= 1e7 else 2}f}M" if m.get("parameters") else "-"
         tps = f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") else "-"
-        lines.append(f"{name:<14} {cell(m['greedy_accuracy']):>7} {cell(m['maj@1']):>7} {cell(m[f'maj@{k}']):>7} "
+        lines.append(f"{name:<{width}} {cell(m['greedy_accuracy']):>7} {cell(m['maj@1']):>7} {cell(m[f'maj@{k}']):>7} "
                      f"{cell(m[f'pass@{k}']):>7} {k:>3} {m['sampled_tokens_per_question']:>7.0f} {tps:>7} "
                      f"{params:>8}")
         if adaptive:
