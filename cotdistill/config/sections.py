@@ -771,13 +771,21 @@ class OnPolicyConfig:
             return
         if teacher.local_engine and Path(run.student.model).expanduser().is_dir() and \
                 Path(teacher.model).expanduser().is_dir():  # else checked before the stage starts (preflight)
-            same = same_vocabulary(teacher.model, run.student.model)
-            if self.cross_tokenizer and same:
-                yield "cross_tokenizer", (f"the teacher {teacher.model} and the student {run.student.model} have "
-                                          "the same tokenizer: set it false (TRL's DistillationTrainer)")
-            elif not self.cross_tokenizer and not same:
-                yield "cross_tokenizer", (f"the teacher {teacher.model} and the student {run.student.model} have "
-                                          "different tokenizers: set onpolicy.cross_tokenizer: true (GOLD)")
+            problem = self.tokenizer_problem(teacher.model, run.student.model)
+            if problem:
+                yield "cross_tokenizer", problem
+
+    def tokenizer_problem(self, teacher: str, student: str) -> str | None:
+        """What is wrong with cross_tokenizer for these two models' tokenizers (at load, or before the stage starts
+        when a model is not a folder yet); None when it is right."""
+        same = same_vocabulary(teacher, student)
+        if self.cross_tokenizer and same:
+            return (f"the teacher {teacher} and the student {student} have the same tokenizer: set it false "
+                    "(TRL's DistillationTrainer)")
+        if not self.cross_tokenizer and not same:
+            return (f"the teacher {teacher} and the student {student} have different tokenizers: set "
+                    "onpolicy.cross_tokenizer: true (GOLD)")
+        return None
 
 
 @dataclass

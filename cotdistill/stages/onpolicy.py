@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from cotdistill.config.run import RunConfig
-from cotdistill.config.sections import OnPolicyConfig, ModelConfig, onpolicy_trl_class, same_vocabulary
+from cotdistill.config.sections import OnPolicyConfig, ModelConfig, onpolicy_trl_class
 from cotdistill.core.fields import ConfigError
 from cotdistill.core.fingerprints import (
     data_settings, file_digest, folder_digest, make_fingerprint, template_fingerprint, upstream,
@@ -242,13 +242,9 @@ def preflight(config: RunConfig) -> None:
     section, teacher = settings(config), teacher_of(config)
     if not teacher.local_engine:
         return
-    same = same_vocabulary(teacher.model, config.student.model)
-    if section.cross_tokenizer and same:
-        raise ConfigError(f"onpolicy.cross_tokenizer: the teacher {teacher.model} and the student "
-                          f"{config.student.model} have the same tokenizer: set it false")
-    if not section.cross_tokenizer and not same:
-        raise ConfigError(f"onpolicy.cross_tokenizer: the teacher {teacher.model} and the student "
-                          f"{config.student.model} have different tokenizers: set onpolicy.cross_tokenizer: true")
+    problem = section.tokenizer_problem(teacher.model, config.student.model)
+    if problem:
+        raise ConfigError(f"onpolicy.cross_tokenizer: {problem}")
 
 
 def trained(config: RunConfig) -> bool:
